@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what tcplimits needs on a fresh Debian-like machine (idempotent):
+#   scripts/bootstrap.sh          the tool: Python package + debootstrap + the agent image
+#   scripts/bootstrap.sh --test   also the test tools: pytest, snakefmt, Chromium + chromedriver
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+test_tools=false
+[[ "${1:-}" == "--test" ]] && test_tools=true
+
+python=${PYTHON:-python3}
+"$python" - <<'PY' || { echo "tcplimits needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
+import sys; sys.exit(sys.version_info < (3, 11))
+PY
+
+# Debian packages: debootstrap builds the base image where no registry can be reached;
+# the report's browser test drives Debian's Chromium.
+packages=()
+command -v debootstrap >/dev/null || packages+=(debootstrap)
+if $test_tools; then
+  command -v chromium >/dev/null || packages+=(chromium)
+  command -v chromedriver >/dev/null || packages+=(chromium-driver)
+fi
+if ((${#packages[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing Debian packages: ${packages[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    echo "please install these packages, then run this again: ${packages[*]}" >&2
+    exit 1
+  fi
+fi
+
+extras=""
+$test_tools && extras="[test]"
+"$python" -m pip install -q --disable-pip-version-check -e ".${extras}"
+command -v pyenv >/dev/null && pyenv rehash || true
+
+if ! "$python" -c 'import docker; docker.from_env().ping()' 2>/dev/null; then
+  echo "Docker Engine is not reachable: start it (e.g. 'systemctl start docker') and run this again" >&2
+  exit 1
+fi
+# Builds the Debian base (once, ~1 min) and the agent image when missing.
+"$python" -m tcplimits image >&2

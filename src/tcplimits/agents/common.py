@@ -1,0 +1,69 @@
+"""Helpers shared by the container programs. Standard library only: this file runs inside
+the experiment image, next to server.py and client.py."""
+
+import errno
+import json
+import os
+import socket
+
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}
+
+
+def emit(event, **fields):
+    """One JSON line on stdout in a single write(): lines from several processes never
+    interleave (a pipe write under PIPE_BUF is atomic)."""
+    fields["event"] = event
+    os.write(1, (json.dumps(fields, separators=(",", ":")) + "\n").encode())
+
+
+def describe_error(exc):
+    """(errno number, errno name, message) of an exception from socket(), connect() or
+    accept(). A timeout set with settimeout() carries no errno: it is reported as
+    ETIMEDOUT, which is what the kernel itself would have said, later."""
+    if isinstance(exc, socket.timeout) and exc.errno is None:
+        return errno.ETIMEDOUT, "ETIMEDOUT", "connect() timed out (client connect timeout)"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno, errno.errorcode.get(exc.errno, str(exc.errno)), os.strerror(exc.errno)
+    return None, type(exc).__name__, str(exc)
+
+
+def _hex_addr(text):
+    host, port = text.split(":")
+    if len(host) == 8:  # IPv4, little-endian
+        addr = socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1])
+    else:  # IPv6: four little-endian 32-bit words
+        raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, 32, 8))
+        addr = socket.inet_ntop(socket.AF_INET6, raw)
+    return addr, int(port, 16)
+
+
+def tcp_sockets():
+    """Every TCP socket of this network namespace: (local addr, local port, state)."""
+    found = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    addr, port = _hex_addr(cols[1])
+                    found.append((addr, port, _TCP_STATES.get(cols[3], cols[3])))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def is_listening(port):
+    return any(p == port and state == "LISTEN" for _, p, state in tcp_sockets())
+
+
+def forward_signal(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass

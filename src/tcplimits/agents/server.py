@@ -1,0 +1,112 @@
+"""Server agent: listen on one port, accept and hold every connection, count them, and report
+accept() errors (EMFILE when out of descriptors) instead of dying.
+
+Runs inside the server container with the standard library only. The main process listens,
+then forks --workers processes that share the listening socket, each with its own
+RLIMIT_NOFILE. Lines written (JSON, field "event"):
+  listening  once, when the socket accepts connections
+  progress   per worker, at most every 0.25 s while its count changes: accepted
+  result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
+"""
+
+import argparse
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+
+try:
+    from . import common
+except ImportError:  # run as a script inside the container
+    import common
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+REPORT_EVERY_S = 0.25
+# After a failed accept() the connection is still queued and poll() says "ready" at once:
+# pause so that a worker out of descriptors does not spin.
+ERROR_PAUSE_S = 0.1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--check", action="store_true",
+                   help="exit 0 if something listens on --port in this namespace (health check)")
+    return p.parse_args(argv)
+
+
+def serve(listener, worker):
+    """Accept until SIGTERM; return (accepted, first error, failed accept() calls)."""
+    held = []
+    first_error, accept_errors = None, 0
+    reported, last_report = 0, 0.0
+    poller = select.poll()  # poll, unlike epoll, costs no descriptor
+    poller.register(listener, select.POLLIN)
+    while not (STOP_SIGNALS & signal.sigpending()):
+        if poller.poll(REPORT_EVERY_S * 1000):
+            while True:  # drain the queue
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:  # another worker took it
+                    break
+                except OSError as exc:
+                    first_error = first_error or exc
+                    accept_errors += 1
+                    time.sleep(ERROR_PAUSE_S)
+                    break
+                held.append(conn.detach())
+        now = time.monotonic()
+        if len(held) != reported and now - last_report >= REPORT_EVERY_S:
+            reported, last_report = len(held), now
+            common.emit("progress", worker=worker, accepted=reported)
+    return len(held), first_error, accept_errors
+
+
+def worker_main(listener, worker):
+    accepted, error, accept_errors = serve(listener, worker)
+    number, name, message = common.describe_error(error) if error else (None, None, None)
+    common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
+                message=message, accept_errors=accept_errors)
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.check:
+        return 0 if common.is_listening(args.port) else 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD} | STOP_SIGNALS)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", args.port))
+    listener.listen(args.backlog)
+    listener.setblocking(False)
+    children = []
+    for worker in range(1, args.workers + 1):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(worker_main(listener, worker))
+        children.append(pid)
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    common.emit("listening", port=args.port, backlog=args.backlog, somaxconn=somaxconn,
+                workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    live = set(children)
+    while live:
+        signo = signal.sigwaitinfo({signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        if signo in STOP_SIGNALS:
+            common.forward_signal(live, signal.SIGTERM)
+        while live:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            live.discard(pid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""`tcplimits` command line: run one experiment, build the image, probe the engine, build the
+dataset and the report. Every command has --help; bad input exits 2 with one line naming the
+flag and value, before any container is created."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .params import FIELDS, ParamError, RunParams
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNSUPPORTED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # pragma: no cover - argparse path
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    for field in FIELDS.values():
+        default = "engine cap" if field.name == "server_nofile" else field.default
+        default = "none" if default is None else default
+        # Values stay strings here: RunParams validates them and names the flag on error.
+        p.add_argument(field.flag, dest=field.name, default=None, metavar=field.name.upper(),
+                       help=f"{field.help} (default: {default})")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    values = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    try:
+        params = RunParams.from_mapping(values, flag_names=True)
+    except ParamError as err:
+        print(f"tcplimits run: {err.key} {err.value!r}: {err.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.run_id is not None and not _valid_id(args.run_id):
+        print(f"tcplimits run: --run-id {args.run_id!r}: use letters, digits, '.', '_' and '-'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from .engine import run_experiment, summary
+
+    record = run_experiment(params, out_dir=Path(args.out), run_id=args.run_id,
+                            progress=not args.quiet)
+    print(summary(Path(args.out)), flush=True)
+    status = record["status"]
+    if args.exit_zero:
+        return EXIT_OK
+    return {"ok": EXIT_OK, "unsupported": EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
+
+
+def _valid_id(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value))
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    import docker
+
+    from .image import ImageError, ensure_image
+
+    try:
+        image = ensure_image(docker.from_env(), rebuild=args.rebuild,
+                             log=lambda m: print(m, file=sys.stderr))
+    except ImageError as err:
+        print(f"tcplimits image: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    tag = image.tags[0] if image.tags else image.id
+    print(tag)
+    if args.stamp:
+        from .results import write_text
+
+        write_text(f"{tag}\n{image.id}\n", args.stamp)
+    return EXIT_OK
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    import docker
+
+    from .engine import probe_engine
+
+    info = probe_engine(docker.from_env(), refresh=args.refresh)
+    print(json.dumps(info, indent=2))
+    return EXIT_OK
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    import docker
+
+    from .engine import sweep
+
+    removed = sweep(docker.from_env(), everything=args.all)
+    print(f"removed {removed['containers']} container(s) and {removed['networks']} network(s)")
+    return EXIT_OK
+
+
+def _cmd_points(args: argparse.Namespace) -> int:
+    from .grid import load_config, points
+
+    for point in points(load_config(args.config)):
+        print(point.id, " ".join(point.params.to_args()))
+    return EXIT_OK
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from .dataset import build_dataset
+
+    counts = build_dataset([Path(p) for p in args.runs], Path(args.out))
+    print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .render import render_report
+
+    out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source))
+    print(out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tcplimits",
+        description="How many TCP connections can a server and its clients hold, and what "
+        "stops them? Real experiments on the Docker engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"tcplimits {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run one experiment and write its run directory",
+                       description="Start one server container and CLIENTS client containers on "
+                       "a fresh internal bridge network; each client process opens connections "
+                       "until the first failure. Prints a table, writes the run directory, "
+                       "removes every container and the network.")
+    _add_run_flags(p)
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--run-id", default=None, help="run id (default: made from time and parameters)")
+    p.add_argument("--quiet", action="store_true", help="no live count")
+    p.add_argument("--exit-zero", action="store_true",
+                   help="exit 0 whenever the run directory was written, whatever the run's "
+                   "status (for workflows: failures are recorded, not fatal)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("image", help="build the agent image (and its Debian base) if missing",
+                       description="Build the image the experiments run in. The tag follows a "
+                       "hash of the container programs: unchanged code is not rebuilt.")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the agent image")
+    p.add_argument("--stamp", help="also write the tag and image id to this file")
+    p.set_defaults(func=_cmd_image)
+
+    p = sub.add_parser("probe", help="measure what the engine allows (nofile cap, versions)",
+                       description="Find the highest nofile the engine can give a container, "
+                       "and read kernel, Docker and conntrack facts. Cached per engine.")
+    p.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("clean", help="remove leftover containers and networks of dead runs",
+                       description="Remove containers and networks labelled tcplimits=1 whose "
+                       "run is no longer alive (or all of them with --all).")
+    p.add_argument("--all", action="store_true", help="also those of runs still alive")
+    p.set_defaults(func=_cmd_clean)
+
+    p = sub.add_parser("points", help="list the points of a workflow config",
+                       description="Print each grid point's id and its `tcplimits run` flags.")
+    p.add_argument("config", nargs="?", default="config/config.yaml")
+    p.set_defaults(func=_cmd_points)
+
+    p = sub.add_parser("dataset", help="concatenate run directories into one dataset",
+                       description="Write runs, clients, server and series Parquet files, "
+                       "parameters as columns, from run directories.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", required=True, help="dataset directory")
+    p.set_defaults(func=_cmd_dataset)
+
+    p = sub.add_parser("report", help="render the HTML report from a dataset",
+                       description="Render report/report.qmd with Quarto when installed, else "
+                       "with jupytext + nbclient + nbconvert; one offline HTML file.")
+    p.add_argument("--dataset", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="report directory (index.html, data/)")
+    p.add_argument("--source", default="report/report.qmd", help="the .qmd to render")
+    p.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The run directory: the contract between one experiment, the workflow and the report.
+
+One place documents every file and column. Every file is written atomically (a temp file in
+the same directory, then rename), so a reader never sees half a file and an interrupted run
+leaves no partial result behind.
+
+    <run dir>/
+      run.json          run id, parameters, status + reason, times, environment, notes
+      clients.parquet   one row per client process (CLIENTS_SCHEMA)
+      server.parquet    one row per server worker  (SERVER_SCHEMA)
+      series.parquet    progress samples            (SERIES_SCHEMA)
+      compose.yml       a docker-compose file that reproduces the run by hand
+      logs/<container>.log   each container's output
+
+run.json keys:
+    run_id        the run's id (the workflow passes its point id; `tcplimits run` makes one)
+    status        "ok" | "failed" | "unsupported"; reason: why, when not ok (else null)
+    params        RunParams.to_dict(): what was asked, never changed
+    resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
+    prediction    model.predict(...) as a dict, made before the run
+    started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, teardown_s
+    environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
+                  image_id, image_tag, tcplimits_version, git_sha, cgroup_version
+    totals        connections (sum over client processes), server_accepted (sum over workers)
+    held_ports    {client number: [ports in the range held in its namespace at start]}
+    notes         list of sentences that explain the outcome (e.g. a port held by Docker's DNS)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_UNSUPPORTED = "unsupported"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_UNSUPPORTED)
+
+RUN_JSON = "run.json"
+CLIENTS_FILE = "clients.parquet"
+SERVER_FILE = "server.parquet"
+SERIES_FILE = "series.parquet"
+COMPOSE_FILE = "compose.yml"
+LOGS_DIR = "logs"
+
+# One row per client process.
+CLIENTS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,        # client container, 1-based
+    "proc": pl.Int32,          # process within the container, 1-based
+    "client_ip": pl.Utf8,
+    "connections": pl.Int64,   # connections established (and held) when it stopped
+    "errno": pl.Int32,         # errno of the connect/socket call that stopped it; null if none
+    "error": pl.Utf8,          # errno name (EADDRNOTAVAIL, EMFILE, ETIMEDOUT, ...) or a stop reason
+    "message": pl.Utf8,        # strerror or the exception text
+    "elapsed_s": pl.Float64,   # from the process's start to its stop
+    "held_ports": pl.Int32,    # ports in the range already held in the container's namespace at start
+}
+
+# One row per server worker.
+SERVER_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "worker": pl.Int32,        # 1-based
+    "accepted": pl.Int64,      # connections accepted and held
+    "errno": pl.Int32,         # first accept() error (EMFILE when out of descriptors); null if none
+    "error": pl.Utf8,
+    "message": pl.Utf8,
+    "accept_errors": pl.Int64, # how many accept() calls failed
+}
+
+# Progress samples: at least one per 1% of the expected count, plus the last connection.
+SERIES_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,
+    "proc": pl.Int32,
+    "connections": pl.Int64,          # connections held at this sample
+    "t_s": pl.Float64,                # seconds since the process started connecting
+    "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
+}
+
+SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA}
+
+
+def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows (dicts) -> a frame with exactly the schema's columns and types."""
+    rows = [{k: r.get(k) for k in schema} for r in rows]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: df.write_parquet(tmp))
+
+
+def write_text(text: str, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", path)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RUN_JSON).read_text())
+
+
+def read_table(run_dir: str | Path, name: str) -> pl.DataFrame:
+    """One of the run's Parquet files; an empty frame of the right schema when absent."""
+    path = Path(run_dir) / name
+    if path.exists():
+        return pl.read_parquet(path)
+    return pl.DataFrame(schema=SCHEMAS[name])

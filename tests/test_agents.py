@@ -1,0 +1,145 @@
+"""The container programs, run as plain processes on loopback: the outcomes they report."""
+
+import json
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tcplimits.agents import common
+
+AGENTS = Path(__file__).resolve().parents[1] / "src" / "tcplimits" / "agents"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def events(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def nofile(n):
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def start_server(port, *args, limit=None):
+    proc = subprocess.Popen([sys.executable, str(AGENTS / "server.py"), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=nofile(limit) if limit else None)
+    first = json.loads(proc.stdout.readline())
+    assert first["event"] == "listening"
+    return proc
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    return events(out)
+
+
+def run_client(port, *args, limit=None, hold=0.5):
+    proc = subprocess.Popen([sys.executable, str(AGENTS / "client.py"), "--server", "127.0.0.1",
+                             "--port", str(port), *args], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=nofile(limit) if limit else None)
+    time.sleep(hold)
+    return stop(proc)
+
+
+def test_client_stops_at_max_connections_and_server_counts_them():
+    port = free_port()
+    server = start_server(port, "--workers", "2")
+    try:
+        out = run_client(port, "--procs", "2", "--max-connections", "300", "--sample-every", "30",
+                         hold=2.0)
+    finally:
+        got = stop(server)
+    results = [e for e in out if e["event"] == "result"]
+    assert sorted(r["proc"] for r in results) == [1, 2]
+    assert all(r["connections"] == 300 and r["error"] == "MAX_CONNECTIONS" for r in results)
+    samples = [e for e in out if e["event"] == "progress" and e["proc"] == 1]
+    assert [s["connections"] for s in samples] == list(range(30, 301, 30))
+    assert all(s["connect_latency_s"] > 0 for s in samples)
+    server_results = [e for e in got if e["event"] == "result"]
+    assert sum(r["accepted"] for r in server_results) == 600
+    assert all(r["errno"] is None for r in server_results)
+
+
+def test_client_out_of_descriptors_reports_emfile_at_nofile_minus_3():
+    port = free_port()
+    server = start_server(port)
+    try:
+        out = run_client(port, limit=64, hold=1.5)
+    finally:
+        stop(server)
+    (result,) = [e for e in out if e["event"] == "result"]
+    assert result["error"] == "EMFILE" and result["errno"] == 24
+    assert result["connections"] == 64 - 3
+
+
+def test_server_out_of_descriptors_reports_emfile_and_keeps_running():
+    port = free_port()
+    server = start_server(port, "--backlog", "4", limit=40)
+    try:
+        # A SYN dropped while the queue is briefly full is sent again after 1 s: the
+        # timeout must outlast that, or a burst on loopback ends the run early.
+        out = run_client(port, "--connect-timeout", "2.5", hold=6.0)
+    finally:
+        got = stop(server)
+    (result,) = [e for e in got if e["event"] == "result"]
+    assert result["error"] == "EMFILE" and result["accepted"] == 40 - 4
+    assert result["accept_errors"] >= 1
+    (client,) = [e for e in out if e["event"] == "result"]
+    # Accepted + the accept queue (backlog + 1), then the SYN is dropped: a timeout.
+    assert client["error"] == "ETIMEDOUT"
+    assert 36 + 1 <= client["connections"] <= 36 + 4 + 1
+
+
+def test_client_without_server_reports_econnrefused():
+    out = run_client(free_port(), hold=1.0)
+    (result,) = [e for e in out if e["event"] == "result"]
+    assert (result["error"], result["connections"]) == ("ECONNREFUSED", 0)
+
+
+def test_client_waits_for_the_start_signal():
+    port = free_port()
+    server = start_server(port)
+    try:
+        proc = subprocess.Popen([sys.executable, str(AGENTS / "client.py"), "--server",
+                                 "127.0.0.1", "--port", str(port), "--wait-signal",
+                                 "--max-connections", "5"], stdout=subprocess.PIPE, text=True)
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGUSR1)
+        result = json.loads(proc.stdout.readline())
+        while result["event"] != "result":
+            result = json.loads(proc.stdout.readline())
+        assert result["connections"] == 5
+        stop(proc)
+        assert proc.returncode == 0
+    finally:
+        stop(server)
+
+
+def test_tcp_sockets_sees_a_listener():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert ("127.0.0.1", port, "LISTEN") in common.tcp_sockets()
+        assert common.is_listening(port)
+
+
+def test_describe_error():
+    import errno
+
+    assert common.describe_error(OSError(errno.EADDRNOTAVAIL, "x"))[:2] == (99, "EADDRNOTAVAIL")
+    assert common.describe_error(socket.timeout("timed out"))[:2] == (110, "ETIMEDOUT")

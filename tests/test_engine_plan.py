@@ -1,0 +1,132 @@
+"""The engine's pure parts: container specs, compose file, refusals, explanations."""
+
+import re
+
+import yaml
+
+from tcplimits import model
+from tcplimits.engine import (Resolved, compose_file, container_specs, explain, new_run_id,
+                              sweep, unsupported_reason)
+from tcplimits.params import RunParams
+
+PARAMS = RunParams(port_range="40000-40999", nofile=300, procs=2, clients=2, backlog=8)
+RESOLVED = Resolved.of(PARAMS, engine_nofile_cap=20000)
+
+
+def specs():
+    return container_specs(PARAMS, RESOLVED, "r1", "tcplimits-agent:abc", "net-r1",
+                           {"tcplimits": "1", "tcplimits.run": "r1"})
+
+
+def test_every_container_runs_with_least_privilege():
+    all_specs = specs()
+    assert sorted(all_specs) == ["client1", "client2", "server"]
+    for spec in all_specs.values():
+        assert spec["cap_drop"] == ["ALL"]
+        assert spec["security_opt"] == ["no-new-privileges"]
+        assert spec["read_only"] is True
+        assert spec["user"] == "65534:65534"
+        assert "ports" not in spec and "privileged" not in spec
+        assert spec["labels"]["tcplimits"] == "1" and spec["labels"]["tcplimits.run"] == "r1"
+        assert spec["pids_limit"] <= 64 and spec["mem_limit"] > 0
+        assert spec["network"] == "net-r1"
+
+
+def test_clients_get_the_range_and_nofile_asked_for():
+    for i in (1, 2):
+        spec = specs()[f"client{i}"]
+        assert spec["sysctls"] == {"net.ipv4.ip_local_port_range": "40000 40999"}
+        (ulimit,) = spec["ulimits"]
+        assert (ulimit["Name"], ulimit["Soft"], ulimit["Hard"]) == ("nofile", 300, 300)
+        cmd = spec["command"]
+        assert cmd[cmd.index("--procs") + 1] == "2" and cmd[cmd.index("--client") + 1] == str(i)
+        assert "--wait-signal" in cmd
+
+
+def test_sampling_gives_at_least_one_sample_per_percent():
+    per_proc = model.client_terms(PARAMS)[0] / PARAMS.procs
+    assert RESOLVED.sample_every <= per_proc / 100
+
+
+def test_auto_workers_cover_the_clients_demand():
+    params = RunParams(port_range="1024-65535", nofile=15000, procs=5, clients=2)
+    resolved = Resolved.of(params, engine_nofile_cap=20000)
+    demand = 2 * 64512
+    assert resolved.server_workers * (20000 - model.SERVER_BASELINE_FDS) > demand
+    assert Resolved.of(RunParams(server_workers=3), 20000).server_workers == 3
+
+
+def test_compose_file_reproduces_the_run():
+    doc = yaml.safe_load(compose_file(specs(), "r1"))
+    assert doc["networks"]["testnet"]["internal"] is True
+    client = doc["services"]["client1"]
+    assert client["sysctls"]["net.ipv4.ip_local_port_range"] == "40000 40999"
+    assert client["ulimits"]["nofile"] == {"soft": 300, "hard": 300}
+    assert client["depends_on"]["server"]["condition"] == "service_healthy"
+    assert "--wait-signal" not in client["command"]  # by hand, clients start on their own
+    assert client["cap_drop"] == ["ALL"] and client["read_only"] is True
+    assert "ports" not in client
+    assert doc["services"]["server"]["healthcheck"]["test"][-3:] == ["--check", "--port", "5000"]
+
+
+def test_unsupported_reason_says_what_to_do():
+    assert unsupported_reason(RunParams(nofile=20000), 20000) is None
+    reason = unsupported_reason(RunParams(nofile=100000), 20000)
+    assert reason.startswith("engine allows nofile up to 20000; asked 100000; use more --procs")
+    assert "--procs 5 --nofile 20000" in reason
+    assert "--server-nofile" in unsupported_reason(RunParams(server_nofile=30000), 20000)
+
+
+def test_run_ids_are_stable_per_parameters_and_readable():
+    a, b = new_run_id(PARAMS), new_run_id(RunParams())
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", a)
+    assert a[-6:] != b[-6:] and new_run_id(PARAMS)[-6:] == a[-6:]
+
+
+def test_explain_names_the_port_held_by_docker_dns():
+    params = RunParams(port_range="32768-60999", nofile=15000, procs=2, clients=1)
+    prediction = model.predict(params, server_nofile=20000, server_workers=2, held_ports=[1])
+    clients = [dict(client=1, proc=1, connections=13234, error="EADDRNOTAVAIL"),
+               dict(client=1, proc=2, connections=14997, error="EMFILE")]
+    notes = explain(params, prediction, clients, [dict(worker=1, accepted=28231)],
+                    {1: [{"addr": "127.0.0.11", "port": 43995, "state": "LISTEN"}]}, 129)
+    text = "\n".join(notes)
+    assert "port 43995" in text and "embedded DNS" in text
+    assert "28,231 connections (as predicted; limit: ports)" in text
+    assert "process(es) 2 reached their own descriptor limit" in text
+
+
+class _FakeResource:
+    def __init__(self, labels):
+        self.attrs = {"Labels": labels}
+        self.removed = False
+
+    def remove(self, **_):
+        self.removed = True
+
+
+class _FakeCollection:
+    def __init__(self, items):
+        self.items = items
+
+    def list(self, **_):
+        return self.items
+
+
+def test_sweep_removes_only_resources_of_dead_owners():
+    import os
+    import socket
+
+    host = socket.gethostname()
+    dead = _FakeResource({"tcplimits": "1", "tcplimits.owner": f"{host}:999999999"})
+    alive = _FakeResource({"tcplimits": "1", "tcplimits.owner": f"{host}:{os.getpid()}"})
+    unowned = _FakeResource({"tcplimits": "1"})
+    other_host = _FakeResource({"tcplimits": "1", "tcplimits.owner": "elsewhere:1"})
+
+    class Client:
+        containers = _FakeCollection([dead, alive, unowned, other_host])
+        networks = _FakeCollection([])
+
+    assert sweep(Client()) == {"containers": 1, "networks": 0}
+    assert dead.removed and not (alive.removed or unowned.removed or other_host.removed)
+    assert sweep(Client(), everything=True)["containers"] == 4

@@ -1,0 +1,90 @@
+"""RunParams: validation names the key and the value; nothing odd gets through."""
+
+import pytest
+
+from tcplimits.params import FIELDS, ParamError, RunParams, parse_port_range
+
+
+def test_defaults_are_the_kernel_defaults():
+    p = RunParams()
+    assert p.port_range == "32768-60999"
+    assert p.port_count == 28232
+    assert (p.port_lo, p.port_hi) == (32768, 60999)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1024-65535", (1024, 65535)),
+    ("32768 60999", (32768, 60999)),
+    (" 40000 - 40999 ", (40000, 40999)),
+    ("40000-40000", (40000, 40000)),
+])
+def test_port_range_forms(text, expected):
+    assert parse_port_range(text) == expected
+
+
+@pytest.mark.parametrize("value, words", [
+    ("60999-32768", "reversed"),
+    ("1023-65535", "below 1024"),
+    ("1024-65536", "above 65535"),
+    ("abc", "LO-HI"),
+    ("1024-", "LO-HI"),
+    (5000, "LO-HI"),
+])
+def test_bad_port_ranges_name_key_and_value(value, words):
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({"port_range": value})
+    assert err.value.key == "port_range"
+    assert str(value) in str(err.value)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("nofile", 0), ("nofile", -5), ("nofile", "many"), ("nofile", 2.5), ("nofile", True),
+    ("clients", 0), ("procs", 0), ("procs", "x"), ("backlog", -1),
+    ("connect_timeout", "soon"), ("server_workers", "lots"), ("server_workers", 0),
+    ("nofile", 2_000_000),
+])
+def test_bad_values_name_key_and_value(key, value):
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({key: value})
+    assert err.value.key == key
+    assert err.value.value == value
+
+
+def test_flag_names_in_errors():
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({"port_range": "9-1"}, flag_names=True)
+    assert err.value.key == "--port-range"
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({"nofiles": 10})
+    assert err.value.key == "nofiles"
+    assert "unknown" in str(err.value)
+
+
+def test_strings_from_the_command_line_are_coerced():
+    p = RunParams.from_mapping({"nofile": "1000", "server_workers": "auto",
+                                "connect_timeout": "2.5", "max_connections": "none"})
+    assert (p.nofile, p.server_workers, p.connect_timeout, p.max_connections) == \
+        (1000, "auto", 2.5, None)
+    assert RunParams.from_mapping({"server_workers": "3"}).server_workers == 3
+
+
+def test_direct_construction_validates_too():
+    with pytest.raises(ParamError):
+        RunParams(nofile=0)
+
+
+def test_to_args_round_trips():
+    p = RunParams(port_range="40000-40999", nofile=300, clients=2, server_nofile=200)
+    args = p.to_args()
+    pairs = dict(zip(args[::2], args[1::2]))
+    again = RunParams.from_mapping({k[2:].replace("-", "_"): v for k, v in pairs.items()})
+    assert again == p
+
+
+def test_every_field_has_a_flag_and_help():
+    for field in FIELDS.values():
+        assert field.flag.startswith("--") and field.help
