@@ -30,8 +30,10 @@ def engine():
 
 def labelled(engine, run_id=None):
     label = ["tcplimits=1"] + ([f"tcplimits.run={run_id}"] if run_id else [])
-    return (engine.containers.list(all=True, filters={"label": label}),
-            engine.networks.list(filters={"label": label}))
+    # sparse: listing must not inspect containers that a run is removing meanwhile.
+    return ([c.id for c in engine.containers.list(all=True, sparse=True,
+                                                  filters={"label": label})],
+            [n.id for n in engine.networks.list(filters={"label": label})])
 
 
 def run(engine, tmp_path, name, **values):
@@ -153,8 +155,9 @@ def _start_and_wait_for_containers(engine, tmp_path, run_id):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        containers, _ = labelled(engine, run_id)
-        if len([c for c in containers if c.labels.get("tcplimits.role") == "client"]):
+        clients = engine.containers.list(all=True, sparse=True, filters={"label": [
+            f"tcplimits.run={run_id}", "tcplimits.role=client"]})
+        if clients:
             return proc
         time.sleep(0.2)
     proc.kill()

@@ -124,7 +124,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source))
     print(out)
-    return EXIT_OK
+    if args.browser_check == "no":
+        return EXIT_OK
+    from .render import browser_available, check_in_browser
+
+    missing = browser_available()
+    if missing:
+        if args.browser_check == "yes":
+            print(f"tcplimits report: cannot check the page in a browser: {missing} "
+                  "(Debian: apt-get install chromium chromium-driver)", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"browser check skipped ({missing})", file=sys.stderr)
+        return EXIT_OK
+    screenshot = out.parent / "screenshot.png"
+    problems = check_in_browser(out, screenshot)
+    for problem in problems:
+        print(f"tcplimits report: browser check: {problem}", file=sys.stderr)
+    print(screenshot)
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="report directory (index.html, data/)")
     p.add_argument("--source", default="report/report.qmd", help="the .qmd to render")
+    p.add_argument("--browser-check", choices=["auto", "yes", "no"], default="auto",
+                   help="open the page in headless Chromium with networking off, fail on a "
+                   "console error or an undrawn chart, save screenshot.png beside it "
+                   "(auto: when Chromium, chromedriver and selenium are installed)")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -309,7 +309,9 @@ def sweep(client, *, everything: bool = False, run_id: str | None = None) -> dic
     (or all of them, or those of one run)."""
     filters = {"label": [f"{LABEL}=1"] + ([f"{RUN_LABEL}={run_id}"] if run_id else [])}
     removed = {"containers": 0, "networks": 0}
-    for kind, listing in (("containers", lambda: client.containers.list(all=True, filters=filters)),
+    # sparse: no inspect per container, which would race with containers being removed.
+    for kind, listing in (("containers", lambda: client.containers.list(all=True, sparse=True,
+                                                                        filters=filters)),
                           ("networks", lambda: client.networks.list(filters=filters))):
         for resource in listing():
             labels = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
@@ -620,10 +622,6 @@ class Experiment:
         sweep(self.client, run_id=self.run_id)
 
 
-def _held_ports(state: _State, params: RunParams) -> dict[int, list[dict]]:
-    return {c: state.ready[c].get("held", []) for c in sorted(state.ready)}
-
-
 def _client_rows(state: _State, params: RunParams, run_id: str,
                  addresses: dict[int, str]) -> list[dict]:
     rows = []
@@ -754,7 +752,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         _write_run(out_dir, record, [], [], [], compose=None)
         return record
     resolved = Resolved.of(params, cap)
-    record["resolved"] = dataclass_dict(resolved)
+    record["resolved"] = asdict(resolved)
     removed = sweep(client)
     if any(removed.values()):
         log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "
@@ -789,7 +787,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     state = experiment.state
     experiment.save_logs(out_dir)
     record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
-    held = _held_ports(state, params)
+    held = {c: state.ready[c].get("held", []) for c in sorted(state.ready)}
     listening = state.server_listening or {}
     somaxconn = listening.get("somaxconn", model.SOMAXCONN)
     prediction = model.predict(
@@ -818,12 +816,6 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
-
-
-def dataclass_dict(obj) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 def _write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],

@@ -1,0 +1,33 @@
+# The sweep: run a grid of experiments on the Docker engine, gather them into one Parquet
+# dataset, render the report.
+#   snakemake --cores 4                                    config/config.yaml
+#   snakemake --cores 4 --configfile config/seed.yaml      the seed itself
+#   snakemake -n                                           the plan, nothing run
+# Defaults (keep-going, one experiment at a time) are in workflow/profiles/default, which
+# Snakemake finds through the symlink profiles -> workflow/profiles (it looks for
+# profiles/default beside this Snakefile). Stages: workflow/rules/*.smk; the work is done by
+# the `tcplimits` command (src/tcplimits).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A --configfile replaces the default config (Snakemake would otherwise merge it into
+# config/config.yaml), so that a file's grid is exactly the points it runs; --config KEY=VALUE
+# still overrides single keys of whichever file is in use.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/image.smk"
+include: "workflow/rules/experiments.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,264 @@
+"""The dataset: run directories concatenated into four Parquet files, parameters as columns.
+
+One place documents every column (the schemas below, in the style of results.py). Every
+file is written atomically; no run directory, or runs without a table, still give every
+file with the full schema, so readers never special-case an empty sweep.
+
+    <out dir>/
+      runs.parquet      one row per run (RUNS_SCHEMA), failed and unsupported ones too
+      clients.parquet   every run's clients.parquet + PARAM_COLUMNS (CLIENTS_SCHEMA)
+      server.parquet    every run's server.parquet  + PARAM_COLUMNS (SERVER_SCHEMA)
+      series.parquet    every run's series.parquet  + PARAM_COLUMNS (SERIES_SCHEMA)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+from . import results
+from .params import FIELDS
+
+_PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
+                 "workers": pl.Utf8}  # server_workers may be "auto"
+
+# Every RunParams field is a column (a field added to params.FIELDS appears by itself).
+PARAMS_SCHEMA: dict[str, pl.DataType] = {
+    name: _PARAM_DTYPES[field.kind] for name, field in FIELDS.items()
+}
+
+# The environment block of run.json, each key as env_<key>. Keys the engine adds later
+# appear too, as strings.
+ENV_SCHEMA: dict[str, pl.DataType] = {
+    "env_kernel": pl.Utf8,
+    "env_docker_version": pl.Utf8,
+    "env_storage_driver": pl.Utf8,
+    "env_engine_nofile_cap": pl.Int64,   # highest nofile the engine can give a container
+    "env_nf_conntrack_max": pl.Int64,
+    "env_image_id": pl.Utf8,
+    "env_image_tag": pl.Utf8,
+    "env_tcplimits_version": pl.Utf8,
+    "env_git_sha": pl.Utf8,
+    "env_cgroup_version": pl.Utf8,
+}
+
+_TIME = pl.Datetime("us", "UTC")
+
+# One row per run. Runs that did not get far (unsupported, failed early) have nulls for
+# what they never reached: resolved values, prediction, totals.
+RUNS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "status": pl.Utf8,                      # ok | failed | unsupported
+    "reason": pl.Utf8,                      # why, when not ok
+    **PARAMS_SCHEMA,                        # what was asked
+    "port_lo": pl.Int64,
+    "port_hi": pl.Int64,
+    "port_count": pl.Int64,                 # ports in the range
+    "resolved_server_nofile": pl.Int64,     # server_nofile after defaults (the engine cap)
+    "resolved_server_workers": pl.Int64,    # server_workers after "auto"
+    "predicted_total": pl.Int64,            # model: connections all clients should hold
+    "predicted_per_client": pl.List(pl.Int64),
+    "predicted_limit": pl.Utf8,             # the term that wins: ports, descriptors, ...
+    "predicted_errno": pl.Utf8,             # errno name the clients should stop with
+    "predicted_server_accepted": pl.Int64,
+    "predicted_client_capacity": pl.Int64,  # one client with an unbounded server
+    "predicted_server_capacity": pl.Int64,  # server accepts + accept queue
+    "connections_total": pl.Int64,          # measured: sum over client processes
+    "server_accepted": pl.Int64,            # measured: sum over server workers
+    "started_at": _TIME,
+    "ended_at": _TIME,
+    "duration_s": pl.Float64,
+    "setup_s": pl.Float64,
+    "connect_s": pl.Float64,
+    "teardown_s": pl.Float64,
+    "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
+    "notes": pl.Utf8,                       # run.json's notes, one per line
+    **ENV_SCHEMA,
+    "run_dir": pl.Utf8,                     # where the run directory was read from
+}
+
+# Parameter columns joined (on run_id) onto every row of the per-run tables.
+PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
+                 "resolved_server_nofile", "server_workers", "backlog", "max_connections"]
+
+
+def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
+    return {**schema, **{c: RUNS_SCHEMA[c] for c in PARAM_COLUMNS}}
+
+
+CLIENTS_SCHEMA = _with_params(results.CLIENTS_SCHEMA)
+SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
+SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
+
+TABLES = {  # dataset name -> (run directory file, dataset schema)
+    "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
+    "server": (results.SERVER_FILE, SERVER_SCHEMA),
+    "series": (results.SERIES_FILE, SERIES_SCHEMA),
+}
+DATASET_FILES = ["runs", *TABLES]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _cast(value: Any, dtype: pl.DataType) -> Any:
+    """A run.json value as the column's type; what cannot be read becomes null."""
+    if value is None:
+        return None
+    if dtype == pl.Int64:
+        return _int(value)
+    if dtype == pl.Float64:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+    if dtype == pl.Utf8:
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, default=str)
+        return str(value)
+    if dtype == _TIME:
+        return _time(value)
+    if isinstance(dtype, pl.List):
+        return [_int(v) for v in value] if isinstance(value, list) else None
+    return value
+
+
+def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
+    """One row of runs.parquet from a run.json record (missing keys -> nulls)."""
+    params = record.get("params") or {}
+    resolved = record.get("resolved") or {}
+    prediction = record.get("prediction") or {}
+    totals = record.get("totals") or {}
+    held = record.get("held_ports")
+    row: dict[str, Any] = {
+        "run_id": record.get("run_id") or run_dir.name,
+        "status": record.get("status"),
+        "reason": record.get("reason"),
+        **{name: params.get(name) for name in PARAMS_SCHEMA},
+        "resolved_server_nofile": resolved.get("server_nofile"),
+        "resolved_server_workers": resolved.get("server_workers"),
+        "predicted_total": prediction.get("total"),
+        "predicted_per_client": prediction.get("per_client"),
+        "predicted_limit": prediction.get("limit"),
+        "predicted_errno": prediction.get("errno"),
+        "predicted_server_accepted": prediction.get("server_accepted"),
+        "predicted_client_capacity": prediction.get("client_capacity"),
+        "predicted_server_capacity": prediction.get("server_capacity"),
+        "connections_total": totals.get("connections"),
+        "server_accepted": totals.get("server_accepted"),
+        "held_ports": [_held_count(held[k]) for k in sorted(held, key=_client_order)]
+        if isinstance(held, dict) else None,
+        "notes": "\n".join(map(str, record.get("notes") or [])) or None,
+        "run_dir": str(run_dir),
+    }
+    for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
+        row[key] = record.get(key)
+    lo_hi = _port_bounds(params.get("port_range"))
+    if lo_hi:
+        row["port_lo"], row["port_hi"] = lo_hi
+        row["port_count"] = lo_hi[1] - lo_hi[0] + 1
+    for key, value in (record.get("environment") or {}).items():
+        row[f"env_{key}"] = value
+    return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
+
+
+def _held_count(value: Any) -> int | None:
+    """run.json lists the held ports; a bare count is accepted too."""
+    return len(value) if isinstance(value, list) else _int(value)
+
+
+def _client_order(key: Any) -> tuple[int, str]:
+    number = _int(key)
+    return (number if number is not None else 1 << 30, str(key))
+
+
+def _port_bounds(value: Any) -> tuple[int, int] | None:
+    from .params import ParamError, parse_port_range
+
+    try:
+        return parse_port_range(value)
+    except ParamError:
+        return None
+
+
+def _read_record(run_dir: Path) -> dict:
+    """run.json, or a failed record that says why it could not be read."""
+    try:
+        record = results.read_run(run_dir)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    except (OSError, ValueError) as err:
+        return {"run_id": run_dir.name, "status": results.STATUS_FAILED,
+                "reason": f"no readable {results.RUN_JSON} in {run_dir}: {err}"}
+
+
+def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The schema's columns first, in order and type (missing ones null), then any others."""
+    cols = [
+        (pl.col(name).cast(dtype, strict=False) if name in df.columns
+         else pl.lit(None, dtype=dtype)).alias(name)
+        for name, dtype in schema.items()
+    ]
+    extra = [c for c in df.columns if c not in schema]
+    return df.select(cols + extra)
+
+
+def runs_frame(run_dirs: Iterable[Path]) -> pl.DataFrame:
+    rows, seen = [], {}
+    for run_dir in run_dirs:
+        row = run_row(_read_record(run_dir), run_dir)
+        if row["run_id"] in seen:
+            raise ValueError(f"run id {row['run_id']!r} appears in {seen[row['run_id']]} "
+                             f"and {run_dir}")
+        seen[row["run_id"]] = run_dir
+        rows.append(row)
+    extra = sorted({k for r in rows for k in r} - set(RUNS_SCHEMA))  # new env_ keys
+    schema = {**RUNS_SCHEMA, **{k: pl.Utf8 for k in extra}}
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+
+
+def table_frame(runs: pl.DataFrame, name: str) -> pl.DataFrame:
+    """One per-run table over all runs, with the parameter columns joined on run_id."""
+    file, schema = TABLES[name]
+    base = results.SCHEMAS[file]
+    parts = []
+    for run_id, run_dir in runs.select("run_id", "run_dir").iter_rows():
+        part = results.read_table(run_dir, file)
+        if part.height:
+            # The run directory's own id wins: a table copied from elsewhere still joins.
+            parts.append(conform(part, base).with_columns(pl.lit(run_id).alias("run_id")))
+    table = (pl.concat(parts, how="diagonal_relaxed") if parts
+             else pl.DataFrame(schema=base))
+    params = runs.select("run_id", *PARAM_COLUMNS)
+    return conform(table.drop([c for c in PARAM_COLUMNS if c in table.columns])
+                   .join(params, on="run_id", how="left"), schema)
+
+
+def build_dataset(run_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[str, int]:
+    """Write runs/clients/server/series.parquet into ``out_dir``; returns rows per file."""
+    out_dir = Path(out_dir)
+    unique = list(dict.fromkeys(Path(d) for d in run_dirs))  # same directory twice: once
+    runs = runs_frame(unique)
+    frames = {"runs": runs, **{name: table_frame(runs, name) for name in TABLES}}
+    for name, df in frames.items():
+        results.write_parquet(df, out_dir / f"{name}.parquet")
+    return {name: df.height for name, df in frames.items()}

@@ -1,0 +1,331 @@
+"""Predict what one experiment should hold, and what should stop it (pure, no I/O).
+
+The model of ``shared/docs/limits.md``: each client container is bounded by its port pool
+(the range minus ports already held in its namespace), by its processes' descriptors
+(procs x (nofile - baseline)), and by an optional per-process bound; the server by its
+workers' descriptors plus the accept queue; everything by conntrack room. The smallest term
+wins and names the errno the client should see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .params import FIELDS, RunParams
+
+# Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
+CLIENT_BASELINE_FDS = 3
+# A server worker holds those three plus the listening socket.
+SERVER_BASELINE_FDS = 4
+# Linux caps listen()'s backlog at net.core.somaxconn (4096 since 5.4) and the accept
+# queue holds backlog + 1 completed connections.
+SOMAXCONN = 4096
+
+PORTS = "ports"
+DESCRIPTORS = "descriptors"
+MAX_CONNECTIONS = "max_connections"
+SERVER = "server"
+CONNTRACK = "conntrack"
+
+ERRNO_OF_LIMIT = {
+    PORTS: "EADDRNOTAVAIL",
+    DESCRIPTORS: "EMFILE",
+    MAX_CONNECTIONS: None,  # the client stops by itself
+    SERVER: "ETIMEDOUT",
+    CONNTRACK: "ETIMEDOUT",
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    per_client: list[int]          # connections each client container should hold
+    total: int                     # connections all clients should hold together
+    limit: str                     # the term that wins: ports, descriptors, max_connections, server, conntrack
+    errno: str | None              # the errno name the clients should stop with
+    client_capacity: int           # what one client could reach with an unbounded server
+    server_capacity: int           # server accept capacity + accept queue
+    server_accepted: int           # what the server should have accepted
+    terms: dict[str, int] = field(default_factory=dict)  # each client-side term, per container
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
+    """Completed connections the kernel queues before accept(): min(backlog, somaxconn) + 1."""
+    return min(backlog, somaxconn) + 1
+
+
+def auto_server_workers(params: RunParams, server_nofile: int) -> int:
+    """Enough workers that the server accepts every connection the clients can make."""
+    demand = params.clients * client_terms(params)[0]
+    per_worker = max(1, server_nofile - SERVER_BASELINE_FDS)
+    # Connections spread unevenly over workers sharing one socket: keep a spare worker.
+    return math.ceil(demand * 1.1 / per_worker) + 1
+
+
+def client_terms(params: RunParams, held_ports: int = 0) -> tuple[int, dict[str, int]]:
+    """(bound, terms) for one client container with an unbounded server."""
+    terms = {
+        PORTS: max(0, params.port_count - held_ports),
+        DESCRIPTORS: params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS),
+    }
+    if params.max_connections is not None:
+        terms[MAX_CONNECTIONS] = params.procs * params.max_connections
+    return min(terms.values()), terms
+
+
+def predict(
+    params: RunParams,
+    *,
+    server_nofile: int,
+    server_workers: int,
+    held_ports: list[int] | None = None,
+    conntrack_max: int | None = None,
+    somaxconn: int = SOMAXCONN,
+) -> Prediction:
+    """What the run should hold. ``held_ports[i]``: ports in the range already held in client
+    i's namespace (Docker's embedded DNS listener, for one). ``server_nofile`` and
+    ``server_workers`` are the resolved values (no "auto")."""
+    held = list(held_ports or [0] * params.clients)
+    if len(held) != params.clients:
+        raise ValueError(f"held_ports has {len(held)} entries for {params.clients} clients")
+    per_client, client_limits, all_terms = [], [], {}
+    for h in held:
+        bound, terms = client_terms(params, h)
+        per_client.append(bound)
+        # Ties go to the term listed first: ports, then descriptors, then the explicit bound.
+        client_limits.append(next(k for k, v in terms.items() if v == bound))
+        all_terms = terms
+    capacity = per_client[0] if per_client else 0
+    server_accept = server_workers * max(0, server_nofile - SERVER_BASELINE_FDS)
+    server_capacity = server_accept + accept_queue(params.backlog, somaxconn)
+    demand = sum(per_client)
+
+    limit = client_limits[0] if client_limits else PORTS
+    total = demand
+    if demand > server_capacity:
+        limit, total = SERVER, server_capacity
+        # Which client wins the race for the server is not predictable; spread evenly.
+        share, rest = divmod(server_capacity, params.clients)
+        per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
+    # Conntrack is counted per namespace: the server's holds every connection.
+    if conntrack_max is not None and total > conntrack_max:
+        limit, total = CONNTRACK, conntrack_max
+        share, rest = divmod(conntrack_max, params.clients)
+        per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
+    return Prediction(
+        per_client=per_client,
+        total=total,
+        limit=limit,
+        errno=ERRNO_OF_LIMIT[limit],
+        client_capacity=capacity,
+        server_capacity=server_capacity,
+        server_accepted=min(total, server_accept),
+        terms=all_terms,
+    )
+
+
+# --- Observed against predicted -------------------------------------------------------------
+# A measurement "agrees" with the model when it is within max(TOLERANCE_ABS, TOLERANCE_REL x
+# prediction) connections; every nonzero difference still gets an explanation.
+TOLERANCE_ABS = 2
+TOLERANCE_REL = 0.005
+
+# Linux resends an unanswered SYN after 1 s (TCP_TIMEOUT_INIT), then doubles the wait.
+SYN_RETRANSMIT_S = 1.0
+
+# Why a client process may stop with an errno the model did not name.
+ERRNO_CAUSES = {
+    "EADDRNOTAVAIL": "the namespace's port pool ran out",
+    "EMFILE": "the process reached its own descriptor limit (nofile - {base})",
+    "ENFILE": "the host's fs.file-max ran out",
+    "ETIMEDOUT": "a SYN went unanswered until the connect timeout (accept queue full at a "
+                 "server out of descriptors, or a full conntrack table)",
+    "ECONNREFUSED": "nothing listened on the server port",
+    "MAX_CONNECTIONS": "it reached --max-connections",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One run's measurement set against the model, with the causes found for any gap."""
+
+    run_id: str
+    observed: int                  # connections the clients held together
+    predicted: int                 # the run's own prediction (made before it ran)
+    expected: int                  # the model again, with the ports measured as held at start
+    limit: str                     # the model's limiting factor
+    expected_errno: str | None
+    errnos: dict[str, int]         # errno name (or stop reason) -> client processes stopping so
+    server_accepted: int | None
+    explanations: list[str]
+
+    @property
+    def deviation(self) -> int:
+        return self.observed - self.predicted
+
+    @property
+    def tolerance(self) -> int:
+        return tolerance(self.predicted)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.deviation) <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "deviation": self.deviation, "tolerance": self.tolerance,
+                "within_tolerance": self.within_tolerance}
+
+
+def tolerance(predicted: int) -> int:
+    """Connections a measurement may differ from ``predicted`` and still agree."""
+    return max(TOLERANCE_ABS, round(TOLERANCE_REL * predicted))
+
+
+def params_of(run: Mapping[str, Any]) -> RunParams:
+    """The RunParams of a dataset row (one column per field; nulls mean the default)."""
+    return RunParams.from_mapping({k: run[k] for k in FIELDS if run.get(k) is not None})
+
+
+def held_counts(value: Any, clients: int) -> list[int]:
+    """Ports held per client container, from a list of counts or of lists of ports."""
+    if value is None:
+        return [0] * clients
+    counts = [len(v) if isinstance(v, (list, tuple)) else int(v or 0) for v in value]
+    return (counts + [0] * clients)[:clients]
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def compare_run(
+    run: Mapping[str, Any],
+    clients: Sequence[Mapping[str, Any]] = (),
+) -> Comparison | None:
+    """Set a finished run (a dataset row) against the model and explain every gap.
+
+    ``clients`` are the run's client-process rows (client, proc, connections, error,
+    held_ports). Returns None for a run that did not finish ("failed", "unsupported")."""
+    if run.get("status") != "ok" or run.get("connections_total") is None:
+        return None
+    params = params_of(run)
+    held = held_counts(run.get("held_ports"), params.clients)
+    for row in clients:  # every process of a container sees the same namespace
+        if row.get("held_ports") is not None and 1 <= (row.get("client") or 0) <= len(held):
+            held[row["client"] - 1] = max(held[row["client"] - 1], int(row["held_ports"]))
+    server_nofile = run.get("resolved_server_nofile") or params.server_nofile
+    workers = run.get("resolved_server_workers")
+    if workers is None and params.server_workers != "auto":
+        workers = params.server_workers
+    observed = int(run["connections_total"])
+    accepted = run.get("server_accepted")
+
+    if server_nofile is None or workers is None:  # cannot recompute: trust the run's record
+        predicted = int(run.get("predicted_total") or 0)
+        limit = run.get("predicted_limit") or PORTS
+        return Comparison(str(run["run_id"]), observed, predicted, predicted, limit,
+                          ERRNO_OF_LIMIT.get(limit), _errnos(clients), accepted, [])
+    kw = dict(server_nofile=int(server_nofile), server_workers=int(workers),
+              conntrack_max=run.get("env_nf_conntrack_max"))
+    naive = predict(params, **kw)
+    pred = predict(params, held_ports=held, **kw)
+    predicted = run.get("predicted_total")
+    predicted = pred.total if predicted is None else int(predicted)
+    errnos = _errnos(clients)
+    why: list[str] = []
+
+    # Ports held in the namespace before the first connect() shrink that client's pool.
+    if pred.limit == PORTS:
+        by_count: dict[int, list[str]] = {}
+        for i, h in enumerate(held, 1):
+            if h and client_terms(params, h)[0] == params.port_count - h:
+                by_count.setdefault(h, []).append(str(i))
+        for h, who in by_count.items():
+            why.append(f"{'clients' if len(who) > 1 else 'client'} {', '.join(who)}: "
+                       f"{_n(h, 'port')} of the range already held at start (e.g. by Docker's "
+                       f"DNS listener on 127.0.0.11), so the pool had "
+                       f"{params.port_count - h:,} ports, not {params.port_count:,}")
+        if predicted == naive.total != pred.total:
+            why.append(f"the prediction made before the run did not count held ports; "
+                       f"counting them gives {pred.total:,}")
+
+    # A server out of descriptors: clients count what it accepted plus the accept queue.
+    if pred.limit == SERVER and accepted is not None:
+        queue = accept_queue(params.backlog)
+        extra = observed - int(accepted)
+        why.append(f"the server accepted {int(accepted):,} ({workers} worker(s) x "
+                   f"({server_nofile:,} - {SERVER_BASELINE_FDS}) descriptors = "
+                   f"{pred.server_accepted:,} expected); clients hold {extra:,} more, "
+                   f"the accept queue holds backlog + 1 = {queue:,}")
+        if extra > queue:
+            why.append(f"{extra - queue:,} handshake(s) completed on the client side while the "
+                       "accept queue was full: the server drops the final ACK, but the "
+                       "client already counts the connection")
+        elif extra < queue:
+            why.append(f"{queue - extra:,} place(s) of the accept queue stayed empty when the "
+                       "clients gave up")
+    elif accepted is not None and int(accepted) != observed:
+        gap = observed - int(accepted)
+        where = ("still in its accept queue when it was counted"
+                 if 0 < gap <= accept_queue(params.backlog) else "not accounted for")
+        why.append(f"the server had accepted {int(accepted):,}, {gap:+,} against the "
+                   f"clients' count: {where}")
+
+    # Client processes that stopped for another reason than the model's.
+    expected_errno = pred.errno or "MAX_CONNECTIONS"
+    for name, count in errnos.items():
+        if name != expected_errno:
+            cause = ERRNO_CAUSES.get(name, "see the run's logs").format(base=CLIENT_BASELINE_FDS)
+            why.append(f"{_n(count, 'client process')} stopped with {name}: {cause}")
+            if name == "ETIMEDOUT" and params.connect_timeout < SYN_RETRANSMIT_S:
+                why.append(f"the connect timeout ({params.connect_timeout:g} s) is shorter than "
+                           f"the first SYN retransmission ({SYN_RETRANSMIT_S:g} s): a single "
+                           "lost or late SYN ends the client")
+    if params.procs > 1 and pred.limit == PORTS and "EMFILE" in errnos:
+        why.append("processes share the container's port pool and race for it: one can reach "
+                   "its descriptor limit while the others take the remaining ports")
+
+    # Per container (with one container the total says it all), where the model can say which
+    # client gets what.
+    if pred.limit in (PORTS, DESCRIPTORS, MAX_CONNECTIONS) and clients and params.clients > 1:
+        per_client: dict[int, int] = {}
+        for row in clients:
+            per_client[row["client"]] = per_client.get(row["client"], 0) + int(
+                row.get("connections") or 0)
+        for i, want in enumerate(pred.per_client, 1):
+            got = per_client.get(i)
+            if got is not None and got != want:
+                why.append(f"client {i} held {got:,}, {got - want:+,} against {want:,}")
+
+    residual = observed - pred.total
+    if residual and pred.limit != SERVER:
+        unexplained = not errnos.keys() - {expected_errno}
+        why.append(f"{residual:+,} connection(s) against the model with held ports counted"
+                   + (", not explained by the data" if unexplained else ""))
+    return Comparison(str(run["run_id"]), observed, predicted, pred.total, pred.limit,
+                      pred.errno, errnos, accepted, why)
+
+
+def _errnos(clients: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in clients:
+        name = row.get("error") or "none"
+        out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def compare_runs(
+    runs: Iterable[Mapping[str, Any]],
+    clients: Iterable[Mapping[str, Any]] = (),
+) -> list[Comparison]:
+    """compare_run for every finished run; client rows are matched on run_id."""
+    by_run: dict[str, list[Mapping[str, Any]]] = {}
+    for row in clients:
+        by_run.setdefault(row["run_id"], []).append(row)
+    found = (compare_run(run, by_run.get(run["run_id"], [])) for run in runs)
+    return [c for c in found if c is not None]

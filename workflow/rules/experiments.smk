@@ -1,0 +1,32 @@
+# One job per point. The point's flags reach the job through params, so a changed
+# parameter (timeout included) reruns exactly the points it touches.
+# The image stamp orders the experiments after the image job. It is ancient(): touching or
+# rewriting it does not rerun finished points. A new agent image (changed agent code) does
+# not rerun them either: each run.json records the image it ran on, and the new image is
+# used by the points that run next. To redo every point on a new image, run
+# `snakemake --forcerun image` (a rerun of the image job reruns everything after it).
+# --exit-zero: a failed or unsupported point is recorded in its run.json with the reason
+# and does not stop the others; an engine crash fails the job, and keep-going (the
+# profile) lets the other points finish.
+rule experiment:
+    input:
+        image=ancient("results/image.txt"),
+    output:
+        run_json("{point}"),
+    log:
+        "results/logs/experiment/{point}.log",
+    wildcard_constraints:
+        point=point_pattern(),
+    conda:
+        CONDA_ENV
+    resources:
+        docker_runs=1,
+    params:
+        flags=point_flags,
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+    # A rerun replaces the whole run directory: files of an earlier run of the point
+    # (a parquet file an unsupported run does not write) must not reach the dataset.
+    shell:
+        "rm -rf {params.out} && "
+        "tcplimits run {params.flags} --run-id {wildcards.point} --out {params.out} "
+        "--exit-zero > {log} 2>&1"
