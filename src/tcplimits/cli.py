@@ -46,8 +46,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from .engine import run_experiment, summary
 
-    record = run_experiment(params, out_dir=Path(args.out), run_id=args.run_id,
-                            progress=not args.quiet)
+    try:
+        record = run_experiment(params, out_dir=Path(args.out), run_id=args.run_id,
+                                progress=not args.quiet)
+    except KeyboardInterrupt:
+        written = (Path(args.out) / "run.json").exists()
+        print("\ntcplimits run: interrupted; nothing of the run is left on the engine"
+              + (f"; its partial results (status failed) are in {args.out}" if written else ""),
+              file=sys.stderr)
+        return 130
     print(summary(Path(args.out)), flush=True)
     status = record["status"]
     if args.exit_zero:
