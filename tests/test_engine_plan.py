@@ -130,3 +130,43 @@ def test_sweep_removes_only_resources_of_dead_owners():
     assert sweep(Client()) == {"containers": 1, "networks": 0}
     assert dead.removed and not (alive.removed or unowned.removed or other_host.removed)
     assert sweep(Client(), everything=True)["containers"] == 4
+
+
+def test_auto_workers_beyond_the_bound_are_refused_not_lowered():
+    params = RunParams(port_range="1024-65535", nofile=15000, procs=5, clients=32,
+                       server_nofile=100)
+    resolved = Resolved.of(params, 20000)
+    reason = unsupported_reason(params, 20000, resolved)
+    assert reason.startswith(f"server_workers auto needs {resolved.server_workers} workers")
+    assert unsupported_reason(PARAMS, 20000, RESOLVED) is None
+
+
+def test_names_of_one_run_instance_never_repeat():
+    a = container_specs(PARAMS, RESOLVED, "r1", "img", "net", {}, instance="aaaa")
+    b = container_specs(PARAMS, RESOLVED, "r1", "img", "net", {}, instance="bbbb")
+    assert {s["name"] for s in a.values()}.isdisjoint(s["name"] for s in b.values())
+
+
+def test_a_dead_client_process_is_noticed():
+    from tcplimits.engine import _State
+
+    state = _State()
+    state.take("client1", {"event": "worker_exit", "client": 1, "pid": 7, "code": -9})
+    assert state.died == ["client1 process pid 7 exited with code -9 before reporting"]
+
+
+def test_cleanup_finishes_before_a_signal_is_raised():
+    import os
+    import signal
+
+    import pytest
+
+    from tcplimits.engine import _shielded
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("cleaned")  # still runs: the signal waits for the block's end
+    assert done == ["cleaned"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +32,14 @@ import docker.errors
 from docker.types import Ulimit
 
 from . import LABEL, RUN_LABEL, __version__, model, results
-from .params import NOFILE_MAX, RunParams
+from .params import FIELDS, NOFILE_MAX, RunParams
 
 SERVER_PORT = 5000
 AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
 OWNER_LABEL = "tcplimits.owner"  # "<host>:<pid>" of the process that created the resource
+# One execution of a run: run ids repeat (the workflow's point ids), names must not.
+INSTANCE_LABEL = "tcplimits.instance"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
@@ -84,7 +87,8 @@ def memory_limit(connections: int, procs: int) -> int:
 
 
 def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: str,
-                    network: str, labels: dict[str, str]) -> dict[str, dict[str, Any]]:
+                    network: str, labels: dict[str, str],
+                    instance: str = "") -> dict[str, dict[str, Any]]:
     """Docker SDK ``containers.create`` arguments for the server and each client, by role
     ("server", "client1", ...). The clients' ``--server`` is filled in once the server has
     an address; ``--wait-signal`` lets the engine start all clients at the same moment."""
@@ -93,11 +97,12 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
         network=network, detach=True,
     )
     per_client = model.client_terms(params)[0]
+    prefix = f"tcplimits-{run_id}" + (f"-{instance}" if instance else "")
     specs = {
         "server": dict(
             hardened,
             image=image,
-            name=f"tcplimits-{run_id}-server",
+            name=f"{prefix}-server",
             hostname="server",
             command=["python3", f"{AGENTS}/server.py", "--port", str(SERVER_PORT),
                      "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)],
@@ -118,7 +123,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
         specs[f"client{i}"] = dict(
             hardened,
             image=image,
-            name=f"tcplimits-{run_id}-client{i}",
+            name=f"{prefix}-client{i}",
             hostname=f"client{i}",
             command=command,
             sysctls={"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"},
@@ -150,7 +155,8 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
                         for u in spec["ulimits"]},
             "pids_limit": spec["pids_limit"],
             "mem_limit": spec["mem_limit"],
-            "labels": {k: v for k, v in spec["labels"].items() if k != OWNER_LABEL},
+            "labels": {k: v for k, v in spec["labels"].items()
+                       if k not in (OWNER_LABEL, INSTANCE_LABEL)},
             "networks": ["testnet"],
         }
         if "sysctls" in spec:
@@ -304,10 +310,11 @@ def _owner_alive(owner: str | None) -> bool:
     return True
 
 
-def sweep(client, *, everything: bool = False, run_id: str | None = None) -> dict[str, int]:
+def sweep(client, *, everything: bool = False, instance: str | None = None) -> dict[str, int]:
     """Remove containers, then networks, labelled tcplimits=1 whose owning process is gone
-    (or all of them, or those of one run)."""
-    filters = {"label": [f"{LABEL}=1"] + ([f"{RUN_LABEL}={run_id}"] if run_id else [])}
+    (or all of them, or those of one run instance). Best effort: a resource another process
+    is removing at the same moment is left to it."""
+    filters = {"label": [f"{LABEL}=1"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])}
     removed = {"containers": 0, "networks": 0}
     # sparse: no inspect per container, which would race with containers being removed.
     for kind, listing in (("containers", lambda: client.containers.list(all=True, sparse=True,
@@ -315,12 +322,12 @@ def sweep(client, *, everything: bool = False, run_id: str | None = None) -> dic
                           ("networks", lambda: client.networks.list(filters=filters))):
         for resource in listing():
             labels = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
-            if not (everything or run_id or not _owner_alive(labels.get(OWNER_LABEL))):
+            if not (everything or instance or not _owner_alive(labels.get(OWNER_LABEL))):
                 continue
             try:
                 resource.remove(force=True) if kind == "containers" else resource.remove()
                 removed[kind] += 1
-            except docker.errors.NotFound:
+            except docker.errors.APIError:  # gone already, or being removed (409)
                 pass
     return removed
 
@@ -331,8 +338,7 @@ class Interrupted(BaseException):
 
 @contextmanager
 def _signals_raise():
-    """SIGTERM raises Interrupted; during cleanup (after the block) SIGINT/SIGTERM are held
-    off so a second Ctrl-C cannot leave containers behind."""
+    """SIGTERM raises Interrupted, as SIGINT raises KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -351,16 +357,23 @@ def _signals_raise():
 
 @contextmanager
 def _shielded():
-    """Hold SIGINT/SIGTERM while cleaning up; deliver them afterwards."""
+    """Record SIGINT/SIGTERM while cleaning up and raise afterwards, so a second Ctrl-C cannot
+    leave containers behind. (Masking would not do: the kernel hands the signal to another
+    thread, and Python still runs its handler in this one.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            raise (KeyboardInterrupt() if received[0] == signal.SIGINT
+                   else Interrupted(signal.Signals(received[0]).name))
 
 
 # --------------------------------------------------------------------------- the run
@@ -413,6 +426,7 @@ class _State:
     server_progress: dict[int, int] = field(default_factory=dict)
     server_results: dict[int, dict] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
+    died: list[str] = field(default_factory=list)
 
     def take(self, role: str, event: dict) -> None:
         kind = event.get("event")
@@ -434,6 +448,9 @@ class _State:
         elif kind == "result":
             self.results[(event["client"], event["proc"])] = event
             self.progress[(event["client"], event["proc"])] = event["connections"]
+        elif kind == "worker_exit":  # a client process died (out of memory, a crash)
+            self.died.append(f"{role} process pid {event['pid']} exited with code "
+                             f"{event['code']} before reporting")
 
     @property
     def connections(self) -> int:
@@ -452,10 +469,12 @@ class Experiment:
                  log: Log = _stderr, live: bool = True):
         self.client, self.params, self.resolved = client, params, resolved
         self.run_id, self.image, self.log, self.live = run_id, image, log, live
-        self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: _owner()}
-        self.network_name = f"tcplimits-{run_id}"
+        self.instance = uuid.uuid4().hex[:8]
+        self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: _owner(),
+                       INSTANCE_LABEL: self.instance}
+        self.network_name = f"tcplimits-{run_id}-{self.instance}"
         self.specs = container_specs(params, resolved, run_id, image, self.network_name,
-                                     self.labels)
+                                     self.labels, self.instance)
         self.events: queue.Queue = queue.Queue()
         self.state = _State()
         self.containers: dict[str, Any] = {}
@@ -553,7 +572,8 @@ class Experiment:
 
     def _wait(self, done: Callable[[], bool], what: str, *, limit: float | None = None,
               watch: list[str], progress: bool = False) -> None:
-        end = self.deadline if limit is None else min(self.deadline, time.monotonic() + limit)
+        started = time.monotonic()
+        end = self.deadline if limit is None else min(self.deadline, started + limit)
         last_print = 0.0
         tty = sys.stderr.isatty()
         while not done():
@@ -561,7 +581,9 @@ class Experiment:
             if now >= end:
                 reason = "run timeout" if end == self.deadline else "time limit"
                 raise RunFailed(f"{reason}: gave up waiting for {what} after "
-                                f"{now - (self.deadline - self.params.timeout):.0f} s")
+                                f"{now - started:.0f} s")
+            if self.state.died:
+                raise RunFailed("; ".join(self.state.died))
             for role in watch:
                 if role in self.state.closed:
                     raise RunFailed(f"{role} exited before {what}: {self._exit_reason(role)}")
@@ -614,12 +636,18 @@ class Experiment:
         for reader in self.readers.values():
             reader.join(timeout=5)
         if self.network is not None:
-            try:
-                self.network.remove()
-            except docker.errors.NotFound:
-                pass
+            for attempt in range(3):  # endpoints of just-removed containers linger a moment
+                try:
+                    self.network.remove()
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as err:
+                    if attempt == 2:
+                        self.log(f"warning: could not remove the network: {err}")
+                    time.sleep(1)
         # Anything of this run that escaped the bookkeeping above.
-        sweep(self.client, run_id=self.run_id)
+        sweep(self.client, instance=self.instance)
 
 
 def _client_rows(state: _State, params: RunParams, run_id: str,
@@ -711,8 +739,13 @@ def _environment(facts: dict, image) -> dict[str, Any]:
     }
 
 
-def unsupported_reason(params: RunParams, cap: int) -> str | None:
+def unsupported_reason(params: RunParams, cap: int, resolved: Resolved | None = None) -> str | None:
     """Why the engine cannot run these parameters as asked (never silently lowered)."""
+    most_workers = int(FIELDS["server_workers"].maximum)
+    if resolved is not None and resolved.server_workers > most_workers:
+        return (f"server_workers auto needs {resolved.server_workers} workers of nofile "
+                f"{resolved.server_nofile} to accept every connection, more than {most_workers}; "
+                "raise --server-nofile or set --server-workers")
     if params.nofile > cap:
         need = math.ceil(params.nofile * params.procs / cap)
         return (f"engine allows nofile up to {cap}; asked {params.nofile}; use more --procs "
@@ -745,14 +778,14 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         "notes": [],
     }
     cap = facts["engine_nofile_cap"]
-    reason = unsupported_reason(params, cap)
+    resolved = Resolved.of(params, cap)
+    record["resolved"] = asdict(resolved)
+    reason = unsupported_reason(params, cap, resolved)
     if reason:
         record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=_now(),
                       duration_s=round(time.monotonic() - t0, 3))
         _write_run(out_dir, record, [], [], [], compose=None)
         return record
-    resolved = Resolved.of(params, cap)
-    record["resolved"] = asdict(resolved)
     removed = sweep(client)
     if any(removed.values()):
         log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "

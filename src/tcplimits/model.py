@@ -156,7 +156,7 @@ class Comparison:
 
     run_id: str
     observed: int                  # connections the clients held together
-    predicted: int                 # the run's own prediction (made before it ran)
+    predicted: int                 # the run's own prediction (parameters + ports held at start)
     expected: int                  # the model again, with the ports measured as held at start
     limit: str                     # the model's limiting factor
     expected_errno: str | None

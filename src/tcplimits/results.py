@@ -17,7 +17,8 @@ run.json keys:
     status        "ok" | "failed" | "unsupported"; reason: why, when not ok (else null)
     params        RunParams.to_dict(): what was asked, never changed
     resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
-    prediction    model.predict(...) as a dict, made before the run
+    prediction    model.predict(...) as a dict: from the parameters, the engine facts and the
+                  ports the agents found held before their first connect()
     started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, teardown_s
     environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
                   image_id, image_tag, tcplimits_version, git_sha, cgroup_version
@@ -39,7 +40,6 @@ import polars as pl
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_UNSUPPORTED = "unsupported"
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_UNSUPPORTED)
 
 RUN_JSON = "run.json"
 CLIENTS_FILE = "clients.parquet"
@@ -73,7 +73,7 @@ SERVER_SCHEMA: dict[str, pl.DataType] = {
     "accept_errors": pl.Int64, # how many accept() calls failed
 }
 
-# Progress samples: at least one per 1% of the expected count, plus the last connection.
+# Progress samples: one per 0.5% of the expected count, plus the last connection.
 SERIES_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.Utf8,
     "client": pl.Int32,
