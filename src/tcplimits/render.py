@@ -46,9 +46,8 @@ def load_dataset(data_dir: str | Path) -> dict[str, pl.DataFrame]:
     out = {}
     for name in TABLES:
         path = Path(data_dir) / f"{name}.parquet"
-        df = pl.read_parquet(path) if path.exists() else pl.DataFrame()
-        missing = {k: t for k, t in SCHEMAS[name].items() if k not in df.columns}
-        out[name] = df.with_columns(pl.lit(None, dtype=t).alias(k) for k, t in missing.items())
+        out[name] = (dataset.conform(pl.read_parquet(path), SCHEMAS[name]) if path.exists()
+                     else pl.DataFrame(schema=SCHEMAS[name]))
     return out
 
 
