@@ -16,7 +16,6 @@ import math
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,18 +30,18 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from . import LABEL, RUN_LABEL, __version__, model, results
+from . import LABEL, RUN_LABEL, __version__, faults, leftovers, model, outdir, ownership, results
+from .faults import RunFailed
+from .leftovers import INSTANCE_LABEL, OWNER_LABEL
 from .params import FIELDS, NOFILE_MAX, RunParams
 
 SERVER_PORT = 5000
 AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
-OWNER_LABEL = "tcplimits.owner"  # "<host>:<pid>" of the process that created the resource
-# One execution of a run: run ids repeat (the workflow's point ids), names must not.
-INSTANCE_LABEL = "tcplimits.instance"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
+ENGINE_RETURN_S = 30  # how long teardown waits for a lost engine to answer again
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count
 
 Log = Callable[[str], None]
@@ -292,44 +291,15 @@ def _now() -> str:
 
 
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str | None) -> bool:
-    """Is the process that created a resource still running? Resources without an owner, or
-    owned from another host, are not ours to judge: they count as alive."""
-    host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return ownership.current().label()
 
 
 def sweep(client, *, everything: bool = False, instance: str | None = None) -> dict[str, int]:
-    """Remove containers, then networks, labelled tcplimits=1 whose owning process is gone
-    (or all of them, or those of one run instance). Best effort: a resource another process
-    is removing at the same moment is left to it."""
-    filters = {"label": [f"{LABEL}=1"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])}
-    removed = {"containers": 0, "networks": 0}
-    # sparse: no inspect per container, which would race with containers being removed.
-    for kind, listing in (("containers", lambda: client.containers.list(all=True, sparse=True,
-                                                                        filters=filters)),
-                          ("networks", lambda: client.networks.list(filters=filters))):
-        for resource in listing():
-            labels = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
-            if not (everything or instance or not _owner_alive(labels.get(OWNER_LABEL))):
-                continue
-            try:
-                resource.remove(force=True) if kind == "containers" else resource.remove()
-                removed[kind] += 1
-            except docker.errors.APIError:  # gone already, or being removed (409)
-                pass
-    return removed
+    """Remove containers, then networks, labelled tcplimits=1 whose owning process is provably
+    dead (or all of them, or those of one run instance). Best effort: a resource another
+    process is removing at the same moment is left to it."""
+    found = leftovers.find(client, instance=instance)
+    return leftovers.remove(found if everything or instance else leftovers.dead(found))
 
 
 class Interrupted(BaseException):
@@ -410,10 +380,6 @@ class _LogReader(threading.Thread):
                 pass
 
 
-class RunFailed(Exception):
-    pass
-
-
 @dataclass
 class _State:
     """What the engine has heard from the agents so far."""
@@ -440,6 +406,9 @@ class _State:
             elif kind == "result":
                 self.server_results[event["worker"]] = event
                 self.server_progress[event["worker"]] = event["accepted"]
+            elif kind == "worker_exit":  # a server worker died (killed, out of memory)
+                self.died.append(faults.worker_exit_reason(
+                    "server", event["pid"], event["code"], f"worker {event.get('worker')}"))
         elif kind == "ready":
             self.ready[event["client"]] = event
         elif kind == "progress":
@@ -449,8 +418,7 @@ class _State:
             self.results[(event["client"], event["proc"])] = event
             self.progress[(event["client"], event["proc"])] = event["connections"]
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
-            self.died.append(f"{role} process pid {event['pid']} exited with code "
-                             f"{event['code']} before reporting")
+            self.died.append(faults.worker_exit_reason(role, event["pid"], event["code"]))
 
     @property
     def connections(self) -> int:
@@ -482,6 +450,8 @@ class Experiment:
         self.network = None
         self.deadline = time.monotonic() + params.timeout
         self.timeline: dict[str, float] = {}
+        self.left_behind: list[str] = []  # what a lost engine kept us from removing
+        self._engine_gone = False
 
     def __enter__(self) -> "Experiment":
         return self
@@ -512,19 +482,19 @@ class Experiment:
             self.containers[role].start()
             self._follow(role)
         self._wait(lambda: len(self.state.ready) == self.params.clients, "the clients to start",
-                   limit=SERVER_READY_TIMEOUT_S, watch=roles)
+                   limit=SERVER_READY_TIMEOUT_S, watch=["server", *roles])
         self.timeline["setup_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         for role in roles:  # all clients start connecting together
             self.containers[role].kill(signal="SIGUSR1")
         expected_results = self.params.clients * self.params.procs
         self._wait(lambda: len(self.state.results) == expected_results,
-                   "every client process to stop", watch=roles, progress=True)
+                   "every client process to stop", watch=["server", *roles], progress=True)
         self.timeline["connect_s"] = time.monotonic() - t1
         self._settle_server()
         self.containers["server"].kill(signal="SIGTERM")
         self._wait(lambda: len(self.state.server_results) == self.resolved.server_workers,
-                   "the server's final counts", limit=STOP_TIMEOUT_S, watch=[])
+                   "the server's final counts", limit=STOP_TIMEOUT_S, watch=["server"])
 
     def _start(self, role: str) -> None:
         self.containers[role] = self.client.containers.create(**self.specs[role])
@@ -549,6 +519,7 @@ class Experiment:
         end = min(self.deadline, time.monotonic() + 30)
         while time.monotonic() < end:
             self._drain(0.2)
+            self._check(["server"], "the server's count to settle")
             accepted = self.state.accepted
             if accepted >= target:
                 return
@@ -582,11 +553,7 @@ class Experiment:
                 reason = "run timeout" if end == self.deadline else "time limit"
                 raise RunFailed(f"{reason}: gave up waiting for {what} after "
                                 f"{now - started:.0f} s")
-            if self.state.died:
-                raise RunFailed("; ".join(self.state.died))
-            for role in watch:
-                if role in self.state.closed:
-                    raise RunFailed(f"{role} exited before {what}: {self._exit_reason(role)}")
+            self._check(watch, what)
             self._drain(0.2)
             if progress and self.live and now - last_print >= (0.5 if tty else 5.0):
                 last_print = now
@@ -594,6 +561,15 @@ class Experiment:
         if progress and self.live and tty:
             self._print_live(tty)
             print(file=sys.stderr)
+
+    def _check(self, watch: list[str], what: str) -> None:
+        """Fail as soon as a process died or a container the run needs has stopped."""
+        if self.state.died:
+            raise RunFailed("; ".join(self.state.died), faults.WORKER_DIED)
+        for role in watch:
+            if role in self.state.closed:
+                reason, fault = self._exit_reason(role)
+                raise RunFailed(f"{reason} while waiting for {what}", fault)
 
     def _print_live(self, tty: bool) -> None:
         per_client: dict[int, int] = {}
@@ -607,16 +583,19 @@ class Experiment:
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
               file=sys.stderr, flush=True)
 
-    def _exit_reason(self, role: str) -> str:
+    def _exit_reason(self, role: str) -> tuple[str, str]:
+        """Why a container stopped, from the engine's State (OOMKilled, exit code). A lost
+        engine raises: that is the fault, not the container."""
         container = self.containers[role]
         try:
             container.reload()
-            st = container.attrs["State"]
-            tail = "; ".join(self.readers[role].lines[-3:]) if role in self.readers else ""
-            return (f"exit code {st.get('ExitCode')}, OOMKilled={st.get('OOMKilled')}"
-                    + (f", last output: {tail}" if tail else ""))
         except docker.errors.APIError as err:
-            return str(err)
+            return f"{role} container gone: {err}", faults.CONTAINER_EXITED
+        reason, fault = faults.exit_description(role, container.attrs["State"],
+                                                self.specs[role].get("mem_limit"))
+        tail = [line for line in self.readers[role].lines[-3:] if line.strip()] \
+            if role in self.readers else []
+        return reason + (f" (last output: {'; '.join(tail)[:300]})" if tail else ""), fault
 
     def save_logs(self, out_dir: Path) -> None:
         for role, reader in self.readers.items():
@@ -627,27 +606,63 @@ class Experiment:
     def _remove_all(self) -> None:
         # Clients first: the server must outlive them so the network empties cleanly.
         for role in sorted(self.containers, key=lambda r: r == "server"):
-            try:
-                self.containers[role].remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as err:
-                self.log(f"warning: could not remove {role}: {err}")
+            self._removing(f"container {self.containers[role].name}",
+                           lambda c=self.containers[role]: c.remove(force=True))
         for reader in self.readers.values():
             reader.join(timeout=5)
         if self.network is not None:
-            for attempt in range(3):  # endpoints of just-removed containers linger a moment
-                try:
-                    self.network.remove()
-                    break
-                except docker.errors.NotFound:
-                    break
-                except docker.errors.APIError as err:
-                    if attempt == 2:
-                        self.log(f"warning: could not remove the network: {err}")
-                    time.sleep(1)
+            self._removing(f"network {self.network_name}", self._remove_network)
         # Anything of this run that escaped the bookkeeping above.
-        sweep(self.client, instance=self.instance)
+        self._removing(f"resources of run instance {self.instance}",
+                       lambda: sweep(self.client, instance=self.instance))
+
+    def _remove_network(self) -> None:
+        for attempt in range(3):  # endpoints of just-removed containers linger a moment
+            try:
+                self.network.remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as err:
+                if attempt == 2:
+                    self.log(f"warning: could not remove the network: {err}")
+                time.sleep(1)
+
+    def _removing(self, what: str, remove: Callable[[], Any]) -> None:
+        """One removal. When the engine does not answer, wait (bounded) for it to come back
+        and retry; if it never does, remember what is left for the next run's sweep."""
+        while True:
+            try:
+                remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as err:
+                self.log(f"warning: could not remove {what}: {err}")
+                return
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                if not self._engine_back():
+                    self.left_behind.append(what)
+                    return
+
+    def _engine_back(self) -> bool:
+        if self._engine_gone:
+            return False
+        self.log(f"the Docker engine does not answer; waiting up to {ENGINE_RETURN_S} s for it "
+                 "to come back to remove the run's containers")
+        end = time.monotonic() + ENGINE_RETURN_S
+        while time.monotonic() < end:
+            try:
+                self.client.ping()
+                return True
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                time.sleep(0.5)
+        self._engine_gone = True
+        return False
 
 
 def _client_rows(state: _State, params: RunParams, run_id: str,
@@ -763,20 +778,31 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     ``progress`` shows a live count on stderr while clients connect."""
     from .image import ensure_image
 
-    client = client or docker.from_env()
     run_id = run_id or new_run_id(params)
     out_dir = Path(out_dir)
     started = _now()
     t0 = time.monotonic()
-    image = ensure_image(client, log=log)
-    facts = probe_engine(client, image=image.id, log=log)
     record: dict[str, Any] = {
-        "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
-        "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
-        "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
-        "environment": _environment(facts, image), "totals": None, "held_ports": None,
-        "notes": [],
+        "run_id": run_id, "status": None, "reason": None, "fault": None,
+        "params": params.to_dict(), "resolved": None, "prediction": None,
+        "started_at": started, "ended_at": None, "duration_s": None, "setup_s": None,
+        "connect_s": None, "teardown_s": None, "environment": None, "totals": None,
+        "held_ports": None, "notes": [],
     }
+    try:
+        client = client or docker.from_env()
+        image = ensure_image(client, log=log)
+        facts = probe_engine(client, image=image.id, log=log)
+        removed = sweep(client)
+    except Exception as err:
+        if not faults.is_engine_gone(err):
+            raise
+        record.update(status=results.STATUS_FAILED, reason=faults.unreachable_reason(err),
+                      fault=faults.ENGINE_UNREACHABLE, ended_at=_now(),
+                      duration_s=round(time.monotonic() - t0, 3))
+        _write_run(out_dir, record, [], [], [], compose=None)
+        return record
+    record["environment"] = _environment(facts, image)
     cap = facts["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
@@ -786,7 +812,6 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                       duration_s=round(time.monotonic() - t0, 3))
         _write_run(out_dir, record, [], [], [], compose=None)
         return record
-    removed = sweep(client)
     if any(removed.values()):
         log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "
             f"{removed['networks']} network(s)")
@@ -797,28 +822,39 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
                             live=progress)
     addresses: dict[int, str] = {}
+    fault: str | None = None
     try:
         with _signals_raise(), experiment:
             try:
                 experiment.run()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
-                status, reason = results.STATUS_FAILED, str(err)
+                status, reason, fault = results.STATUS_FAILED, str(err), err.fault
             except docker.errors.APIError as err:
                 status, reason = results.STATUS_FAILED, f"Docker engine error: {err}"
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                status, reason, fault = (results.STATUS_FAILED, faults.lost_reason(err),
+                                         faults.ENGINE_LOST)
             finally:
                 for role, c in experiment.containers.items():
-                    if role.startswith("client"):
+                    if role.startswith("client") and fault != faults.ENGINE_LOST:
                         try:
                             addresses[int(role[6:])] = experiment._address(role)
-                        except docker.errors.APIError:
-                            pass
+                        except Exception as err:  # removed already, or the engine is gone
+                            if not (isinstance(err, docker.errors.APIError)
+                                    or faults.is_engine_gone(err)):
+                                raise
                 experiment._drain(0.05)
     except (KeyboardInterrupt, Interrupted) as err:
         interrupted = err
         status, reason = results.STATUS_FAILED, f"interrupted ({type(err).__name__} {err})".strip()
+    if experiment.left_behind:
+        reason = (f"{reason}; the engine did not answer for {ENGINE_RETURN_S} s, so "
+                  f"{len(experiment.left_behind)} resource(s) of the run are still on it: the "
+                  "next run or `tcplimits clean` removes them")
     state = experiment.state
-    experiment.save_logs(out_dir)
     record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
     held = {c: state.ready[c].get("held", []) for c in sorted(state.ready)}
     listening = state.server_listening or {}
@@ -842,17 +878,38 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
         notes=explain(params, prediction, clients, server, held,
                       model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
-        ended_at=_now(), duration_s=round(time.monotonic() - t0, 3),
+        fault=fault, ended_at=_now(), duration_s=round(time.monotonic() - t0, 3),
     )
     _write_run(out_dir, record, clients, server, series,
-               compose=compose_file(experiment.specs, run_id))
+               compose=compose_file(experiment.specs, run_id), experiment=experiment)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
 
 
 def _write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
-               series: list[dict], compose: str | None) -> None:
+               series: list[dict], compose: str | None, experiment=None) -> None:
+    """Write the run directory. When the disk fills up (or the directory goes away) the
+    partial files are removed and run.json alone says why, if even that can be written."""
+    try:
+        _write_files(out_dir, record, clients, server, series, compose, experiment)
+    except OSError as err:
+        outdir.clear(out_dir)
+        reason = f"could not write the run directory {out_dir}: {err.strerror or err}"
+        record.update(status=results.STATUS_FAILED, fault=faults.OUT_UNWRITABLE,
+                      reason=reason + (f" (the run itself: {record['status']}"
+                                       + (f", {record['reason']}" if record["reason"] else "")
+                                       + ")" if record["status"] else ""))
+        try:
+            results.write_json(record, out_dir / results.RUN_JSON)
+        except OSError:
+            pass
+
+
+def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
+                 series: list[dict], compose: str | None, experiment) -> None:
+    if experiment is not None:
+        experiment.save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
                           out_dir / results.CLIENTS_FILE)
     results.write_parquet(results.frame(server, results.SERVER_SCHEMA),
