@@ -158,7 +158,9 @@ def test_a_dead_client_process_is_noticed():
 
     state = _State()
     state.take("client1", {"event": "worker_exit", "client": 1, "pid": 7, "code": -9})
-    assert state.died == ["client1 process pid 7 exited with code -9 before reporting"]
+    assert state.died == ["client1 process pid 7 killed by SIGKILL before reporting"]
+    state.take("server", {"event": "worker_exit", "worker": 2, "pid": 9, "code": 1})
+    assert state.died[1] == "server worker 2 pid 9 exited with code 1 before reporting"
 
 
 def test_cleanup_finishes_before_a_signal_is_raised():

@@ -22,7 +22,8 @@ BYTES_PER_SAMPLE = 400      # one progress line in a log (~150 B) and its Parque
 
 
 class OutDirError(Exception):
-    """--out cannot take this run; ``fault`` is set when the machine is to blame."""
+    """--out cannot take this run; ``fault`` is set when the machine is to blame (no space),
+    not the value of --out (read-only, not a run directory, holds an earlier run)."""
 
     def __init__(self, message: str, fault: str | None = None):
         super().__init__(message)
@@ -67,9 +68,10 @@ def prepare(out: Path, *, force: bool, need_bytes: int) -> None:
             probe.write(b"x")
             probe.flush()
             os.fsync(probe.fileno())
-    except OSError as err:
+    except OSError as err:  # a full disk is the machine's fault; a read-only place, --out's
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         raise OutDirError(f"--out {out}: cannot write there: {err.strerror or err}",
-                          fault=OUT_UNWRITABLE) from err
+                          fault=OUT_UNWRITABLE if full else None) from err
     free = shutil.disk_usage(out).free
     if free < need_bytes:
         raise OutDirError(f"--out {out}: {free / 2**10:,.0f} KiB free, the run needs about "
