@@ -299,13 +299,14 @@ def test_disk_full_mid_run(engine, small_fs):
     run_id, out = new_id("diskfull"), target / "run"
     proc = start(run_id, out, SLOW)
     connecting(engine, run_id)
-    with open(target / "filler", "wb") as filler:
-        try:
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
-        except OSError:
+    fd = os.open(target / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
             pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
     code, _, err = finish(proc)
     assert code == EXIT_MACHINE
     assert message(err).startswith(f"tcplimits run: could not write the run directory {out}: "

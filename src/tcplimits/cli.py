@@ -162,7 +162,8 @@ def _cmd_points(args: argparse.Namespace) -> int:
 def _cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import build_dataset
 
-    counts = build_dataset([Path(p) for p in args.runs], Path(args.out))
+    counts = build_dataset([Path(p) for p in args.runs], Path(args.out),
+                           report=lambda m: print(f"tcplimits dataset: {m}", file=sys.stderr))
     print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
     return EXIT_OK
 
