@@ -185,6 +185,47 @@ def test_engine_lost_mid_run_then_back(engine, tmp_path):
     assert labelled(engine, run_id) == ([], [])
 
 
+def _run_in_child(argv: list[str], env: dict, engine_return_s: float) -> int:
+    """`tcplimits` in a forked child with a shorter wait for a lost engine; the child's exit
+    is the owner's death, as when the command ends."""
+    import multiprocessing
+
+    def child():
+        from tcplimits import cli, engine as engine_module
+
+        os.environ.update(env)
+        engine_module.ENGINE_RETURN_S = engine_return_s
+        os._exit(cli.main(argv))
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    return proc
+
+
+def test_engine_lost_for_good_leaves_what_the_next_sweep_removes(engine, tmp_path, capfd):
+    """The engine never answers again: the run says what it could not remove; once the run
+    has ended its owner is provably dead and `tcplimits clean` removes the rest."""
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proxy.up()
+    run_id, out = new_id("lost-for-good"), tmp_path / "run"
+    child = _run_in_child(["run", *SLOW, "--run-id", run_id, "--out", str(out), "--quiet"],
+                          {"DOCKER_HOST": proxy.url}, engine_return_s=2)
+    connecting(engine, run_id)
+    proxy.cut()
+    child.join(120)
+    assert child.exitcode == EXIT_MACHINE
+    line = message(capfd.readouterr().err)
+    assert "lost the Docker engine at unix://" in line and "are still on it" in line
+    record = record_of(out)
+    assert record["status"] == "failed" and record["fault"] == "engine_lost"
+    assert labelled(engine, run_id)[0], "expected the run's containers to be left"
+    clean = subprocess.run([sys.executable, "-m", "tcplimits", "clean"], capture_output=True,
+                           text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    assert f"tcplimits-{run_id}-" in clean.stdout  # listed as it is removed
+    assert labelled(engine, run_id) == ([], [])
+
+
 # --------------------------------------------------------------------------- containers
 
 

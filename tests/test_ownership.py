@@ -56,3 +56,55 @@ def test_another_pid_namespace_sees_our_live_run_as_unknown():
     assert theirs.pid_ns != me.pid_ns and theirs.boot_id == me.boot_id
     # Their process is gone now, but it lived in another namespace: not provably dead here.
     assert ownership.liveness(their_label) is Liveness.UNKNOWN
+
+
+class _Resource:
+    def __init__(self, name, owner):
+        self.attrs = {"Names": [f"/{name}"], "Labels": {"tcplimits": "1", "tcplimits.run": name,
+                                                        "tcplimits.owner": owner}}
+        self.removed = False
+
+    def remove(self, **_):
+        self.removed = True
+
+
+def _fake_engine(monkeypatch, resources):
+    import docker
+
+    class Listing:
+        def __init__(self, items):
+            self.items = items
+
+        def list(self, **_):
+            return [r for r in self.items if not r.removed]
+
+    class Engine:
+        containers, networks = Listing(resources), Listing([])
+
+    monkeypatch.setattr(docker, "from_env", lambda: Engine())
+
+
+def test_clean_all_lists_and_needs_yes(monkeypatch, capsys):
+    from tcplimits.cli import main
+
+    me = ownership.current()
+    live = _Resource("live-run", me.label())
+    foreign = _Resource("other-namespace", Owner(me.boot_id, "4:1", 5, 6).label())
+    dead = _Resource("dead-run", Owner(me.boot_id, me.pid_ns, 999999999, 1).label())
+    _fake_engine(monkeypatch, [live, foreign, dead])
+
+    assert main(["clean", "--all"]) == 2
+    out, err = capsys.readouterr()
+    for name, owner in (("live-run", "alive"), ("other-namespace", "unknown"),
+                        ("dead-run", "dead")):
+        assert f"container {name} (run {name}, owner {owner})" in out
+    assert "add --yes to remove these" in err
+    assert not any(r.removed for r in (live, foreign, dead))
+
+    assert main(["clean"]) == 0  # only the provably dead, and says what it kept
+    out = capsys.readouterr().out
+    assert dead.removed and not (live.removed or foreign.removed)
+    assert "kept 2 resource(s) whose owner is alive or cannot be proven dead" in out
+
+    assert main(["clean", "--all", "--yes"]) == 0
+    assert live.removed and foreign.removed

@@ -6,8 +6,8 @@
 # used by the points that run next. To redo every point on a new image, run
 # `snakemake --forcerun image` (a rerun of the image job reruns everything after it).
 # --exit-zero: a failed or unsupported point is recorded in its run.json with the reason
-# and does not stop the others; an engine crash fails the job, and keep-going (the
-# profile) lets the other points finish.
+# and does not stop the others; the engine or the disk failing the run (exit 4) fails the
+# job, and keep-going (the profile) lets the other points finish.
 rule experiment:
     input:
         image=ancient("results/image.txt"),
@@ -24,9 +24,8 @@ rule experiment:
     params:
         flags=point_flags,
         out=lambda wildcards, output: os.path.dirname(output[0]),
-    # A rerun replaces the whole run directory: files of an earlier run of the point
-    # (a parquet file an unsupported run does not write) must not reach the dataset.
+    # A rerun replaces the whole run directory (--force): files of an earlier run of the
+    # point must not reach the dataset.
     shell:
-        "rm -rf {params.out} && "
         "tcplimits run {params.flags} --run-id {wildcards.point} --out {params.out} "
-        "--exit-zero > {log} 2>&1"
+        "--force --exit-zero > {log} 2>&1"
