@@ -191,10 +191,11 @@ def _run_in_child(argv: list[str], env: dict, engine_return_s: float) -> int:
     import multiprocessing
 
     def child():
-        from tcplimits import cli, engine as engine_module
+        from tcplimits import cli
+        from tcplimits.engine import experiment
 
         os.environ.update(env)
-        engine_module.ENGINE_RETURN_S = engine_return_s
+        experiment.ENGINE_RETURN_S = engine_return_s
         os._exit(cli.main(argv))
 
     proc = multiprocessing.get_context("fork").Process(target=child)
@@ -270,9 +271,10 @@ def test_server_worker_dies_mid_run(engine, tmp_path):
 def test_container_killed_by_its_memory_limit(engine, tmp_path, monkeypatch, capsys):
     """Docker's smallest memory limit (6 MiB) is less than a Python interpreter needs: the
     kernel's OOM killer ends the container and the engine sees State.OOMKilled."""
-    from tcplimits import cli, engine as engine_module
+    from tcplimits import cli
+    from tcplimits.engine import plan
 
-    monkeypatch.setattr(engine_module, "memory_limit", lambda connections, procs: 6 * 2**20)
+    monkeypatch.setattr(plan, "memory_limit", lambda connections, procs: 6 * 2**20)
     run_id, out = new_id("oom"), tmp_path / "run"
     code = cli.main(["run", *QUICK, "--run-id", run_id, "--out", str(out), "--quiet"])
     assert code == EXIT_FAILED

@@ -45,7 +45,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     from . import faults, outdir
-    from .engine import SAMPLES_PER_PROCESS, run_experiment, summary
+    from .engine import run_experiment
+    from .engine.plan import SAMPLES_PER_PROCESS
 
     try:  # before any container: a run must not fail at the end for want of a place to write
         outdir.prepare(Path(args.out), force=args.force, need_bytes=outdir.expected_bytes(
@@ -70,6 +71,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.exit_zero:
         return EXIT_OK
     return {"ok": EXIT_OK, "unsupported": EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
+
+
+def summary(run_dir: Path) -> str:
+    """The table printed at the end of a run, from its run directory."""
+    from . import results
+
+    record = results.read_run(run_dir)
+    clients = results.read_table(run_dir, results.CLIENTS_FILE).to_dicts()
+    server = results.read_table(run_dir, results.SERVER_FILE).to_dicts()
+    lines = [f"run {record['run_id']}: {record['status']}"
+             + (f": {record['reason']}" if record.get("reason") else "")]
+    if record.get("setup_s") is not None:
+        lines[0] += (f" in {record['duration_s']:.1f} s (setup {record['setup_s']:.1f} s,"
+                     f" connecting {record.get('connect_s') or 0:.1f} s,"
+                     f" teardown {record.get('teardown_s') or 0:.1f} s)")
+    if not clients:
+        return lines[0]
+    lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
+    for r in clients:
+        lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "
+                     f"{r.get('error') or '-':<16} {r.get('elapsed_s') or 0:>8.2f}")
+    totals = record.get("totals") or {}
+    prediction = record.get("prediction") or {}
+    lines.append(f"clients hold {totals.get('connections') or 0:,} connections "
+                 f"(model: {prediction.get('total', 0):,}, limited by {prediction.get('limit')})")
+    if server:
+        errors = sorted({r['error'] for r in server if r.get('error')})
+        lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
+                     f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
+                                                   if errors else ""))
+    for note in record.get("notes") or []:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
 
 
 def _valid_id(value: str) -> bool:
@@ -126,13 +160,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from . import leftovers
+    from .engine import cleanup
 
     client = _engine_or_none("clean")
     if client is None:
         return EXIT_MACHINE
-    found = leftovers.find(client)
-    doomed = found if args.all else leftovers.dead(found)
+    found = cleanup.find_leftovers(client)
+    doomed = found if args.all else cleanup.dead(found)
     kept = [item for item in found if item not in doomed]
     if args.all and doomed and not args.yes:
         print("tcplimits clean --all would remove, whether or not their runs are alive:")
@@ -142,7 +176,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for item in doomed:
         print(f"removing {item.describe()}")
-    removed = leftovers.remove(doomed)
+    removed = cleanup.remove(doomed)
     print(f"removed {removed['containers']} container(s) and {removed['networks']} network(s)")
     if kept:
         print(f"kept {len(kept)} resource(s) whose owner is alive or cannot be proven dead "
