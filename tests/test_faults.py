@@ -268,20 +268,30 @@ def test_server_worker_dies_mid_run(engine, tmp_path):
     assert labelled(engine, run_id) == ([], [])
 
 
-def test_container_killed_by_its_memory_limit(engine, tmp_path, monkeypatch, capsys):
-    """Docker's smallest memory limit (6 MiB) is less than a Python interpreter needs: the
-    kernel's OOM killer ends the container and the engine sees State.OOMKilled."""
-    from tcplimits import cli
-    from tcplimits.engine import plan
-
-    monkeypatch.setattr(plan, "memory_limit", lambda connections, procs: 6 * 2**20)
+def test_container_killed_by_its_memory_limit(engine, tmp_path):
+    """Memory taken inside the client container beyond its limit, with the agents marked as the
+    OOM killer's first choice (any process may raise its own user's oom_score_adj): the
+    kernel kills them and the engine reports it (an "oom" event, State.OOMKilled)."""
     run_id, out = new_id("oom"), tmp_path / "run"
-    code = cli.main(["run", *QUICK, "--run-id", run_id, "--out", str(out), "--quiet"])
+    proc = start(run_id, out, SLOW)
+    client = connecting(engine, run_id)["client1"]
+    hog = ("import os\n"
+           "for p in os.listdir('/proc'):\n"
+           "    if p.isdigit() and int(p) != os.getpid():\n"
+           "        try:\n"
+           "            open(f'/proc/{p}/oom_score_adj', 'w').write('1000')\n"
+           "        except OSError:\n"
+           "            pass\n"
+           "hog = bytearray(1024 * 2**20)\n")
+    client.exec_run(["python3", "-c", hog], user="65534:65534")
+    code, stdout, _ = finish(proc)
     assert code == EXIT_FAILED
     record = record_of(out)
-    assert record["status"] == "failed" and record["fault"] == "oom"
-    assert "container killed by its memory limit of 6 MiB (OOM)" in record["reason"]
-    assert capsys.readouterr().out.startswith(f"run {run_id}: failed: ")
+    limit = client.attrs["HostConfig"]["Memory"] / 2**20
+    assert record["status"] == "failed" and record["fault"] == "oom", record["reason"]
+    assert record["reason"].startswith(
+        f"client1 container killed by its memory limit of {limit:.0f} MiB (OOM)")
+    assert stdout.startswith(f"run {run_id}: failed: client1 container killed by its memory")
     assert labelled(engine, run_id) == ([], [])
 
 

@@ -72,8 +72,7 @@ def exit_description(role: str, state: dict, mem_limit: int | None) -> tuple[str
     engine's State (docker inspect)."""
     code = state.get("ExitCode")
     if state.get("OOMKilled"):
-        limit = f" of {mem_limit / 2**20:.0f} MiB" if mem_limit else ""
-        return f"{role} container killed by its memory limit{limit} (OOM)", OOM
+        return oom_reason(role, mem_limit), OOM
     if state.get("Running"):
         return (f"{role} container still running but its output stream ended (the engine "
                 "dropped it)"), ENGINE_LOST
@@ -86,6 +85,11 @@ def exit_description(role: str, state: dict, mem_limit: int | None) -> tuple[str
             name = f"signal {code - 128}"
         return f"{role} container killed ({name}, exit code {code})", CONTAINER_EXITED
     return f"{role} container exited with code {code}", CONTAINER_EXITED
+
+
+def oom_reason(role: str, mem_limit: int | None) -> str:
+    limit = f" of {mem_limit / 2**20:.0f} MiB" if mem_limit else ""
+    return f"{role} container killed by its memory limit{limit} (OOM)"
 
 
 def worker_exit_reason(role: str, pid: int, code: int, what: str = "process") -> str:

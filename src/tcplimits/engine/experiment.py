@@ -56,6 +56,7 @@ class Experiment:
         self.timeline: dict[str, float] = {}
         self._setup_started: float | None = None
         self._connect_started: float | None = None
+        self.created_at = time.time()  # for the engine's events of this run
         self.left_behind: list[str] = []  # what a lost engine kept us from removing
         self._engine_gone = False
 
@@ -231,11 +232,35 @@ class Experiment:
     def _check(self, watch: list[str], what: str) -> None:
         """Fail as soon as a process died or a container the run needs has stopped."""
         if self.state.died:
-            raise RunFailed("; ".join(self.state.died), faults.WORKER_DIED)
+            died = "; ".join(self.state.died)
+            oom = self.oom_killed(wait_s=2.0)
+            if oom:
+                raise RunFailed("; ".join(faults.oom_reason(role, self.specs[role].get(
+                    "mem_limit")) for role in oom) + f": {died}", faults.OOM)
+            raise RunFailed(died, faults.WORKER_DIED)
         for role in watch:
             if role in self.state.closed:
                 reason, fault = self._exit_reason(role)
                 raise RunFailed(f"{reason} while waiting for {what}", fault)
+
+    def oom_killed(self, wait_s: float = 0.0) -> list[str]:
+        """Roles whose container saw the kernel's OOM killer (the engine's "oom" events), even
+        when only a process in it died and the container lives on. The event may trail the
+        death the agent reported by a moment: look again for up to ``wait_s``."""
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                events = self.client.events(
+                    since=self.created_at, until=f"{time.time():.3f}", decode=True,
+                    filters={"type": "container", "event": "oom",
+                             "label": f"{INSTANCE_LABEL}={self.instance}"})
+                names = {e.get("Actor", {}).get("Attributes", {}).get("name") for e in events}
+            except docker.errors.APIError:
+                return []
+            roles = [role for role, c in self.containers.items() if c.name in names]
+            if roles or time.monotonic() >= end:
+                return roles
+            time.sleep(0.25)
 
     def _exit_reason(self, role: str) -> tuple[str, str]:
         """Why a container stopped, from the engine's State (OOMKilled, exit code). A lost
