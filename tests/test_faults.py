@@ -59,7 +59,7 @@ def start(run_id: str, out: Path, flags: list[str], env: dict | None = None,
                             env={**os.environ, **(env or {})})
 
 
-def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
@@ -75,7 +75,7 @@ def message(stderr: str) -> str:
     return lines[0]
 
 
-def connecting(engine, run_id: str, timeout: float = 120):
+def connecting(engine, run_id: str, timeout: float = 300):
     """Wait until the run's client is connecting (its first progress line); its containers."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -185,37 +185,30 @@ def test_engine_lost_mid_run_then_back(engine, tmp_path):
     assert labelled(engine, run_id) == ([], [])
 
 
-def _run_in_child(argv: list[str], env: dict, engine_return_s: float) -> int:
-    """`tcplimits` in a forked child with a shorter wait for a lost engine; the child's exit
-    is the owner's death, as when the command ends."""
-    import multiprocessing
-
-    def child():
-        from tcplimits import cli
-        from tcplimits.engine import experiment
-
-        os.environ.update(env)
-        experiment.ENGINE_RETURN_S = engine_return_s
-        os._exit(cli.main(argv))
-
-    proc = multiprocessing.get_context("fork").Process(target=child)
-    proc.start()
-    return proc
+def _start_with_short_wait(run_id: str, out: Path, env: dict, engine_return_s: float):
+    """`tcplimits run` that waits only ``engine_return_s`` for a lost engine to come back."""
+    code = ("import sys\n"
+            "from tcplimits.engine import experiment\n"
+            f"experiment.ENGINE_RETURN_S = {engine_return_s}\n"
+            "from tcplimits import cli\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    return subprocess.Popen([sys.executable, "-c", code, "run", *SLOW, "--run-id", run_id,
+                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
 
 
-def test_engine_lost_for_good_leaves_what_the_next_sweep_removes(engine, tmp_path, capfd):
+def test_engine_lost_for_good_leaves_what_the_next_sweep_removes(engine, tmp_path):
     """The engine never answers again: the run says what it could not remove; once the run
     has ended its owner is provably dead and `tcplimits clean` removes the rest."""
     proxy = EngineProxy(tmp_path / "engine.sock")
     proxy.up()
     run_id, out = new_id("lost-for-good"), tmp_path / "run"
-    child = _run_in_child(["run", *SLOW, "--run-id", run_id, "--out", str(out), "--quiet"],
-                          {"DOCKER_HOST": proxy.url}, engine_return_s=2)
+    proc = _start_with_short_wait(run_id, out, {"DOCKER_HOST": proxy.url}, engine_return_s=2)
     connecting(engine, run_id)
     proxy.cut()
-    child.join(120)
-    assert child.exitcode == EXIT_MACHINE
-    line = message(capfd.readouterr().err)
+    code, _, err = finish(proc)
+    assert code == EXIT_MACHINE
+    line = message(err)
     assert "lost the Docker engine at unix://" in line and "are still on it" in line
     record = record_of(out)
     assert record["status"] == "failed" and record["fault"] == "engine_lost"
@@ -240,8 +233,7 @@ def test_container_killed_mid_run(engine, tmp_path, role):
     record = record_of(out)
     assert record["status"] == "failed" and record["fault"] == "container_exited"
     assert record["reason"].startswith(f"{role} container killed (SIGKILL, exit code 137)")
-    assert stdout.splitlines()[0] == f"run {run_id}: failed: {record['reason']}" \
-        or stdout.splitlines()[0].startswith(f"run {run_id}: failed: {role} container killed")
+    assert stdout.startswith(f"run {run_id}: failed: {record['reason']} in ")
     assert record["notes"] == []  # a failed run explains nothing as a measurement
     assert labelled(engine, run_id) == ([], [])
 

@@ -128,12 +128,13 @@ def _engine_or_none(command: str):
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    import docker
-
     from .image import ImageError, ensure_image
 
+    client = _engine_or_none("image")
+    if client is None:
+        return EXIT_MACHINE
     try:
-        image = ensure_image(docker.from_env(), rebuild=args.rebuild,
+        image = ensure_image(client, rebuild=args.rebuild,
                              log=lambda m: print(m, file=sys.stderr))
     except ImageError as err:
         print(f"tcplimits image: {err}", file=sys.stderr)
@@ -150,11 +151,12 @@ def _cmd_image(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
 
-    import docker
-
     from .engine import probe_engine
 
-    info = probe_engine(docker.from_env(), refresh=args.refresh)
+    client = _engine_or_none("probe")
+    if client is None:
+        return EXIT_MACHINE
+    info = probe_engine(client, refresh=args.refresh)
     print(json.dumps(info, indent=2))
     return EXIT_OK
 
