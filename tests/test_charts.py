@@ -99,3 +99,19 @@ def test_offline_renderer_displays_inline_svg(ds):
     bundle = BUILDERS["outcomes"](ds)._repr_mimebundle_()
     bundle = bundle[0] if isinstance(bundle, tuple) else bundle
     assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
+
+
+def test_accept_queue_per_run_is_the_models():
+    runs = pl.DataFrame({"backlog": [8, None, 10_000]})
+    assert charts.with_accept_queue(runs)["queue"].to_list() == [
+        model.accept_queue(8), model.accept_queue(128), model.accept_queue(10_000)]
+    measured = runs.with_columns(somaxconn=pl.Series([4, None, 20_000]))
+    assert charts.with_accept_queue(measured)["queue"].to_list() == [
+        model.accept_queue(8, 4), model.accept_queue(128), model.accept_queue(10_000, 20_000)]
+    assert charts.with_accept_queue(pl.DataFrame({"run_id": ["a"]}))["queue"].to_list() == [
+        model.accept_queue(128)]
+
+
+def test_port_count_of_an_unreadable_range_is_null():
+    df = charts._with_port_count(pl.DataFrame({"port_range": ["40000-40999", "nonsense", None]}))
+    assert df["port_count"].to_list() == [1000, None, None]

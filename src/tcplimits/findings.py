@@ -76,7 +76,7 @@ class Blocks(list):
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self]
 
-    def _ipython_display_(self) -> None:  # pragma: no cover - needs a kernel
+    def _ipython_display_(self) -> None:
         from IPython.display import HTML, Markdown, display
 
         for kind, item in self:
