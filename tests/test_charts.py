@@ -101,15 +101,18 @@ def test_offline_renderer_displays_inline_svg(ds):
     assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
 
 
-def test_accept_queue_per_run_is_the_models():
-    runs = pl.DataFrame({"backlog": [8, None, 10_000]})
-    assert charts.with_accept_queue(runs)["queue"].to_list() == [
+def test_server_gaps_count_the_models_accept_queue():
+    runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
+                         "server_accepted": [196, 10, 5, 3]})
+    gaps = charts.server_gaps(runs)
+    assert gaps["gap"].to_list() == [9, 0, 0]  # a run without both counts is left out
+    assert gaps["queue"].to_list() == [
         model.accept_queue(8), model.accept_queue(128), model.accept_queue(10_000)]
-    measured = runs.with_columns(somaxconn=pl.Series([4, None, 20_000]))
-    assert charts.with_accept_queue(measured)["queue"].to_list() == [
+    measured = charts.server_gaps(runs.with_columns(somaxconn=pl.Series([4, None, 20_000, 1])))
+    assert measured["queue"].to_list() == [
         model.accept_queue(8, 4), model.accept_queue(128), model.accept_queue(10_000, 20_000)]
-    assert charts.with_accept_queue(pl.DataFrame({"run_id": ["a"]}))["queue"].to_list() == [
-        model.accept_queue(128)]
+    no_backlog = charts.server_gaps(runs.drop("backlog").head(1))
+    assert no_backlog["queue"].to_list() == [model.accept_queue(128)]
 
 
 def test_port_count_of_an_unreadable_range_is_null():

@@ -79,9 +79,11 @@ def _with_port_count(df: pl.DataFrame) -> pl.DataFrame:
         counts, default=None, return_dtype=pl.Int64))
 
 
-def with_accept_queue(runs: pl.DataFrame) -> pl.DataFrame:
-    """Runs rows with ``queue``: their server's accept queue (``model.accept_queue`` of the
-    backlog, its default where null; of the measured somaxconn where the runs record one)."""
+def server_gaps(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs whose server and clients both counted, with ``gap`` (connections the clients
+    hold that the server had not accepted) and ``queue``: the accept queue that can hold them
+    (``model.accept_queue`` of the backlog, its default where null, and of the measured
+    somaxconn where the runs record one)."""
     default = FIELDS["backlog"].default
     has_somaxconn = "somaxconn" in runs.columns
 
@@ -91,9 +93,13 @@ def with_accept_queue(runs: pl.DataFrame) -> pl.DataFrame:
             return model.accept_queue(backlog, row["somaxconn"])
         return model.accept_queue(backlog)
 
-    df = _ensure(runs, backlog=pl.Int64)
     columns = ["backlog", *(["somaxconn"] if has_somaxconn else [])]
-    return df.with_columns(queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64))
+    return _ensure(runs, backlog=pl.Int64).filter(
+        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
+    ).with_columns(
+        gap=pl.col("connections_total") - pl.col("server_accepted"),
+        queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64),
+    )
 
 
 def _ensure(df: pl.DataFrame, **columns: pl.DataType) -> pl.DataFrame:
@@ -265,11 +271,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
 def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
     """Left: connections the server accepted against those the clients hold. Right: the gap
     per point, with a black tick at the accept queue's size (backlog + 1)."""
-    df = _ensure(runs, predicted_limit=pl.Utf8, backlog=pl.Int64).filter(
-        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
-    )
-    df = with_accept_queue(df).with_columns(
-        gap=pl.col("connections_total") - pl.col("server_accepted"),
+    df = server_gaps(_ensure(runs, predicted_limit=pl.Utf8)).with_columns(
         limit=pl.col("predicted_limit").fill_null("unknown"),
     ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
     color = _limit_color(df["limit"])

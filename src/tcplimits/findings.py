@@ -503,21 +503,14 @@ def latency(d: Data) -> Blocks:
 
 # --- 8. Server side ---------------------------------------------------------------------------
 
-def _both_counted(d: Data) -> pl.DataFrame:
-    return d.ok.filter(pl.col("server_accepted").is_not_null()
-                       & pl.col("connections_total").is_not_null())
-
-
 def server_gaps(d: Data) -> pl.DataFrame:
     """The finished points where the server accepted a different number than the clients
     hold: the gap, the accept queue (the model's), workers, their nofile and their errors."""
-    both = _both_counted(d)
-    differ = both.filter(pl.col("server_accepted") != pl.col("connections_total"))
+    differ = charts.server_gaps(d.ok).filter(pl.col("gap") != 0)
     errs = (d.server.group_by("run_id")
             .agg(server_errors=pl.col("error").drop_nulls().unique().sort().str.join(", "),
                  workers=pl.len()))
-    return (charts.with_accept_queue(differ.join(errs, on="run_id", how="left"))
-            .with_columns(gap=pl.col("connections_total") - pl.col("server_accepted"))
+    return (differ.join(errs, on="run_id", how="left")
             .select(pl.col("run_id").alias("point"),
                     pl.col("connections_total").alias("clients hold"),
                     pl.col("server_accepted").alias("server accepted"), "gap",
@@ -528,7 +521,7 @@ def server_gaps(d: Data) -> pl.DataFrame:
 
 def server_side(d: Data) -> Blocks:
     out = Blocks()
-    both = _both_counted(d)
+    both = charts.server_gaps(d.ok)
     if both.is_empty():
         return out.md("No finished point recorded the server's count.")
     gaps = server_gaps(d)
