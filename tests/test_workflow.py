@@ -308,14 +308,15 @@ def test_a_bad_config_stops_before_any_job(tmp_path, bad):
     wd = Workdir(tmp_path, fake=False)
     config, names = bad
     name = wd.write_config("bad.yaml", config)
-    before = _labelled_containers()
     proc = wd.snakemake("--configfile", name, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for word in names:
         assert word in output, output
+    # No job started, so no container either (other sessions share the engine: a global
+    # count of labelled containers would see theirs come and go).
     assert not (wd.path / "results").exists()
-    assert _labelled_containers() == before
+    assert not re.search(r"^(local)?rule \w+:", output, flags=re.M), output
 
 
 def test_lint_and_format(wd):
