@@ -272,9 +272,11 @@ class Experiment:
             return f"{role} container gone: {err}", faults.CONTAINER_EXITED
         reason, fault = faults.exit_description(role, container.attrs["State"],
                                                 self.specs[role].get("mem_limit"))
-        tail = [line for line in self.readers[role].lines[-3:] if line.strip()] \
+        # What the container said besides its events (a traceback, a message), if anything.
+        said = [line for line in self.readers[role].lines
+                if line.strip() and not line.startswith(("{", "[tcplimits:"))] \
             if role in self.readers else []
-        return reason + (f" (last output: {'; '.join(tail)[:300]})" if tail else ""), fault
+        return reason + (f" (last output: {'; '.join(said[-2:])[:200]})" if said else ""), fault
 
     def _remove_all(self) -> None:
         # Clients first: the server must outlive them so the network empties cleanly.
