@@ -10,6 +10,7 @@ command fails even with --exit-zero, so that the workflow retries the point late
 from __future__ import annotations
 
 import os
+import signal
 
 import docker.errors
 import requests.exceptions
@@ -76,14 +77,9 @@ def exit_description(role: str, state: dict, mem_limit: int | None) -> tuple[str
     if state.get("Running"):
         return (f"{role} container still running but its output stream ended (the engine "
                 "dropped it)"), ENGINE_LOST
-    if isinstance(code, int) and code > 128:
-        import signal
-
-        try:
-            name = signal.Signals(code - 128).name
-        except ValueError:
-            name = f"signal {code - 128}"
-        return f"{role} container killed ({name}, exit code {code})", CONTAINER_EXITED
+    if isinstance(code, int) and code > 128:  # 128 + the signal that ended it
+        return (f"{role} container killed ({_signal_name(code - 128)}, exit code {code})",
+                CONTAINER_EXITED)
     return f"{role} container exited with code {code}", CONTAINER_EXITED
 
 
@@ -98,8 +94,6 @@ def worker_exit_reason(role: str, pid: int, code: int, what: str = "process") ->
 
 
 def _signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:
@@ -112,5 +106,5 @@ def _short(err: BaseException) -> str:
     for needle in ("No such file or directory", "Connection refused", "Connection reset",
                    "Connection aborted", "Broken pipe", "timed out", "Remote end closed"):
         if needle in text:
-            return needle.lower() if needle != "Connection aborted" else "connection aborted"
+            return needle.lower()
     return text.splitlines()[0][:200] if text else type(err).__name__
