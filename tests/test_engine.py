@@ -64,6 +64,19 @@ def test_seed_default_range_binds_each_client_at_28232_minus_held(engine, tmp_pa
         assert len(held) == row["held_ports"] and all(32768 <= p <= 60999 for p in held)
     assert record["prediction"]["limit"] == "ports"
     assert record["totals"]["connections"] == record["prediction"]["total"]
+    # The facts the model explains from: held sockets with their owner, somaxconn, workers.
+    facts = record["facts"]
+    assert "notes" not in record and facts["somaxconn"] >= 128
+    assert len(facts["server_workers"]) == record["resolved"]["server_workers"]
+    for client, sockets in facts["held_sockets"].items():
+        assert [s["port"] for s in sockets] == record["held_ports"][client]
+        assert all(s["owner"] == "docker-dns" for s in sockets if s["addr"] == "127.0.0.11")
+    from tcplimits.cli import summary
+
+    text = summary(tmp_path / "seed")
+    assert "model: each client's port pool" in text
+    if any(facts["held_sockets"].values()):
+        assert "note: client" in text and "Docker's embedded DNS resolver" in text
     assert server["accepted"].sum() == clients["connections"].sum()
     # The run directory is complete and self-describing.
     run_dir = tmp_path / "seed"

@@ -76,6 +76,9 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "connect_s": pl.Float64,
     "teardown_s": pl.Float64,
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
+    "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
+                                            # {client: [{addr, port, state, owner}]}
+    "somaxconn": pl.Int64,                  # net.core.somaxconn measured in the server container
     "notes": pl.Utf8,                       # run.json's notes, one per line
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
@@ -148,6 +151,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     prediction = record.get("prediction") or {}
     totals = record.get("totals") or {}
     held = record.get("held_ports")
+    facts = record.get("facts") or {}
     row: dict[str, Any] = {
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
@@ -167,6 +171,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "held_ports": [_held_count(held[k]) for k in sorted(held, key=_client_order)]
         if isinstance(held, dict) else None,
         "notes": "\n".join(map(str, record.get("notes") or [])) or None,
+        "held_sockets": facts.get("held_sockets"),
+        "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
     }
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
