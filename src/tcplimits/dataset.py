@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from . import results
-from .params import FIELDS
+from .params import FIELDS, port_count
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8}  # server_workers may be "auto"
@@ -180,7 +180,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:
         row["port_lo"], row["port_hi"] = lo_hi
-        row["port_count"] = lo_hi[1] - lo_hi[0] + 1
+        row["port_count"] = port_count(lo_hi)
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
