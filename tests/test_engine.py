@@ -130,15 +130,17 @@ def test_unsupported_nofile_is_refused_and_recorded(engine, tmp_path):
     cap = probe_engine(engine)["engine_nofile_cap"]
     if cap >= 1_048_576:
         pytest.skip("this engine allows any nofile")
-    before = labelled(engine)
+    # Other checkouts run containers meanwhile: count only this run's.
+    run_id = f"big-{os.getpid()}-{time.monotonic_ns()}"
     proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", "--nofile", str(cap + 1),
-                           "--out", str(tmp_path / "big")], capture_output=True, text=True)
+                           "--run-id", run_id, "--out", str(tmp_path / "big")],
+                          capture_output=True, text=True)
     assert proc.returncode == 3
     record = json.loads((tmp_path / "big" / "run.json").read_text())
     assert record["status"] == "unsupported"
     assert f"engine allows nofile up to {cap}; asked {cap + 1}; use more --procs" in record["reason"]
     assert record["params"]["nofile"] == cap + 1  # recorded as asked, never changed
-    assert labelled(engine) == before
+    assert labelled(engine, run_id) == ([], [])
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -153,14 +155,15 @@ def test_unsupported_nofile_is_refused_and_recorded(engine, tmp_path):
     (["--procs", "1.5"], "--procs"),
 ])
 def test_bad_input_exits_2_naming_the_flag_before_any_container(engine, tmp_path, args, flag):
-    before = labelled(engine)
-    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--out",
-                           str(tmp_path / "bad")], capture_output=True, text=True)
+    # Other checkouts run containers meanwhile: count only this run's.
+    run_id = f"bad-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", run_id,
+                           "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
     assert not (tmp_path / "bad").exists()
-    assert labelled(engine) == before
+    assert labelled(engine, run_id) == ([], [])
 
 
 def _start_and_wait_for_containers(engine, tmp_path, run_id):
