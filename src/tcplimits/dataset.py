@@ -79,7 +79,6 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
                                             # {client: [{addr, port, state, owner}]}
     "somaxconn": pl.Int64,                  # net.core.somaxconn measured in the server container
-    "notes": pl.Utf8,                       # run.json's notes, one per line
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
 }
@@ -172,7 +171,6 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "server_accepted": totals.get("server_accepted"),
         "held_ports": [_held_count(held[k]) for k in sorted(held, key=_client_order)]
         if isinstance(held, dict) else None,
-        "notes": "\n".join(map(str, record.get("notes") or [])) or None,
         "held_sockets": facts.get("held_sockets"),
         "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
