@@ -167,7 +167,8 @@ def test_compare_runs_on_the_synthetic_dataset(tmp_path):
 
 # --- explanations from the run's recorded facts ---------------------------------------------
 
-DNS_SOCKETS = '{"1": [{"addr": "127.0.0.11", "port": 40719, "state": "LISTEN", "owner": "docker-dns"}]}'
+DNS_SOCKETS = ('{"1": [{"addr": "127.0.0.11", "port": 40719, "state": "LISTEN", '
+               '"owner": "docker-dns"}]}')
 
 
 def test_held_socket_is_named_by_its_recorded_owner_and_port():

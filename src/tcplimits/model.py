@@ -245,8 +245,7 @@ def limit_reason(params: RunParams, prediction: Prediction | Mapping[str, Any]) 
     fd_room = params.nofile - CLIENT_BASELINE_FDS
     if limit == PORTS:
         return (f"each client's port pool: the {params.port_count:,} ports of "
-                f"{params.port_range} minus those already held in its namespace; connect() "
-                "never takes a port held by bind()")
+                f"{params.port_range} minus those already held in its namespace")
     if limit == DESCRIPTORS:
         return (f"each client process holds nofile - {CLIENT_BASELINE_FDS} = {fd_room:,} "
                 "sockets: descriptors 0-2 (stdin, stdout, stderr) are already open")
@@ -408,7 +407,8 @@ def _held_port_reasons(params: RunParams, held: list[int],
         ports = ", ".join(f"{s.get('port')} ({s.get('state')})"
                           for i in who for s in sockets.get(i, []))
         out.append(f"{'clients' if len(who) > 1 else 'client'} {', '.join(map(str, who))}: "
-                   f"{_n(h, 'port')} of the range already held at start by {holder}"
+                   f"{_n(h, 'port')}{' each' if len(who) > 1 else ''} of the range already "
+                   f"held at start by {holder}"
                    + (f" [{ports}]" if ports else "")
                    + f", so the pool had {params.port_count - h:,} ports, not "
                    f"{params.port_count:,}: connect() never takes a port held by bind()")

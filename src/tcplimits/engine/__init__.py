@@ -18,6 +18,6 @@ from .plan import HARDENING, Resolved, container_specs, new_run_id, unsupported_
 from .probe import probe_engine
 from .runner import run_experiment
 
-__all__ = ["HARDENING", "Experiment", "Interrupted", "Resolved", "RunFailed", "compose_file", "compose_project",
-           "container_specs", "new_run_id", "probe_engine", "run_experiment",
+__all__ = ["HARDENING", "Experiment", "Interrupted", "Resolved", "RunFailed", "compose_file",
+           "compose_project", "container_specs", "new_run_id", "probe_engine", "run_experiment",
            "sweep", "unsupported_reason"]
