@@ -330,7 +330,8 @@ def test_the_profile_holds_the_defaults():
 
 def test_environment_yml_matches_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["test"]
+    extras = pyproject["optional-dependencies"]
+    wanted = pyproject["dependencies"] + extras["test"] + extras["slurm"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

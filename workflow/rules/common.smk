@@ -46,6 +46,11 @@ def point_flags(wildcards):
     return POINTS[wildcards.point].flags
 
 
+def point_minutes(wildcards):
+    """A point's wall time on a batch scheduler (runtime, in minutes)."""
+    return POINTS[wildcards.point].job_minutes
+
+
 def run_json(point_id):
     return f"{RUNS_DIR}/{point_id}/run.json"
 
