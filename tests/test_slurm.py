@@ -141,9 +141,13 @@ def test_tiny_sweep_through_slurm(cluster, tmp_path):
         assert slurm_log.exists(), slurm_log
         assert (wd.path / f"results/logs/experiment/{point}.log").read_text()
 
-    # The host each point ran on is in the dataset (when the engine records it).
-    if "env_hostname" in runs.columns:
-        assert set(runs["env_hostname"]) == {node}
+    # The host each point ran on is in the dataset; the jobs ran this checkout's tcplimits
+    # (they inherit Snakemake's environment, PYTHONPATH included).
+    assert set(runs["env_hostname"]) == {node}
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    if head:
+        assert all(sha.startswith(head) for sha in runs["env_git_sha"]), runs["env_git_sha"]
 
 
 def test_stop_leaves_no_daemon(cluster):
