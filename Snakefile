@@ -38,4 +38,5 @@ localrules:
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        DATASET_FILES.values(),
+        report_outputs()["page"],
