@@ -31,6 +31,7 @@ ENV = {
     "env_tcplimits_version": "0.1.0",
     "env_git_sha": "1a2b3c4",
     "env_cgroup_version": "2",
+    "env_hostname": "node1",
 }
 DNS_NOTE = ("client {c}: port {port} of the range {range} was already held (LISTEN) in the "
             "container's namespace by Docker's embedded DNS resolver, which listens on "
