@@ -144,6 +144,8 @@ def test_tiny_sweep_through_slurm(cluster, tmp_path):
     # The host each point ran on is in the dataset; the jobs ran this checkout's tcplimits
     # (they inherit Snakemake's environment, PYTHONPATH included).
     assert set(runs["env_hostname"]) == {node}
+    report = (wd.path / "results" / "report" / "index.html").read_text()
+    assert f"ran on one host, <code>{node}</code>" in report
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
     if head:
