@@ -221,8 +221,20 @@ start() {
   start_munge
   start_mariadb
   start_slurmdbd
-  [[ -n $(running_pid slurmctld) ]] || slurmctld
+  local fresh_ctld=false
+  [[ -n $(running_pid slurmctld) ]] || { slurmctld; fresh_ctld=true; }
   wait_for 60 "slurmctld answering" scontrol ping
+  # `stop` cancels every job, so jobs found by a controller that was not running were left
+  # by a cluster that died (killed, machine stopped): cancel them rather than run them again.
+  if $fresh_ctld; then
+    local leftover
+    leftover=$(squeue -h -o %i 2>/dev/null || true)
+    if [[ -n $leftover ]]; then
+      log "cancelling jobs left by a cluster that did not stop cleanly: $(echo $leftover)"
+      # shellcheck disable=SC2086
+      scancel $leftover || true
+    fi
+  fi
   [[ -n $(running_pid slurmd) ]] || slurmd
   # A node that was down when the cluster stopped comes back as it was: resume it.
   if node_state | grep -qiE 'down|drain'; then
@@ -232,18 +244,24 @@ start() {
   log "up: node $node ($(sinfo -h -n "$node" -o '%c CPUs, %m MB'), partition $partition)"
 }
 
-stop_daemon() {  # stop_daemon NAME: TERM, wait, then KILL
-  local name=$1 pid i
-  pid=$(running_pid "$name")
-  [[ -n $pid ]] || return 0
-  kill "$pid" 2>/dev/null || true
+stop_daemons() {  # stop_daemons NAME...: TERM to each at once, wait, then KILL what is left
+  local name pid i pids=()
+  for name in "$@"; do
+    pid=$(running_pid "$name")
+    [[ -n $pid ]] && { kill "$pid" 2>/dev/null || true; pids+=("$name:$pid"); }
+  done
   for ((i = 0; i < 150; i++)); do
-    [[ -d /proc/$pid ]] || { rm -f "$state/run/$name.pid"; return 0; }
+    local alive=()
+    for name in "${pids[@]}"; do [[ -d /proc/${name#*:} ]] && alive+=("$name"); done
+    pids=("${alive[@]}")
+    ((${#pids[@]} == 0)) && break
     sleep 0.2
   done
-  log "$name ($pid) did not stop in 30 s: killing it"
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$state/run/$name.pid"
+  for name in "${pids[@]}"; do
+    log "${name%%:*} (${name#*:}) did not stop in 30 s: killing it"
+    kill -9 "${name#*:}" 2>/dev/null || true
+  done
+  for name in "$@"; do rm -f "$state/run/$name.pid"; done
 }
 
 stop() {
@@ -258,10 +276,11 @@ stop() {
       wait_for 60 "jobs ending" bash -c '[[ -z $(squeue -h -o %i) ]]'
     fi
   fi
-  local name
-  for name in slurmd slurmctld slurmdbd mariadbd munged; do
-    stop_daemon "$name"
-  done
+  # Each stage still needs the next: slurmctld reports to slurmdbd, which writes to MariaDB,
+  # and all of them authenticate through munge.
+  stop_daemons slurmd slurmctld
+  stop_daemons slurmdbd
+  stop_daemons mariadbd munged
   unlink_config
   log "stopped (state kept in $state)"
 }
