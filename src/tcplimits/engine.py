@@ -31,7 +31,7 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from . import LABEL, RUN_LABEL, __version__, model, results
+from . import LABEL, RUN_LABEL, __version__, host, model, results
 from .params import FIELDS, NOFILE_MAX, RunParams
 
 SERVER_PORT = 5000
@@ -43,6 +43,10 @@ INSTANCE_LABEL = "tcplimits.instance"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
+# Teardown asks every agent to stop (SIGTERM: each resets its connections) and waits this
+# long for them to exit before removing the containers: a container removed while its
+# connections are open leaves them as orphans in the host kernel for minutes.
+AGENT_STOP_S = 10
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count
 
 Log = Callable[[str], None]
@@ -466,8 +470,10 @@ class Experiment:
     container and the network, whatever happened inside."""
 
     def __init__(self, client, params: RunParams, resolved: Resolved, run_id: str, image: str,
-                 log: Log = _stderr, live: bool = True):
+                 log: Log = _stderr, live: bool = True, local_host: bool = True):
         self.client, self.params, self.resolved = client, params, resolved
+        self.local_host = local_host  # the engine's host is this machine: its /proc is read
+        self.quiet: host.Quiet | None = None
         self.run_id, self.image, self.log, self.live = run_id, image, log, live
         self.instance = uuid.uuid4().hex[:8]
         self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: _owner(),
@@ -489,6 +495,7 @@ class Experiment:
     def __exit__(self, *exc) -> None:
         t0 = time.monotonic()
         with _shielded():
+            self._stop_agents()
             self._remove_all()
         self.timeline["teardown_s"] = time.monotonic() - t0
 
@@ -514,6 +521,7 @@ class Experiment:
         self._wait(lambda: len(self.state.ready) == self.params.clients, "the clients to start",
                    limit=SERVER_READY_TIMEOUT_S, watch=roles)
         self.timeline["setup_s"] = time.monotonic() - t0
+        self.wait_quiet()
         t1 = time.monotonic()
         for role in roles:  # all clients start connecting together
             self.containers[role].kill(signal="SIGUSR1")
@@ -525,6 +533,24 @@ class Experiment:
         self.containers["server"].kill(signal="SIGTERM")
         self._wait(lambda: len(self.state.server_results) == self.resolved.server_workers,
                    "the server's final counts", limit=STOP_TIMEOUT_S, watch=[])
+
+    def wait_quiet(self) -> host.Quiet:
+        """Before connecting: wait (at most quiet_timeout) until the host's kernel holds at
+        most quiet_sockets closed sockets of earlier runs; otherwise run marked noisy. The
+        wait does not count against the run's timeout."""
+        def waiting(state: dict) -> None:
+            self.log(f"waiting up to {self.params.quiet_timeout:g} s for a quiet host: "
+                     f"{host.leftover_sockets(state):,} closed sockets linger in its kernel "
+                     f"(quiet: at most {self.params.quiet_sockets:,})")
+
+        self.quiet = host.wait_quiet(self.params.quiet_sockets, self.params.quiet_timeout,
+                                     read=lambda: host.read_state(self.local_host),
+                                     waiting=waiting)
+        self.deadline += self.quiet.waited_s
+        self.timeline["quiet_wait_s"] = self.quiet.waited_s
+        if self.quiet.noisy:
+            self.log(f"note: {self.quiet.reason}; running anyway, the point is marked noisy")
+        return self.quiet
 
     def _start(self, role: str) -> None:
         self.containers[role] = self.client.containers.create(**self.specs[role])
@@ -623,6 +649,25 @@ class Experiment:
             reader.join(timeout=2)
             results.write_text("\n".join(reader.lines) + "\n",
                                out_dir / results.LOGS_DIR / f"{role}.log")
+
+    def _stop_agents(self) -> None:
+        """SIGTERM every container still running, then wait (bounded) for each to exit."""
+        if AGENT_STOP_S <= 0:
+            return
+        stopping = []
+        for role, container in self.containers.items():
+            try:
+                container.kill(signal="SIGTERM")
+                stopping.append((role, container))
+            except docker.errors.APIError:  # not running (exited, or never started)
+                pass
+        end = time.monotonic() + AGENT_STOP_S
+        for role, container in stopping:
+            try:
+                container.wait(timeout=max(0.1, end - time.monotonic()))
+            except Exception as err:  # timeout or engine error: removal kills it anyway
+                self.log(f"warning: {role} did not stop within {AGENT_STOP_S} s ({err}); "
+                         "its connections may linger in the host kernel")
 
     def _remove_all(self) -> None:
         # Clients first: the server must outlive them so the network empties cleanly.
@@ -770,12 +815,14 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     t0 = time.monotonic()
     image = ensure_image(client, log=log)
     facts = probe_engine(client, image=image.id, log=log)
+    local_host = host.engine_is_local(client.api.base_url)
     record: dict[str, Any] = {
         "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
         "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
-        "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
+        "duration_s": None, "setup_s": None, "quiet_wait_s": None, "connect_s": None,
+        "teardown_s": None, "noisy": None, "noisy_reason": None,
         "environment": _environment(facts, image), "totals": None, "held_ports": None,
-        "notes": [],
+        "notes": [], "host_tcp": {"before": host.read_state(local_host)},
     }
     cap = facts["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
@@ -795,7 +842,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
     interrupted: BaseException | None = None
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
-                            live=progress)
+                            live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
     try:
         with _signals_raise(), experiment:
@@ -844,6 +891,11 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                       model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
         ended_at=_now(), duration_s=round(time.monotonic() - t0, 3),
     )
+    quiet = experiment.quiet
+    if quiet is not None:
+        record.update(noisy=quiet.noisy, noisy_reason=quiet.reason)
+        record["host_tcp"]["at_connect"] = quiet.before
+    record["host_tcp"]["after"] = host.read_state(local_host)
     _write_run(out_dir, record, clients, server, series,
                compose=compose_file(experiment.specs, run_id))
     if interrupted is not None:
@@ -876,8 +928,10 @@ def summary(run_dir: Path) -> str:
         lines[0] += (f" in {record['duration_s']:.1f} s (setup {record['setup_s']:.1f} s,"
                      f" connecting {record.get('connect_s') or 0:.1f} s,"
                      f" teardown {record.get('teardown_s') or 0:.1f} s)")
+    if record.get("noisy"):
+        lines.append(f"noisy: {record.get('noisy_reason')} (its times are suspect)")
     if not clients:
-        return lines[0]
+        return "\n".join(lines)
     lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
     for r in clients:
         lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "

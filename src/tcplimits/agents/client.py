@@ -9,6 +9,9 @@ Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
   result    per process, once: connections, errno, error, message, elapsed_s
+
+On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
+in the host's kernel once the container is gone.
 """
 
 import argparse
@@ -36,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
@@ -108,7 +113,7 @@ def worker(args, proc, server_addr, started):
         return 0
     held = connect_until_failure(args, proc, server_addr)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
-    del held  # the descriptors close when the process exits
+    common.close_all(held, args.close)
     return 0
 
 
