@@ -99,3 +99,14 @@ def test_offline_renderer_displays_inline_svg(ds):
     bundle = BUILDERS["outcomes"](ds)._repr_mimebundle_()
     bundle = bundle[0] if isinstance(bundle, tuple) else bundle
     assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
+
+
+def test_latency_draws_noisy_runs_dashed(ds):
+    runs = ds["runs"].with_columns(noisy=pl.col("run_id") == "range-1000")
+    spec = charts.latency_vs_fill(ds["series"], runs).to_dict()
+    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
+    hosts = {r["run_id"]: r["host"] for r in rows}
+    assert hosts.pop("range-1000") == charts.NOISY
+    assert set(hosts.values()) == {charts.QUIET}
+    dash = spec["layer"][0]["encoding"]["strokeDash"]
+    assert dash["field"] == "host" and dash["scale"]["domain"] == [charts.QUIET, charts.NOISY]

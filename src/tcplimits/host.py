@@ -22,6 +22,7 @@ since nothing vouches for its timings.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,55 @@ def wait_quiet(threshold: int, timeout_s: float, *, read: Reader = read_state,
         first = False
         sleep(min(poll_s, max(0.0, timeout_s - waited)))
         state = read()
+
+
+# ----------------------------------------------------------------- what a run's namespaces keep
+
+# Sockets that outlive the process that closed them: an orphan is in one of the first four,
+# a graceful close ends in TIME_WAIT, a peer that never closed stays in CLOSE_WAIT.
+LINGERING_STATES = ("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT", "CLOSE_WAIT")
+
+
+class NamespaceWatch:
+    """Keeps the network namespaces of some containers alive after they are removed, by a
+    hardened idle container joined to each, so that what the run left in them can be
+    counted exactly (this machine's host-wide counters move with every other run on the
+    engine). Needs a local engine and permission to read /proc/<pid>/net. For tests and
+    benchmarks of teardown; remove() when done."""
+
+    def __init__(self, client, image: str, containers: dict[str, Any], run_id: str):
+        from . import LABEL, RUN_LABEL
+
+        # Not the run instance's labels: the engine's teardown sweeps those, and the watch
+        # must outlive it.
+        labels = {LABEL: "1", RUN_LABEL: run_id, "tcplimits.role": "watch"}
+        self.watchers: dict[str, Any] = {}
+        for role, container in containers.items():
+            self.watchers[role] = client.containers.run(
+                image, ["python3", "-c", "import time; time.sleep(3600)"], detach=True,
+                network_mode=f"container:{container.id}", labels=labels,
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
+                user="65534:65534")
+        self.pids = {}
+        for role, watcher in self.watchers.items():
+            watcher.reload()
+            self.pids[role] = watcher.attrs["State"]["Pid"]
+
+    def lingering(self) -> dict[str, dict[str, int]]:
+        """Per watched role: sockets in each lingering state, now."""
+        from .agents.common import tcp_sockets
+
+        out = {}
+        for role, pid in self.pids.items():
+            if not Path(f"/proc/{pid}/net/tcp").exists():
+                raise RuntimeError(f"the watch of {role}'s namespace (pid {pid}) is gone")
+            states = collections.Counter(state for _, _, state in tcp_sockets(f"/proc/{pid}/net"))
+            out[role] = {state: states.get(state, 0) for state in LINGERING_STATES}
+        return out
+
+    def remove(self) -> None:
+        for watcher in self.watchers.values():
+            try:
+                watcher.remove(force=True)
+            except Exception:  # already gone
+                pass

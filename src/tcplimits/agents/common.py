@@ -48,10 +48,11 @@ def _hex_addr(text):
     return addr, int(port, 16)
 
 
-def tcp_sockets():
-    """Every TCP socket of this network namespace: (local addr, local port, state)."""
+def tcp_sockets(net_dir="/proc/net"):
+    """Every TCP socket of this network namespace (or of the one ``net_dir``, such as
+    /proc/<pid>/net, belongs to): (local addr, local port, state)."""
     found = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for path in (f"{net_dir}/tcp", f"{net_dir}/tcp6"):
         try:
             with open(path) as f:
                 next(f)
