@@ -27,7 +27,8 @@ from pathlib import Path
 
 import docker
 
-from tcplimits import engine, host, results
+from tcplimits import host, results
+from tcplimits.engine import experiment as engine, run_experiment
 from tcplimits.params import RunParams
 
 VARIANTS = {"kill_fin": (0, "graceful"), "stop_fin": (10, "graceful"),
@@ -64,7 +65,7 @@ def one(variant: str, params: RunParams, workdir: Path, client, after_s: float) 
     engine.Experiment.wait_quiet = watched_wait_quiet
     try:
         name = f"bench-teardown-{variant}-{int(time.time())}"
-        record = engine.run_experiment(params, workdir / name, run_id=name, progress=False,
+        record = run_experiment(params, workdir / name, run_id=name, progress=False,
                                        client=client, log=lambda m: None)
         at_return = host.read_state()
         left = watch[0].lingering()

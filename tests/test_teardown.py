@@ -12,8 +12,10 @@ import docker
 import polars as pl
 import pytest
 
-from tcplimits import dataset, engine, host, results
-from tcplimits.engine import run_experiment, summary
+from tcplimits import dataset, host, results
+from tcplimits.engine import experiment
+from tcplimits.cli import summary
+from tcplimits.engine import run_experiment
 from tcplimits.params import RunParams
 
 pytestmark = pytest.mark.docker
@@ -32,14 +34,14 @@ def client():
 def watched(monkeypatch):
     """Watch the namespaces of the run's server and clients from the moment they are up."""
     watches = []
-    wait_quiet = engine.Experiment.wait_quiet
+    wait_quiet = experiment.Experiment.wait_quiet
 
     def watching(self):
         watches.append(host.NamespaceWatch(self.client, self.image, self.containers,
                                            self.run_id))
         return wait_quiet(self)
 
-    monkeypatch.setattr(engine.Experiment, "wait_quiet", watching)
+    monkeypatch.setattr(experiment.Experiment, "wait_quiet", watching)
     yield watches
     for w in watches:
         w.remove()
@@ -73,7 +75,7 @@ def test_run_leaves_no_orphan_or_time_wait_socket(client, tmp_path, watched):
 def test_the_check_sees_what_an_abrupt_teardown_leaves(client, tmp_path, watched, monkeypatch):
     """The same run torn down the old way (containers removed at once, connections closed
     with FIN by process exit) leaves its connections lingering: the check above can fail."""
-    specs = engine.container_specs
+    specs = experiment.container_specs
 
     def graceful(*args, **kwargs):
         out = specs(*args, **kwargs)
@@ -81,8 +83,8 @@ def test_the_check_sees_what_an_abrupt_teardown_leaves(client, tmp_path, watched
             spec["command"] = [*spec["command"], "--close", "graceful"]
         return out
 
-    monkeypatch.setattr(engine, "AGENT_STOP_S", 0)
-    monkeypatch.setattr(engine, "container_specs", graceful)
+    monkeypatch.setattr(experiment, "AGENT_STOP_S", 0)
+    monkeypatch.setattr(experiment, "container_specs", graceful)
     _run(client, tmp_path, "teardown-abrupt")
     (watch,) = watched
     left = sum(sum(states.values()) for states in watch.lingering().values())
