@@ -2,8 +2,9 @@
 as a sweep runs its points, and how much its timings vary between repetitions.
 
 Each repetition is a full `run_experiment` (quiet-host wait, setup, connect, teardown). The
-time compared is the client's exhaustion time (elapsed_s: first connect() to the failing one)
-and connect_s (start signal to the last result). Spread = (max - min) / median. The host's
+time compared is the client's exhaustion time (elapsed_s: first connect() to the failing one),
+the CPU time its process used meanwhile (cpu_s: user + system, which other load on the
+machine does not lengthen) and connect_s (start signal to the last result). Spread = (max - min) / median. The host's
 leftover sockets when each repetition started connecting are recorded next to its times,
 with the noisy flag.
 
@@ -69,6 +70,7 @@ def one(params: RunParams, name: str, workdir: Path, client) -> dict:
     return {
         "connections": int(clients["connections"].sum()),
         "exhaust_s": float(clients["elapsed_s"].max()),
+        "cpu_s": float(clients["cpu_s"].max()),
         "connect_s": record["connect_s"], "teardown_s": record["teardown_s"],
         "quiet_wait_s": record["quiet_wait_s"], "noisy": record["noisy"],
         "noisy_reason": record["noisy_reason"],
@@ -98,7 +100,7 @@ def main() -> None:
                 row["exhaust_over_c"] = row["exhaust_s"] / row["c_reference_s"]
             rows.append(row)
             print(f"repetition {i}: {rows[-1]}", flush=True)
-    keys = ["exhaust_s", "connect_s", "teardown_s"]
+    keys = ["exhaust_s", "cpu_s", "connect_s", "teardown_s"]
     if reference:
         keys += ["c_reference_s", "exhaust_over_c"]
     summary = {key: {"values": [r[key] for r in rows],

@@ -107,6 +107,9 @@ def test_run_records_host_tcp_state_before_and_after(client, tmp_path):
     left = host.leftover_sockets(tcp["at_connect"])
     assert record["noisy"] == (left > 1000)
     assert (record["noisy_reason"] is None) == (not record["noisy"])
+    # The client's CPU time while connecting: a time that other load does not lengthen.
+    row = pl.read_parquet(tmp_path / "host-state" / results.CLIENTS_FILE).row(0, named=True)
+    assert 0 < row["cpu_s"] <= row["elapsed_s"] + 0.05
 
 
 def test_noisy_host_runs_anyway_marked_noisy(client, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ RLIMIT_NOFILE.
 Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
-  result    per process, once: connections, errno, error, message, elapsed_s
+  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
+            system CPU seconds of the process meanwhile)
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
@@ -60,9 +61,15 @@ def held_in_range(lo, hi):
     ]
 
 
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def connect_until_failure(args, proc, server_addr):
     """One worker: connect in a loop, keep every socket, stop at the first failure."""
     held = []  # raw descriptors: an int costs less than a socket object
+    cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
@@ -99,7 +106,8 @@ def connect_until_failure(args, proc, server_addr):
     else:
         number, name, message = common.describe_error(failure)
     common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
-                error=name, message=message, elapsed_s=round(elapsed, 6))
+                error=name, message=message, elapsed_s=round(elapsed, 6),
+                cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
 
 
