@@ -4,15 +4,16 @@ as a sweep runs its points, and how much its timings vary between repetitions.
 Each repetition is a full `run_experiment` (quiet-host wait, setup, connect, teardown). The
 time compared is the client's exhaustion time (elapsed_s: first connect() to the failing one),
 the CPU time its process used meanwhile (cpu_s: user + system, which other load on the
-machine does not lengthen) and connect_s (start signal to the last result). Spread = (max - min) / median. The host's
-leftover sockets when each repetition started connecting are recorded next to its times,
-with the noisy flag.
+machine lengthens less) and connect_s (start signal to the last result). Spread = (max -
+min) / median. The host's leftover sockets when each repetition started connecting are
+recorded next to its times, with the noisy flag.
 
 The engine is shared and its two cores with it, so absolute times move with whatever else
 runs. Side by side with each repetition (just before and just after it) a C connect loop
 (benchmarks/c/connect_loop.c) exhausts the same 10,000-port range on loopback in a fresh
 network namespace on the host (root, unshare and a C compiler needed; skipped otherwise):
-the ratio of the agent's time to the reference's cancels most of the machine's load.
+the ratio of the agent's time to the reference's is meant to cancel the machine's load (on
+a machine shared with other heavy runs it does not fully: the reference varies as well).
 
     python benchmarks/bench_repeat.py [--repeat 5] [--out benchmarks/results/repeat.json]
 """
@@ -82,13 +83,14 @@ def one(params: RunParams, name: str, workdir: Path, client) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--quiet-timeout", type=float, default=60.0)
-    parser.add_argument("--quiet-sockets", type=int, default=1000)
+    parser.add_argument("--quiet-host-timeout", type=float, default=60.0)
+    parser.add_argument("--quiet-host-sockets", type=int, default=1000)
     parser.add_argument("--out", default="benchmarks/results/repeat.json")
     args = parser.parse_args()
     client = docker.from_env()
     params = RunParams(port_range="40000-49999", nofile=15000, procs=1, clients=1,
-                       quiet_timeout=args.quiet_timeout, quiet_sockets=args.quiet_sockets)
+                       quiet_host_timeout=args.quiet_host_timeout,
+                       quiet_host_sockets=args.quiet_host_sockets)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         reference = build_reference(Path(tmp))

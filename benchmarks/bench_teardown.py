@@ -13,7 +13,8 @@ watch the namespace goes with its last container: TIME-WAIT entries are purged w
 orphans live on until they time out.) Next to them, deltas of the host's kernel-wide
 counters across teardown, which every other run on the shared engine moves too.
 
-    python benchmarks/bench_teardown.py [--repeat 2] [--after 20] [--out benchmarks/results/teardown.json]
+    python benchmarks/bench_teardown.py [--repeat 2] [--after 20] \
+        [--out benchmarks/results/teardown.json]
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def one(variant: str, params: RunParams, workdir: Path, client, after_s: float) 
     before = states["before"]
 
     def delta(state, key):
-        return state[key] - before[key] if state[key] is not None and before[key] is not None else None
+        if state[key] is None or before[key] is None:
+            return None
+        return state[key] - before[key]
 
     def total(counts, states_=("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK")):
         return sum(n for role in counts.values() for s, n in role.items() if s in states_)
@@ -96,7 +99,8 @@ def one(variant: str, params: RunParams, workdir: Path, client, after_s: float) 
         "time_wait_left_later": total(left_later, ("TIME_WAIT",)),
         "lingering": left,
         # host-wide deltas across teardown (other runs on the engine move these too)
-        "host_orphan_delta": delta(at_return, "orphan"), "host_tw_delta": delta(at_return, "tw_all"),
+        "host_orphan_delta": delta(at_return, "orphan"),
+        "host_tw_delta": delta(at_return, "tw_all"),
         "host_alloc_delta": delta(at_return, "alloc"),
         "host_orphan_delta_later": delta(later, "orphan"),
     }
@@ -113,7 +117,7 @@ def main() -> None:
     client = docker.from_env()
     # No quiet wait: what the host held before does not change what this run leaves.
     params = RunParams(port_range="40000-49999", nofile=15000, procs=1, clients=1,
-                       quiet_timeout=0)
+                       quiet_host_timeout=0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):

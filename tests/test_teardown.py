@@ -48,7 +48,7 @@ def watched(monkeypatch):
 
 
 def _run(client, tmp_path, name, **values):
-    params = RunParams.from_mapping({"port_range": PORTS, "nofile": 15000, "quiet_timeout": 5,
+    params = RunParams.from_mapping({"port_range": PORTS, "nofile": 15000, "quiet_host_timeout": 5,
                                      **values})
     record = run_experiment(params, tmp_path / name, run_id=name, progress=False,
                             client=client, log=lambda m: None)
@@ -119,8 +119,8 @@ def test_noisy_host_runs_anyway_marked_noisy(client, tmp_path, monkeypatch):
         return {**real(local), "orphan": 50_000}
 
     monkeypatch.setattr(host, "read_state", crowded)
-    record = _run(client, tmp_path, "noisy", port_range="40000-40199", quiet_timeout=2,
-                  quiet_sockets=100)
+    record = _run(client, tmp_path, "noisy", port_range="40000-40199", quiet_host_timeout=2,
+                  quiet_host_sockets=100)
     assert record["noisy"] is True and 2 <= record["quiet_wait_s"] < 4
     assert "50,000 orphaned" in record["noisy_reason"]
     assert record["totals"]["connections"] >= 190  # it ran anyway

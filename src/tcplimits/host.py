@@ -79,7 +79,8 @@ def read_state(local: bool = True) -> dict[str, Any]:
     state: dict[str, Any] = {key: None for key in SOCKSTAT_KEYS}
     state.update(tw_all=None, conntrack=None, source=None, at=round(time.time(), 3))
     if not local:
-        state["source"] = "unknown: the Docker engine is remote, this machine's /proc is not its host"
+        state["source"] = ("unknown: the Docker engine is remote, this machine's /proc is not "
+                           "its host")
         return state
     text = _read(SOCKSTAT)
     if text is None:

@@ -76,11 +76,12 @@ FIELDS: dict[str, Field] = {
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
         # A quiet host before connecting (tcplimits.host): bounds on the run, not physics.
-        Field("quiet_timeout", "float", 60.0,
+        Field("quiet_host_timeout", "float", 60.0,
               "seconds to wait, before connecting, for the host's closed sockets (orphans + "
-              "TIME-WAIT) to drain to quiet_sockets; past it the point runs, marked noisy",
+              "TIME-WAIT) to drain to quiet_host_sockets; past it the point runs, marked "
+              "noisy",
               0, 3600),
-        Field("quiet_sockets", "int", 1000,
+        Field("quiet_host_sockets", "int", 1000,
               "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
               "as quiet", 0, 10_000_000),
     ]
@@ -163,8 +164,8 @@ class RunParams:
     max_connections: int | None = None
     connect_timeout: float = 3.0
     timeout: float = 600.0
-    quiet_timeout: float = 60.0
-    quiet_sockets: int = 1000
+    quiet_host_timeout: float = 60.0
+    quiet_host_sockets: int = 1000
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":

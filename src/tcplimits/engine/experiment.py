@@ -125,15 +125,17 @@ class Experiment:
         self.timeline["setup_s"] = time.monotonic() - (self._setup_started or time.monotonic())
 
     def wait_quiet(self) -> host.Quiet:
-        """Wait (at most quiet_timeout) until the host's kernel holds at most quiet_sockets
-        closed sockets of earlier runs, which slow connect(); past that, go on marked noisy.
+        """Wait (at most quiet_host_timeout) until the host's kernel holds at most
+        quiet_host_sockets closed sockets of earlier runs, which slow connect(); past that, go
+        on marked noisy.
         The wait does not count against the run's timeout."""
         def waiting(state: dict) -> None:
-            self.log(f"waiting up to {self.params.quiet_timeout:g} s for a quiet host: "
+            self.log(f"waiting up to {self.params.quiet_host_timeout:g} s for a quiet host: "
                      f"{host.leftover_sockets(state):,} closed sockets linger in its kernel "
-                     f"(quiet: at most {self.params.quiet_sockets:,})")
+                     f"(quiet: at most {self.params.quiet_host_sockets:,})")
 
-        self.quiet = host.wait_quiet(self.params.quiet_sockets, self.params.quiet_timeout,
+        self.quiet = host.wait_quiet(self.params.quiet_host_sockets,
+                                     self.params.quiet_host_timeout,
                                      read=lambda: host.read_state(self.local_host),
                                      waiting=waiting)
         self.deadline += self.quiet.waited_s
