@@ -108,13 +108,10 @@ def leftover_sockets(state: dict[str, Any]) -> int | None:
 class Quiet:
     """Outcome of waiting for a quiet host."""
 
-    before: dict[str, Any]
+    before: dict[str, Any]  # the last reading: the state the point starts connecting in
     waited_s: float
     noisy: bool
     reason: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"waited_s": round(self.waited_s, 3), "noisy": self.noisy, "reason": self.reason}
 
 
 def wait_quiet(threshold: int, timeout_s: float, *, read: Reader = read_state,
