@@ -127,6 +127,37 @@ def test_environment_facts_and_grid(d, empty):
     assert findings.environment(empty).text() == "No run recorded its environment."
 
 
+def test_hosts_one_line_for_one_host_a_table_and_chart_for_several(d, empty):
+    assert dict(findings.environment_facts(d.runs).iter_rows())["Host"] == "node1"
+    assert findings.hosts(d).text() == f"All {d.runs.height} points ran on one host, `node1`."
+    assert findings.hosts(empty) == []
+
+    # The same points spread over two hosts, the second on another kernel; one unrecorded.
+    runs = d.runs.with_row_index().with_columns(
+        env_hostname=pl.when(pl.col("index") == 0).then(None)
+        .when(pl.col("index") % 2 == 0).then(pl.lit("node1")).otherwise(pl.lit("node2")),
+        env_kernel=pl.when(pl.col("index") % 2 == 1).then(pl.lit("6.1.0-9-amd64"))
+        .otherwise(pl.col("env_kernel"))).drop("index")
+    two = findings.Data.of({**_tables(d), "runs": runs})
+    table = {r["host"]: r for r in findings.hosts_table(runs).iter_rows(named=True)}
+    assert list(table) == ["node1", "node2", "not recorded"]
+    assert sum(r["points"] for r in table.values()) == runs.height
+    for host, row in table.items():
+        mine = runs.filter(pl.col("env_hostname").fill_null("not recorded") == host)
+        assert row["points"] == mine.height
+        assert row["finished"] == mine.filter(pl.col("status") == "ok").height
+        assert row["connections"] == mine["connections_total"].sum()
+    assert table["node2"]["kernel"] == "6.1.0-9-amd64"
+    blocks = findings.hosts(two)
+    assert blocks.kinds() == ["markdown", "html", "chart"]
+    assert "3 hosts" in blocks.text() and "node2" in blocks.text()
+    chart = blocks[-1][1].to_dict()
+    drawn = {row["run_id"]: row["host"] for rows in chart["datasets"].values() for row in rows}
+    ok = runs.filter(pl.col("status") == "ok")
+    assert drawn == dict(zip(ok["run_id"], ok["env_hostname"].fill_null("not recorded")))
+    assert "by_host" in charts.to_html(blocks[-1][1])
+
+
 # --- 3. the seed ------------------------------------------------------------------------------
 
 def test_seed_rows(d):

@@ -213,6 +213,18 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
                   "observed_vs_predicted")
 
 
+def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
+    """Observed against predicted connections (log-log, y = x dashed), one colour per host:
+    the points of a sweep spread over several machines (a cluster), told apart."""
+    chart = _against(
+        alt.Chart(_ensure(comparisons, host=pl.Utf8)), "predicted", "observed",
+        "predicted connections", "observed connections",
+        color=alt.Color("host:N", title="host", legend=alt.Legend(orient="bottom")),
+        tooltip=["run_id", "host", "predicted", "observed", "limit"],
+    ).properties(title="Observed against predicted, by host")
+    return _named(chart, "by_host")
+
+
 def pool_fill(series: pl.DataFrame) -> pl.DataFrame:
     """Each progress sample with ``fill``: the share of its container's port range in use.
 

@@ -44,6 +44,7 @@ ENV_SCHEMA: dict[str, pl.DataType] = {
     "env_tcplimits_version": pl.Utf8,
     "env_git_sha": pl.Utf8,
     "env_cgroup_version": pl.Utf8,
+    "env_hostname": pl.Utf8,             # the host the point ran on (a cluster has several)
 }
 
 _TIME = pl.Datetime("us", "UTC")

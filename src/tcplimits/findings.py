@@ -213,6 +213,7 @@ def environment_facts(runs: pl.DataFrame) -> pl.DataFrame:
         ("nf_conntrack_max", env("env_nf_conntrack_max")),
         ("Image", env("env_image_tag") + " ("
          + ", ".join(str(i)[:19] for i in values(runs, "env_image_id")) + ")"),
+        ("Host", env("env_hostname")),
         ("tcplimits", f"{env('env_tcplimits_version')}, git {env('env_git_sha')}"),
         ("Runs", when),
     ]
@@ -239,6 +240,44 @@ def environment(d: Data) -> Blocks:
     return (out.table(environment_facts(d.runs), classes="kv", header=False)
             .md("The grid, parameter by parameter (a point is one combination):")
             .table(grid_table(d.runs)))
+
+
+def hosts_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per host the points ran on: its points, finished points, connections held
+    and what differs between hosts (kernel, Docker, the engine's nofile cap)."""
+    if "env_hostname" not in runs.columns or runs.is_empty():
+        return pl.DataFrame(schema={"host": pl.Utf8, "points": pl.Int64})
+    return (runs.with_columns(host=pl.col("env_hostname").fill_null("not recorded"))
+            .group_by("host").agg(
+                points=pl.len(),
+                finished=(pl.col("status") == STATUS_OK).sum().cast(pl.Int64),
+                connections=pl.col("connections_total").sum(),
+                kernel=pl.col("env_kernel").drop_nulls().unique().sort().str.join(", "),
+                docker=pl.col("env_docker_version").drop_nulls().unique().sort().str.join(", "),
+                nofile_cap=pl.col("env_engine_nofile_cap").max())
+            .sort("host"))
+
+
+def hosts(d: Data) -> Blocks:
+    """Where the points ran: one line for one host; for several (a sweep on a cluster), a
+    row per host and every finished point against the model, coloured by host."""
+    out = Blocks()
+    table = hosts_table(d.runs)
+    if table.is_empty():
+        return out
+    if table.height == 1:
+        return out.md(f"All {plural(table['points'][0], 'point')} ran on one host, "
+                      f"`{table['host'][0]}`.")
+    out.md(f"The points ran on {table.height} hosts. Each point measures the kernel and the "
+           "Docker engine of its host, so a count belongs to its host: compare points of "
+           "different hosts only where the hosts agree (kernel, engine cap).")
+    out.table(table)
+    if d.comparisons:
+        host_of = dict(zip(d.runs["run_id"], d.runs["env_hostname"].fill_null("not recorded")))
+        frame = render.comparison_frame(d.comparisons)
+        frame = frame.with_columns(host=pl.col("run_id").replace_strict(host_of))
+        out.chart(charts.by_host(frame))
+    return out
 
 
 # --- 3. Headline: the seed, reproduced --------------------------------------------------------
