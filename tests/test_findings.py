@@ -292,6 +292,38 @@ def test_latency_medians(d, empty):
     assert "No port-bound point" in findings.latency(empty).text()
 
 
+def _flag(d, noisy_ids, reason="host not quiet after 60 s: 9,000 orphaned and 0 TIME-WAIT "
+                                "sockets (threshold 1,000)"):
+    runs = d.runs.with_columns(
+        noisy=pl.col("run_id").is_in(noisy_ids),
+        noisy_reason=pl.when(pl.col("run_id").is_in(noisy_ids)).then(pl.lit(reason)))
+    return findings.Data(runs, d.clients, d.server, d.series)
+
+
+def test_latency_flags_noisy_points_and_leaves_them_out_of_the_medians(d):
+    assert findings.noisy_runs(d.runs).is_empty() and findings.noisy_note(d.runs, ["x"]) == ""
+    assert findings.noisy_runs(d.runs.drop("noisy")).is_empty()  # an older dataset
+    # seed-default's connect() times made 1,000 x slower: counted only while not flagged noisy
+    slow = d.series.with_columns(connect_latency_s=pl.when(pl.col("run_id") == "seed-default")
+                                 .then(pl.col("connect_latency_s") * 1000)
+                                 .otherwise(pl.col("connect_latency_s")))
+    slowed = findings.Data(d.runs, d.clients, d.server, slow)
+    flagged = _flag(slowed, ["seed-default"])
+    without = findings.Data(d.runs, d.clients, d.server,
+                            d.series.filter(pl.col("run_id") != "seed-default"))
+    assert findings.latency_medians(flagged) == findings.latency_medians(without)
+    assert findings.latency_medians(slowed) != findings.latency_medians(without)
+    blocks = findings.latency(flagged)
+    assert blocks.kinds() == ["chart", "markdown", "markdown"]
+    text = blocks.text()
+    assert "1 point connected on a noisy host" in text
+    assert "- seed-default: host not quiet after 60 s: 9,000 orphaned" in text
+    # every point noisy: the medians still come from them (flagged), not from nothing
+    everything = _flag(d, d.runs["run_id"].to_list())
+    assert findings.latency_medians(everything) == findings.latency_medians(d)
+    assert "points connected on a noisy host" in findings.latency(everything).text()
+
+
 def test_server_gaps_use_the_models_accept_queue(d):
     gaps = findings.server_gaps(d)
     assert gaps["point"].to_list() == ["server-1024"]

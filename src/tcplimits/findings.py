@@ -511,10 +511,33 @@ def port_bound_ids(d: Data) -> list[str]:
     return d.ok.filter(pl.col("predicted_limit") == model.PORTS)["run_id"].to_list()
 
 
+def noisy_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs that connected on a noisy host (times suspect): run_id, noisy_reason."""
+    if "noisy" not in runs.columns:  # a dataset from before the host was recorded
+        return pl.DataFrame(schema={"run_id": pl.Utf8, "noisy_reason": pl.Utf8})
+    return runs.filter(pl.col("noisy").fill_null(False)).select("run_id", "noisy_reason")
+
+
+def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str]) -> str:
+    """A sentence flagging the points among ``run_ids`` whose times are suspect; "" if none."""
+    noisy = noisy_runs(runs).filter(pl.col("run_id").is_in(list(run_ids)))
+    if noisy.is_empty():
+        return ""
+    lines = "\n".join(f"- {r['run_id']}: {r['noisy_reason'] or 'no reason recorded'}"
+                      for r in noisy.iter_rows(named=True))
+    return (f"**{plural(noisy.height, 'point')} connected on a noisy host** (closed sockets of "
+            "other runs still in its kernel, which slow `connect()`): their times are suspect, "
+            "drawn dashed above and left out of the medians when quiet points remain.\n\n"
+            + lines)
+
+
 def latency_medians(d: Data) -> tuple[float | None, float | None]:
     """Median connect() time (s) of the port-bound points while less than half of the range
-    was in use, and in its last tenth."""
-    lat = d.series.filter(pl.col("run_id").is_in(port_bound_ids(d)))
+    was in use, and in its last tenth; of the quiet points when there are any."""
+    ids = port_bound_ids(d)
+    noisy = set(noisy_runs(d.runs)["run_id"].to_list())
+    ids = [i for i in ids if i not in noisy] or ids
+    lat = d.series.filter(pl.col("run_id").is_in(ids))
     if lat.is_empty():
         return None, None
     filled = charts.pool_fill(lat)
@@ -533,6 +556,9 @@ def latency(d: Data) -> Blocks:
         out.md(f"Median `connect()` time: **{early * 1e6:,.0f} µs** while less than half of the "
                f"range was in use, **{late * 1e6:,.0f} µs** in its last tenth "
                f"({late / early:,.1f} × slower).")
+    note = noisy_note(d.runs, port_bound_ids(d))
+    if note:
+        out.md(note)
     return out
 
 

@@ -28,7 +28,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "procs": "procs"}
 # Bounds on the run, not on what the kernel allows: left out of ids so that changing them
 # reruns the same point in place (through the rule's params) rather than adding a new one.
-NON_PHYSICAL = frozenset({"timeout", "connect_timeout"})
+NON_PHYSICAL = frozenset({"timeout", "connect_timeout", "quiet_host_timeout",
+                          "quiet_host_sockets"})
 MAX_ID_LENGTH = 128  # what `tcplimits run --run-id` accepts
 # Wall time a batch job asks for beyond the run's own timeout: building the image on a node
 # that has none (debootstrap, about a minute here), setup and teardown.
