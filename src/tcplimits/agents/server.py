@@ -9,6 +9,8 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
+
+On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
 
 import argparse
@@ -39,11 +41,14 @@ def parse_args(argv=None):
     p.add_argument("--backlog", type=int, default=128)
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
-def serve(listener, worker):
-    """Accept until SIGTERM; return (accepted, first error, failed accept() calls)."""
+def serve(listener, worker, close="abort"):
+    """Accept until SIGTERM, then close every connection; return (accepted, first error,
+    failed accept() calls)."""
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
@@ -66,11 +71,12 @@ def serve(listener, worker):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
+    common.close_all(held, close)
     return len(held), first_error, accept_errors
 
 
-def worker_main(listener, worker):
-    accepted, error, accept_errors = serve(listener, worker)
+def worker_main(listener, worker, close):
+    accepted, error, accept_errors = serve(listener, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -91,7 +97,7 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker))
+            os._exit(worker_main(listener, worker, args.close))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())

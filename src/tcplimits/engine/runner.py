@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import faults, model, results
+from .. import faults, host, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -36,14 +36,16 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         "run_id": run_id, "status": None, "reason": None, "fault": None,
         "params": params.to_dict(), "resolved": None, "prediction": None,
         "started_at": started, "ended_at": None, "duration_s": None, "setup_s": None,
-        "connect_s": None, "teardown_s": None, "environment": None, "totals": None,
-        "held_ports": None,
+        "quiet_wait_s": None, "connect_s": None, "teardown_s": None, "noisy": None,
+        "noisy_reason": None, "environment": None, "totals": None, "held_ports": None,
         "facts": {},  # what the engine measured; tcplimits.model explains from it
+        "host_tcp": None,
     }
     try:
         client = client or docker.from_env()
         image = ensure_image(client, log=log)
         engine = probe_engine(client, image=image.id, log=log)
+        local_host = host.engine_is_local(client.api.base_url)
         removed = sweep(client)
     except Exception as err:
         if not faults.is_engine_gone(err):
@@ -54,6 +56,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         write_run(out_dir, record, [], [], [], compose=None)
         return record
     record["environment"] = environment(engine, image)
+    record["host_tcp"] = {"before": host.read_state(local_host)}
     cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
@@ -71,7 +74,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
     interrupted: BaseException | None = None
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
-                            live=progress)
+                            live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
     fault: str | None = None
     try:
@@ -80,6 +83,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.create_network()
                 experiment.start_server()
                 experiment.start_clients()
+                experiment.wait_quiet()
                 experiment.start_connecting()
                 experiment.wait_for_clients()
                 experiment.collect_server()
@@ -124,6 +128,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
         fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
+    if experiment.quiet is not None:  # it got as far as connecting
+        record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
+        record["host_tcp"]["at_connect"] = experiment.quiet.before
+    record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
               compose=compose_file(experiment.specs, run_id), save_logs=experiment.save_logs)
     if interrupted is not None:
