@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import fourtuple
 from .params import FIELDS, RunParams
 
 # Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
@@ -54,6 +55,13 @@ class Prediction:
         return asdict(self)
 
 
+def errno_of(limit: str, params: RunParams) -> str | None:
+    """The errno a client should stop with when ``limit`` wins (bind() says EADDRINUSE)."""
+    if limit == PORTS:
+        return fourtuple.POOL_ERRNO[params.bind_mode]
+    return ERRNO_OF_LIMIT[limit]
+
+
 def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
     """Completed connections the kernel queues before accept(): min(backlog, somaxconn) + 1."""
     return min(backlog, somaxconn) + 1
@@ -67,10 +75,15 @@ def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     return math.ceil(demand * 1.1 / per_worker) + 1
 
 
-def client_terms(params: RunParams, held_ports: int = 0) -> tuple[int, dict[str, int]]:
-    """(bound, terms) for one client container with an unbounded server."""
+def client_terms(params: RunParams, held_ports: int | list[dict] = 0) -> tuple[int, dict[str, int]]:
+    """(bound, terms) for one client container with an unbounded server. ``held_ports``: a
+    count, or the sockets held in the range ({"addr", "port"}: what they cost depends on the
+    bind mode, see fourtuple)."""
     terms = {
-        PORTS: max(0, params.port_count - held_ports),
+        PORTS: fourtuple.port_capacity(
+            params.port_count, params.bind_mode, server_addrs=params.server_addrs,
+            server_ports=params.server_ports, client_addrs=params.client_addrs,
+            held=held_ports),
         DESCRIPTORS: params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS),
     }
     if params.max_connections is not None:
@@ -83,7 +96,7 @@ def predict(
     *,
     server_nofile: int,
     server_workers: int,
-    held_ports: list[int] | None = None,
+    held_ports: list[int | list[dict]] | None = None,
     conntrack_max: int | None = None,
     somaxconn: int = SOMAXCONN,
 ) -> Prediction:
@@ -121,7 +134,7 @@ def predict(
         per_client=per_client,
         total=total,
         limit=limit,
-        errno=ERRNO_OF_LIMIT[limit],
+        errno=errno_of(limit, params),
         client_capacity=capacity,
         server_capacity=server_capacity,
         server_accepted=min(total, server_accept),
@@ -215,9 +228,13 @@ def compare_run(
         return None
     params = params_of(run)
     held = held_counts(run.get("held_ports"), params.clients)
+    if params.bind_mode == fourtuple.BIND:  # only the client rows say which ports bind() may take
+        held = [0] * params.clients
     for row in clients:  # every process of a container sees the same namespace
         if row.get("held_ports") is not None and 1 <= (row.get("client") or 0) <= len(held):
-            held[row["client"] - 1] = max(held[row["client"] - 1], int(row["held_ports"]))
+            cost = fourtuple.held_from_counts(params.bind_mode, int(row["held_ports"]),
+                                              int(row.get("held_other_addr") or 0))
+            held[row["client"] - 1] = max(held[row["client"] - 1], cost)
     server_nofile = run.get("resolved_server_nofile") or params.server_nofile
     workers = run.get("resolved_server_workers")
     if workers is None and params.server_workers != "auto":
@@ -229,7 +246,8 @@ def compare_run(
         predicted = int(run.get("predicted_total") or 0)
         limit = run.get("predicted_limit") or PORTS
         return Comparison(str(run["run_id"]), observed, predicted, predicted, limit,
-                          ERRNO_OF_LIMIT.get(limit), _errnos(clients), accepted, [])
+                          errno_of(limit, params) if limit in ERRNO_OF_LIMIT else None,
+                          _errnos(clients), accepted, [])
     kw = dict(server_nofile=int(server_nofile), server_workers=int(workers),
               conntrack_max=run.get("env_nf_conntrack_max"))
     naive = predict(params, **kw)
@@ -243,7 +261,7 @@ def compare_run(
     if pred.limit == PORTS:
         by_count: dict[int, list[str]] = {}
         for i, h in enumerate(held, 1):
-            if h and client_terms(params, h)[0] == params.port_count - h:
+            if h and client_terms(params, h)[0] < client_terms(params, 0)[0]:
                 by_count.setdefault(h, []).append(str(i))
         for h, who in by_count.items():
             why.append(f"{'clients' if len(who) > 1 else 'client'} {', '.join(who)}: "
