@@ -31,7 +31,7 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from . import LABEL, RUN_LABEL, __version__, model, results
+from . import LABEL, RUN_LABEL, __version__, addresses, fourtuple, model, results
 from .params import FIELDS, NOFILE_MAX, RunParams
 
 SERVER_PORT = 5000
@@ -104,7 +104,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             image=image,
             name=f"{prefix}-server",
             hostname="server",
-            command=["python3", f"{AGENTS}/server.py", "--port", str(SERVER_PORT),
+            command=["python3", f"{AGENTS}/server.py", "--port", _server_ports(params),
                      "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)],
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
                             hard=resolved.server_nofile)],
@@ -115,11 +115,13 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
     }
     for i in range(1, params.clients + 1):
         command = ["python3", f"{AGENTS}/client.py", "--server", "server",
-                   "--port", str(SERVER_PORT), "--client", str(i), "--procs", str(params.procs),
+                   "--port", _server_ports(params), "--client", str(i), "--procs", str(params.procs),
                    "--connect-timeout", str(params.connect_timeout),
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
         if params.max_connections:
             command += ["--max-connections", str(params.max_connections)]
+        if params.bind_mode != FIELDS["bind_mode"].default:
+            command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(
             hardened,
             image=image,
@@ -133,6 +135,10 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             labels={**labels, "tcplimits.role": "client", "tcplimits.client": str(i)},
         )
     return specs
+
+
+def _server_ports(params: RunParams) -> str:
+    return ",".join(map(str, fourtuple.server_ports(params.server_ports, SERVER_PORT)))
 
 
 def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
@@ -422,6 +428,7 @@ class _State:
     progress: dict[tuple[int, int], int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     results: dict[tuple[int, int], dict] = field(default_factory=dict)
+    pairs: dict[tuple[int, int], list] = field(default_factory=dict)  # (client, proc) -> pairs
     server_listening: dict | None = None
     server_progress: dict[int, int] = field(default_factory=dict)
     server_results: dict[int, dict] = field(default_factory=dict)
@@ -448,6 +455,8 @@ class _State:
         elif kind == "result":
             self.results[(event["client"], event["proc"])] = event
             self.progress[(event["client"], event["proc"])] = event["connections"]
+        elif kind == "pairs":
+            self.pairs.setdefault((event["client"], event["proc"]), []).extend(event["pairs"])
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
             self.died.append(f"{role} process pid {event['pid']} exited with code "
                              f"{event['code']} before reporting")
@@ -482,6 +491,10 @@ class Experiment:
         self.network = None
         self.deadline = time.monotonic() + params.timeout
         self.timeline: dict[str, float] = {}
+        self.address_plan: addresses.AddressPlan | None = None
+        self.addresses: dict[str, list[str]] = {}  # role -> every IPv4 address it had
+        self.helpers: list[dict] = []               # run.json "privileges": helpers
+        self.network_ipam: list[dict] | None = None  # the network's subnet(s), as created
 
     def __enter__(self) -> "Experiment":
         return self
@@ -496,23 +509,36 @@ class Experiment:
 
     def run(self) -> None:
         t0 = time.monotonic()
-        self.network = self.client.networks.create(
-            self.network_name, driver="bridge", internal=True, labels=self.labels,
-            check_duplicate=True)
+        if addresses.needs_extra(self.params):
+            self.network, self.address_plan = addresses.create_network(
+                self.client, self.network_name, self.params, self.labels)
+        else:
+            self.network = self.client.networks.create(
+                self.network_name, driver="bridge", internal=True, labels=self.labels,
+                check_duplicate=True)
+        self.network.reload()
+        self.network_ipam = [{"subnet": c.get("Subnet"), "ip_range": c.get("IPRange") or None,
+                              "gateway": c.get("Gateway")}
+                             for c in (self.network.attrs.get("IPAM") or {}).get("Config") or []]
         self._start("server")
         self._wait(lambda: self.state.server_listening is not None, "the server to listen",
                    limit=SERVER_READY_TIMEOUT_S, watch=["server"])
-        server_ip = self._address("server")
+        server_addrs = self._add_addresses("server")
         roles = [r for r in self.specs if r != "server"]
         for role in roles:
             spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
-            spec["command"][spec["command"].index("--server") + 1] = server_ip
+            spec["command"][spec["command"].index("--server") + 1] = ",".join(server_addrs)
+            extra = self.address_plan.extra.get(role) if self.address_plan else None
+            if extra and self.params.bind_mode != fourtuple.CONNECT:
+                spec["command"] += ["--sources", ",".join(extra)]
             self.containers[role] = self.client.containers.create(**spec)
         for role in roles:
             self.containers[role].start()
             self._follow(role)
         self._wait(lambda: len(self.state.ready) == self.params.clients, "the clients to start",
                    limit=SERVER_READY_TIMEOUT_S, watch=roles)
+        for role in roles:  # before the start signal: no client binds before they exist
+            self._add_addresses(role)
         self.timeline["setup_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         for role in roles:  # all clients start connecting together
@@ -525,6 +551,22 @@ class Experiment:
         self.containers["server"].kill(signal="SIGTERM")
         self._wait(lambda: len(self.state.server_results) == self.resolved.server_workers,
                    "the server's final counts", limit=STOP_TIMEOUT_S, watch=[])
+
+    def _add_addresses(self, role: str) -> list[str]:
+        """Every address of ``role`` after adding its extra ones (primary first), through a
+        NET_ADMIN helper in its namespace; the agent itself keeps no capability."""
+        primary = self._address(role)
+        extra = self.address_plan.extra.get(role, []) if self.address_plan else []
+        if extra:
+            container = self.containers[role]
+            self.helpers.append(addresses.add_addresses(
+                self.client, self.image, container, extra, self.address_plan.prefix,
+                self.labels, name=f"{container.name}-netadmin"))
+            missing = set(extra) - set(self.helpers[-1]["addresses_after"])
+            if missing:
+                raise RunFailed(f"{role}: addresses {sorted(missing)} missing after the helper ran")
+        self.addresses[role] = [primary, *extra]
+        return self.addresses[role]
 
     def _start(self, role: str) -> None:
         self.containers[role] = self.client.containers.create(**self.specs[role])
@@ -650,15 +692,24 @@ class Experiment:
         sweep(self.client, instance=self.instance)
 
 
+def held_other_addr(held: list[dict], own: list[str]) -> int:
+    """Held ports bound to a specific address the client never leaves from (Docker's DNS on
+    127.0.0.11): bind((source, 0)) may still take them (see fourtuple.held_cost)."""
+    return len({s["port"] for s in held
+                if s.get("addr") not in fourtuple.WILDCARDS and s.get("addr") not in own})
+
+
 def _client_rows(state: _State, params: RunParams, run_id: str,
-                 addresses: dict[int, str]) -> list[dict]:
+                 addresses: dict[int, str], own: dict[int, list[str]]) -> list[dict]:
     rows = []
     for client in range(1, params.clients + 1):
-        held = len(state.ready.get(client, {}).get("held", []))
+        sockets = state.ready.get(client, {}).get("held", [])
+        held = len(sockets)
+        other = held_other_addr(sockets, own.get(client, [addresses.get(client)]))
         for proc in range(1, params.procs + 1):
             result = state.results.get((client, proc))
             row = dict(run_id=run_id, client=client, proc=proc, client_ip=addresses.get(client),
-                       held_ports=held)
+                       held_ports=held, held_other_addr=other)
             if result:
                 row.update({k: result.get(k) for k in
                             ("connections", "errno", "error", "message", "elapsed_s")})
@@ -667,6 +718,14 @@ def _client_rows(state: _State, params: RunParams, run_id: str,
                            message="the process had not stopped when the run ended")
             rows.append(row)
     return rows
+
+
+def _destination_rows(state: _State, run_id: str) -> list[dict]:
+    """One row per (client, process, source, server address, server port)."""
+    return [dict(run_id=run_id, client=client, proc=proc, source=src, server_addr=addr,
+                 server_port=port, connections=n, error=error)
+            for (client, proc), pairs in sorted(state.pairs.items())
+            for src, addr, port, n, error in pairs]
 
 
 def explain(params: RunParams, prediction: model.Prediction, clients: list[dict],
@@ -825,9 +884,12 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     somaxconn = listening.get("somaxconn", model.SOMAXCONN)
     prediction = model.predict(
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
-        held_ports=[len(held.get(c, [])) for c in range(1, params.clients + 1)],
+        held_ports=[held.get(c, []) for c in range(1, params.clients + 1)],
         conntrack_max=facts.get("nf_conntrack_max"), somaxconn=somaxconn)
-    clients = _client_rows(state, params, run_id, addresses)
+    own = {int(role[6:]): addrs for role, addrs in experiment.addresses.items()
+           if role.startswith("client")}
+    clients = _client_rows(state, params, run_id, addresses, own)
+    destinations = _destination_rows(state, run_id)
     server = [dict(run_id=run_id, **{k: r.get(k) for k in
                                      ("worker", "accepted", "errno", "error", "message",
                                       "accept_errors")})
@@ -843,22 +905,45 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         notes=explain(params, prediction, clients, server, held,
                       model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
         ended_at=_now(), duration_s=round(time.monotonic() - t0, 3),
+        **_tuple_record(experiment, state),
     )
     _write_run(out_dir, record, clients, server, series,
-               compose=compose_file(experiment.specs, run_id))
+               compose=compose_file(experiment.specs, run_id), destinations=destinations)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
 
 
+def _tuple_record(experiment: "Experiment", state: _State) -> dict[str, Any]:
+    """run.json's "addresses" (every address each container had, the network's subnet and
+    Docker's allocation range) and "privileges" (what the agents held; which helper used
+    which capability, on which container)."""
+    agents = {role: {"cap_drop": spec.get("cap_drop"), "cap_add": spec.get("cap_add"),
+                     "user": spec.get("user")} for role, spec in experiment.specs.items()}
+    for client, ready in state.ready.items():
+        agents[f"client{client}"]["capabilities"] = ready.get("capabilities")
+    if state.server_listening:
+        agents["server"]["capabilities"] = state.server_listening.get("capabilities")
+    return {
+        "addresses": {"network": experiment.network_ipam,
+                      "plan": experiment.address_plan.to_dict() if experiment.address_plan
+                      else None,
+                      "containers": experiment.addresses},
+        "privileges": {"agents": agents, "helpers": experiment.helpers},
+    }
+
+
 def _write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
-               series: list[dict], compose: str | None) -> None:
+               series: list[dict], compose: str | None,
+               destinations: list[dict] | None = None) -> None:
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
                           out_dir / results.CLIENTS_FILE)
     results.write_parquet(results.frame(server, results.SERVER_SCHEMA),
                           out_dir / results.SERVER_FILE)
     results.write_parquet(results.frame(series, results.SERIES_SCHEMA),
                           out_dir / results.SERIES_FILE)
+    results.write_parquet(results.frame(destinations or [], results.DESTINATIONS_SCHEMA),
+                          out_dir / results.DESTINATIONS_FILE)
     if compose:
         results.write_text(compose, out_dir / results.COMPOSE_FILE)
     # run.json last: its presence means the run directory is complete.

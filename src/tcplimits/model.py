@@ -19,8 +19,13 @@ from .params import FIELDS, RunParams
 
 # Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
 CLIENT_BASELINE_FDS = 3
-# A server worker holds those three plus the listening socket.
+# A server worker holds those three plus the listening socket (one per server port).
 SERVER_BASELINE_FDS = 4
+
+
+def server_baseline_fds(params: RunParams) -> int:
+    """Descriptors a server worker holds before its first accept(): stdio + its listeners."""
+    return SERVER_BASELINE_FDS - 1 + params.server_ports
 # Linux caps listen()'s backlog at net.core.somaxconn (4096 since 5.4) and the accept
 # queue holds backlog + 1 completed connections.
 SOMAXCONN = 4096
@@ -70,7 +75,7 @@ def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
 def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     """Enough workers that the server accepts every connection the clients can make."""
     demand = params.clients * client_terms(params)[0]
-    per_worker = max(1, server_nofile - SERVER_BASELINE_FDS)
+    per_worker = max(1, server_nofile - server_baseline_fds(params))
     # Connections spread unevenly over workers sharing one socket: keep a spare worker.
     return math.ceil(demand * 1.1 / per_worker) + 1
 
@@ -114,8 +119,9 @@ def predict(
         client_limits.append(next(k for k, v in terms.items() if v == bound))
         all_terms = terms
     capacity = per_client[0] if per_client else 0
-    server_accept = server_workers * max(0, server_nofile - SERVER_BASELINE_FDS)
-    server_capacity = server_accept + accept_queue(params.backlog, somaxconn)
+    server_accept = server_workers * max(0, server_nofile - server_baseline_fds(params))
+    # Each listening port has its own accept queue.
+    server_capacity = server_accept + params.server_ports * accept_queue(params.backlog, somaxconn)
     demand = sum(per_client)
 
     limit = client_limits[0] if client_limits else PORTS
@@ -277,7 +283,7 @@ def compare_run(
         queue = accept_queue(params.backlog)
         extra = observed - int(accepted)
         why.append(f"the server accepted {int(accepted):,} ({workers} worker(s) x "
-                   f"({server_nofile:,} - {SERVER_BASELINE_FDS}) descriptors = "
+                   f"({server_nofile:,} - {server_baseline_fds(params)}) descriptors = "
                    f"{pred.server_accepted:,} expected); clients hold {extra:,} more, "
                    f"the accept queue holds backlog + 1 = {queue:,}")
         if extra > queue:
