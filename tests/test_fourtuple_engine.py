@@ -185,3 +185,32 @@ def test_docker_dns_port_costs_connect_one_port_and_bind_none(engine, tmp_path):
         # One process may reach its own nofile first; the other takes the rest of the pool.
         assert ERRNO[mode] in set(clients["error"]) <= {ERRNO[mode], "EMFILE"}
     assert got == {"connect": 28232 - 1, "bind": 28232}
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--server-ports", "0"], "--server-ports"),
+    (["--server-ports", "65"], "--server-ports"),
+    (["--server-addrs", "two"], "--server-addrs"),
+    (["--server-addrs", "0"], "--server-addrs"),
+    (["--client-addrs", "-1"], "--client-addrs"),
+    (["--client-addrs", "1.5"], "--client-addrs"),
+    (["--bind-mode", "listen"], "--bind-mode"),
+    (["--bind-mode", "BIND_NO_PORT"], "--bind-mode"),
+])
+def test_bad_tuple_flags_exit_2_naming_the_flag_before_any_container(engine, tmp_path, args,
+                                                                      flag):
+    import subprocess
+    import sys
+
+    def everything():
+        return ({c.id for c in engine.containers.list(all=True, sparse=True,
+                                                      filters={"label": "tcplimits.run=t9-bad"})},
+                {n.id for n in engine.networks.list(filters={"label": "tcplimits.run=t9-bad"})})
+
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", "t9-bad",
+                           "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
+    assert not (tmp_path / "bad").exists()
+    assert everything() == (set(), set())
