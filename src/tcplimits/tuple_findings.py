@@ -83,27 +83,39 @@ def member_table(points: pl.DataFrame) -> pl.DataFrame:
         pl.col("errno").alias("stopped by"))
 
 
+MEMBERS = ("server_ports", "server_addrs", "client_addrs")
+
+
+def _common_pool(points: pl.DataFrame) -> tuple[int, pl.DataFrame, dict | None]:
+    """(the most common pool size, the points of that pool, its one-destination point)."""
+    pool = points["port_count"].mode().sort()[0]
+    at = points.filter(pl.col("port_count") == pool)
+    return pool, at, find(at, port_count=pool)
+
+
+def alone(at: pl.DataFrame, mode: str, member: str) -> pl.DataFrame:
+    """Points of ``mode`` where only ``member`` is above 1, largest last."""
+    return at.filter((pl.col("bind_mode") == mode) & (pl.col(member) > 1)
+                     & pl.all_horizontal(pl.col(k) == 1 for k in MEMBERS if k != member)
+                     ).sort(member)
+
+
 def member_sentences(points: pl.DataFrame) -> list[str]:
     """What each member buys, per bind mode, from the measured points (one pool size: the
     most common one)."""
     if points.is_empty():
         return []
-    pool = points["port_count"].mode().sort()[0]
-    at = points.filter(pl.col("port_count") == pool)
+    pool, at, base = _common_pool(points)
     out = []
-    base = find(at, port_count=pool)
     if base:
         out.append(f"One client address, one server address and port, plain connect(): "
                    f"{_n(base['connections_total'])} connections of a {pool:,}-port pool, "
                    f"stopped by {base['errno']}.")
     for mode in (fourtuple.CONNECT, fourtuple.BIND, fourtuple.BIND_NO_PORT):
         parts = []
-        for key, label in (("server_ports", "server ports"), ("server_addrs", "server addresses"),
-                           ("client_addrs", "client addresses")):
-            rows = at.filter((pl.col("bind_mode") == mode) & (pl.col(key) > 1)
-                             & pl.all_horizontal(pl.col(k) == 1 for k in
-                                                 ("server_ports", "server_addrs", "client_addrs")
-                                                 if k != key)).sort(key)
+        for key, label in zip(MEMBERS, ("server ports", "server addresses",
+                                         "client addresses")):
+            rows = alone(at, mode, key)
             for row in rows.iter_rows(named=True):
                 parts.append(f"{row[key]} {label}: {_n(row['connections_total'])}")
         one = find(at, port_count=pool, bind_mode=mode)
@@ -122,14 +134,11 @@ def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[s
     the measured points (``runs``: every run, for the several-client case)."""
     if points.is_empty():
         return []
-    pool = points["port_count"].mode().sort()[0]
-    at = points.filter(pl.col("port_count") == pool)
+    pool, at, base = _common_pool(points)
     out = []
-    base = find(at, port_count=pool)
-    addrs = at.filter((pl.col("bind_mode") == fourtuple.CONNECT) & (pl.col("server_addrs") > 1)
-                      & (pl.col("server_ports") == 1) & (pl.col("client_addrs") == 1))
+    addrs = alone(at, fourtuple.CONNECT, "server_addrs")
     if base and addrs.height:
-        row = addrs.sort("server_addrs", descending=True).row(0, named=True)
+        row = addrs.row(-1, named=True)
         out.append(
             f"Needed, in one case: a single client address talking to a single server "
             f"address and port is capped at its port pool ({_n(base['connections_total'])} "
@@ -138,18 +147,15 @@ def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[s
             f"{row['connections_total'] / base['connections_total']:.1f} times — the book's "
             "advice is right for a proxy, load balancer or connection pool with one source "
             "address.")
-    ports = at.filter((pl.col("bind_mode") == fourtuple.CONNECT) & (pl.col("server_ports") > 1)
-                      & (pl.col("server_addrs") == 1) & (pl.col("client_addrs") == 1))
+    ports = alone(at, fourtuple.CONNECT, "server_ports")
     if ports.height:
-        row = ports.sort("server_ports", descending=True).row(0, named=True)
+        row = ports.row(-1, named=True)
         out.append(f"Not the only way: {row['server_ports']} server ports on one address give "
                    f"{_n(row['connections_total'])} just the same — the kernel needs a unique "
                    "4-tuple, not a unique port or address.")
-    sources = at.filter((pl.col("bind_mode") == fourtuple.BIND_NO_PORT)
-                        & (pl.col("client_addrs") > 1) & (pl.col("server_addrs") == 1)
-                        & (pl.col("server_ports") == 1))
+    sources = alone(at, fourtuple.BIND_NO_PORT, "client_addrs")
     if sources.height:
-        row = sources.sort("client_addrs", descending=True).row(0, named=True)
+        row = sources.row(-1, named=True)
         out.append(f"More client addresses work too, when the client binds them with "
                    f"IP_BIND_ADDRESS_NO_PORT: {row['client_addrs']} source addresses, "
                    f"{_n(row['connections_total'])} connections toward one server port.")
