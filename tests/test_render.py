@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from report_fixtures import RUN_IDS, assert_report, synthetic_dataset
-from tcplimits import render
+from tcplimits import dataset, render
 
 REPORT = Path(__file__).resolve().parents[1] / "report" / "report.qmd"
 
@@ -181,8 +181,8 @@ def test_copy_dataset_fills_gaps_and_drops_stale(tmp_path):
     data.mkdir(parents=True)
     pl.DataFrame({"x": [1]}).write_parquet(data / "old.parquet")
     render.copy_dataset(src, data)
-    assert sorted(p.name for p in data.iterdir()) == [
-        "clients.parquet", "runs.parquet", "series.parquet", "server.parquet"]
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        f"{name}.parquet" for name in dataset.TABLE_NAMES)
     assert pl.read_parquet(data / "clients.parquet").is_empty()
 
 
@@ -223,6 +223,10 @@ def test_report_names_every_run_and_section(full_report):
     assert "Points beyond the tolerance (1)" in page and "short-timeout" in page
     assert "read_parquet" in page                          # the one shown code cell
     assert "charts.use_offline_renderer" not in page       # setup code hidden
+    # Explanations are the model's; the engine's stored notes are not shown. Every point's
+    # prediction counts its held ports, so the second prediction column is left out.
+    assert "engine's notes" not in page and "<th class=\"num\">with held ports" not in page
+    assert "already counts the ports its clients found held" in page
 
 
 @pytest.mark.parametrize("kind,says", [

@@ -77,3 +77,17 @@ def test_chart_draws_from_the_points():
     assert spec["usermeta"]["tcplimits"]["chart"] == "tuple_space"
     html = charts.to_html(chart)
     assert "<svg" in html
+
+
+def test_report_sections_through_findings():
+    from tcplimits import findings
+
+    empty = pl.DataFrame()
+    d = findings.Data(RUNS, CLIENTS, empty, empty)
+    members = findings.tuple_members(d)
+    assert members.kinds()[0] == "chart" and "4 server ports: 3,996" in members.text()
+    assert "2 server addresses lift it to 1,998" in findings.book_claim(d).text()
+    base_only = RUNS.filter(pl.col("run_id") == "base")
+    d = findings.Data(base_only, CLIENTS, empty, empty)
+    assert "No point of this sweep varies the 4-tuple" in findings.tuple_members(d).text()
+    assert "no point that tests the claim" in findings.book_claim(d).text()

@@ -52,6 +52,13 @@ def tuple_points(runs: pl.DataFrame, clients: pl.DataFrame) -> pl.DataFrame:
             .sort("bind_mode", "client_addrs", "space"))
 
 
+def varies_tuple(points: pl.DataFrame) -> bool:
+    """Does any point change a member of the 4-tuple or the bind mode?"""
+    return not points.is_empty() and points.filter(
+        (pl.col("space") != pl.col("port_count")) | (pl.col("client_addrs") > 1)
+        | (pl.col("bind_mode") != FIELDS["bind_mode"].default)).height > 0
+
+
 def find(points: pl.DataFrame, **shape: Any) -> dict | None:
     """The point with this 4-tuple shape (unset members at their defaults), if measured."""
     want = {k: shape.get(k, FIELDS[k].default) for k in TUPLE_KEYS}
