@@ -65,14 +65,14 @@ def latency_by_fill(series: pl.DataFrame, total: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=1000, help="ports in the range")
-    parser.add_argument("--ks", default="1,2,4")
+    parser.add_argument("--ks", default="1,2,4", help="K values; empty: latency part only")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds; each figure is the median over them")
     parser.add_argument("--out", default="benchmarks/results/fourtuple.json")
     args = parser.parse_args()
     client = docker.from_env()
     port_range = f"40000-{40000 + args.pool - 1}"
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
     base = dict(port_range=port_range, nofile=15000)
     out: dict = {"pool": args.pool, "fill_vs_k": {m: {} for m in MEMBERS}, "latency_vs_fill": {}}
     rounds: dict[tuple[str, str], list[dict]] = {}
@@ -102,11 +102,13 @@ def main() -> None:
             out["latency_vs_fill"][k] = summary
         else:
             out["fill_vs_k"][member][k] = summary
-    for member in MEMBERS:
+    for member in MEMBERS if ks else ():
         by_k = out["fill_vs_k"][member]
         by_k.setdefault("1", out["fill_vs_k"]["server_ports"].get("1"))
         out["fill_vs_k"][member] = {k: by_k[k] for k in sorted(by_k, key=int)}
     for member, by_k in out["fill_vs_k"].items():
+        if not ks:
+            break
         first = by_k[str(ks[0])]["us_per_connection"]
         for k, row in by_k.items():
             row["cost_ratio_to_k1"] = round(row["us_per_connection"] / first, 2)
