@@ -135,3 +135,14 @@ def test_too_many_pairs_are_refused():
 
 def test_bind_mode_is_normalised():
     assert RunParams.from_mapping({"bind_mode": " Bind-No-Port "}).bind_mode == "bind-no-port"
+
+
+def test_older_run_records_load_with_the_tuple_defaults(tmp_path):
+    from tcplimits import dataset
+
+    old = {"run_id": "old", "status": "ok", "params": {"port_range": "40000-40999",
+                                                       "nofile": 15000}}
+    row = dataset.run_row(old, tmp_path)
+    assert (row["server_ports"], row["server_addrs"], row["client_addrs"],
+            row["bind_mode"]) == (1, 1, 1, "connect")
+    assert "destinations" in dataset.TABLE_NAMES
