@@ -52,6 +52,10 @@ def test_member_sentences_carry_the_measured_numbers():
     assert "999 connections of a 1,000-port pool" in text
     assert "4 server ports: 3,996" in text and "2 server addresses: 1,998" in text
     assert "With bind" in text and "EADDRINUSE" in text
+    # A mode measured only with extra members still names its errno.
+    only_bind = RUNS.filter(pl.col("run_id") == "bind-ports4")
+    (sentence,) = tf.member_sentences(tf.tuple_points(only_bind, CLIENTS))
+    assert sentence == "With bind: 4 server ports: 1,000 — stopped by EADDRINUSE."
 
 
 def test_book_claim_from_the_data():

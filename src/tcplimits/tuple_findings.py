@@ -119,20 +119,22 @@ def member_sentences(points: pl.DataFrame) -> list[str]:
                    f"{_n(base['connections_total'])} connections of a {pool:,}-port pool, "
                    f"stopped by {base['errno']}.")
     for mode in (fourtuple.CONNECT, fourtuple.BIND, fourtuple.BIND_NO_PORT):
-        parts = []
+        parts, errnos = [], []
+        one = find(at, port_count=pool, bind_mode=mode)
+        if one:
+            errnos.append(one["errno"])
         for key, label in zip(MEMBERS, ("server ports", "server addresses",
                                          "client addresses")):
-            rows = alone(at, mode, key)
-            for row in rows.iter_rows(named=True):
+            for row in alone(at, mode, key).iter_rows(named=True):
                 parts.append(f"{row[key]} {label}: {_n(row['connections_total'])}")
-        one = find(at, port_count=pool, bind_mode=mode)
+                errnos.append(row["errno"])
         if not parts and not one:
             continue
-        errno = (one or {}).get("errno") or (rows.row(0, named=True)["errno"] if rows.height
-                                             else "?")
         head = f"With {mode}" + (f" (one destination: {_n(one['connections_total'])})"
                                  if one else "")
-        out.append(f"{head}: " + "; ".join(parts) + f" — stopped by {errno}.")
+        stopped = ", ".join(dict.fromkeys(e for e in errnos if e)) or "nothing recorded"
+        out.append(f"{head}: " + ("; ".join(parts) or "no other point")
+                   + f" — stopped by {stopped}.")
     return out
 
 
