@@ -146,3 +146,16 @@ def test_older_run_records_load_with_the_tuple_defaults(tmp_path):
     assert (row["server_ports"], row["server_addrs"], row["client_addrs"],
             row["bind_mode"]) == (1, 1, 1, "connect")
     assert "destinations" in dataset.TABLE_NAMES
+
+
+def test_the_limit_sentence_counts_the_pools():
+    def reason(**values):
+        params = RunParams(port_range="40000-40999", **values)
+        return model.limit_reason(params, {"limit": model.PORTS})
+
+    assert reason().endswith("held in its namespace")
+    assert "once for each of 3 destinations" in reason(server_ports=3)
+    assert "whatever the 2 it has" in reason(client_addrs=2)
+    assert "once per source address (2)" in reason(client_addrs=2, bind_mode="bind")
+    assert "2 x 4" in reason(client_addrs=2, server_addrs=2, server_ports=2,
+                             bind_mode="bind-no-port")

@@ -108,3 +108,23 @@ def port_capacity(port_count: int, bind_mode: str, *, server_addrs: int = 1,
 def space(port_count: int, server_addrs: int = 1, server_ports: int = 1) -> int:
     """The 4-tuple space of one client address: pool x server ports x server addresses."""
     return port_count * server_addrs * server_ports
+
+
+def pools_phrase(bind_mode: str, server_addrs: int = 1, server_ports: int = 1,
+                 client_addrs: int = 1) -> str:
+    """How many times a client's pool counts, in words ("" for the classic one pool)."""
+    destinations = server_addrs * server_ports
+    pairs = f"{destinations} destinations (server address, port)"
+    if bind_mode == CONNECT:
+        out = f", once for each of {pairs}" if destinations > 1 else ""
+        if client_addrs > 1:
+            out += (f"; plain connect() leaves from one source address, whatever the "
+                    f"{client_addrs} it has")
+        return out
+    if bind_mode == BIND:
+        return (f", once per source address ({client_addrs}): bind((addr, 0)) picks the port "
+                f"before the destination is known, so the "
+                f"{'destination shares' if destinations == 1 else pairs + ' share'} it")
+    return (f", once per (source address, destination) pair: {client_addrs} x {destinations}"
+            if client_addrs * destinations > 1 else "")
+

@@ -264,7 +264,9 @@ def limit_reason(params: RunParams, prediction: Prediction | Mapping[str, Any]) 
     fd_room = params.nofile - CLIENT_BASELINE_FDS
     if limit == PORTS:
         return (f"each client's port pool: the {params.port_count:,} ports of "
-                f"{params.port_range} minus those already held in its namespace")
+                f"{params.port_range} minus those already held in its namespace"
+                + fourtuple.pools_phrase(params.bind_mode, params.server_addrs,
+                                         params.server_ports, params.client_addrs))
     if limit == DESCRIPTORS:
         return (f"each client process holds nofile - {CLIENT_BASELINE_FDS} = {fd_room:,} "
                 "sockets: descriptors 0-2 (stdin, stdout, stderr) are already open")
