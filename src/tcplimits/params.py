@@ -85,6 +85,15 @@ FIELDS: dict[str, Field] = {
               "hang for ~2 minutes)", 0.1, 300),
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
+        # A quiet host before connecting (tcplimits.host): bounds on the run, not physics.
+        Field("quiet_host_timeout", "float", 60.0,
+              "seconds to wait, before connecting, for the host's closed sockets (orphans + "
+              "TIME-WAIT) to drain to quiet_host_sockets; past it the point runs, marked "
+              "noisy",
+              0, 3600),
+        Field("quiet_host_sockets", "int", 1000,
+              "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
+              "as quiet", 0, 10_000_000),
         # The 4-tuple, member by member (issue 9).
         Field("server_ports", "int", 1,
               "ports the server listens on; every client process spreads its connections "
@@ -194,6 +203,8 @@ class RunParams:
     max_connections: int | None = _default("max_connections")
     connect_timeout: float = _default("connect_timeout")
     timeout: float = _default("timeout")
+    quiet_host_timeout: float = _default("quiet_host_timeout")
+    quiet_host_sockets: int = _default("quiet_host_sockets")
     server_ports: int = _default("server_ports")
     server_addrs: int = _default("server_addrs")
     client_addrs: int = _default("client_addrs")

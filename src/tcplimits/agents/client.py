@@ -16,7 +16,11 @@ Lines written (one JSON object each, field "event"):
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
   pairs     per process, before its result, in chunks: [source, address, port, connections,
             error] per pair
-  result    per process, once: connections, errno, error, message, elapsed_s
+  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
+            system CPU seconds of the process meanwhile)
+
+On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
+in the host's kernel once the container is gone.
 """
 
 import argparse
@@ -68,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
@@ -85,6 +91,11 @@ def held_in_range(lo, hi):
         for addr, port, state in common.tcp_sockets()
         if lo <= port <= hi
     ]
+
+
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def route_source(server_addr):
@@ -132,6 +143,7 @@ def connect_until_failure(args, proc, server_addrs):
     sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
     live = list(range(len(pairs)))
     turn = (proc - 1) % len(pairs)  # processes start on different pairs
+    cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
@@ -175,7 +187,8 @@ def connect_until_failure(args, proc, server_addrs):
     else:
         number, name, message = common.describe_error(failure)
     common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
-                error=name, message=message, elapsed_s=round(elapsed, 6))
+                error=name, message=message, elapsed_s=round(elapsed, 6),
+                cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
 
 
@@ -189,7 +202,7 @@ def worker(args, proc, server_addrs, started):
         return 0
     held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
-    del held  # the descriptors close when the process exits
+    common.close_all(held, args.close)
     return 0
 
 

@@ -8,6 +8,8 @@ processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lin
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
+
+On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
 
 import argparse
@@ -39,11 +41,14 @@ def parse_args(argv=None):
     p.add_argument("--backlog", type=int, default=128)
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
-def serve(listeners, worker):
-    """Accept until SIGTERM; return (accepted, first error, failed accept() calls)."""
+def serve(listeners, worker, close="abort"):
+    """Accept until SIGTERM, then close every connection; return (accepted, first error,
+    failed accept() calls)."""
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
@@ -69,11 +74,12 @@ def serve(listeners, worker):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
+    common.close_all(held, close)
     return len(held), first_error, accept_errors
 
 
-def worker_main(listeners, worker):
-    accepted, error, accept_errors = serve(listeners, worker)
+def worker_main(listeners, worker, close):
+    accepted, error, accept_errors = serve(listeners, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -97,7 +103,7 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listeners, worker))
+            os._exit(worker_main(listeners, worker, args.close))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
