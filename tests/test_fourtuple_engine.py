@@ -9,6 +9,7 @@ import pytest
 from tcplimits import results
 from tcplimits.engine import container_specs, Resolved, run_experiment
 from tcplimits.params import RunParams
+from test_engine import labelled
 
 pytestmark = pytest.mark.docker
 
@@ -24,13 +25,6 @@ def engine():
     client = docker.from_env()
     client.ping()
     return client
-
-
-def labelled(engine, run_id):
-    label = ["tcplimits=1", f"tcplimits.run={run_id}"]
-    return ([c.id for c in engine.containers.list(all=True, sparse=True,
-                                                  filters={"label": label})],
-            [n.id for n in engine.networks.list(filters={"label": label})])
 
 
 def run(engine, tmp_path, name, **values):
@@ -202,15 +196,10 @@ def test_bad_tuple_flags_exit_2_naming_the_flag_before_any_container(engine, tmp
     import subprocess
     import sys
 
-    def everything():
-        return ({c.id for c in engine.containers.list(all=True, sparse=True,
-                                                      filters={"label": "tcplimits.run=t9-bad"})},
-                {n.id for n in engine.networks.list(filters={"label": "tcplimits.run=t9-bad"})})
-
     proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", "t9-bad",
                            "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
     assert not (tmp_path / "bad").exists()
-    assert everything() == (set(), set())
+    assert labelled(engine, "t9-bad") == ([], [])
