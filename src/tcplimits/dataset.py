@@ -30,7 +30,7 @@ from . import results
 from .params import FIELDS, port_count
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
-                 "workers": pl.Utf8}  # server_workers may be "auto"
+                 "workers": pl.Utf8, "choice": pl.Utf8}  # server_workers may be "auto"
 
 # Every RunParams field is a column (a field added to params.FIELDS appears by itself).
 PARAMS_SCHEMA: dict[str, pl.DataType] = {
@@ -99,7 +99,8 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
 
 # Parameter columns joined (on run_id) onto every row of the per-run tables.
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
-                 "resolved_server_nofile", "server_workers", "backlog", "max_connections"]
+                 "resolved_server_nofile", "server_workers", "backlog", "max_connections",
+                 "server_ports", "server_addrs", "client_addrs", "bind_mode"]
 
 
 def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -109,11 +110,13 @@ def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
 CLIENTS_SCHEMA = _with_params(results.CLIENTS_SCHEMA)
 SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
 SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
+DESTINATIONS_SCHEMA = _with_params(results.DESTINATIONS_SCHEMA)
 
 TABLES = {  # dataset name -> (run directory file, dataset schema)
     "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
     "server": (results.SERVER_FILE, SERVER_SCHEMA),
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
+    "destinations": (results.DESTINATIONS_FILE, DESTINATIONS_SCHEMA),
 }
 # The dataset's tables, each <name>.parquet: the one list the renderer and the workflow use.
 TABLE_NAMES = ("runs", *TABLES)
@@ -173,7 +176,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
         "reason": record.get("reason"),
-        **{name: params.get(name) for name in PARAMS_SCHEMA},
+        # A run made before a parameter existed ran with its default.
+        **{name: params.get(name, FIELDS[name].default) for name in PARAMS_SCHEMA},
         "resolved_server_nofile": resolved.get("server_nofile"),
         "resolved_server_workers": resolved.get("server_workers"),
         "predicted_total": prediction.get("total"),

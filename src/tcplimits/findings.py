@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from . import charts, model, render
+from . import charts, model, render, tuple_findings
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
@@ -592,7 +592,28 @@ def server_side(d: Data) -> Blocks:
     return out.table(gaps) if not gaps.is_empty() else out
 
 
-# --- 9. Failed and unsupported points; rerunning ----------------------------------------------
+# --- 9. The 4-tuple, member by member; 10. The book's claim (tcplimits.tuple_findings) --------
+
+def tuple_members(d: Data) -> Blocks:
+    out = Blocks()
+    points = tuple_findings.tuple_points(d.runs, d.clients)
+    if not tuple_findings.varies_tuple(points):
+        return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
+                      "has them all.")
+    out.chart(charts.tuple_space(tuple_findings.chart_frame(points)))
+    for sentence in tuple_findings.member_sentences(points):
+        out.md(sentence)
+    return out.table(tuple_findings.member_table(points))
+
+
+def book_claim(d: Data) -> Blocks:
+    claim = tuple_findings.book_claim(tuple_findings.tuple_points(d.runs, d.clients), d.runs)
+    return Blocks().md("\n".join(f"- {sentence}" for sentence in claim) if claim else
+                       "This sweep has no point that tests the claim; "
+                       "`config/fourtuple.yaml` has them.")
+
+
+# --- 11. Failed and unsupported points; rerunning ---------------------------------------------
 
 def run_command(run: Mapping[str, Any]) -> str:
     """The `tcplimits run` command that repeats a point (a runs row)."""
@@ -631,7 +652,7 @@ def rerun(d: Data) -> Blocks:
                     + "</details>")
 
 
-# --- 10. Conclusion ---------------------------------------------------------------------------
+# --- 12. Conclusion ---------------------------------------------------------------------------
 
 def server_answer(d: Data) -> list[str]:
     """How many connections one server held, what client addresses add, where it ran out."""

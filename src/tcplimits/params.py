@@ -20,6 +20,14 @@ PORT_MAX = 65535
 # fs.nr_open's default: no hard limit can exceed it.
 NOFILE_MAX = 1_048_576
 KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
+# The 4-tuple's members: server ports, server addresses, client source addresses. Addresses
+# come from the experiment network's /24 (see tcplimits.addresses), so 64 of each fit.
+TUPLE_MAX = 64
+# How a client gets its source port (see agents/client.py and model.tuple_capacity).
+BIND_MODES = ("connect", "bind", "bind-no-port")
+# (source, destination) pairs one client process spreads over: each is one row of the
+# destinations table and one entry of the agent's report.
+PAIRS_MAX = 4096
 
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*[-\s]\s*(\d+)\s*$")
 
@@ -37,12 +45,13 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int", "float", "port_range", "workers"
+    kind: str  # "int", "float", "port_range", "workers", "choice"
     default: Any
     help: str
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False  # None allowed (means "not bounded" / "resolved at run time")
+    choices: tuple[str, ...] = ()  # the values a "choice" field accepts
 
     @property
     def flag(self) -> str:
@@ -85,6 +94,20 @@ FIELDS: dict[str, Field] = {
         Field("quiet_host_sockets", "int", 1000,
               "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
               "as quiet", 0, 10_000_000),
+        # The 4-tuple, member by member (issue 9).
+        Field("server_ports", "int", 1,
+              "ports the server listens on; every client process spreads its connections "
+              "over them", 1, TUPLE_MAX),
+        Field("server_addrs", "int", 1,
+              "IPv4 addresses the server answers on (the book's virtual IPs); clients "
+              "spread over them", 1, TUPLE_MAX),
+        Field("client_addrs", "int", 1,
+              "source addresses of each client container; its processes spread over them "
+              "(plain connect() ignores them: the route picks the source)", 1, TUPLE_MAX),
+        Field("bind_mode", "choice", "connect",
+              "how a client gets its source port: connect (plain connect()), bind "
+              "(bind((addr, 0)) then connect()), bind-no-port (bind() with "
+              "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
     ]
 }
 
@@ -134,6 +157,10 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
         return f"{lo}-{hi}"
     if field.kind == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    if field.kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in field.choices:
+            raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
+        return value.strip().lower()
     if isinstance(value, bool):
         raise ParamError(key, value, "expected a number, not a boolean")
     if field.kind in ("int", "workers"):
@@ -178,6 +205,10 @@ class RunParams:
     timeout: float = _default("timeout")
     quiet_host_timeout: float = _default("quiet_host_timeout")
     quiet_host_sockets: int = _default("quiet_host_sockets")
+    server_ports: int = _default("server_ports")
+    server_addrs: int = _default("server_addrs")
+    client_addrs: int = _default("client_addrs")
+    bind_mode: str = _default("bind_mode")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -198,6 +229,11 @@ class RunParams:
             coerced = _coerce(FIELDS[f.name], value, f.name)
             if coerced != value or type(coerced) is not type(value):
                 object.__setattr__(self, f.name, coerced)
+        pairs = self.server_addrs * self.server_ports * self.client_addrs
+        if pairs > PAIRS_MAX:
+            raise ParamError("server_addrs x server_ports x client_addrs", pairs,
+                             f"at most {PAIRS_MAX} (source, destination) pairs per client "
+                             "process")
 
     @property
     def port_lo(self) -> int:
@@ -210,6 +246,11 @@ class RunParams:
     @property
     def port_count(self) -> int:
         return port_count(self.port_range)
+
+    @property
+    def destinations(self) -> int:
+        """(server address, server port) pairs every client process spreads over."""
+        return self.server_addrs * self.server_ports
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
