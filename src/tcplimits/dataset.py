@@ -259,6 +259,8 @@ def _table_problem(run_dir: Path, record: dict) -> str | None:
     another run."""
     for file in results.SCHEMAS:
         if not (run_dir / file).exists():
+            if file in results.LATER_FILES:
+                continue
             return f"{file} is missing"
         try:
             ids = results.read_table(run_dir, file).get_column("run_id").unique().to_list()

@@ -127,6 +127,9 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
 
 SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
            DESTINATIONS_FILE: DESTINATIONS_SCHEMA}
+# Tables that run directories written before they existed lack: their absence is not damage
+# (read_table gives an empty frame of the schema).
+LATER_FILES = frozenset({DESTINATIONS_FILE})
 
 
 def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
