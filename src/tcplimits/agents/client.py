@@ -1,5 +1,6 @@
 """Client agent: open TCP connections to the server until the first failure, never closing
 them; report every outcome as JSON lines on stdout; hold the connections until SIGTERM.
+With --mode churn, each process opens, uses and closes connections instead (churn.py).
 
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
@@ -9,6 +10,7 @@ Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
   result    per process, once: connections, errno, error, message, elapsed_s
+  churn, time_wait   in churn mode (see churn.py)
 """
 
 import argparse
@@ -20,8 +22,9 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
 
 
@@ -36,7 +39,25 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    add_churn_args(p)
     return p.parse_args(argv)
+
+
+def add_churn_args(p):
+    p.add_argument("--mode", choices=("hold", "churn"), default="hold",
+                   help="hold: keep every connection; churn: open, exchange, close, repeat")
+    p.add_argument("--rate", default="max", help="churn: connections per second per process, or max")
+    p.add_argument("--duration", type=float, default=10.0, help="churn: seconds of churning")
+    p.add_argument("--closer", choices=tuple(churn.CLOSERS), default="client",
+                   help="churn: which end closes first (and keeps TIME_WAIT)")
+
+
+def churn_process(args, proc, server_addr):
+    rate = None if str(args.rate).lower() == "max" else float(args.rate)
+    churn.churn_loop(server_addr, client=args.client, proc=proc, rate=rate,
+                     duration=args.duration, closer=args.closer,
+                     connect_timeout=args.connect_timeout)
+    return []
 
 
 def port_range():
@@ -106,7 +127,10 @@ def worker(args, proc, server_addr, started):
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    held = connect_until_failure(args, proc, server_addr)
+    if args.mode == "churn":
+        held = churn_process(args, proc, server_addr)
+    else:
+        held = connect_until_failure(args, proc, server_addr)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     del held  # the descriptors close when the process exits
     return 0
@@ -130,8 +154,11 @@ def main(argv=None):
                 nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addr[0],
                 procs=len(children))
     live = set(children)
+    # churn: the main process counts the namespace's TIME_WAIT sockets while it waits
+    wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"
+            else signal.sigwaitinfo)
     while live:
-        signo = signal.sigwaitinfo({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo == signal.SIGUSR1:
             common.forward_signal(children, signal.SIGUSR1)
         elif signo in STOP_SIGNALS:

@@ -7,6 +7,9 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
+  time_wait  with --churn, about once per second (see churn.py)
+With --churn the workers answer each connection's request and close it (churn.serve)
+instead of holding it.
 """
 
 import argparse
@@ -19,8 +22,9 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -35,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--churn", action="store_true",
+                   help="answer and close each connection (clients in churn mode)")
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
     return p.parse_args(argv)
@@ -67,8 +73,12 @@ def serve(listener, worker):
     return len(held), first_error, accept_errors
 
 
-def worker_main(listener, worker):
-    accepted, error, accept_errors = serve(listener, worker)
+def worker_main(listener, worker, churning=False):
+    if churning:
+        accepted, error, accept_errors = churn.serve(listener, worker, STOP_SIGNALS,
+                                                     REPORT_EVERY_S)
+    else:
+        accepted, error, accept_errors = serve(listener, worker)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -89,15 +99,16 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker))
+            os._exit(worker_main(listener, worker, args.churn))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
     common.emit("listening", port=args.port, backlog=args.backlog, somaxconn=somaxconn,
                 workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     live = set(children)
+    wait = churn.TimeWaitSampler("server").wait if args.churn else signal.sigwaitinfo
     while live:
-        signo = signal.sigwaitinfo({signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:
