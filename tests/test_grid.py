@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tcplimits import grid
-from tcplimits.params import FIELDS, RunParams
+from tcplimits.params import CHURN_ONLY, FIELDS, RunParams
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = grid.load_schema()
@@ -90,10 +90,17 @@ def test_ids_name_every_non_default_physical_parameter():
     for name, field in FIELDS.items():
         if name in grid.NON_PHYSICAL or name in grid.ID_KEYS:
             continue
-        value = 3 if field.kind in ("int", "workers") else 7.5
-        value = max(value, field.minimum or 0)
-        params = RunParams.from_mapping({name: value})
-        assert f"_{name.replace('_', '-')}{value:g}" in grid.point_id(params), name
+        if field.kind == "choice":
+            value = next(c for c in field.choices if c != field.default)
+        else:
+            value = 1 if name == "tw_reuse" else 3 if field.kind in ("int", "workers", "rate") else 7.5
+            value = max(value, field.minimum or 0)
+        values = {name: value}
+        if name in CHURN_ONLY:
+            values["mode"] = "churn"
+        params = RunParams.from_mapping(values)
+        shown = value if isinstance(value, str) else f"{value:g}"
+        assert f"_{name.replace('_', '-')}{shown}" in grid.point_id(params), name
     assert grid.point_id(RunParams()) == "ports32768-60999_nofile15000_clients1_procs1"
 
 
@@ -176,13 +183,16 @@ def test_schema_mirrors_params_fields():
         spec = SCHEMA["$defs"][name]
         assert spec.get("description"), name
         assert props["experiment"]["properties"][name]["default"] == field.default, name
-        if field.kind == "workers":
+        if field.kind == "choice":
+            assert spec["enum"] == list(field.choices), name
+            continue
+        if field.kind in ("workers", "rate"):
             numeric = next(s for s in spec["oneOf"] if "type" in s)
-            assert {"const": "auto"} in spec["oneOf"]
+            assert {"const": {"workers": "auto", "rate": "max"}[field.kind]} in spec["oneOf"]
         else:
             numeric = spec
         types = numeric["type"] if isinstance(numeric["type"], list) else [numeric["type"]]
-        expected = {"int": "integer", "workers": "integer", "float": "number",
+        expected = {"int": "integer", "workers": "integer", "rate": "integer", "float": "number",
                     "port_range": "string"}[field.kind]
         assert set(types) == {expected} | ({"null"} if field.optional else set()), name
         if field.kind != "port_range":

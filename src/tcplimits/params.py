@@ -20,6 +20,11 @@ PORT_MAX = 65535
 NOFILE_MAX = 1_048_576
 KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
 
+MODES = ("hold", "churn")
+CLOSERS = ("client", "server")
+# Fields that accept a word besides an integer.
+_WORDS = {"workers": "auto", "rate": "max"}
+
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*[-\s]\s*(\d+)\s*$")
 
 
@@ -36,12 +41,15 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int", "float", "port_range", "workers"
+    kind: str  # "int", "float", "port_range", "workers", "rate", "choice"
     default: Any
     help: str
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False  # None allowed (means "not bounded" / "resolved at run time")
+    choices: tuple[str, ...] = ()  # kind "choice": the accepted words
+    # A per-namespace sysctl this field sets in every client container (client_sysctls).
+    sysctl: str | None = None
 
     @property
     def flag(self) -> str:
@@ -75,8 +83,24 @@ FIELDS: dict[str, Field] = {
               "hang for ~2 minutes)", 0.1, 300),
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
+        # --- churn (issue 11): connections opened and closed at a rate
+        Field("mode", "choice", "hold",
+              "hold: open connections and keep them until the first failure; churn: open, "
+              "exchange a few bytes, close, repeat for --duration", choices=MODES),
+        Field("rate", "rate", "max",
+              "churn: connections per second per client process, or max (as fast as it goes)",
+              1, 1_000_000),
+        Field("duration", "float", 60.0, "churn: seconds each client process churns", 1, 3600),
+        Field("closer", "choice", "client",
+              "churn: which end closes first (and so keeps the TIME_WAIT socket)",
+              choices=CLOSERS),
+        Field("tw_reuse", "int", 2,
+              "net.ipv4.tcp_tw_reuse in each client container: 0 off, 1 on, 2 loopback only "
+              "(kernel default)", 0, 2, sysctl="net.ipv4.tcp_tw_reuse"),
     ]
 }
+# Fields that only mean something in churn mode: refused with mode hold unless left default.
+CHURN_ONLY = ("rate", "duration", "closer")
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -111,16 +135,21 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
     if field.kind == "port_range":
         lo, hi = parse_port_range(value, key)
         return f"{lo}-{hi}"
-    if field.kind == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
+    word = _WORDS.get(field.kind)
+    if word and isinstance(value, str) and value.strip().lower() == word:
+        return word
+    if field.kind == "choice":
+        if isinstance(value, str) and value.strip().lower() in field.choices:
+            return value.strip().lower()
+        raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
     if isinstance(value, bool):
         raise ParamError(key, value, "expected a number, not a boolean")
-    if field.kind in ("int", "workers"):
+    if field.kind in ("int", "workers", "rate"):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, str):
             if not re.fullmatch(r"\s*[+-]?\d+\s*", value):
-                extra = " or 'auto'" if field.kind == "workers" else ""
+                extra = f" or '{word}'" if word else ""
                 raise ParamError(key, value, f"expected an integer{extra}")
             value = int(value)
         if not isinstance(value, int):
@@ -155,6 +184,11 @@ class RunParams:
     max_connections: int | None = None
     connect_timeout: float = 3.0
     timeout: float = 600.0
+    mode: str = "hold"
+    rate: int | str = "max"
+    duration: float = 60.0
+    closer: str = "client"
+    tw_reuse: int = 2
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -166,7 +200,12 @@ class RunParams:
                 raise ParamError(key, value, f"unknown parameter (known: {known})")
             field = FIELDS[key]
             out[key] = _coerce(field, value, field.flag if flag_names else key)
-        return cls(**out)
+        try:
+            return cls(**out)
+        except ParamError as err:  # a check across fields: name the flag too
+            if flag_names and err.key in FIELDS:
+                raise ParamError(FIELDS[err.key].flag, err.value, err.reason) from None
+            raise
 
     def __post_init__(self) -> None:
         # Direct construction validates too, so no unchecked object exists.
@@ -175,6 +214,24 @@ class RunParams:
             coerced = _coerce(FIELDS[f.name], value, f.name)
             if coerced != value or type(coerced) is not type(value):
                 object.__setattr__(self, f.name, coerced)
+        if self.mode != "churn":
+            for name in CHURN_ONLY:
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ParamError(name, getattr(self, name), "applies to mode churn only "
+                                     "(set mode: churn, or leave it out)")
+        elif self.duration >= self.timeout:
+            raise ParamError("duration", self.duration,
+                             f"must be shorter than timeout ({self.timeout:g} s), which "
+                             "bounds the whole run")
+
+    @property
+    def churn(self) -> bool:
+        return self.mode == "churn"
+
+    @property
+    def rate_per_s(self) -> int | None:
+        """The churn rate asked per client process; None for "max"."""
+        return None if self.rate == "max" else int(self.rate)
 
     @property
     def port_lo(self) -> int:
@@ -188,6 +245,15 @@ class RunParams:
     def port_count(self) -> int:
         lo, hi = parse_port_range(self.port_range)
         return hi - lo + 1
+
+    def client_sysctls(self) -> dict[str, str]:
+        """Per-namespace sysctls of each client container: the port range, and every field
+        that names a sysctl (a new TCP setting is one Field with ``sysctl=``)."""
+        out = {"net.ipv4.ip_local_port_range": f"{self.port_lo} {self.port_hi}"}
+        for name, field in FIELDS.items():
+            if field.sysctl:
+                out[field.sysctl] = str(getattr(self, name))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
