@@ -148,9 +148,9 @@ def test_names_of_one_run_instance_never_repeat():
 
 
 def test_a_dead_client_process_is_noticed():
-    from tcplimits.engine import _State
+    from tcplimits.engine.events import RunState
 
-    state = _State()
+    state = RunState()
     state.take("client1", {"event": "worker_exit", "client": 1, "pid": 7, "code": -9})
     assert state.died == ["client1 process pid 7 exited with code -9 before reporting"]
 
@@ -161,11 +161,11 @@ def test_cleanup_finishes_before_a_signal_is_raised():
 
     import pytest
 
-    from tcplimits.engine import _shielded
+    from tcplimits.engine.cleanup import shielded
 
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with _shielded():
+        with shielded():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("cleaned")  # still runs: the signal waits for the block's end
     assert done == ["cleaned"]

@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"tcplimits run: --run-id {args.run_id!r}: use letters, digits, '.', '_' and '-'",
               file=sys.stderr)
         return EXIT_USAGE
-    from .engine import run_experiment, summary
+    from .engine import run_experiment
 
     try:
         record = run_experiment(params, out_dir=Path(args.out), run_id=args.run_id,
@@ -60,6 +60,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.exit_zero:
         return EXIT_OK
     return {"ok": EXIT_OK, "unsupported": EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
+
+
+def summary(run_dir: Path) -> str:
+    """The table printed at the end of a run, from its run directory."""
+    from . import results
+
+    record = results.read_run(run_dir)
+    clients = results.read_table(run_dir, results.CLIENTS_FILE).to_dicts()
+    server = results.read_table(run_dir, results.SERVER_FILE).to_dicts()
+    lines = [f"run {record['run_id']}: {record['status']}"
+             + (f": {record['reason']}" if record.get("reason") else "")]
+    if record.get("setup_s") is not None:
+        lines[0] += (f" in {record['duration_s']:.1f} s (setup {record['setup_s']:.1f} s,"
+                     f" connecting {record.get('connect_s') or 0:.1f} s,"
+                     f" teardown {record.get('teardown_s') or 0:.1f} s)")
+    if not clients:
+        return lines[0]
+    lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
+    for r in clients:
+        lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "
+                     f"{r.get('error') or '-':<16} {r.get('elapsed_s') or 0:>8.2f}")
+    totals = record.get("totals") or {}
+    prediction = record.get("prediction") or {}
+    lines.append(f"clients hold {totals.get('connections') or 0:,} connections "
+                 f"(model: {prediction.get('total', 0):,}, limited by {prediction.get('limit')})")
+    if server:
+        errors = sorted({r['error'] for r in server if r.get('error')})
+        lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
+                     f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
+                                                   if errors else ""))
+    for note in record.get("notes") or []:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
 
 
 def _valid_id(value: str) -> bool:

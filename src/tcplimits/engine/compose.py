@@ -1,0 +1,53 @@
+"""The run's compose.yml: the same containers, to reproduce a run by hand (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import LABEL, RUN_LABEL
+from .plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
+
+
+def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
+    """A docker-compose file that reproduces the run by hand, as the seed did. Clients start
+    when the server's health check sees it listening, instead of on the engine's signal."""
+    import yaml
+
+    services = {}
+    for role, spec in specs.items():
+        command = [c for c in spec["command"] if c != "--wait-signal"]
+        service = {
+            "image": spec["image"],
+            "command": command,
+            "hostname": spec["hostname"],
+            **{key: spec[key] for key in HARDENING},
+            "ulimits": {u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]}
+                        for u in spec["ulimits"]},
+            "pids_limit": spec["pids_limit"],
+            "mem_limit": spec["mem_limit"],
+            "labels": {k: v for k, v in spec["labels"].items()
+                       if k not in (OWNER_LABEL, INSTANCE_LABEL)},
+            "networks": ["testnet"],
+        }
+        if "sysctls" in spec:
+            service["sysctls"] = spec["sysctls"]
+        if role == "server":
+            service["healthcheck"] = {
+                "test": ["CMD", "python3", f"{AGENTS}/server.py", "--check",
+                         "--port", str(SERVER_PORT)],
+                "interval": "1s", "retries": 30,
+            }
+        else:
+            service["depends_on"] = {"server": {"condition": "service_healthy"}}
+        services[role] = service
+    doc = {
+        "name": f"tcplimits-{run_id}".lower(),
+        "services": services,
+        "networks": {"testnet": {"internal": True, "labels": {LABEL: "1", RUN_LABEL: run_id}}},
+    }
+    header = (f"# Reproduces tcplimits run {run_id} by hand:\n"
+              "#   tcplimits image            # builds the image named below if missing\n"
+              "#   docker compose -f compose.yml up   (Ctrl-C, then: docker compose down)\n"
+              "# Each client prints JSON lines; its 'result' line says how many connections\n"
+              "# it held and the errno that stopped it.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, width=100)

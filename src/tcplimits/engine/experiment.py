@@ -1,0 +1,264 @@
+"""One run's resources and lifecycle on the Docker engine. The steps are public methods, called
+in this order by ``run_experiment`` (other steps may go between them):
+
+    create_network -> start_server -> start_clients -> start_connecting -> wait_for_clients
+    -> collect_server
+
+Used as a context manager, ``Experiment`` removes every container and the network it created
+when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import docker.errors
+
+from .. import LABEL, RUN_LABEL, results
+from ..params import RunParams
+from .cleanup import owner, shielded, sweep
+from .events import Log, LogReader, RunState, stderr_log
+from .plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
+
+SERVER_READY_TIMEOUT_S = 60
+SETTLE_S = 1.0  # the server's count is final once unchanged this long
+STOP_TIMEOUT_S = 30
+
+
+class RunFailed(Exception):
+    pass
+
+
+class Experiment:
+    """One run's resources and timeline. Use as a context manager: leaving it removes every
+    container and the network, whatever happened inside."""
+
+    def __init__(self, client, params: RunParams, resolved: Resolved, run_id: str, image: str,
+                 log: Log = stderr_log, live: bool = True):
+        self.client, self.params, self.resolved = client, params, resolved
+        self.run_id, self.image, self.log, self.live = run_id, image, log, live
+        self.instance = uuid.uuid4().hex[:8]
+        self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: owner(),
+                       INSTANCE_LABEL: self.instance}
+        self.network_name = f"tcplimits-{run_id}-{self.instance}"
+        self.specs = container_specs(params, resolved, run_id, image, self.network_name,
+                                     self.labels, self.instance)
+        self.events: queue.Queue = queue.Queue()
+        self.state = RunState()
+        self.containers: dict[str, Any] = {}
+        self.readers: dict[str, LogReader] = {}
+        self.network = None
+        self.server_address: str | None = None
+        self.deadline = time.monotonic() + params.timeout
+        self.timeline: dict[str, float] = {}
+        self._setup_started: float | None = None
+        self._connect_started: float | None = None
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        t0 = time.monotonic()
+        with shielded():
+            self._remove_all()
+        self.timeline["teardown_s"] = time.monotonic() - t0
+
+    @property
+    def client_roles(self) -> list[str]:
+        return [r for r in self.specs if r != "server"]
+
+    # -- the lifecycle, step by step
+
+    def run(self) -> None:
+        """Every step in order, nothing between them."""
+        self.create_network()
+        self.start_server()
+        self.start_clients()
+        self.start_connecting()
+        self.wait_for_clients()
+        self.collect_server()
+
+    def create_network(self) -> None:
+        """The run's internal bridge network; setup time counts from here."""
+        self._setup_started = time.monotonic()
+        self.network = self.client.networks.create(
+            self.network_name, driver="bridge", internal=True, labels=self.labels,
+            check_duplicate=True)
+
+    def start_server(self) -> str:
+        """Start the server and wait until it listens; returns its address."""
+        self.containers["server"] = self.client.containers.create(**self.specs["server"])
+        self.containers["server"].start()
+        self._follow("server")
+        self.wait_until(lambda: self.state.server_listening is not None, "the server to listen",
+                        limit=SERVER_READY_TIMEOUT_S, watch=["server"])
+        self.server_address = self.address("server")
+        return self.server_address
+
+    def start_clients(self) -> None:
+        """Create and start every client, pointed at the server's address, and wait until
+        each has reported ready (its port range and the ports already held)."""
+        roles = self.client_roles
+        for role in roles:
+            spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
+            spec["command"][spec["command"].index("--server") + 1] = self.server_address
+            self.containers[role] = self.client.containers.create(**spec)
+        for role in roles:
+            self.containers[role].start()
+            self._follow(role)
+        self.wait_until(lambda: len(self.state.ready) == self.params.clients,
+                        "the clients to start", limit=SERVER_READY_TIMEOUT_S, watch=roles)
+        self.timeline["setup_s"] = time.monotonic() - (self._setup_started or time.monotonic())
+
+    def start_connecting(self) -> None:
+        """Signal every client at once: they start connecting together."""
+        self._connect_started = time.monotonic()
+        for role in self.client_roles:
+            self.containers[role].kill(signal="SIGUSR1")
+
+    def wait_for_clients(self) -> None:
+        """Wait (with a live count) until every client process has stopped and reported."""
+        expected_results = self.params.clients * self.params.procs
+        self.wait_until(lambda: len(self.state.results) == expected_results,
+                        "every client process to stop", watch=self.client_roles, progress=True)
+        self.timeline["connect_s"] = time.monotonic() - (self._connect_started
+                                                         or time.monotonic())
+
+    def collect_server(self) -> None:
+        """Let the server's count settle, stop it, and wait for each worker's final count."""
+        self._settle_server()
+        self.containers["server"].kill(signal="SIGTERM")
+        self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
+                        "the server's final counts", limit=STOP_TIMEOUT_S, watch=[])
+
+    # -- what the steps share
+
+    def address(self, role: str) -> str:
+        """The container's address on the run's network."""
+        self.containers[role].reload()
+        networks = self.containers[role].attrs["NetworkSettings"]["Networks"]
+        return networks[self.network_name]["IPAddress"]
+
+    def client_addresses(self) -> dict[int, str]:
+        """Client number -> address, for the clients that exist (best effort)."""
+        addresses = {}
+        for role in self.client_roles:
+            if role in self.containers:
+                try:
+                    addresses[int(role[len("client"):])] = self.address(role)
+                except docker.errors.APIError:
+                    pass
+        return addresses
+
+    def drain(self, timeout: float = 0.05) -> None:
+        """Take the agents' queued events into ``state``."""
+        self.state.drain(self.events, timeout)
+
+    def wait_until(self, done: Callable[[], bool], what: str, *, limit: float | None = None,
+                   watch: list[str], progress: bool = False) -> None:
+        """Take events until ``done()``; RunFailed on the deadline (the run's, or ``limit``
+        seconds), a dead client process, or a watched container that exited."""
+        started = time.monotonic()
+        end = self.deadline if limit is None else min(self.deadline, started + limit)
+        last_print = 0.0
+        tty = sys.stderr.isatty()
+        while not done():
+            now = time.monotonic()
+            if now >= end:
+                reason = "run timeout" if end == self.deadline else "time limit"
+                raise RunFailed(f"{reason}: gave up waiting for {what} after "
+                                f"{now - started:.0f} s")
+            if self.state.died:
+                raise RunFailed("; ".join(self.state.died))
+            for role in watch:
+                if role in self.state.closed:
+                    raise RunFailed(f"{role} exited before {what}: {self._exit_reason(role)}")
+            self.drain(0.2)
+            if progress and self.live and now - last_print >= (0.5 if tty else 5.0):
+                last_print = now
+                self._print_live(tty)
+        if progress and self.live and tty:
+            self._print_live(tty)
+            print(file=sys.stderr)
+
+    def save_logs(self, out_dir: Path) -> None:
+        for role, reader in self.readers.items():
+            reader.join(timeout=2)
+            results.write_text("\n".join(reader.lines) + "\n",
+                               out_dir / results.LOGS_DIR / f"{role}.log")
+
+    # -- internals
+
+    def _follow(self, role: str) -> None:
+        reader = LogReader(self.containers[role], role, self.events)
+        reader.start()
+        self.readers[role] = reader
+
+    def _settle_server(self) -> None:
+        """The server accepts what the clients connected, a little later: wait until its count
+        reaches the clients' total or stops changing."""
+        target = self.state.connections
+        last, since = -1, time.monotonic()
+        end = min(self.deadline, time.monotonic() + 30)
+        while time.monotonic() < end:
+            self.drain(0.2)
+            accepted = self.state.accepted
+            if accepted >= target:
+                return
+            if accepted != last:
+                last, since = accepted, time.monotonic()
+            elif time.monotonic() - since >= SETTLE_S:
+                return
+
+    def _print_live(self, tty: bool) -> None:
+        per_client: dict[int, int] = {}
+        for (c, _), n in self.state.progress.items():
+            per_client[c] = per_client.get(c, 0) + n
+        done = len(self.state.results)
+        parts = " ".join(f"c{c}={n:,}" for c, n in sorted(per_client.items()))
+        line = (f"connections {self.state.connections:,} ({parts}); server accepted "
+                f"{self.state.accepted:,}; processes stopped {done}/"
+                f"{self.params.clients * self.params.procs}")
+        print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def _exit_reason(self, role: str) -> str:
+        container = self.containers[role]
+        try:
+            container.reload()
+            st = container.attrs["State"]
+            tail = "; ".join(self.readers[role].lines[-3:]) if role in self.readers else ""
+            return (f"exit code {st.get('ExitCode')}, OOMKilled={st.get('OOMKilled')}"
+                    + (f", last output: {tail}" if tail else ""))
+        except docker.errors.APIError as err:
+            return str(err)
+
+    def _remove_all(self) -> None:
+        # Clients first: the server must outlive them so the network empties cleanly.
+        for role in sorted(self.containers, key=lambda r: r == "server"):
+            try:
+                self.containers[role].remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as err:
+                self.log(f"warning: could not remove {role}: {err}")
+        for reader in self.readers.values():
+            reader.join(timeout=5)
+        if self.network is not None:
+            for attempt in range(3):  # endpoints of just-removed containers linger a moment
+                try:
+                    self.network.remove()
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as err:
+                    if attempt == 2:
+                        self.log(f"warning: could not remove the network: {err}")
+                    time.sleep(1)
+        # Anything of this run that escaped the bookkeeping above.
+        sweep(self.client, instance=self.instance)

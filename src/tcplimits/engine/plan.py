@@ -1,0 +1,134 @@
+"""The plan of one run (pure): what defaults became, the run id, the container specs and the
+hardening every container the project starts runs with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from docker.types import Ulimit
+
+from .. import model
+from ..params import FIELDS, RunParams
+
+SERVER_PORT = 5000
+AGENTS = "/opt/tcplimits/agents"
+USER = "65534:65534"  # nobody: the agents need no privilege at all
+OWNER_LABEL = "tcplimits.owner"  # "<host>:<pid>" of the process that created the resource
+# One execution of a run: run ids repeat (the workflow's point ids), names must not.
+INSTANCE_LABEL = "tcplimits.instance"
+SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count
+
+# Least privilege, once for every container: agents, probes and the exported compose.yml.
+# The keys are both Docker SDK ``containers.create`` arguments and Compose service keys.
+HARDENING: dict[str, Any] = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "read_only": True,
+    "user": USER,
+}
+
+
+def hardening() -> dict[str, Any]:
+    """A fresh copy of HARDENING (callers may extend its lists)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in HARDENING.items()}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What defaults and "auto" became for one run: recorded, never hidden."""
+
+    server_nofile: int
+    server_workers: int
+    sample_every: int
+
+    @classmethod
+    def of(cls, params: RunParams, engine_nofile_cap: int) -> "Resolved":
+        server_nofile = params.server_nofile or engine_nofile_cap
+        if params.server_workers == "auto":
+            workers = model.auto_server_workers(params, server_nofile)
+        else:
+            workers = int(params.server_workers)
+        per_proc = model.client_terms(params)[0] / params.procs
+        return cls(server_nofile, workers, max(1, int(per_proc // SAMPLES_PER_PROCESS)))
+
+
+def new_run_id(params: RunParams, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    digest = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+    return f"{now:%Y%m%dT%H%M%SZ}-{digest[:6]}"
+
+
+def memory_limit(connections: int, procs: int) -> int:
+    """Bytes: a Python interpreter per process plus ~8 KiB per socket (4.4 KB measured for an
+    idle socket's kernel memory, with room for the process's own bookkeeping)."""
+    return (64 + 32 * procs) * 2**20 + connections * 8 * 2**10
+
+
+def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: str,
+                    network: str, labels: dict[str, str],
+                    instance: str = "") -> dict[str, dict[str, Any]]:
+    """Docker SDK ``containers.create`` arguments for the server and each client, by role
+    ("server", "client1", ...). The clients' ``--server`` is filled in once the server has
+    an address; ``--wait-signal`` lets the engine start all clients at the same moment."""
+    per_client = model.client_terms(params)[0]
+    prefix = f"tcplimits-{run_id}" + (f"-{instance}" if instance else "")
+    specs = {
+        "server": dict(
+            hardening(),
+            network=network, detach=True,
+            image=image,
+            name=f"{prefix}-server",
+            hostname="server",
+            command=["python3", f"{AGENTS}/server.py", "--port", str(SERVER_PORT),
+                     "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)],
+            ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
+                            hard=resolved.server_nofile)],
+            pids_limit=resolved.server_workers + 8,
+            mem_limit=memory_limit(per_client * params.clients, resolved.server_workers),
+            labels={**labels, "tcplimits.role": "server"},
+        )
+    }
+    for i in range(1, params.clients + 1):
+        command = ["python3", f"{AGENTS}/client.py", "--server", "server",
+                   "--port", str(SERVER_PORT), "--client", str(i), "--procs", str(params.procs),
+                   "--connect-timeout", str(params.connect_timeout),
+                   "--sample-every", str(resolved.sample_every), "--wait-signal"]
+        if params.max_connections:
+            command += ["--max-connections", str(params.max_connections)]
+        specs[f"client{i}"] = dict(
+            hardening(),
+            network=network, detach=True,
+            image=image,
+            name=f"{prefix}-client{i}",
+            hostname=f"client{i}",
+            command=command,
+            sysctls={"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"},
+            ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
+            pids_limit=params.procs + 8,
+            mem_limit=memory_limit(per_client, params.procs),
+            labels={**labels, "tcplimits.role": "client", "tcplimits.client": str(i)},
+        )
+    return specs
+
+
+def unsupported_reason(params: RunParams, cap: int, resolved: Resolved | None = None) -> str | None:
+    """Why the engine cannot run these parameters as asked (never silently lowered)."""
+    most_workers = int(FIELDS["server_workers"].maximum)
+    if resolved is not None and resolved.server_workers > most_workers:
+        return (f"server_workers auto needs {resolved.server_workers} workers of nofile "
+                f"{resolved.server_nofile} to accept every connection, more than {most_workers}; "
+                "raise --server-nofile or set --server-workers")
+    if params.nofile > cap:
+        need = math.ceil(params.nofile * params.procs / cap)
+        return (f"engine allows nofile up to {cap}; asked {params.nofile}; use more --procs "
+                f"(e.g. --procs {need} --nofile {params.nofile * params.procs // need} keeps "
+                "the descriptor budget)")
+    if params.server_nofile is not None and params.server_nofile > cap:
+        return (f"engine allows nofile up to {cap}; asked --server-nofile "
+                f"{params.server_nofile}; use more --server-workers")
+    return None

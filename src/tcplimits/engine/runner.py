@@ -1,0 +1,111 @@
+"""run_experiment: one experiment from parameters to a complete run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from .. import model, results
+from ..params import RunParams
+from .cleanup import Interrupted, signals_raise, sweep
+from .compose import compose_file
+from .events import Log, stderr_log
+from .experiment import Experiment, RunFailed
+from .notes import explain
+from .plan import Resolved, new_run_id, unsupported_reason
+from .probe import probe_engine
+from .record import client_rows, environment, now, series_rows, server_rows, write_run
+
+
+def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
+                   progress: bool = True, client=None, log: Log = stderr_log) -> dict[str, Any]:
+    """Run one experiment and write its run directory; returns the run.json record.
+    ``progress`` shows a live count on stderr while clients connect."""
+    from ..image import ensure_image
+
+    client = client or docker.from_env()
+    run_id = run_id or new_run_id(params)
+    out_dir = Path(out_dir)
+    started = now()
+    t0 = time.monotonic()
+    image = ensure_image(client, log=log)
+    facts = probe_engine(client, image=image.id, log=log)
+    record: dict[str, Any] = {
+        "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
+        "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
+        "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
+        "environment": environment(facts, image), "totals": None, "held_ports": None,
+        "notes": [],
+    }
+    cap = facts["engine_nofile_cap"]
+    resolved = Resolved.of(params, cap)
+    record["resolved"] = asdict(resolved)
+    reason = unsupported_reason(params, cap, resolved)
+    if reason:
+        record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=now(),
+                      duration_s=round(time.monotonic() - t0, 3))
+        write_run(out_dir, record, [], [], [], compose=None)
+        return record
+    removed = sweep(client)
+    if any(removed.values()):
+        log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "
+            f"{removed['networks']} network(s)")
+    log(f"run {run_id}: {params.clients} client(s) x {params.procs} process(es), port range "
+        f"{params.port_range} ({params.port_count:,} ports), nofile {params.nofile:,}; server "
+        f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
+    interrupted: BaseException | None = None
+    experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
+                            live=progress)
+    addresses: dict[int, str] = {}
+    try:
+        with signals_raise(), experiment:
+            try:
+                experiment.create_network()
+                experiment.start_server()
+                experiment.start_clients()
+                experiment.start_connecting()
+                experiment.wait_for_clients()
+                experiment.collect_server()
+                status, reason = results.STATUS_OK, None
+            except RunFailed as err:
+                status, reason = results.STATUS_FAILED, str(err)
+            except docker.errors.APIError as err:
+                status, reason = results.STATUS_FAILED, f"Docker engine error: {err}"
+            finally:
+                addresses = experiment.client_addresses()
+                experiment.drain(0.05)
+    except (KeyboardInterrupt, Interrupted) as err:
+        interrupted = err
+        status, reason = results.STATUS_FAILED, f"interrupted ({type(err).__name__} {err})".strip()
+    state = experiment.state
+    experiment.save_logs(out_dir)
+    record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
+    held = {c: state.ready[c].get("held", []) for c in sorted(state.ready)}
+    listening = state.server_listening or {}
+    somaxconn = listening.get("somaxconn", model.SOMAXCONN)
+    prediction = model.predict(
+        params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
+        held_ports=[len(held.get(c, [])) for c in range(1, params.clients + 1)],
+        conntrack_max=facts.get("nf_conntrack_max"), somaxconn=somaxconn)
+    clients = client_rows(state, params, run_id, addresses)
+    server = server_rows(state, run_id)
+    series = series_rows(state, run_id)
+    record.update(
+        status=status, reason=reason, prediction=prediction.to_dict(),
+        held_ports={str(c): [s["port"] for s in v] for c, v in held.items()},
+        totals={"connections": sum(r["connections"] or 0 for r in clients),
+                "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
+        notes=explain(params, prediction, clients, server, held,
+                      model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
+        ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
+    )
+    write_run(out_dir, record, clients, server, series,
+              compose=compose_file(experiment.specs, run_id))
+    if interrupted is not None:
+        raise KeyboardInterrupt from interrupted
+    return record
