@@ -203,3 +203,16 @@ def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
     hold = pred.port_hold_s
     what = "tcp_tw_reuse_delay" if pred.reuse else "TIME_WAIT"
     return f"{pool:,} ports held {hold:g} s each in {what}"
+
+
+def run_record(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]],
+               held_ports: Sequence[int], *, finished: bool) -> dict:
+    """run.json's "churn" block: the prediction before the run, the verdict after it (when
+    the run finished), and the notes that explain it."""
+    pred = predict(params, held_ports=held_ports)
+    out: dict[str, Any] = {"prediction": pred.to_dict(), "verdict": None, "notes": []}
+    if finished:
+        v = verdict(run_id, params, clients)
+        out["verdict"] = v.to_dict()
+        out["notes"] = [v.sentence]
+    return out

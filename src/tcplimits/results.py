@@ -9,6 +9,7 @@ leaves no partial result behind.
       clients.parquet   one row per client process (CLIENTS_SCHEMA)
       server.parquet    one row per server worker  (SERVER_SCHEMA)
       series.parquet    progress samples            (SERIES_SCHEMA)
+      churn.parquet     per-second churn series     (CHURN_SCHEMA; empty for mode hold)
       compose.yml       a docker-compose file that reproduces the run by hand
       logs/<container>.log   each container's output
 
@@ -25,6 +26,12 @@ run.json keys:
     totals        connections (sum over client processes), server_accepted (sum over workers)
     held_ports    {client number: [ports in the range held in its namespace at start]}
     notes         list of sentences that explain the outcome (e.g. a port held by Docker's DNS)
+    churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
+                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)}
+
+In mode churn, clients.parquet's ``connections`` counts the connections each process opened
+and closed, ``error`` is DURATION for a process that churned to the end, else the errno
+that stopped it, and ``elapsed_s`` is when it stopped.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ RUN_JSON = "run.json"
 CLIENTS_FILE = "clients.parquet"
 SERVER_FILE = "server.parquet"
 SERIES_FILE = "series.parquet"
+CHURN_FILE = "churn.parquet"
 COMPOSE_FILE = "compose.yml"
 LOGS_DIR = "logs"
 
@@ -83,7 +91,24 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
     "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
 }
 
-SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA}
+# Mode churn: one row per second of each client process (role "client", proc set: opened,
+# errors, error, connect_latency_s) and one per second-ish sample of each container's
+# TIME_WAIT count (role "client" with proc null, or role "server": time_wait).
+CHURN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "role": pl.Utf8,                  # "client" or "server"
+    "client": pl.Int32,               # client container; null for the server
+    "proc": pl.Int32,                 # process of a per-second row; null for a TIME_WAIT row
+    "t_s": pl.Float64,                # seconds since the engine started the clients
+    "opened": pl.Int64,               # connections opened (and closed) in this second
+    "errors": pl.Int64,               # failed attempts in this second (the loop stops at one)
+    "error": pl.Utf8,                 # errno name of that failure
+    "connect_latency_s": pl.Float64,  # mean connect() time over the second's connections
+    "time_wait": pl.Int64,            # TIME_WAIT sockets in the container's namespace
+}
+
+SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
+           CHURN_FILE: CHURN_SCHEMA}
 
 
 def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:

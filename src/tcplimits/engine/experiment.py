@@ -2,7 +2,7 @@
 in this order by ``run_experiment`` (other steps may go between them):
 
     create_network -> start_server -> start_clients -> start_connecting -> wait_for_clients
-    -> collect_server
+    -> [mode churn: wait_for_duration] -> collect_server
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
@@ -58,6 +58,7 @@ class Experiment:
         self.timeline: dict[str, float] = {}
         self._setup_started: float | None = None
         self._connect_started: float | None = None
+        self.connect_started_at: float | None = None  # wall clock, to align agents' samples
 
     def __enter__(self) -> "Experiment":
         return self
@@ -81,6 +82,8 @@ class Experiment:
         self.start_clients()
         self.start_connecting()
         self.wait_for_clients()
+        if self.params.churn:
+            self.wait_for_duration()
         self.collect_server()
 
     def create_network(self) -> None:
@@ -118,6 +121,7 @@ class Experiment:
     def start_connecting(self) -> None:
         """Signal every client at once: they start connecting together."""
         self._connect_started = time.monotonic()
+        self.connect_started_at = time.time()
         for role in self.client_roles:
             self.containers[role].kill(signal="SIGUSR1")
 
@@ -128,6 +132,13 @@ class Experiment:
                         "every client process to stop", watch=self.client_roles, progress=True)
         self.timeline["connect_s"] = time.monotonic() - (self._connect_started
                                                          or time.monotonic())
+
+    def wait_for_duration(self) -> None:
+        """Mode churn: the run lasts its duration even when every client stopped early, so
+        that the TIME_WAIT series shows what the stopped clients left behind."""
+        end = (self._connect_started or time.monotonic()) + self.params.duration
+        while time.monotonic() < min(end, self.deadline):
+            self.drain(min(0.2, max(0.0, end - time.monotonic())))
 
     def collect_server(self) -> None:
         """Let the server's count settle, stop it, and wait for each worker's final count."""

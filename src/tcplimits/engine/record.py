@@ -82,14 +82,34 @@ def series_rows(state: RunState, run_id: str) -> list[dict]:
             for s in state.samples]
 
 
+def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[dict]:
+    """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
+    since the engine started the clients (``started_at``, wall clock)."""
+    origin = started_at or 0.0
+    rows = []
+    begun = {key: r.get("started_at") for key, r in state.results.items()}
+    for e in state.churn:
+        offset = (begun.get((e["client"], e["proc"])) or origin) - origin
+        rows.append(dict(run_id=run_id, role="client", client=e["client"], proc=e["proc"],
+                         t_s=round(offset + e["second"], 3), opened=e["opened"],
+                         errors=e["errors"], error=e.get("error"),
+                         connect_latency_s=e.get("connect_latency_s")))
+    for e in state.time_wait:
+        rows.append(dict(run_id=run_id, role=e["role"], client=e.get("client"),
+                         t_s=round(e["at"] - origin, 3), time_wait=e["time_wait"]))
+    return rows
+
+
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
-              series: list[dict], compose: str | None) -> None:
+              series: list[dict], compose: str | None, churn: list[dict] = ()) -> None:
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
                           out_dir / results.CLIENTS_FILE)
     results.write_parquet(results.frame(server, results.SERVER_SCHEMA),
                           out_dir / results.SERVER_FILE)
     results.write_parquet(results.frame(series, results.SERIES_SCHEMA),
                           out_dir / results.SERIES_FILE)
+    results.write_parquet(results.frame(churn, results.CHURN_SCHEMA),
+                          out_dir / results.CHURN_FILE)
     if compose:
         results.write_text(compose, out_dir / results.COMPOSE_FILE)
     # run.json last: its presence means the run directory is complete.

@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import model, results
+from .. import churn_model, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -19,7 +19,8 @@ from .experiment import Experiment, RunFailed
 from .notes import explain
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import client_rows, environment, now, series_rows, server_rows, write_run
+from .record import (churn_rows, client_rows, environment, now, series_rows, server_rows,
+                     write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
@@ -70,6 +71,8 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.start_clients()
                 experiment.start_connecting()
                 experiment.wait_for_clients()
+                if params.churn:
+                    experiment.wait_for_duration()
                 experiment.collect_server()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
@@ -104,8 +107,14 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                       model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
         ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
+    if params.churn:  # the hold model's notes do not apply: the churn model's verdict does
+        record["churn"] = churn_model.run_record(
+            run_id, params, clients, [len(held.get(c, [])) for c in range(1, params.clients + 1)],
+            finished=status == "ok")
+        record["notes"] = record["churn"]["notes"]
     write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id))
+              compose=compose_file(experiment.specs, run_id),
+              churn=churn_rows(state, run_id, experiment.connect_started_at))
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
