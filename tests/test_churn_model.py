@@ -34,6 +34,8 @@ def test_reuse_bounds_at_pool_per_reuse_delay(rate, stops):
     assert p.reuse and p.port_hold_s == cm.TW_REUSE_DELAY_S
     assert p.sustainable_rate == [1000.0]
     assert p.stops is stops
+    # below half the range per delay one parity of the range suffices; above, all of it
+    assert p.client_time_wait == [1000 if rate > 500 else 500]
     if stops:
         assert p.limit == cm.REUSE_DELAY and p.stop_at_s == [pytest.approx(1000 / 1500)]
 
