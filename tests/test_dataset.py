@@ -76,7 +76,7 @@ def runs(tmp_path) -> list[Path]:
 
 def test_runs_table(runs, tmp_path):
     counts = dataset.build_dataset(runs, tmp_path / "ds")
-    assert counts == {"runs": 3, "clients": 2 + 2, "server": 2, "series": 4}
+    assert counts == {"runs": 3, "clients": 2 + 2, "server": 2, "series": 4, "churn": 0}
     df = pl.read_parquet(tmp_path / "ds" / "runs.parquet")
     assert list(df.columns[: len(dataset.RUNS_SCHEMA)]) == list(dataset.RUNS_SCHEMA)
     assert dict(df.schema).items() >= dataset.RUNS_SCHEMA.items()

@@ -182,7 +182,7 @@ def test_copy_dataset_fills_gaps_and_drops_stale(tmp_path):
     pl.DataFrame({"x": [1]}).write_parquet(data / "old.parquet")
     render.copy_dataset(src, data)
     assert sorted(p.name for p in data.iterdir()) == [
-        "clients.parquet", "runs.parquet", "series.parquet", "server.parquet"]
+        "churn.parquet", "clients.parquet", "runs.parquet", "series.parquet", "server.parquet"]
     assert pl.read_parquet(data / "clients.parquet").is_empty()
 
 

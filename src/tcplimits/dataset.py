@@ -79,13 +79,29 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "teardown_s": pl.Float64,
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
     "notes": pl.Utf8,                       # run.json's notes, one per line
+    **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
+        "connections": pl.Int64,            # measured: opened and closed, all processes
+        "rate": pl.Float64,                 # measured: connections per second sustained
+        "stopped_at_s": pl.Float64,         # measured: first process stopped by an error
+        "agrees": pl.Boolean,               # the verdict: as the model said
+        "verdict": pl.Utf8,                 # the verdict's sentence
+        "predicted_rate": pl.Float64,       # model: sustainable per s, all clients; null: no bound
+        "predicted_stops": pl.Boolean,
+        "predicted_stop_after": pl.Int64,   # model: connections when the clients stop
+        "predicted_stop_at_s": pl.Float64,
+        "predicted_errno": pl.Utf8,
+        "predicted_limit": pl.Utf8,         # time_wait, tw_reuse_delay, rate or loop
+        "predicted_client_time_wait": pl.Int64,  # per client container
+        "predicted_server_time_wait": pl.Int64,
+    }.items()},
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
 }
 
 # Parameter columns joined (on run_id) onto every row of the per-run tables.
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
-                 "resolved_server_nofile", "server_workers", "backlog", "max_connections"]
+                 "resolved_server_nofile", "server_workers", "backlog", "max_connections",
+                 "mode", "rate", "duration", "closer", "tw_reuse"]
 
 
 def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -95,11 +111,13 @@ def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
 CLIENTS_SCHEMA = _with_params(results.CLIENTS_SCHEMA)
 SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
 SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
+CHURN_SCHEMA = _with_params(results.CHURN_SCHEMA)
 
 TABLES = {  # dataset name -> (run directory file, dataset schema)
     "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
     "server": (results.SERVER_FILE, SERVER_SCHEMA),
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
+    "churn": (results.CHURN_FILE, CHURN_SCHEMA),
 }
 DATASET_FILES = ["runs", *TABLES]
 
@@ -171,6 +189,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "notes": "\n".join(map(str, record.get("notes") or [])) or None,
         "run_dir": str(run_dir),
     }
+    row.update(_churn_columns(record.get("churn")))
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
         row[key] = record.get(key)
     lo_hi = _port_bounds(params.get("port_range"))
@@ -180,6 +199,33 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
+
+
+def _churn_columns(churn: Any) -> dict[str, Any]:
+    """run.json's "churn" block as churn_* columns (all clients together)."""
+    if not isinstance(churn, dict):
+        return {}
+    verdict = churn.get("verdict") or {}
+    # the verdict's prediction knows the run's own loop speed (rate max); else the run's
+    pred = verdict.get("prediction") or churn.get("prediction") or {}
+    rates = pred.get("sustainable_rate") or []
+    stops = [v for v in pred.get("stop_after") or [] if v is not None]
+    times = [v for v in pred.get("stop_at_s") or [] if v is not None]
+    return {
+        "churn_connections": verdict.get("connections"),
+        "churn_rate": verdict.get("rate"),
+        "churn_stopped_at_s": verdict.get("stopped_at_s"),
+        "churn_agrees": verdict.get("agrees"),
+        "churn_verdict": verdict.get("sentence"),
+        "churn_predicted_rate": sum(rates) if rates and None not in rates else None,
+        "churn_predicted_stops": pred.get("stops"),
+        "churn_predicted_stop_after": sum(stops) if stops else None,
+        "churn_predicted_stop_at_s": min(times) if times else None,
+        "churn_predicted_errno": pred.get("errno"),
+        "churn_predicted_limit": pred.get("limit"),
+        "churn_predicted_client_time_wait": (pred.get("client_time_wait") or [None])[0],
+        "churn_predicted_server_time_wait": pred.get("server_time_wait"),
+    }
 
 
 def _held_count(value: Any) -> int | None:

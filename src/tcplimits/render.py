@@ -30,13 +30,14 @@ from . import dataset
 from .results import write_parquet, write_text
 
 DATA_ENV = "TCPLIMITS_DATASET"
-TABLES = ("runs", "clients", "server", "series")
+TABLES = ("runs", "clients", "server", "series", "churn")
 TEMPLATE_DIR = Path(__file__).parent / "report_template"
 QUARTO_MIN = (1, 4)
 
 # The dataset's own schemas: a column the files lack is added as nulls.
 SCHEMAS = {"runs": dataset.RUNS_SCHEMA, "clients": dataset.CLIENTS_SCHEMA,
-           "server": dataset.SERVER_SCHEMA, "series": dataset.SERIES_SCHEMA}
+           "server": dataset.SERVER_SCHEMA, "series": dataset.SERIES_SCHEMA,
+           "churn": dataset.CHURN_SCHEMA}
 
 
 # --- The dataset, as the report reads it --------------------------------------------------------

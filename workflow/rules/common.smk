@@ -17,7 +17,7 @@ RUNS_DIR = "results/runs"
 DATASET_DIR = "results/dataset"
 DATASET_FILES = {
     name: f"{DATASET_DIR}/{name}.parquet"
-    for name in ("runs", "clients", "server", "series")
+    for name in ("runs", "clients", "server", "series", "churn")
 }
 REPORT_SOURCE = "report/report.qmd"
 # Quarto's options, which the fallback renderer reads too.
