@@ -187,7 +187,7 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
     assert not missing, f"run ids missing from the report: {missing}"
     assert render.external_references(text) == []
     assert sorted(p.stem for p in (out_dir / "data").glob("*.parquet")) == sorted(
-        ["clients", "runs", "series", "server"])
+        ["churn", "clients", "runs", "series", "server"])
     if not browser:
         return None
     found = render.browser_check(page, out_dir / "screenshot.png")

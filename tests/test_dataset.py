@@ -127,7 +127,7 @@ def test_tables_carry_the_parameters(runs, tmp_path):
 
 def test_empty_inputs_give_empty_files_with_the_schema(tmp_path):
     counts = dataset.build_dataset([], tmp_path / "ds")
-    assert counts == {"runs": 0, "clients": 0, "server": 0, "series": 0}
+    assert counts == {"runs": 0, "clients": 0, "server": 0, "series": 0, "churn": 0}
     assert dict(pl.read_parquet(tmp_path / "ds" / "runs.parquet").schema) == dataset.RUNS_SCHEMA
     for name, (_, schema) in dataset.TABLES.items():
         assert dict(pl.read_parquet(tmp_path / "ds" / f"{name}.parquet").schema) == schema
