@@ -272,3 +272,17 @@ def test_points_command_lists_ids_and_flags(capsys):
     assert [line.split()[0] for line in lines] == [
         p.id for p in grid.points(grid.load_config(ROOT / "config" / "tiny.yaml"))]
     assert all("--port-range" in line for line in lines)
+
+
+def test_churn_config_sweeps_closer_reuse_and_rate_on_a_small_range():
+    pts = grid.points(grid.load_config(Path(__file__).resolve().parents[1] / "config" / "churn.yaml"))
+    assert all(p.params.churn and p.params.port_count == 1000 for p in pts)
+    combos = {(p.params.closer, p.params.tw_reuse, p.params.rate) for p in pts}
+    assert {(c, r, x) for c in ("client", "server") for r in (0, 1) for x in (200, "max")} <= combos
+    assert len({p.id for p in pts}) == len(pts)
+
+
+def test_churn_keys_without_mode_churn_are_refused_naming_the_combination():
+    with pytest.raises(grid.ConfigError, match=r"rate=200.*mode churn"):
+        grid.points({"grid": {"mode": ["hold", "churn"], "rate": [200]}})
+    assert len(grid.points({"grid": {"rate": [200]}, "experiment": {"mode": "churn"}})) == 1
