@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from . import results
+from . import churn_model, results
 from .params import FIELDS
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
@@ -83,6 +83,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
         "connections": pl.Int64,            # measured: opened and closed, all processes
         "rate": pl.Float64,                 # measured: connections per second sustained
         "stopped_at_s": pl.Float64,         # measured: first process stopped by an error
+        "stop_error": pl.Utf8,              # measured: what stopped it (null: ran its duration)
         "agrees": pl.Boolean,               # the verdict: as the model said
         "verdict": pl.Utf8,                 # the verdict's sentence
         "predicted_rate": pl.Float64,       # model: sustainable per s, all clients; null: no bound
@@ -215,6 +216,8 @@ def _churn_columns(churn: Any) -> dict[str, Any]:
         "churn_connections": verdict.get("connections"),
         "churn_rate": verdict.get("rate"),
         "churn_stopped_at_s": verdict.get("stopped_at_s"),
+        "churn_stop_error": next((k for k in verdict.get("errnos") or {}
+                                  if k != churn_model.DURATION), None),
         "churn_agrees": verdict.get("agrees"),
         "churn_verdict": verdict.get("sentence"),
         "churn_predicted_rate": sum(rates) if rates and None not in rates else None,

@@ -213,6 +213,8 @@ def compare_run(
     held_ports). Returns None for a run that did not finish ("failed", "unsupported")."""
     if run.get("status") != "ok" or run.get("connections_total") is None:
         return None
+    if run.get("mode") == "churn":  # opened and closed, not held: churn_model judges it
+        return None
     params = params_of(run)
     held = held_counts(run.get("held_ports"), params.clients)
     for row in clients:  # every process of a container sees the same namespace
