@@ -181,7 +181,7 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
                    if w is not None)
         agrees = stopped and set(errnos) == {pred.errno} and near
         model = (f"model: stop with {pred.errno} after {sum(want):,} connections "
-                 f"({_pool_words(params, pred)}; sustainable {_fmt_rate(sum(pred.sustainable_rate))}"
+                 f"({_pool_words(params, pred)} sustain {_fmt_rate(sum(pred.sustainable_rate))}"
                  f" against {_fmt_rate(pred.asked_rate and pred.asked_rate * params.clients)} asked)")
         seen = (f"stopped with {', '.join(sorted(errnos))} after {total:,} connections at "
                 f"{stopped_at:.2f} s" if stopped else
@@ -209,8 +209,8 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
 def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
     pool = sum(pred.pool)
     hold = pred.port_hold_s
-    what = "tcp_tw_reuse_delay" if pred.reuse else "TIME_WAIT"
-    return f"{pool:,} ports held {hold:g} s each in {what}"
+    what = "until tcp_tw_reuse_delay lets connect() reuse it" if pred.reuse else "in TIME_WAIT"
+    return f"{pool:,} ports, each held {hold:g} s {what},"
 
 
 def run_record(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]],
