@@ -105,3 +105,22 @@ def test_verdict_paced_run_below_its_rate_names_the_loop():
 def test_verdict_server_closes_runs_through():
     v = cm.verdict("r", churn(closer="server", duration=10), rows((1, 30000, "DURATION", 10.0, 0)))
     assert v.agrees and v.rate == 3000
+
+
+def test_verdict_counts_ports_freed_again_when_the_pace_varied():
+    # measured: reuse on, rate max; a slow first second (222), then 909 in 0.69 s, stop at
+    # 1.69 s after 1,131: the 1,000 ports plus those opened before 0.69 s (0-222) were reusable
+    params = churn(tw_reuse=1, duration=20)
+    seconds = [dict(client=1, proc=1, second=0, opened=222),
+               dict(client=1, proc=1, second=1, opened=909)]
+    v = cm.verdict("r", params, rows((1, 1131, "EADDRNOTAVAIL", 1.69, 0)), seconds=seconds)
+    assert v.prediction.asked_rate == pytest.approx(909 / 0.69)  # its fastest second
+    assert v.prediction.stops
+    assert cm.released(seconds, 1, 0.69) == (0, 222)
+    assert cm.released(seconds, 1, 1.5) == (222, 1131)
+    assert v.agrees, v.sentence
+    assert "+ up to 222 whose ports were free again" in v.sentence
+    too_many = cm.verdict("r", params, rows((1, 1300, "EADDRNOTAVAIL", 1.69, 0)), seconds=seconds)
+    assert not too_many.agrees
+    # without the per-second rows the mean rate (669/s) stays under 1,000/s: no stop expected
+    assert not cm.verdict("r", params, rows((1, 1131, "EADDRNOTAVAIL", 1.69, 0))).agrees

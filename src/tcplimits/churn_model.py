@@ -146,14 +146,17 @@ def _fmt_rate(rate: float | None) -> str:
 
 
 def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]], *,
-            destinations: int = 1) -> ChurnVerdict:
+            seconds: Sequence[Mapping[str, Any]] = (), destinations: int = 1) -> ChurnVerdict:
     """Set a finished churn run against the model. ``clients``: its client-process rows
-    (client, proc, connections, error, elapsed_s, held_ports). For rate max the run's own
-    loop speed decides whether the bound is crossed."""
+    (client, proc, connections, error, elapsed_s, held_ports); ``seconds``: its per-second
+    rows (client, proc, second since the process started, opened), when known. For rate max
+    the run's own loop speed (its fastest second) decides whether the bound is crossed."""
     held = [0] * params.clients
     per_client = [0] * params.clients
     errnos: dict[str, int] = {}
     stops: list[float] = []
+    stop_of: dict[int, float] = {}  # client container -> its first stop
+    elapsed_of: dict[tuple[int, int], float] = {}
     elapsed = 0.0
     for row in clients:
         i = int(row["client"]) - 1
@@ -163,26 +166,36 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
         name = row.get("error") or "none"
         errnos[name] = errnos.get(name, 0) + 1
         took = float(row.get("elapsed_s") or 0.0)
+        elapsed_of[(int(row["client"]), int(row.get("proc") or 1))] = took
         elapsed = max(elapsed, took)
         if name != DURATION:
             stops.append(took)
+            stop_of[i] = min(took, stop_of.get(i, took))
     total = sum(per_client)
     rate = total / elapsed if elapsed else 0.0
     loop = None
     if params.rate_per_s is None and elapsed:
-        # the unpaced loop's speed, per process, from this run
-        loop = rate / (params.clients * params.procs)
+        loop = max(rate / (params.clients * params.procs), peak_rate(seconds, elapsed_of))
     pred = predict(params, held_ports=held, destinations=destinations, loop_rate=loop)
     stopped = bool(stops)
     stopped_at = min(stops) if stops else None
     if pred.stops:
-        want = [s for s in pred.stop_after if s is not None]
-        near = all(abs(got - w) <= stop_tolerance(w) for got, w in zip(per_client, pred.stop_after)
+        # Ports closed more than port_hold_s before the stop were free again: a loop whose
+        # pace varied gets that many more connections before the pool runs dry.
+        again = [released(seconds, i + 1, stop_of[i] - pred.port_hold_s) if i in stop_of
+                 else (0, 0) for i in range(params.clients)]
+        near = all(w + lo - stop_tolerance(w) <= got <= w + hi + stop_tolerance(w)
+                   for got, w, (lo, hi) in zip(per_client, pred.stop_after, again)
                    if w is not None)
         agrees = stopped and set(errnos) == {pred.errno} and near
-        model = (f"model: stop with {pred.errno} after {sum(want):,} connections "
-                 f"({_pool_words(params, pred)} sustain {_fmt_rate(sum(pred.sustainable_rate))}"
-                 f" against {_fmt_rate(pred.asked_rate and pred.asked_rate * params.clients)} asked)")
+        lo, hi = sum(a[0] for a in again), sum(a[1] for a in again)
+        extra = ("" if not hi else f" + {hi:,}" if lo == hi else
+                 f" + {'up to ' if not lo else f'{lo:,}–'}{hi:,}")
+        extra += " whose ports were free again before the stop" if hi else ""
+        model = (f"model: stop with {pred.errno} after {sum(pred.stop_after):,}{extra} "
+                 f"connections ({_pool_words(params, pred)} sustain "
+                 f"{_fmt_rate(sum(pred.sustainable_rate))} against "
+                 f"{_fmt_rate(pred.asked_rate and pred.asked_rate * params.clients)} asked)")
         seen = (f"stopped with {', '.join(sorted(errnos))} after {total:,} connections at "
                 f"{stopped_at:.2f} s" if stopped else
                 f"did not stop: {total:,} connections at {rate:,.0f}/s")
@@ -206,6 +219,37 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
     return ChurnVerdict(run_id, agrees, total, rate, stopped, errnos, stopped_at, pred, sentence)
 
 
+def peak_rate(seconds: Sequence[Mapping[str, Any]],
+              elapsed: Mapping[tuple[int, int], float]) -> float:
+    """The fastest second of any process: connections in a full second, or in the last,
+    partial one scaled to a second (when it lasted at least a quarter of a second)."""
+    best = 0.0
+    for row in seconds:
+        key = (int(row["client"]), int(row.get("proc") or 1))
+        span = min(1.0, elapsed.get(key, float("inf")) - float(row["second"]))
+        if span >= 0.25:
+            best = max(best, int(row.get("opened") or 0) / span)
+    return best
+
+
+def released(seconds: Sequence[Mapping[str, Any]], client: int,
+             before: float) -> tuple[int, int]:
+    """(at least, at most) connections a client container opened before ``before`` seconds:
+    their ports had left TIME_WAIT (or become reusable) by then. Per-second counts leave the
+    second that straddles ``before`` open: all of it or none."""
+    low = high = 0
+    for row in seconds:
+        if int(row["client"]) != client:
+            continue
+        start = float(row["second"])
+        if start + 1 <= before:
+            low += int(row.get("opened") or 0)
+            high += int(row.get("opened") or 0)
+        elif start < before:
+            high += int(row.get("opened") or 0)
+    return low, high
+
+
 def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
     pool = sum(pred.pool)
     hold = pred.port_hold_s
@@ -214,13 +258,14 @@ def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
 
 
 def run_record(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]],
-               held_ports: Sequence[int], *, finished: bool) -> dict:
+               held_ports: Sequence[int], *, finished: bool,
+               seconds: Sequence[Mapping[str, Any]] = ()) -> dict:
     """run.json's "churn" block: the prediction before the run, the verdict after it (when
     the run finished), and the notes that explain it."""
     pred = predict(params, held_ports=held_ports)
     out: dict[str, Any] = {"prediction": pred.to_dict(), "verdict": None, "notes": []}
     if finished:
-        v = verdict(run_id, params, clients)
+        v = verdict(run_id, params, clients, seconds=seconds)
         out["verdict"] = v.to_dict()
         out["notes"] = [v.sentence]
     return out

@@ -110,7 +110,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     if params.churn:  # the hold model's notes do not apply: the churn model's verdict does
         record["churn"] = churn_model.run_record(
             run_id, params, clients, [len(held.get(c, [])) for c in range(1, params.clients + 1)],
-            finished=status == "ok")
+            finished=status == "ok", seconds=state.churn)
         record["notes"] = record["churn"]["notes"]
     write_run(out_dir, record, clients, server, series,
               compose=compose_file(experiment.specs, run_id),
