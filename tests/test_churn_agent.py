@@ -132,3 +132,17 @@ def test_server_closes_first_leaves_time_wait_on_the_server_and_the_client_goes_
 
 def test_time_wait_count_reads_a_number():
     assert churn.time_wait_count() >= 0
+
+
+def test_a_server_that_never_answers_times_out_with_etimedout():
+    import socket
+
+    with socket.socket() as silent:  # listens, never accepts nor answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        out = until_result(churn_client(port, "--rate", "max", "--duration", "5",
+                                        "--connect-timeout", "0.5"))
+    (result,) = [e for e in out if e["event"] == "result"]
+    assert (result["connections"], result["error"], result["errno"]) == (0, "ETIMEDOUT", 110)
+    assert 0.4 < result["elapsed_s"] < 2
