@@ -1,14 +1,15 @@
 """Benchmark the churn loop (not a test): the highest open-close rate one client process
 reaches with the agent (Python, agents/churn.py) against the same loop in C
 (benchmarks/churn/churn_loop.c), side by side in one run, in the same image, against the
-same server, alternating rounds so that both see the same machine load.
+same server: one client container alternates the two loops in slices of a second, so that
+both see the same moments of a machine shared with other work.
 
 The C program is compiled on the host (gcc -static) and mounted read-only into the
 containers: no registry, nothing added to the image. The server is the C epoll loop, so
 that it is not what bounds the client; the closer is the server, so that no port pool runs
 out. CPU time (user, sys) per connection says what bounds each loop.
 
-    python benchmarks/bench_churn.py [--rounds 3] [--seconds 5] [--out benchmarks/results/churn.json]
+    python benchmarks/bench_churn.py [--rounds 20] [--seconds 1] [--out benchmarks/results/churn.json]
 """
 
 from __future__ import annotations
@@ -35,15 +36,34 @@ PORT = 5000
 HARDENED = dict(cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
                 user="65534:65534", detach=True)
 
-PYTHON_LOOP = """
-import json, resource, sys
+# Runs in one client container: alternates the agent's loop (in this process) and the C
+# loop (a child process) for ``slice`` seconds each, ``rounds`` times, so that both see the
+# same moments of a machine shared with other work. One JSON line per slice.
+DRIVER = """
+import json, resource, subprocess, sys, time
 sys.path.insert(0, %r)
-import churn
-churn.churn_loop((sys.argv[1], %d), client=1, proc=1, rate=None, duration=float(sys.argv[2]),
-                 closer=sys.argv[3], connect_timeout=3.0)
-ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"event": "rusage", "user_s": ru.ru_utime, "sys_s": ru.ru_stime}))
-""" % (AGENTS, PORT)
+import churn, common
+server, rounds, slice_s, closer = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+results = []
+common.emit = lambda event, **f: results.append(dict(f, event=event))  # keep lines, print ours
+for r in range(1, rounds + 1):
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    results.clear()
+    churn.churn_loop((server, %d), client=1, proc=1, rate=None, duration=slice_s,
+                     closer=closer, connect_timeout=3.0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    res = [e for e in results if e["event"] == "result"][0]
+    print(json.dumps(dict(impl="python", round=r, connections=res["connections"],
+                          error=res["error"], elapsed_s=res["elapsed_s"],
+                          user_s=after.ru_utime - before.ru_utime,
+                          sys_s=after.ru_stime - before.ru_stime)), flush=True)
+    out = subprocess.run(["/bench/churn_loop", "client", server, "%d", str(slice_s), closer[0]],
+                         capture_output=True, text=True).stdout
+    c = json.loads(out)
+    print(json.dumps(dict(impl="c", round=r, connections=c["connections"],
+                          error=c["errno"] or "DURATION", elapsed_s=c["elapsed_s"],
+                          user_s=c["user_s"], sys_s=c["sys_s"])), flush=True)
+""" % (AGENTS, PORT, PORT)
 
 
 def build(workdir: Path) -> Path:
@@ -56,39 +76,33 @@ def build(workdir: Path) -> Path:
     return binary
 
 
-def lines(container) -> list[dict]:
-    return [json.loads(l) for l in container.logs(stdout=True, stderr=False).decode().splitlines()
-            if l.startswith("{")]
-
-
-def one(client, image: str, network: str, labels: dict, bindir: Path, server_ip: str,
-        impl: str, seconds: float, closer: str) -> dict:
-    if impl == "c":
-        command = ["/bench/churn_loop", "client", server_ip, str(PORT), str(seconds), closer[0]]
-    else:
-        command = ["python3", "-c", PYTHON_LOOP, server_ip, str(seconds), closer]
+def slices(client, image: str, network: str, labels: dict, bindir: Path, server_ip: str,
+           rounds: int, slice_s: float, closer: str) -> list[dict]:
     container = client.containers.run(
-        image, command, network=network, labels=labels,
-        volumes={str(bindir): {"bind": "/bench", "mode": "ro"}},
-        sysctls={"net.ipv4.ip_local_port_range": "40000 40999"}, **HARDENED)
+        image, ["python3", "-c", DRIVER, server_ip, str(rounds), str(slice_s), closer],
+        network=network, labels=labels, volumes={str(bindir): {"bind": "/bench", "mode": "ro"}},
+        sysctls={"net.ipv4.ip_local_port_range": "40000 40999"}, pids_limit=16, **HARDENED)
     try:
-        container.wait(timeout=seconds + 60)
-        events = lines(container)
+        status = container.wait(timeout=rounds * slice_s * 2 + 120)
+        text = container.logs(stdout=True, stderr=True).decode()
     finally:
         container.remove(force=True)
-    result = next(e for e in events if e["event"] == "result")
-    usage = next((e for e in events if e["event"] == "rusage"), result)
-    n = result["connections"]
-    return {"impl": impl, "connections": n, "error": result.get("error") or result.get("errno"),
-            "elapsed_s": result["elapsed_s"], "rate": n / result["elapsed_s"],
-            "user_us_per_conn": 1e6 * usage["user_s"] / max(n, 1),
-            "sys_us_per_conn": 1e6 * usage["sys_s"] / max(n, 1)}
+    if status.get("StatusCode") != 0:
+        raise SystemExit(f"bench_churn: the driver failed: {text[-2000:]}")
+    rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+    for row in rows:
+        n = max(row["connections"], 1)
+        row["rate"] = row["connections"] / row["elapsed_s"]
+        row["user_us_per_conn"] = 1e6 * row["user_s"] / n
+        row["sys_us_per_conn"] = 1e6 * row["sys_s"] / n
+        row["cpu_us_per_conn"] = row["user_us_per_conn"] + row["sys_us_per_conn"]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per slice")
     parser.add_argument("--out", default=str(HERE / "results" / "churn.json"))
     args = parser.parse_args()
     client = docker.from_env()
@@ -109,34 +123,34 @@ def main() -> None:
             time.sleep(1.0)
             server.reload()
             server_ip = server.attrs["NetworkSettings"]["Networks"][run]["IPAddress"]
-            rows = []
-            for r in range(args.rounds):
-                for impl in ("python", "c"):
-                    row = one(client, image, run, labels, bindir, server_ip, impl,
-                              args.seconds, "server")
-                    row["round"] = r + 1
-                    rows.append(row)
-                    print(f"round {r + 1} {impl:>6}: {row['rate']:8,.0f} conn/s  "
-                          f"user {row['user_us_per_conn']:5.1f} us  sys "
-                          f"{row['sys_us_per_conn']:5.1f} us per connection", flush=True)
+            rows = slices(client, image, run, labels, bindir, server_ip, args.rounds,
+                          args.seconds, "server")
         finally:
             if server is not None:
                 server.remove(force=True)
             network.remove()
-    med = {impl: statistics.median(r["rate"] for r in rows if r["impl"] == impl)
-           for impl in ("python", "c")}
-    ratios = [p["rate"] / c["rate"] for p, c in zip(rows[0::2], rows[1::2])]
+    for row in rows:
+        print(f"round {row['round']:>2} {row['impl']:>6}: {row['rate']:8,.0f} conn/s  "
+              f"user {row['user_us_per_conn']:5.1f} us  sys {row['sys_us_per_conn']:5.1f} us "
+              "per connection")
+    by = {impl: [r for r in rows if r["impl"] == impl] for impl in ("python", "c")}
+    med = {impl: statistics.median(r["rate"] for r in by[impl]) for impl in by}
+    ratios = [p["rate"] / c["rate"] for p, c in zip(by["python"], by["c"])]
     summary = {
-        "image": image, "seconds": args.seconds, "rounds": rows,
+        "image": image, "slice_s": args.seconds, "rounds": rows,
         "median_rate": med, "python_over_c_per_round": ratios,
         "python_over_c": statistics.median(ratios),
-        "cpu_us_per_conn": {impl: {k: statistics.median(r[k] for r in rows if r["impl"] == impl)
-                                   for k in ("user_us_per_conn", "sys_us_per_conn")}
-                            for impl in ("python", "c")},
+        "cpu_us_per_conn": {impl: {k: statistics.median(r[k] for r in by[impl])
+                                   for k in ("user_us_per_conn", "sys_us_per_conn",
+                                             "cpu_us_per_conn")}
+                            for impl in by},
     }
     results.write_json(summary, args.out)
+    cpu = summary["cpu_us_per_conn"]
     print(f"python / c = {summary['python_over_c']:.2f} (median of per-round ratios); "
-          f"median rates: python {med['python']:,.0f}/s, c {med['c']:,.0f}/s; written to {args.out}")
+          f"median rates: python {med['python']:,.0f}/s, c {med['c']:,.0f}/s; CPU per "
+          f"connection: python {cpu['python']['cpu_us_per_conn']:.0f} us, c "
+          f"{cpu['c']['cpu_us_per_conn']:.0f} us; written to {args.out}")
 
 
 if __name__ == "__main__":

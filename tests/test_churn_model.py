@@ -124,3 +124,10 @@ def test_verdict_counts_ports_freed_again_when_the_pace_varied():
     assert not too_many.agrees
     # without the per-second rows the mean rate (669/s) stays under 1,000/s: no stop expected
     assert not cm.verdict("r", params, rows((1, 1131, "EADDRNOTAVAIL", 1.69, 0))).agrees
+
+
+def test_verdict_rate_max_has_no_rate_to_hold():
+    seconds = [dict(client=1, proc=1, second=s, opened=n) for s, n in enumerate([7000, 3000])]
+    v = cm.verdict("r", churn(closer="server", duration=2), rows((1, 10000, "DURATION", 2.0, 0)),
+                   seconds=seconds)
+    assert v.agrees and "ran the full 2 s at 5,000/s" in v.sentence
