@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from report_fixtures import RUN_IDS, synthetic_dataset
-from tcplimits import charts, churn_findings, churn_model, dataset, render
+from tcplimits import charts, churn_model, dataset, findings, render
 from tcplimits.params import RunParams
 from tcplimits.results import write_parquet
 
@@ -48,7 +48,7 @@ def churn_tables():
 
 def test_points_carry_rate_model_and_verdict():
     runs, _, _ = churn_tables()
-    pts = churn_findings.points(runs)
+    pts = findings.churn_points(runs)
     assert pts["point"].to_list() == ["client closes, tw_reuse 0, 400/s, 6 s",
                                       "client closes, tw_reuse 1, 400/s, 5 s",
                                       "server closes, tw_reuse 0, max, 4 s"]
@@ -58,27 +58,39 @@ def test_points_carry_rate_model_and_verdict():
     assert pts["model_bound"][1] == pytest.approx(999.0)
     assert pts["model_bound"][2] is None  # no port bound when the server closes first
     assert pts["sustained"][1] == pytest.approx(400)
-    assert churn_findings.summary(pts) == {"points": 3, "agree": 3, "stopped": 1, "ran": 2}
+    assert findings.churn_counts(pts) == {"points": 3, "agree": 3, "stopped": 1, "ran": 2}
 
 
 def test_hold_sections_leave_churn_runs_out():
-    runs, clients, _ = churn_tables()
+    runs, clients, series = churn_tables()
     hold = dataset.conform(pl.DataFrame({"run_id": ["h"], "status": ["ok"]}), dataset.RUNS_SCHEMA)
-    both = {"runs": pl.concat([runs, hold]), "clients": clients}
-    kept = churn_findings.hold_only(both)
-    assert kept["runs"]["run_id"].to_list() == ["h"] and kept["clients"].is_empty()
+    d = findings.Data.of({"runs": pl.concat([runs, hold]), "clients": clients,
+                          "server": pl.DataFrame(), "series": pl.DataFrame(), "churn": series})
+    assert d.runs["run_id"].to_list() == ["h"] and d.clients.is_empty()
+    assert d.churn_runs.height == 3 and d.churn.height == series.height
+    assert d.comparisons == []  # the hold model never judges a churn point
+    section = findings.churn(d)
+    assert section.kinds() == ["markdown", "markdown", "chart", "chart", "html"]
+    assert "3 of 3" in section.text() and "60 s" in section.text()
+
+
+def test_churn_section_without_churn_points_says_how_to_get_them():
+    d = findings.Data.of({"runs": pl.DataFrame({"run_id": ["h"], "status": ["ok"]}),
+                          "clients": pl.DataFrame(), "server": pl.DataFrame(),
+                          "series": pl.DataFrame()})
+    assert "config/churn.yaml" in findings.churn(d).text()
 
 
 def test_churn_charts_draw_every_point():
     runs, _, series = churn_tables()
-    labels = churn_findings.labels(runs)
+    labels = findings.churn_labels(runs)
     timeline = charts.churn_timeline(series, labels).to_dict()
     assert timeline["usermeta"]["tcplimits"]["chart"] == "churn_timeline"
     values = timeline["datasets"][next(iter(timeline["datasets"]))]
     assert {v["series"] for v in values} == {"opened per second", "TIME_WAIT, client",
                                              "TIME_WAIT, server"}
     assert {v["point"] for v in values} == set(labels.values())
-    rate = charts.churn_rate_vs_model(churn_findings.points(runs)).to_dict()
+    rate = charts.churn_rate_vs_model(findings.churn_points(runs)).to_dict()
     assert rate["usermeta"]["tcplimits"]["chart"] == "churn_rate_vs_model"
 
 

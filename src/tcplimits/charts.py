@@ -15,7 +15,7 @@ import altair as alt
 import polars as pl
 
 from . import model
-from .params import FIELDS
+from .params import FIELDS, ParamError, RunParams
 
 RENDERER = "tcplimits-svg"
 CHART_CLASS = "tcpl-chart"
@@ -66,11 +66,40 @@ def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
 
 
 def _with_port_count(df: pl.DataFrame) -> pl.DataFrame:
+    """``port_count`` from ``port_range`` where a frame lacks it, counted by the parameters."""
     if "port_count" in df.columns or "port_range" not in df.columns:
         return df
-    bounds = pl.col("port_range").str.extract_all(r"\d+")
-    return df.with_columns(port_count=bounds.list.get(1).cast(pl.Int64)
-                           - bounds.list.get(0).cast(pl.Int64) + 1)
+    counts = {}
+    for port_range in df["port_range"].drop_nulls().unique().to_list():
+        try:
+            counts[port_range] = RunParams(port_range=port_range).port_count
+        except ParamError:  # an unreadable range draws as unknown
+            counts[port_range] = None
+    return df.with_columns(port_count=pl.col("port_range").replace_strict(
+        counts, default=None, return_dtype=pl.Int64))
+
+
+def server_gaps(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs whose server and clients both counted, with ``gap`` (connections the clients
+    hold that the server had not accepted) and ``queue``: the accept queue that can hold them
+    (``model.accept_queue`` of the backlog, its default where null, and of the measured
+    somaxconn where the runs record one)."""
+    default = FIELDS["backlog"].default
+    has_somaxconn = "somaxconn" in runs.columns
+
+    def queue(row: dict) -> int:
+        backlog = default if row["backlog"] is None else row["backlog"]
+        if has_somaxconn and row["somaxconn"] is not None:
+            return model.accept_queue(backlog, row["somaxconn"])
+        return model.accept_queue(backlog)
+
+    columns = ["backlog", *(["somaxconn"] if has_somaxconn else [])]
+    return _ensure(runs, backlog=pl.Int64).filter(
+        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
+    ).with_columns(
+        gap=pl.col("connections_total") - pl.col("server_accepted"),
+        queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64),
+    )
 
 
 def _ensure(df: pl.DataFrame, **columns: pl.DataType) -> pl.DataFrame:
@@ -242,12 +271,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
 def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
     """Left: connections the server accepted against those the clients hold. Right: the gap
     per point, with a black tick at the accept queue's size (backlog + 1)."""
-    df = _ensure(runs, predicted_limit=pl.Utf8, backlog=pl.Int64).filter(
-        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
-    ).with_columns(
-        gap=pl.col("connections_total") - pl.col("server_accepted"),
-        queue=pl.min_horizontal(pl.col("backlog").fill_null(FIELDS["backlog"].default),
-                                pl.lit(model.SOMAXCONN)) + 1,  # model.accept_queue, per row
+    df = server_gaps(_ensure(runs, predicted_limit=pl.Utf8)).with_columns(
         limit=pl.col("predicted_limit").fill_null("unknown"),
     ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
     color = _limit_color(df["limit"])
@@ -314,7 +338,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
 def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
     model's sustainable rate (black ticks; none where no port bound applies). ``points``:
-    churn_findings.points()."""
+    findings.churn_points()."""
     df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
                  point=pl.Utf8).filter(pl.col("sustained") > 0)
     y = alt.Y("point:N", title=None, sort=None)
