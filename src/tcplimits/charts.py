@@ -341,7 +341,7 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     findings.churn_points()."""
     df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
                  point=pl.Utf8).filter(pl.col("sustained") > 0)
-    y = alt.Y("point:N", title=None, sort=None)
+    y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
     x_scale = alt.Scale(type="log")
     dots = alt.Chart(df).mark_point(filled=True, size=90).encode(
         x=alt.X("sustained:Q", scale=x_scale, axis=COUNT_AXIS,
