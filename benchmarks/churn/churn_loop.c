@@ -3,8 +3,9 @@
  *   churn_loop client SERVER_IP PORT SECONDS CLOSER   (CLOSER: c = client first, s = server)
  *   churn_loop server PORT                             (answers like agents/churn.py serve)
  *
- * The client does what churn.open_close does, as fast as it can: socket, connect, send the
- * one-byte request, read the one-byte reply, (closer s: read EOF), close. It prints one JSON
+ * The client does what churn.open_close does, as fast as it can: socket, the same send and
+ * receive timeouts, connect, send the one-byte request, read the one-byte reply, (closer s:
+ * read EOF), close. It prints one JSON
  * line: connections, errno of the first failure, elapsed_s, user_s, sys_s.
  * The server is one epoll loop, so that it is not what bounds the clients it measures. */
 #define _GNU_SOURCE
@@ -18,6 +19,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,10 +36,13 @@ static int client(const char *ip, int port, double seconds, char closer) {
     int err = 0;
     double start = now(), end = start + seconds, t = start;
     char buf[8];
+    struct timeval timeout = {.tv_sec = 3};  /* the agent's --connect-timeout default */
     while (t < end) {
         int s = socket(AF_INET, SOCK_STREAM, 0);
         if (s < 0) { err = errno; break; }
-        if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        if (setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) < 0 ||
+            setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) < 0 ||
+            connect(s, (struct sockaddr *)&addr, sizeof addr) < 0 ||
             send(s, &closer, 1, 0) != 1 || recv(s, buf, 1, 0) != 1 ||
             (closer == 's' && recv(s, buf, 1, 0) != 0)) {
             err = errno ? errno : ECONNRESET;
