@@ -81,3 +81,22 @@ def test_server_closes_leaves_time_wait_on_the_server_and_the_client_does_not_st
     predicted = record["churn"]["prediction"]["server_time_wait"]
     assert 0.9 * predicted <= peak(series, "server") <= 1000
     assert record["churn"]["verdict"]["agrees"], record["notes"]
+
+
+def test_a_short_reuse_delay_lets_the_unpaced_loop_run_and_timestamps_off_disable_reuse(
+        engine, tmp_path):
+    # tcp_tw_reuse_delay 50 ms: 1,000 ports sustain 20,000/s, beyond one process's loop
+    record, clients, _ = churn_run(engine, tmp_path, "churn-delay", rate="max", duration=3,
+                                   closer="client", tw_reuse=1, tw_reuse_delay=50)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "DURATION" and row["connections"] > 3000
+    assert record["churn"]["prediction"]["sustainable_rate"] == [pytest.approx(
+        (1000 - row["held_ports"]) / 0.05)]
+    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    # without TCP timestamps tcp_tw_reuse cannot tell old segments apart: no reuse, so
+    # 400/s stops after the pool, as with tw_reuse 0
+    record, clients, _ = churn_run(engine, tmp_path, "churn-nots", rate=400, duration=5,
+                                   closer="client", tw_reuse=1, timestamps=0)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - (1000 - row["held_ports"])) <= 2
+    assert record["churn"]["verdict"]["agrees"], record["notes"]

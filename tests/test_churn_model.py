@@ -131,3 +131,9 @@ def test_verdict_rate_max_has_no_rate_to_hold():
     v = cm.verdict("r", churn(closer="server", duration=2), rows((1, 10000, "DURATION", 2.0, 0)),
                    seconds=seconds)
     assert v.agrees and "ran the full 2 s at 5,000/s" in v.sentence
+
+
+def test_the_point_s_own_reuse_delay_and_timestamps_count():
+    fast = cm.predict(churn(rate=4000, tw_reuse=1, tw_reuse_delay=100))
+    assert fast.port_hold_s == 0.1 and fast.sustainable_rate == [10000.0] and not fast.stops
+    assert cm.predict(churn(rate=500, tw_reuse=1, timestamps=0)).limit == cm.TIME_WAIT

@@ -93,8 +93,10 @@ def test_ids_name_every_non_default_physical_parameter():
         if field.kind == "choice":
             value = next(c for c in field.choices if c != field.default)
         else:
-            value = 1 if name == "tw_reuse" else 3 if field.kind in ("int", "workers", "rate") else 7.5
+            value = 3 if field.kind in ("int", "workers", "rate") else 7.5
             value = max(value, field.minimum or 0)
+            value = min(value, field.maximum if field.maximum is not None else value)
+            value = 1 if value == field.default else value
         values = {name: value}
         if name in CHURN_ONLY:
             values["mode"] = "churn"

@@ -129,3 +129,10 @@ def test_client_sysctls_come_from_the_fields():
     assert p.client_sysctls() == {"net.ipv4.ip_local_port_range": "40000 40999",
                                   "net.ipv4.tcp_tw_reuse": "1"}
     assert all(f.sysctl.startswith("net.") for f in FIELDS.values() if f.sysctl)
+
+
+def test_unset_optional_sysctls_keep_the_kernel_value():
+    p = RunParams.from_mapping({"tw_reuse": 1, "tw_reuse_delay": 100, "timestamps": 1})
+    assert p.client_sysctls()["net.ipv4.tcp_tw_reuse_delay"] == "100"
+    assert p.client_sysctls()["net.ipv4.tcp_timestamps"] == "1"
+    assert "net.ipv4.tcp_timestamps" not in RunParams().client_sysctls()

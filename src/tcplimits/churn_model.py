@@ -75,7 +75,8 @@ def predict(params: RunParams, *, held_ports: Sequence[int] | None = None,
             timestamps: bool = True) -> ChurnPrediction:
     """The churn model for one point. ``held_ports[i]``: ports of the range already held in
     client i's namespace; ``loop_rate``: connections per second one process reaches when
-    unpaced (the run's own measurement, or a benchmark's), used for rate max."""
+    unpaced (the run's own measurement, or a benchmark's), used for rate max. The point's
+    own tw_reuse_delay and timestamps, when set, replace ``reuse_delay_s`` and ``timestamps``."""
     held = list(held_ports or [0] * params.clients)
     pool = [destinations * max(0, params.port_count - h) for h in held]
     per_proc = params.rate_per_s if params.rate_per_s is not None else loop_rate
@@ -89,6 +90,10 @@ def predict(params: RunParams, *, held_ports: Sequence[int] | None = None,
             stop_after=[None] * len(pool), stop_at_s=[None] * len(pool), errno=None,
             limit=LOOP if params.rate_per_s is None else RATE,
             client_time_wait=[0] * len(pool), server_time_wait=server_tw)
+    if params.tw_reuse_delay is not None:  # the point sets the delay (ms) itself
+        reuse_delay_s = params.tw_reuse_delay / 1000
+    if params.timestamps is not None:
+        timestamps = params.timestamps != 0
     reuse = params.tw_reuse == 1 and timestamps
     hold = reuse_delay_s if reuse else time_wait_s
     bound = [p / hold for p in pool]

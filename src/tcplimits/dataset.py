@@ -102,7 +102,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
 # Parameter columns joined (on run_id) onto every row of the per-run tables.
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
                  "resolved_server_nofile", "server_workers", "backlog", "max_connections",
-                 "mode", "rate", "duration", "closer", "tw_reuse"]
+                 "mode", "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps"]
 
 
 def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:

@@ -595,7 +595,12 @@ def churn_label(run: Mapping[str, Any]) -> str:
     """A churn point in words: "client closes, tw_reuse 0, 200/s, 20 s"."""
     rate = run.get("rate")
     pace = "max" if rate in (None, "max") else f"{int(rate):,}/s"
-    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}, {pace}"
+    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}"
+    if run.get("tw_reuse_delay") is not None:
+        text += f" after {run['tw_reuse_delay']:,} ms"
+    if run.get("timestamps") is not None:
+        text += f", timestamps {run['timestamps']}"
+    text += f", {pace}"
     if (run.get("clients") or 1) > 1:
         text += f", {run['clients']} clients"
     return text + (f", {run['duration']:g} s" if run.get("duration") else "")

@@ -97,6 +97,13 @@ FIELDS: dict[str, Field] = {
         Field("tw_reuse", "int", 2,
               "net.ipv4.tcp_tw_reuse in each client container: 0 off, 1 on, 2 loopback only "
               "(kernel default)", 0, 2, sysctl="net.ipv4.tcp_tw_reuse"),
+        Field("tw_reuse_delay", "int", None,
+              "net.ipv4.tcp_tw_reuse_delay in each client container, ms before tcp_tw_reuse "
+              "may take a TIME_WAIT port (Linux 6.13+; default: the kernel's, 1000)", 1, 600_000,
+              optional=True, sysctl="net.ipv4.tcp_tw_reuse_delay"),
+        Field("timestamps", "int", None,
+              "net.ipv4.tcp_timestamps in each client container (tcp_tw_reuse needs them; "
+              "default: the kernel's, 1)", 0, 2, optional=True, sysctl="net.ipv4.tcp_timestamps"),
     ]
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
@@ -189,6 +196,8 @@ class RunParams:
     duration: float = 60.0
     closer: str = "client"
     tw_reuse: int = 2
+    tw_reuse_delay: int | None = None
+    timestamps: int | None = None
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -248,10 +257,11 @@ class RunParams:
 
     def client_sysctls(self) -> dict[str, str]:
         """Per-namespace sysctls of each client container: the port range, and every field
-        that names a sysctl (a new TCP setting is one Field with ``sysctl=``)."""
+        that names a sysctl (a new TCP setting is one Field with ``sysctl=``); an optional
+        field left unset keeps the kernel's value."""
         out = {"net.ipv4.ip_local_port_range": f"{self.port_lo} {self.port_hi}"}
         for name, field in FIELDS.items():
-            if field.sysctl:
+            if field.sysctl and getattr(self, name) is not None:
                 out[field.sysctl] = str(getattr(self, name))
         return out
 
