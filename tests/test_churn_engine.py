@@ -42,7 +42,7 @@ def test_client_closes_without_reuse_stops_with_eaddrnotavail_when_the_pool_is_i
     assert row["error"] == "EADDRNOTAVAIL" and row["errno"] == 99
     assert abs(row["connections"] - pred["stop_after"][0]) <= 2
     assert row["elapsed_s"] == pytest.approx(pred["stop_at_s"][0], rel=0.1)
-    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
     # every port the client used sits in TIME_WAIT on the client side, none on the server
     assert peak(series, "client") == row["connections"]
     assert peak(series, "server") == 0
@@ -60,7 +60,7 @@ def test_client_closes_with_reuse_does_not_stop(engine, tmp_path):
     assert row["error"] == "DURATION" and row["errno"] is None
     assert row["connections"] == pytest.approx(2000, rel=0.03)
     assert not record["churn"]["prediction"]["stops"]
-    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
     # the ports cycle through TIME_WAIT; at 400/s one parity of the range is enough
     predicted = record["churn"]["prediction"]["client_time_wait"][0]
     assert predicted == 500 and 0.95 * predicted <= peak(series, "client") <= 1.05 * predicted
@@ -80,7 +80,7 @@ def test_server_closes_leaves_time_wait_on_the_server_and_the_client_does_not_st
     # range, so about half of it (the model's figure)
     predicted = record["churn"]["prediction"]["server_time_wait"]
     assert 0.9 * predicted <= peak(series, "server") <= 1000
-    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
 
 
 def test_a_short_reuse_delay_lets_the_unpaced_loop_run_and_timestamps_off_disable_reuse(
@@ -92,11 +92,11 @@ def test_a_short_reuse_delay_lets_the_unpaced_loop_run_and_timestamps_off_disabl
     assert row["error"] == "DURATION" and row["connections"] > 3000
     assert record["churn"]["prediction"]["sustainable_rate"] == [pytest.approx(
         (1000 - row["held_ports"]) / 0.05)]
-    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
     # without TCP timestamps tcp_tw_reuse cannot tell old segments apart: no reuse, so
     # 400/s stops after the pool, as with tw_reuse 0
     record, clients, _ = churn_run(engine, tmp_path, "churn-nots", rate=400, duration=5,
                                    closer="client", tw_reuse=1, timestamps=0)
     (row,) = clients.to_dicts()
     assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - (1000 - row["held_ports"])) <= 2
-    assert record["churn"]["verdict"]["agrees"], record["notes"]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]

@@ -267,12 +267,10 @@ def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
 def run_record(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]],
                held_ports: Sequence[int], *, finished: bool,
                seconds: Sequence[Mapping[str, Any]] = ()) -> dict:
-    """run.json's "churn" block: the prediction before the run, the verdict after it (when
-    the run finished), and the notes that explain it."""
+    """run.json's "churn" block: the prediction before the run and the verdict after it
+    (when the run finished; its sentence explains it)."""
     pred = predict(params, held_ports=held_ports)
-    out: dict[str, Any] = {"prediction": pred.to_dict(), "verdict": None, "notes": []}
+    out: dict[str, Any] = {"prediction": pred.to_dict(), "verdict": None}
     if finished:
-        v = verdict(run_id, params, clients, seconds=seconds)
-        out["verdict"] = v.to_dict()
-        out["notes"] = [v.sentence]
+        out["verdict"] = verdict(run_id, params, clients, seconds=seconds).to_dict()
     return out

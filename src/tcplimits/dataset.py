@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from . import churn_model, results
-from .params import FIELDS
+from .params import FIELDS, port_count
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8,  # server_workers may be "auto"
@@ -78,7 +78,9 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "connect_s": pl.Float64,
     "teardown_s": pl.Float64,
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
-    "notes": pl.Utf8,                       # run.json's notes, one per line
+    "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
+                                            # {client: [{addr, port, state, owner}]}
+    "somaxconn": pl.Int64,                  # net.core.somaxconn measured in the server container
     **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
         "connections": pl.Int64,            # measured: opened and closed, all processes
         "rate": pl.Float64,                 # measured: connections per second sustained
@@ -171,6 +173,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     prediction = record.get("prediction") or {}
     totals = record.get("totals") or {}
     held = record.get("held_ports")
+    facts = record.get("facts") or {}
     row: dict[str, Any] = {
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
@@ -189,7 +192,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "server_accepted": totals.get("server_accepted"),
         "held_ports": [_held_count(held[k]) for k in sorted(held, key=_client_order)]
         if isinstance(held, dict) else None,
-        "notes": "\n".join(map(str, record.get("notes") or [])) or None,
+        "held_sockets": facts.get("held_sockets"),
+        "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
     }
     row.update(_churn_columns(record.get("churn")))
@@ -198,7 +202,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:
         row["port_lo"], row["port_hi"] = lo_hi
-        row["port_count"] = lo_hi[1] - lo_hi[0] + 1
+        row["port_count"] = port_count(lo_hi)
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
