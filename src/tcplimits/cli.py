@@ -79,8 +79,12 @@ def summary(run_dir: Path) -> str:
         lines[0] += (f" in {record['duration_s']:.1f} s (setup {record['setup_s']:.1f} s,"
                      f" connecting {record.get('connect_s') or 0:.1f} s,"
                      f" teardown {record.get('teardown_s') or 0:.1f} s)")
+    if record.get("quiet_wait_s"):
+        lines.append(f"waited {record['quiet_wait_s']:.1f} s for a quiet host before connecting")
+    if record.get("noisy"):
+        lines.append(f"noisy: {record.get('noisy_reason')} (its times are suspect)")
     if not clients:
-        return lines[0]
+        return "\n".join(lines)
     lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
     for r in clients:
         lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "

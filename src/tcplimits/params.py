@@ -84,6 +84,15 @@ FIELDS: dict[str, Field] = {
               "hang for ~2 minutes)", 0.1, 300),
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
+        # A quiet host before connecting (tcplimits.host): bounds on the run, not physics.
+        Field("quiet_host_timeout", "float", 60.0,
+              "seconds to wait, before connecting, for the host's closed sockets (orphans + "
+              "TIME-WAIT) to drain to quiet_host_sockets; past it the point runs, marked "
+              "noisy",
+              0, 3600),
+        Field("quiet_host_sockets", "int", 1000,
+              "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
+              "as quiet", 0, 10_000_000),
         # --- churn (issue 11): connections opened and closed at a rate
         Field("mode", "choice", "hold",
               "hold: open connections and keep them until the first failure; churn: open, "
@@ -203,6 +212,8 @@ class RunParams:
     max_connections: int | None = _default("max_connections")
     connect_timeout: float = _default("connect_timeout")
     timeout: float = _default("timeout")
+    quiet_host_timeout: float = _default("quiet_host_timeout")
+    quiet_host_sockets: int = _default("quiet_host_sockets")
     mode: str = _default("mode")
     rate: int | str = _default("rate")
     duration: float = _default("duration")

@@ -12,10 +12,12 @@ Lines written (JSON, field "event"):
              connect_latency_s (mean over the second's connections)
   time_wait  per container (client or server main process), about once per second: at (wall
              clock, seconds since the epoch), time_wait (sockets in TIME_WAIT in the namespace)
-  result     per client process, once: connections, errno, error, message, elapsed_s, started_at
+  result     per client process, once: connections, errno, error, message, elapsed_s, cpu_s,
+             started_at
 """
 
 import errno
+import resource
 import select
 import signal
 import socket
@@ -107,6 +109,8 @@ def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_tim
     and one "result" line; returns the number of connections."""
     request = CLOSERS[closer]
     timeout = timeouts(connect_timeout)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_start = usage.ru_utime + usage.ru_stime
     interval = 1.0 / rate if rate else 0.0
     start = time.monotonic()
     started_at = time.time()
@@ -144,8 +148,10 @@ def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_tim
         number, name, message = None, "DURATION", f"ran the full {duration:g} s"
     else:
         number, name, message = common.describe_error(failure)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     common.emit("result", client=client, proc=proc, connections=done, errno=number, error=name,
-                message=message, elapsed_s=round(elapsed, 6), started_at=started_at)
+                message=message, elapsed_s=round(elapsed, 6), started_at=started_at,
+                cpu_s=round(usage.ru_utime + usage.ru_stime - cpu_start, 6))
     return done
 
 
@@ -172,10 +178,11 @@ class TimeWaitSampler:
 # --------------------------------------------------------------------------- server side
 
 
-def serve(listener, worker, stop_signals, report_every):
+def serve(listener, worker, stop_signals, report_every, close="abort"):
     """A churn server worker: accept, read each request, reply, and close first when asked
-    (b"s") or after the client's EOF (b"c"). poll() costs no descriptor. Returns (accepted,
-    first error, failed accept() calls)."""
+    (b"s") or after the client's EOF (b"c"). poll() costs no descriptor. On a stop signal the
+    connections still open are closed as ``close`` says (common.close_all), like a hold
+    server's. Returns (accepted, first error, failed accept() calls)."""
     poller = select.poll()
     lfd = listener.fileno()
     poller.register(lfd, select.POLLIN)
@@ -220,5 +227,6 @@ def serve(listener, worker, stop_signals, report_every):
         if accepted != reported and now - last_report >= report_every:
             reported, last_report = accepted, now
             common.emit("progress", worker=worker, accepted=accepted)
+    common.close_all([conn.detach() for conn in conns.values()], close)
     return accepted, first_error, accept_errors
 

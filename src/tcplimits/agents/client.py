@@ -9,8 +9,12 @@ RLIMIT_NOFILE.
 Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
-  result    per process, once: connections, errno, error, message, elapsed_s
+  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
+            system CPU seconds of the process meanwhile)
   churn, time_wait   in churn mode (see churn.py)
+
+On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
+in the host's kernel once the container is gone.
 """
 
 import argparse
@@ -39,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     add_churn_args(p)
     return p.parse_args(argv)
 
@@ -76,9 +82,15 @@ def held_in_range(lo, hi):
     ]
 
 
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def connect_until_failure(args, proc, server_addr):
     """One worker: connect in a loop, keep every socket, stop at the first failure."""
     held = []  # raw descriptors: an int costs less than a socket object
+    cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
@@ -115,7 +127,8 @@ def connect_until_failure(args, proc, server_addr):
     else:
         number, name, message = common.describe_error(failure)
     common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
-                error=name, message=message, elapsed_s=round(elapsed, 6))
+                error=name, message=message, elapsed_s=round(elapsed, 6),
+                cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
 
 
@@ -132,7 +145,7 @@ def worker(args, proc, server_addr, started):
     else:
         held = connect_until_failure(args, proc, server_addr)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
-    del held  # the descriptors close when the process exits
+    common.close_all(held, args.close)
     return 0
 
 

@@ -5,6 +5,13 @@ import errno
 import json
 import os
 import socket
+import struct
+
+# SO_LINGER on with a zero timeout: close() resets the connection (RST) and frees the socket at
+# once, instead of a FIN handshake that leaves an orphan or a TIME-WAIT entry in the kernel
+# after the container's namespace is gone, slowing the next run's connect().
+LINGER_ABORT = struct.pack("ii", 1, 0)
+CLOSE_MODES = ("abort", "graceful")
 
 _TCP_STATES = {
     "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
@@ -41,10 +48,11 @@ def _hex_addr(text):
     return addr, int(port, 16)
 
 
-def tcp_sockets():
-    """Every TCP socket of this network namespace: (local addr, local port, state)."""
+def tcp_sockets(net_dir="/proc/net"):
+    """Every TCP socket of this network namespace (or of the one ``net_dir``, such as
+    /proc/<pid>/net, belongs to): (local addr, local port, state)."""
     found = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for path in (f"{net_dir}/tcp", f"{net_dir}/tcp6"):
         try:
             with open(path) as f:
                 next(f)
@@ -67,3 +75,19 @@ def forward_signal(pids, signum):
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
+
+
+def close_all(fds, mode="abort"):
+    """Close held socket descriptors; "abort" resets each connection (see LINGER_ABORT),
+    "graceful" is a plain close() (FIN)."""
+    for fd in fds:
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:  # not a socket any more
+            continue
+        if mode == "abort":
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+            except OSError:
+                pass
+        s.close()

@@ -10,6 +10,8 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   time_wait  with --churn, about once per second (see churn.py)
 With --churn the workers answer each connection's request and close it (churn.serve)
 instead of holding it.
+
+On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
 
 import argparse
@@ -43,11 +45,14 @@ def parse_args(argv=None):
                    help="answer and close each connection (clients in churn mode)")
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
-def serve(listener, worker):
-    """Accept until SIGTERM; return (accepted, first error, failed accept() calls)."""
+def serve(listener, worker, close="abort"):
+    """Accept until SIGTERM, then close every connection; return (accepted, first error,
+    failed accept() calls)."""
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
@@ -70,15 +75,16 @@ def serve(listener, worker):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
+    common.close_all(held, close)
     return len(held), first_error, accept_errors
 
 
-def worker_main(listener, worker, churning=False):
+def worker_main(listener, worker, close, churning=False):
     if churning:
         accepted, error, accept_errors = churn.serve(listener, worker, STOP_SIGNALS,
-                                                     REPORT_EVERY_S)
+                                                     REPORT_EVERY_S, close)
     else:
-        accepted, error, accept_errors = serve(listener, worker)
+        accepted, error, accept_errors = serve(listener, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -99,7 +105,7 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker, args.churn))
+            os._exit(worker_main(listener, worker, args.close, args.churn))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())

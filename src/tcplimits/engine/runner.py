@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import churn_model, model, results
+from .. import churn_model, host, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -35,12 +35,15 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     t0 = time.monotonic()
     image = ensure_image(client, log=log)
     engine = probe_engine(client, image=image.id, log=log)
+    local_host = host.engine_is_local(client.api.base_url)
     record: dict[str, Any] = {
         "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
         "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
-        "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
+        "duration_s": None, "setup_s": None, "quiet_wait_s": None, "connect_s": None,
+        "teardown_s": None, "noisy": None, "noisy_reason": None,
         "environment": environment(engine, image), "totals": None, "held_ports": None,
         "facts": {},  # what the engine measured; tcplimits.model explains from it
+        "host_tcp": {"before": host.read_state(local_host)},
     }
     cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
@@ -60,7 +63,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
     interrupted: BaseException | None = None
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
-                            live=progress)
+                            live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
     try:
         with signals_raise(), experiment:
@@ -68,6 +71,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.create_network()
                 experiment.start_server()
                 experiment.start_clients()
+                experiment.wait_quiet()
                 experiment.start_connecting()
                 experiment.wait_for_clients()
                 if params.churn:
@@ -110,6 +114,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
             run_id, params, clients,
             [len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
             finished=status == "ok", seconds=state.churn)
+    if experiment.quiet is not None:  # it got as far as connecting
+        record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
+        record["host_tcp"]["at_connect"] = experiment.quiet.before
+    record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
               compose=compose_file(experiment.specs, run_id),
               churn=churn_rows(state, run_id, experiment.connect_started_at))
