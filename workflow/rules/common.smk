@@ -6,7 +6,7 @@ import re
 
 from snakemake.utils import validate
 
-from tcplimits import browser, dataset, grid, render, results
+from tcplimits import browser, dataset, grid, results
 
 # The schema ships inside the package: the workflow and an installed tcplimits read one file.
 validate(config, schema=str(grid.SCHEMA_PATH))

@@ -7,6 +7,8 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
+  worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
+             pid, code (negative: the signal)
   time_wait  with --churn, about once per second (see churn.py)
 With --churn the workers answer each connection's request and close it (churn.serve)
 instead of holding it.
@@ -118,10 +120,13 @@ def main(argv=None):
         if signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
             live.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0:  # killed, out of memory, a crash
+                common.emit("worker_exit", worker=children.index(pid) + 1, pid=pid,
+                            code=os.waitstatus_to_exitcode(status))
     return 0
 
 

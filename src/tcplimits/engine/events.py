@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import faults
+
 Log = Callable[[str], None]
 
 
@@ -78,6 +80,9 @@ class RunState:
             elif kind == "result":
                 self.server_results[event["worker"]] = event
                 self.server_progress[event["worker"]] = event["accepted"]
+            elif kind == "worker_exit":  # a server worker died (killed, out of memory)
+                self.died.append(faults.worker_exit_reason(
+                    "server", event["pid"], event["code"], f"worker {event.get('worker')}"))
         elif kind == "ready":
             self.ready[event["client"]] = event
         elif kind == "progress":
@@ -92,8 +97,7 @@ class RunState:
             if key not in self.results:
                 self.progress[key] = self.progress.get(key, 0) + event["opened"]
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
-            self.died.append(f"{role} process pid {event['pid']} exited with code "
-                             f"{event['code']} before reporting")
+            self.died.append(faults.worker_exit_reason(role, event["pid"], event["code"]))
 
     @property
     def connections(self) -> int:
