@@ -114,8 +114,8 @@ def test_client_closes_with_reuse_below_range_per_delay_does_not_stop(tmp_path):
     # 100 ports reusable 1 s (tcp_tw_reuse_delay) after their close: 50/s stays below that
     out, _ = in_netns(tmp_path, rate=50, duration=4, closer="client", reuse=1, wait=5)
     (result,) = [e for e in out if e["event"] == "result"]
-    assert result["error"] == "DURATION"
-    assert 195 <= result["connections"] <= 201
+    assert result["error"] == "DURATION"  # never EADDRNOTAVAIL, though 200 > 100 ports
+    assert 150 <= result["connections"] <= 201  # a loaded host may slow the paced loop
 
 
 @needs_netns
