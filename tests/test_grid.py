@@ -193,7 +193,7 @@ def test_schema_mirrors_params_fields():
         assert spec.get("description"), name
         assert props["experiment"]["properties"][name]["default"] == field.default, name
         if field.kind == "choice":
-            assert spec["enum"] == list(field.choices), name
+            assert spec["type"] == "string" and tuple(spec["enum"]) == field.choices, name
             continue
         if field.kind in ("workers", "rate"):
             numeric = next(s for s in spec["oneOf"] if "type" in s)
@@ -225,7 +225,7 @@ def test_schema_refuses_unknown_keys_everywhere():
     walk(SCHEMA)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml", "fourtuple.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = grid.load_config(ROOT / "config" / name)
     points = grid.points(cfg)
@@ -236,8 +236,11 @@ def test_shipped_configs_are_valid(name):
 
 def test_default_config_shows_every_phenomenon_at_small_scale():
     points = grid.points(grid.load_config(ROOT / "config" / "config.yaml"))
-    assert 8 <= len(points) <= 13
+    assert 8 <= len(points) <= 17
     params = [p.params for p in points]
+    # The 4-tuple: a member that lifts the cap, and a bind mode that loses it (issue 9).
+    assert {p.bind_mode for p in params} >= {"connect", "bind", "bind-no-port"}
+    assert any(p.server_addrs > 1 for p in params) and any(p.server_ports > 1 for p in params)
     assert {p.clients for p in params} >= {1, 2, 3}
     assert any(p.procs > 1 and p.nofile * p.procs > p.port_count for p in params)  # shared pool
     assert any(p.nofile - 3 < p.port_count for p in params)  # descriptor-bound

@@ -382,6 +382,37 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     return _named(chart, "churn_rate_vs_model")
 
 
+BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#54a24b"}
+
+
+def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
+    """Connections per client address against the size of its 4-tuple space (pool x server
+    ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
+    one connection per 4-tuple. ``points``: tuple_findings.chart_frame."""
+    df = _ensure(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
+                 client_addrs=pl.Int64)
+    lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
+    x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,
+              title="4-tuple space (pool x server ports x addrs)")
+    line = alt.Chart(pl.DataFrame({"space": [lo, hi]})).mark_line(
+        strokeDash=[4, 3], color="#888", strokeWidth=1).encode(x=x, y=alt.Y("space:Q", scale=LOG))
+    dots = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
+        x=x,
+        y=alt.Y("per_address:Q", scale=LOG, axis=COUNT_AXIS,
+                title="connections per client address"),
+        color=alt.Color("bind_mode:N", title="bind mode", legend=None,
+                        scale=_scale(BIND_MODE_COLORS, df["bind_mode"])),
+        shape=alt.Shape("client_addrs:O", title="client addresses"),
+        tooltip=["run_id", "bind_mode", "server_ports", "server_addrs", "client_addrs",
+                 "space", "per_address", "errno"],
+    )
+    chart = alt.layer(line, dots, data=df).properties(width=190, height=200).facet(
+        column=alt.Column("bind_mode:N", title="bind mode", sort=list(BIND_MODE_COLORS)),
+    ).properties(title=alt.Title("Connections per client address against its 4-tuple space",
+                                 subtitle="dashed: one connection per 4-tuple"))
+    return _named(chart, "tuple_space")
+
+
 def _vl_version() -> str:
     # vl-convert names Vega-Lite versions like "v6_4"; Altair's schema is "v6.4.1".
     return "_".join(alt.SCHEMA_VERSION.split(".")[:2])

@@ -118,6 +118,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
 # Parameter columns joined (on run_id) onto every row of the per-run tables.
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
                  "resolved_server_nofile", "server_workers", "backlog", "max_connections",
+                 "server_ports", "server_addrs", "client_addrs", "bind_mode",
                  "mode", "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps"]
 
 
@@ -128,12 +129,14 @@ def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
 CLIENTS_SCHEMA = _with_params(results.CLIENTS_SCHEMA)
 SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
 SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
+DESTINATIONS_SCHEMA = _with_params(results.DESTINATIONS_SCHEMA)
 CHURN_SCHEMA = _with_params(results.CHURN_SCHEMA)
 
 TABLES = {  # dataset name -> (run directory file, dataset schema)
     "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
     "server": (results.SERVER_FILE, SERVER_SCHEMA),
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
+    "destinations": (results.DESTINATIONS_FILE, DESTINATIONS_SCHEMA),
     "churn": (results.CHURN_FILE, CHURN_SCHEMA),
 }
 # The dataset's tables, each <name>.parquet: the one list the renderer and the workflow use.
@@ -194,7 +197,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
         "reason": record.get("reason"),
-        **{name: params.get(name) for name in PARAMS_SCHEMA},
+        # A run made before a parameter existed ran with its default.
+        **{name: params.get(name, FIELDS[name].default) for name in PARAMS_SCHEMA},
         "resolved_server_nofile": resolved.get("server_nofile"),
         "resolved_server_workers": resolved.get("server_workers"),
         "predicted_total": prediction.get("total"),
@@ -306,7 +310,7 @@ def _table_problem(run_dir: Path, record: dict) -> str | None:
     another run."""
     for file in results.SCHEMAS:
         if not (run_dir / file).exists():
-            if file == results.CHURN_FILE:  # run directories from before mode churn lack it
+            if file in results.LATER_FILES:
                 continue
             return f"{file} is missing"
         try:

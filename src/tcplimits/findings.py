@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from . import charts, churn_model, model, render
+from . import charts, churn_model, model, render, tuple_findings
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
@@ -90,7 +90,7 @@ class Blocks(list):
 class Data:
     """The dataset's tables and every finished run set against the model. ``runs``,
     ``clients``, ``server`` and ``series`` hold the points of mode hold (the connections held);
-    ``churn_runs`` and ``churn`` the points of mode churn (section 10)."""
+    ``churn_runs`` and ``churn`` the points of mode churn (section 12)."""
 
     runs: pl.DataFrame
     clients: pl.DataFrame
@@ -196,7 +196,7 @@ def question(d: Data) -> Blocks:
     counts = status_counts(d.runs)
     out.md(f"This run set has **{plural(d.runs.height, 'point')}**: {counts[STATUS_OK]:,} "
            f"finished, {counts[STATUS_FAILED]:,} failed and {counts[STATUS_UNSUPPORTED]:,} could "
-           "not run on this engine (section 9). What each varied parameter tests:")
+           "not run on this engine (section 11). What each varied parameter tests:")
     varied = varied_parameters(d.runs)
     if varied.is_empty():
         return out.md("No parameter varies: the run set is a single configuration.")
@@ -604,7 +604,28 @@ def server_side(d: Data) -> Blocks:
     return out.table(gaps) if not gaps.is_empty() else out
 
 
-# --- 9. Failed and unsupported points; rerunning ----------------------------------------------
+# --- 9. The 4-tuple, member by member; 10. The book's claim (tcplimits.tuple_findings) --------
+
+def tuple_members(d: Data) -> Blocks:
+    out = Blocks()
+    points = tuple_findings.tuple_points(d.runs, d.clients)
+    if not tuple_findings.varies_tuple(points):
+        return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
+                      "has them all.")
+    out.chart(charts.tuple_space(tuple_findings.chart_frame(points)))
+    for sentence in tuple_findings.member_sentences(points):
+        out.md(sentence)
+    return out.table(tuple_findings.member_table(points))
+
+
+def book_claim(d: Data) -> Blocks:
+    claim = tuple_findings.book_claim(tuple_findings.tuple_points(d.runs, d.clients), d.runs)
+    return Blocks().md("\n".join(f"- {sentence}" for sentence in claim) if claim else
+                       "This sweep has no point that tests the claim; "
+                       "`config/fourtuple.yaml` has them.")
+
+
+# --- 11. Failed and unsupported points; rerunning ---------------------------------------------
 
 def run_command(run: Mapping[str, Any]) -> str:
     """The `tcplimits run` command that repeats a point (a runs row)."""
@@ -643,7 +664,7 @@ def rerun(d: Data) -> Blocks:
                     + "</details>")
 
 
-# --- 10. Churn --------------------------------------------------------------------------------
+# --- 12. Churn --------------------------------------------------------------------------------
 
 def is_churn(runs: pl.DataFrame) -> pl.Series:
     """Per run: mode churn (a dataset from before mode existed is all hold)."""
@@ -745,7 +766,7 @@ def churn(d: Data) -> Blocks:
                                    "outcome", "stopped_at_s", "model_stop_at_s", "verdict"))
 
 
-# --- 11. Conclusion ---------------------------------------------------------------------------
+# --- 13. Conclusion ---------------------------------------------------------------------------
 
 def server_answer(d: Data) -> list[str]:
     """How many connections one server held, what client addresses add, where it ran out."""

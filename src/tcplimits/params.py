@@ -20,6 +20,14 @@ PORT_MAX = 65535
 # fs.nr_open's default: no hard limit can exceed it.
 NOFILE_MAX = 1_048_576
 KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
+# The 4-tuple's members: server ports, server addresses, client source addresses. Addresses
+# come from the experiment network's /24 (see tcplimits.addresses), so 64 of each fit.
+TUPLE_MAX = 64
+# How a client gets its source port (see agents/client.py and model.tuple_capacity).
+BIND_MODES = ("connect", "bind", "bind-no-port")
+# (source, destination) pairs one client process spreads over: each is one row of the
+# destinations table and one entry of the agent's report.
+PAIRS_MAX = 4096
 
 MODES = ("hold", "churn")
 CLOSERS = ("client", "server")
@@ -114,6 +122,20 @@ FIELDS: dict[str, Field] = {
         Field("timestamps", "int", None,
               "net.ipv4.tcp_timestamps in each client container (tcp_tw_reuse needs them; "
               "default: the kernel's, 1)", 0, 2, optional=True, sysctl="net.ipv4.tcp_timestamps"),
+        # The 4-tuple, member by member (issue 9).
+        Field("server_ports", "int", 1,
+              "ports the server listens on; every client process spreads its connections "
+              "over them", 1, TUPLE_MAX),
+        Field("server_addrs", "int", 1,
+              "IPv4 addresses the server answers on (the book's virtual IPs); clients "
+              "spread over them", 1, TUPLE_MAX),
+        Field("client_addrs", "int", 1,
+              "source addresses of each client container; its processes spread over them "
+              "(plain connect() ignores them: the route picks the source)", 1, TUPLE_MAX),
+        Field("bind_mode", "choice", "connect",
+              "how a client gets its source port: connect (plain connect()), bind "
+              "(bind((addr, 0)) then connect()), bind-no-port (bind() with "
+              "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
     ]
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
@@ -221,6 +243,10 @@ class RunParams:
     tw_reuse: int = _default("tw_reuse")
     tw_reuse_delay: int | None = _default("tw_reuse_delay")
     timestamps: int | None = _default("timestamps")
+    server_ports: int = _default("server_ports")
+    server_addrs: int = _default("server_addrs")
+    client_addrs: int = _default("client_addrs")
+    bind_mode: str = _default("bind_mode")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -246,6 +272,11 @@ class RunParams:
             coerced = _coerce(FIELDS[f.name], value, f.name)
             if coerced != value or type(coerced) is not type(value):
                 object.__setattr__(self, f.name, coerced)
+        pairs = self.server_addrs * self.server_ports * self.client_addrs
+        if pairs > PAIRS_MAX:
+            raise ParamError("server_addrs x server_ports x client_addrs", pairs,
+                             f"at most {PAIRS_MAX} (source, destination) pairs per client "
+                             "process")
         if self.mode != "churn":
             for name in CHURN_ONLY:
                 if getattr(self, name) != FIELDS[name].default:
@@ -286,6 +317,11 @@ class RunParams:
             if field.sysctl and getattr(self, name) is not None:
                 out[field.sysctl] = str(getattr(self, name))
         return out
+
+    @property
+    def destinations(self) -> int:
+        """(server address, server port) pairs every client process spreads over."""
+        return self.server_addrs * self.server_ports
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

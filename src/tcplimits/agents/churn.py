@@ -178,23 +178,24 @@ class TimeWaitSampler:
 # --------------------------------------------------------------------------- server side
 
 
-def serve(listener, worker, stop_signals, report_every, close="abort"):
+def serve(listeners, worker, stop_signals, report_every, close="abort"):
     """A churn server worker: accept, read each request, reply, and close first when asked
     (b"s") or after the client's EOF (b"c"). poll() costs no descriptor. On a stop signal the
     connections still open are closed as ``close`` says (common.close_all), like a hold
     server's. Returns (accepted, first error, failed accept() calls)."""
     poller = select.poll()
-    lfd = listener.fileno()
-    poller.register(lfd, select.POLLIN)
+    by_fd = {listener.fileno(): listener for listener in listeners}
+    for lfd in by_fd:
+        poller.register(lfd, select.POLLIN)
     conns = {}  # fd -> socket
     accepted, first_error, accept_errors = 0, None, 0
     last_report, reported = 0.0, -1
     while not (stop_signals & signal.sigpending()):
         for fd, _ in poller.poll(report_every * 1000):
-            if fd == lfd:
+            if fd in by_fd:
                 while True:
                     try:
-                        conn, _ = listener.accept()
+                        conn, _ = by_fd[fd].accept()
                     except BlockingIOError:
                         break
                     except OSError as exc:

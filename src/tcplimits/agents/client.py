@@ -6,9 +6,17 @@ Runs inside a client container with the standard library only. The container's m
 forks --procs workers; they share the container's ephemeral port pool, each has its own
 RLIMIT_NOFILE.
 
+Each process spreads its connections over (source address, server address, server port)
+pairs, round-robin, and gets its source port as --bind-mode says (see tcplimits.fourtuple):
+a pair whose port pool runs out is dropped and the others go on; any other error stops the
+process. With one pair (the default) that is "connect until the first failure".
+
 Lines written (one JSON object each, field "event"):
-  ready     per container: port range in force, ports of it already held, nofile
+  ready     per container: port range in force, sockets of it already held, nofile, the
+            capabilities the agent holds (none: containers run with cap_drop ALL)
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
+  pairs     per process, before its result, in chunks: [source, address, port, connections,
+            error] per pair
   result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
             system CPU seconds of the process meanwhile)
   churn, time_wait   in churn mode (see churn.py)
@@ -18,6 +26,7 @@ in the host's kernel once the container is gone.
 """
 
 import argparse
+import errno
 import os
 import resource
 import signal
@@ -32,10 +41,33 @@ except ImportError:  # run as a script inside the container
     import common
 
 
+BIND_MODES = ("connect", "bind", "bind-no-port")
+# errnos that mean "this pair's port pool is exhausted": drop the pair, go on with the others.
+POOL_ERRNOS = {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
+# <linux/in.h>; Python's socket module does not name it.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+PAIRS_PER_LINE = 40  # keeps each line under PIPE_BUF, so lines of processes never interleave
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _strs(text):
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", default="server", help="server host name or address")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--server", default="server",
+                   help="server host name or address; several separated by commas")
+    p.add_argument("--port", type=_ints, default=[5000], help="server port(s), comma-separated")
+    p.add_argument("--sources", type=_strs, default=[],
+                   help="extra source addresses to bind (modes bind and bind-no-port), "
+                        "comma-separated; the address the route picks always comes first")
+    p.add_argument("--bind-mode", choices=BIND_MODES, default="connect",
+                   help="connect: plain connect(); bind: bind((source, 0)) then connect(); "
+                        "bind-no-port: bind() with IP_BIND_ADDRESS_NO_PORT, then connect()")
     p.add_argument("--client", type=int, default=1, help="this container's number")
     p.add_argument("--procs", type=int, default=1, help="worker processes")
     p.add_argument("--connect-timeout", type=float, default=3.0)
@@ -87,30 +119,75 @@ def _cpu_s():
     return usage.ru_utime + usage.ru_stime
 
 
-def connect_until_failure(args, proc, server_addr):
-    """One worker: connect in a loop, keep every socket, stop at the first failure."""
+def route_source(server_addr):
+    """The source address the route picks toward the server (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((server_addr, 9))
+        return s.getsockname()[0]
+
+
+def make_pairs(args, server_addrs):
+    """(source, address, port) in spreading order; plain connect() lets the route pick the
+    source (None). Same order as tcplimits.fourtuple.pairs."""
+    if args.bind_mode == "connect":
+        sources = [None]
+    else:
+        primary = route_source(server_addrs[0])
+        sources = [primary] + [a for a in args.sources if a != primary]
+    return [(s, a, p) for s in sources for a in server_addrs for p in args.port]
+
+
+def open_one(args, pair):
+    """One connection of ``pair``, its source port chosen as --bind-mode says."""
+    source, addr, port = pair
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if args.bind_mode == "bind-no-port":
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        if args.bind_mode != "connect":
+            s.bind((source, 0))
+        s.settimeout(args.connect_timeout)
+        s.connect((addr, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def connect_until_failure(args, proc, server_addrs):
+    """One worker: connect round-robin over the pairs, keep every socket, drop a pair when its
+    pool is exhausted, stop when every pair is or at the first other failure."""
     held = []  # raw descriptors: an int costs less than a socket object
+    pairs = make_pairs(args, server_addrs)
+    counts = [0] * len(pairs)
+    errors = [None] * len(pairs)
+    sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
+    live = list(range(len(pairs)))
+    turn = (proc - 1) % len(pairs)  # processes start on different pairs
     cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
     limit = args.max_connections or None
-    while limit is None or len(held) < limit:
+    while live and (limit is None or len(held) < limit):
+        turn %= len(live)
+        index = live[turn]
         t0 = time.monotonic()
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE: out of descriptors
+            s = open_one(args, pairs[index])
+        except OSError as exc:  # EMFILE in socket(), EADDRINUSE in bind(), ... in connect()
+            errors[index] = common.describe_error(exc)[1]
             failure = exc
-            break
-        try:
-            s.settimeout(args.connect_timeout)
-            s.connect(server_addr)
-        except OSError as exc:
-            s.close()
-            failure = exc
+            if exc.errno in POOL_ERRNOS and len(live) > 1:
+                live.pop(turn)
+                continue
             break
         window_latency += time.monotonic() - t0
+        if sources[index] is None:
+            sources[index] = s.getsockname()[0]
         held.append(s.detach())
+        counts[index] += 1
+        turn += 1
         n = len(held)
         if n - window_start >= args.sample_every:
             common.emit("progress", client=args.client, proc=proc, connections=n,
@@ -122,6 +199,10 @@ def connect_until_failure(args, proc, server_addr):
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
                     t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
+    rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
+    for first in range(0, len(rows), PAIRS_PER_LINE):
+        common.emit("pairs", client=args.client, proc=proc,
+                    pairs=rows[first:first + PAIRS_PER_LINE])
     if failure is None:
         number, name, message = None, "MAX_CONNECTIONS", f"reached --max-connections {limit}"
     else:
@@ -135,15 +216,15 @@ def connect_until_failure(args, proc, server_addr):
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def worker(args, proc, server_addr, started):
+def worker(args, proc, server_addrs, started):
     """Signals stay blocked in workers and are taken with sigwaitinfo(): no race between
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    if args.mode == "churn":
-        held = churn_process(args, proc, server_addr)
+    if args.mode == "churn":  # churn uses the first destination only
+        held = churn_process(args, proc, (server_addrs[0], args.port[0]))
     else:
-        held = connect_until_failure(args, proc, server_addr)
+        held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     common.close_all(held, args.close)
     return 0
@@ -153,7 +234,7 @@ def main(argv=None):
     args = parse_args(argv)
     lo, hi = port_range()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    server_addr = (socket.gethostbyname(args.server), args.port)
+    server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS)
@@ -161,11 +242,12 @@ def main(argv=None):
     for proc in range(1, args.procs + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker(args, proc, server_addr, started=not args.wait_signal))
+            os._exit(worker(args, proc, server_addrs, started=not args.wait_signal))
         children.append(pid)
     common.emit("ready", client=args.client, port_range=f"{lo}-{hi}", held=held,
-                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addr[0],
-                procs=len(children))
+                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addrs[0],
+                servers=server_addrs, ports=args.port, sources=args.sources,
+                bind_mode=args.bind_mode, capabilities=common.capabilities(), procs=len(children))
     live = set(children)
     # churn: the main process counts the namespace's TIME_WAIT sockets while it waits
     wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"

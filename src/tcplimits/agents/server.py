@@ -1,9 +1,10 @@
-"""Server agent: listen on one port, accept and hold every connection, count them, and report
-accept() errors (EMFILE when out of descriptors) instead of dying.
+"""Server agent: listen on one or more ports, accept and hold every connection, count them, and
+report accept() errors (EMFILE when out of descriptors) instead of dying.
 
-Runs inside the server container with the standard library only. The main process listens,
-then forks --workers processes that share the listening socket, each with its own
-RLIMIT_NOFILE. Lines written (JSON, field "event"):
+Runs inside the server container with the standard library only. The main process listens
+(on every address of the container: extra addresses answer too), then forks --workers
+processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lines written
+(JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
@@ -40,7 +41,8 @@ ERROR_PAUSE_S = 0.1
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=lambda t: [int(v) for v in t.split(",") if v.strip()],
+                   default=[5000], help="port(s) to listen on, comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--backlog", type=int, default=128)
     p.add_argument("--churn", action="store_true",
@@ -52,16 +54,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(listener, worker, close="abort"):
+def serve(listeners, worker, close="abort"):
     """Accept until SIGTERM, then close every connection; return (accepted, first error,
     failed accept() calls)."""
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
     poller = select.poll()  # poll, unlike epoll, costs no descriptor
-    poller.register(listener, select.POLLIN)
+    by_fd = {listener.fileno(): listener for listener in listeners}
+    for listener in listeners:
+        poller.register(listener, select.POLLIN)
     while not (STOP_SIGNALS & signal.sigpending()):
-        if poller.poll(REPORT_EVERY_S * 1000):
+        for fd, _ in poller.poll(REPORT_EVERY_S * 1000):
+            listener = by_fd[fd]
             while True:  # drain the queue
                 try:
                     conn, _ = listener.accept()
@@ -81,12 +86,12 @@ def serve(listener, worker, close="abort"):
     return len(held), first_error, accept_errors
 
 
-def worker_main(listener, worker, close, churning=False):
+def worker_main(listeners, worker, close, churning=False):
     if churning:
-        accepted, error, accept_errors = churn.serve(listener, worker, STOP_SIGNALS,
+        accepted, error, accept_errors = churn.serve(listeners, worker, STOP_SIGNALS,
                                                      REPORT_EVERY_S, close)
     else:
-        accepted, error, accept_errors = serve(listener, worker, close)
+        accepted, error, accept_errors = serve(listeners, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -96,23 +101,27 @@ def worker_main(listener, worker, close, churning=False):
 def main(argv=None):
     args = parse_args(argv)
     if args.check:
-        return 0 if common.is_listening(args.port) else 1
+        return 0 if all(common.is_listening(port) for port in args.port) else 1
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD} | STOP_SIGNALS)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("0.0.0.0", args.port))
-    listener.listen(args.backlog)
-    listener.setblocking(False)
+    listeners = []
+    for port in args.port:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(args.backlog)
+        listener.setblocking(False)
+        listeners.append(listener)
     children = []
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker, args.close, args.churn))
+            os._exit(worker_main(listeners, worker, args.close, args.churn))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
-    common.emit("listening", port=args.port, backlog=args.backlog, somaxconn=somaxconn,
-                workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    common.emit("listening", port=args.port[0], ports=args.port, backlog=args.backlog, somaxconn=somaxconn,
+                workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                capabilities=common.capabilities())
     live = set(children)
     wait = churn.TimeWaitSampler("server").wait if args.churn else signal.sigwaitinfo
     while live:

@@ -58,6 +58,7 @@ class RunState:
     progress: dict[tuple[int, int], int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     results: dict[tuple[int, int], dict] = field(default_factory=dict)
+    pairs: dict[tuple[int, int], list] = field(default_factory=dict)  # (client, proc) -> pairs
     server_listening: dict | None = None
     server_progress: dict[int, int] = field(default_factory=dict)
     server_results: dict[int, dict] = field(default_factory=dict)
@@ -96,6 +97,8 @@ class RunState:
             key = (event["client"], event["proc"])
             if key not in self.results:
                 self.progress[key] = self.progress.get(key, 0) + event["opened"]
+        elif kind == "pairs":  # connections per (source, server address, server port)
+            self.pairs.setdefault((event["client"], event["proc"]), []).extend(event["pairs"])
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
             self.died.append(faults.worker_exit_reason(role, event["pid"], event["code"]))
 

@@ -1,8 +1,13 @@
 """One run's resources and lifecycle on the Docker engine. The steps are public methods, called
 in this order by ``run_experiment`` (other steps may go between them):
 
-    create_network -> start_server -> start_clients -> wait_quiet -> start_connecting
-    -> wait_for_clients -> [mode churn: wait_for_duration] -> collect_server
+    create_network -> start_server -> add_server_addresses -> start_clients
+    -> add_client_addresses -> wait_quiet -> start_connecting -> wait_for_clients
+    -> [mode churn: wait_for_duration] -> collect_server
+
+The address steps do nothing unless the run asks for extra addresses (server_addrs or
+client_addrs > 1): then the network gets an explicit subnet and ip_range, and a NET_ADMIN
+helper adds the addresses in each target's namespace (tcplimits.addresses).
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
@@ -19,7 +24,7 @@ from typing import Any, Callable
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, faults, host, results
+from .. import LABEL, RUN_LABEL, addresses, faults, fourtuple, host, results
 from ..faults import RunFailed
 from ..params import RunParams
 from .cleanup import owner, shielded, sweep
@@ -67,6 +72,10 @@ class Experiment:
         self.created_at = time.time()  # for the engine's events of this run
         self.left_behind: list[str] = []  # what a lost engine kept us from removing
         self._engine_gone = False
+        self.address_plan: addresses.AddressPlan | None = None
+        self.addresses: dict[str, list[str]] = {}    # role -> every IPv4 address it had
+        self.helpers: list[dict] = []                # what each NET_ADMIN helper did
+        self.network_ipam: list[dict] | None = None  # the network's subnet(s), as created
 
     def __enter__(self) -> "Experiment":
         return self
@@ -88,7 +97,9 @@ class Experiment:
         """Every step in order, nothing between them."""
         self.create_network()
         self.start_server()
+        self.add_server_addresses()
         self.start_clients()
+        self.add_client_addresses()
         self.wait_quiet()
         self.start_connecting()
         self.wait_for_clients()
@@ -99,9 +110,27 @@ class Experiment:
     def create_network(self) -> None:
         """The run's internal bridge network; setup time counts from here."""
         self._setup_started = time.monotonic()
-        self.network = self.client.networks.create(
-            self.network_name, driver="bridge", internal=True, labels=self.labels,
-            check_duplicate=True)
+        if addresses.needs_extra(self.params):
+            self.network, self.address_plan = addresses.create_network(
+                self.client, self.network_name, self.params, self.labels)
+        else:
+            self.network = self.client.networks.create(
+                self.network_name, driver="bridge", internal=True, labels=self.labels,
+                check_duplicate=True)
+        self.network.reload()
+        self.network_ipam = [{"subnet": c.get("Subnet"), "ip_range": c.get("IPRange") or None,
+                              "gateway": c.get("Gateway")}
+                             for c in (self.network.attrs.get("IPAM") or {}).get("Config") or []]
+
+    def add_server_addresses(self) -> list[str]:
+        """The server's extra addresses (the book's virtual IPs); returns all of them."""
+        return self._add_addresses("server")
+
+    def add_client_addresses(self) -> None:
+        """Each client's extra source addresses, before the start signal: no client binds
+        before they exist."""
+        for role in self.client_roles:
+            self._add_addresses(role)
 
     def start_server(self) -> str:
         """Start the server and wait until it listens; returns its address."""
@@ -119,7 +148,11 @@ class Experiment:
         roles = self.client_roles
         for role in roles:
             spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
-            spec["command"][spec["command"].index("--server") + 1] = self.server_address
+            server = self.addresses.get("server") or [self.server_address]
+            spec["command"][spec["command"].index("--server") + 1] = ",".join(server)
+            extra = self.address_plan.extra.get(role) if self.address_plan else None
+            if extra and self.params.bind_mode != fourtuple.CONNECT:
+                spec["command"] += ["--sources", ",".join(extra)]
             self.containers[role] = self.client.containers.create(**spec)
         for role in roles:
             self.containers[role].start()
@@ -234,6 +267,24 @@ class Experiment:
                                out_dir / results.LOGS_DIR / f"{role}.log")
 
     # -- internals
+
+    def _add_addresses(self, role: str) -> list[str]:
+        """Every address of ``role`` after adding its extra ones (Docker's first), through a
+        NET_ADMIN helper in its namespace; the agent itself keeps no capability."""
+        primary = self.address(role)
+        extra = self.address_plan.extra.get(role, []) if self.address_plan else []
+        if extra:
+            container = self.containers[role]
+            done = addresses.add_addresses(self.client, self.image, container, extra,
+                                           self.address_plan.prefix, self.labels,
+                                           name=f"{container.name}-netadmin")
+            self.helpers.append(done)
+            missing = set(extra) - set(done["addresses_after"])
+            if missing:
+                raise RunFailed(f"{role}: addresses {sorted(missing)} missing after the "
+                                "helper ran")
+        self.addresses[role] = [primary, *extra]
+        return self.addresses[role]
 
     def _follow(self, role: str) -> None:
         reader = LogReader(self.containers[role], role, self.events)

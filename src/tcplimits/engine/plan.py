@@ -12,7 +12,7 @@ from typing import Any
 
 from docker.types import Ulimit
 
-from .. import model
+from .. import fourtuple, model
 from ..params import FIELDS, RunParams
 
 SERVER_PORT = 5000
@@ -69,6 +69,11 @@ def memory_limit(connections: int, procs: int) -> int:
     return (64 + 32 * procs) * 2**20 + connections * 8 * 2**10
 
 
+def server_ports(params: RunParams) -> str:
+    """The agents' --port value: SERVER_PORT, SERVER_PORT + 1, ... (one per server port)."""
+    return ",".join(map(str, fourtuple.server_ports(params.server_ports, SERVER_PORT)))
+
+
 def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: str,
                     network: str, labels: dict[str, str],
                     instance: str = "") -> dict[str, dict[str, Any]]:
@@ -84,7 +89,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             image=image,
             name=f"{prefix}-server",
             hostname="server",
-            command=["python3", f"{AGENTS}/server.py", "--port", str(SERVER_PORT),
+            command=["python3", f"{AGENTS}/server.py", "--port", server_ports(params),
                      "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)]
             + (["--churn"] if params.churn else []),
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
@@ -96,12 +101,14 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
     }
     for i in range(1, params.clients + 1):
         command = ["python3", f"{AGENTS}/client.py", "--server", "server",
-                   "--port", str(SERVER_PORT), "--client", str(i), "--procs", str(params.procs),
+                   "--port", server_ports(params), "--client", str(i), "--procs", str(params.procs),
                    "--connect-timeout", str(params.connect_timeout),
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
         if params.max_connections:
             command += ["--max-connections", str(params.max_connections)]
         command += churn_args(params)
+        if params.bind_mode != FIELDS["bind_mode"].default:
+            command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(
             hardening(),
             network=network, detach=True,

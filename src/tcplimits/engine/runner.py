@@ -18,8 +18,8 @@ from .events import Log, stderr_log
 from .experiment import Experiment, RunFailed
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import (churn_rows, client_rows, environment, now, run_facts, series_rows,
-                     server_rows, write_run)
+from .record import (churn_rows, client_rows, destination_rows, environment, now, run_facts,
+                     series_rows, server_rows, tuple_record, write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
@@ -82,7 +82,9 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
             try:
                 experiment.create_network()
                 experiment.start_server()
+                experiment.add_server_addresses()
                 experiment.start_clients()
+                experiment.add_client_addresses()
                 experiment.wait_quiet()
                 experiment.start_connecting()
                 experiment.wait_for_clients()
@@ -116,10 +118,13 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     held = facts["held_sockets"]
     prediction = model.predict(
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
-        held_ports=[len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
+        held_ports=[held.get(str(c), []) for c in range(1, params.clients + 1)],
         conntrack_max=engine.get("nf_conntrack_max"),
         somaxconn=facts["somaxconn"] or model.SOMAXCONN)
-    clients = client_rows(state, params, run_id, addresses)
+    own = {int(role[len("client"):]): addrs for role, addrs in experiment.addresses.items()
+           if role.startswith("client")}
+    clients = client_rows(state, params, run_id, addresses, own)
+    destinations = destination_rows(state, run_id)
     server = server_rows(state, run_id)
     series = series_rows(state, run_id)
     record["facts"].update(facts)
@@ -129,6 +134,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         totals={"connections": sum(r["connections"] or 0 for r in clients),
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
         fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
+        **tuple_record(experiment, state),
     )
     if params.churn:  # judged by the churn model, not by the hold model's prediction
         record["churn"] = churn_model.run_record(
@@ -140,7 +146,8 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         record["host_tcp"]["at_connect"] = experiment.quiet.before
     record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id), save_logs=experiment.save_logs,
+              compose=compose_file(experiment.specs, run_id), destinations=destinations,
+              save_logs=experiment.save_logs,
               churn=churn_rows(state, run_id, experiment.connect_started_at))
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
