@@ -315,6 +315,73 @@ def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
 
 # --- Drawing ----------------------------------------------------------------------------------
 
+CHURN_COLORS = {
+    "opened per second": "#4c78a8",
+    "TIME_WAIT, client": "#f58518",
+    "TIME_WAIT, server": "#e45756",
+}
+
+
+def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChart:
+    """Mode churn, one panel per point (``labels``: run id -> point label): connections
+    opened per second (all client processes) and TIME_WAIT sockets on the client side and on
+    the server side, against seconds since the clients started."""
+    df = _ensure(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
+                 t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
+    opened = (df.filter(pl.col("proc").is_not_null())
+              .with_columns(second=pl.col("t_s").floor())
+              .group_by("run_id", "second").agg(pl.col("opened").sum().alias("value"))
+              .rename({"second": "t_s"}).with_columns(series=pl.lit("opened per second")))
+    # TIME_WAIT per side: the client containers' counts added up, sample by sample
+    tw = (df.filter(pl.col("time_wait").is_not_null() & pl.col("proc").is_null())
+          .with_columns(second=pl.col("t_s").round(0))
+          .group_by("run_id", "role", "second").agg(pl.col("time_wait").max())
+          .group_by("run_id", "role", "second").agg(pl.col("time_wait").sum().alias("value"))
+          .rename({"second": "t_s"})
+          .with_columns(series=pl.concat_str(pl.lit("TIME_WAIT, "), pl.col("role")))
+          .drop("role"))
+    cols = ["run_id", "t_s", "value", "series"]
+    long = pl.concat([opened.select(cols), tw.select(cols)]).filter(pl.col("t_s") >= 0)
+    long = long.with_columns(point=pl.col("run_id").replace_strict(labels, default=None))
+    chart = alt.Chart(long).mark_line(strokeWidth=1.5, interpolate="step-after").encode(
+        x=alt.X("t_s:Q", title="seconds since the clients started"),
+        y=alt.Y("value:Q", title="connections per second / sockets"),
+        color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
+        tooltip=["point", "series", "t_s", "value"],
+    ).properties(width=250, height=130).facet(
+        facet=alt.Facet("point:N", title=None), columns=2,
+    ).resolve_scale(y="independent").properties(
+        title=alt.Title("Churn: rate and TIME_WAIT against time",
+                        subtitle="one panel per point; TIME_WAIT sampled about once a second"))
+    return _named(chart, "churn_timeline")
+
+
+def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
+    """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
+    model's sustainable rate (black ticks; none where no port bound applies). ``points``:
+    findings.churn_points()."""
+    df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
+                 point=pl.Utf8).filter(pl.col("sustained") > 0)
+    y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
+    x_scale = alt.Scale(type="log")
+    dots = alt.Chart(df).mark_point(filled=True, size=90).encode(
+        x=alt.X("sustained:Q", scale=x_scale, axis=COUNT_AXIS,
+                title="connections per second (log)"),
+        y=y,
+        color=alt.Color("outcome:N", title="ended with",
+                        scale=_scale({**ERRNO_COLORS, "DURATION": "#54a24b"}, df["outcome"])),
+        tooltip=["point", "sustained", "model_bound", "outcome"],
+    )
+    ticks = alt.Chart(df.filter(pl.col("model_bound").is_not_null())).mark_tick(
+        color="black", thickness=2, size=18).encode(x=alt.X("model_bound:Q", scale=x_scale), y=y)
+    chart = alt.layer(dots, ticks).properties(
+        width=420, height=alt.Step(24),
+        title=alt.Title("Sustained rate against the model",
+                        subtitle="black tick: the model's sustainable rate (ports / time each "
+                                 "is held)"))
+    return _named(chart, "churn_rate_vs_model")
+
+
 BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#54a24b"}
 
 

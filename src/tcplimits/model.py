@@ -298,6 +298,8 @@ def compare_run(
     did not finish ("failed", "unsupported")."""
     if run.get("status") != STATUS_OK or run.get("connections_total") is None:
         return None
+    if run.get("mode") == "churn":  # opened and closed, not held: churn_model judges it
+        return None
     params = params_of(run)
     held = held_counts(run.get("held_ports"), params.clients)
     if params.bind_mode == fourtuple.BIND:  # only the client rows say which ports bind() may take

@@ -9,6 +9,7 @@ leaves no partial result behind.
       clients.parquet   one row per client process (CLIENTS_SCHEMA)
       server.parquet    one row per server worker  (SERVER_SCHEMA)
       series.parquet    progress samples            (SERIES_SCHEMA)
+      churn.parquet     per-second churn series     (CHURN_SCHEMA; empty for mode hold)
       destinations.parquet  connections per client process and (source address, server
                         address, server port) pair (DESTINATIONS_SCHEMA)
       compose.yml       a docker-compose file that reproduces the run by hand
@@ -49,6 +50,12 @@ run.json keys:
                                    the server never listened)
                     server_workers [{worker, accepted, errno, error, message, accept_errors}]:
                                    each server worker's outcome
+    churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
+                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)}
+
+In mode churn, clients.parquet's ``connections`` counts the connections each process opened
+and closed, ``error`` is DURATION for a process that churned to the end, else the errno
+that stopped it, and ``elapsed_s`` is when it stopped.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ RUN_JSON = "run.json"
 CLIENTS_FILE = "clients.parquet"
 SERVER_FILE = "server.parquet"
 SERIES_FILE = "series.parquet"
+CHURN_FILE = "churn.parquet"
 DESTINATIONS_FILE = "destinations.parquet"
 COMPOSE_FILE = "compose.yml"
 LOGS_DIR = "logs"
@@ -125,11 +133,27 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
     "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
 }
 
+# Mode churn: one row per second of each client process (role "client", proc set: opened,
+# errors, error, connect_latency_s) and one per second-ish sample of each container's
+# TIME_WAIT count (role "client" with proc null, or role "server": time_wait).
+CHURN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "role": pl.Utf8,                  # "client" or "server"
+    "client": pl.Int32,               # client container; null for the server
+    "proc": pl.Int32,                 # process of a per-second row; null for a TIME_WAIT row
+    "t_s": pl.Float64,                # seconds since the engine started the clients
+    "opened": pl.Int64,               # connections opened (and closed) in this second
+    "errors": pl.Int64,               # failed attempts in this second (the loop stops at one)
+    "error": pl.Utf8,                 # errno name of that failure
+    "connect_latency_s": pl.Float64,  # mean connect() time over the second's connections
+    "time_wait": pl.Int64,            # TIME_WAIT sockets in the container's namespace
+}
+
 SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
-           DESTINATIONS_FILE: DESTINATIONS_SCHEMA}
+           DESTINATIONS_FILE: DESTINATIONS_SCHEMA, CHURN_FILE: CHURN_SCHEMA}
 # Tables that run directories written before they existed lack: their absence is not damage
 # (read_table gives an empty frame of the schema).
-LATER_FILES = frozenset({DESTINATIONS_FILE})
+LATER_FILES = frozenset({DESTINATIONS_FILE, CHURN_FILE})
 
 
 def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -1,5 +1,6 @@
 """Client agent: open TCP connections to the server until the first failure, never closing
 them; report every outcome as JSON lines on stdout; hold the connections until SIGTERM.
+With --mode churn, each process opens, uses and closes connections instead (churn.py).
 
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
@@ -18,6 +19,7 @@ Lines written (one JSON object each, field "event"):
             error] per pair
   result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
             system CPU seconds of the process meanwhile)
+  churn, time_wait   in churn mode (see churn.py)
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
@@ -33,8 +35,9 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
 
 
@@ -74,7 +77,25 @@ def parse_args(argv=None):
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
+    add_churn_args(p)
     return p.parse_args(argv)
+
+
+def add_churn_args(p):
+    p.add_argument("--mode", choices=("hold", "churn"), default="hold",
+                   help="hold: keep every connection; churn: open, exchange, close, repeat")
+    p.add_argument("--rate", default="max", help="churn: connections per second per process, or max")
+    p.add_argument("--duration", type=float, default=10.0, help="churn: seconds of churning")
+    p.add_argument("--closer", choices=tuple(churn.CLOSERS), default="client",
+                   help="churn: which end closes first (and keeps TIME_WAIT)")
+
+
+def churn_process(args, proc, server_addr):
+    rate = None if str(args.rate).lower() == "max" else float(args.rate)
+    churn.churn_loop(server_addr, client=args.client, proc=proc, rate=rate,
+                     duration=args.duration, closer=args.closer,
+                     connect_timeout=args.connect_timeout)
+    return []
 
 
 def port_range():
@@ -200,7 +221,10 @@ def worker(args, proc, server_addrs, started):
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    held = connect_until_failure(args, proc, server_addrs)
+    if args.mode == "churn":  # churn uses the first destination only
+        held = churn_process(args, proc, (server_addrs[0], args.port[0]))
+    else:
+        held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     common.close_all(held, args.close)
     return 0
@@ -225,8 +249,11 @@ def main(argv=None):
                 servers=server_addrs, ports=args.port, sources=args.sources,
                 bind_mode=args.bind_mode, capabilities=common.capabilities(), procs=len(children))
     live = set(children)
+    # churn: the main process counts the namespace's TIME_WAIT sockets while it waits
+    wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"
+            else signal.sigwaitinfo)
     while live:
-        signo = signal.sigwaitinfo({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo == signal.SIGUSR1:
             common.forward_signal(children, signal.SIGUSR1)
         elif signo in STOP_SIGNALS:

@@ -10,6 +10,9 @@ processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lin
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
+  time_wait  with --churn, about once per second (see churn.py)
+With --churn the workers answer each connection's request and close it (churn.serve)
+instead of holding it.
 
 On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
@@ -24,8 +27,9 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -41,6 +45,8 @@ def parse_args(argv=None):
                    default=[5000], help="port(s) to listen on, comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--churn", action="store_true",
+                   help="answer and close each connection (clients in churn mode)")
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
@@ -80,8 +86,12 @@ def serve(listeners, worker, close="abort"):
     return len(held), first_error, accept_errors
 
 
-def worker_main(listeners, worker, close):
-    accepted, error, accept_errors = serve(listeners, worker, close)
+def worker_main(listeners, worker, close, churning=False):
+    if churning:
+        accepted, error, accept_errors = churn.serve(listeners, worker, STOP_SIGNALS,
+                                                     REPORT_EVERY_S, close)
+    else:
+        accepted, error, accept_errors = serve(listeners, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors)
@@ -105,7 +115,7 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listeners, worker, args.close))
+            os._exit(worker_main(listeners, worker, args.close, args.churn))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
@@ -113,8 +123,9 @@ def main(argv=None):
                 workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 capabilities=common.capabilities())
     live = set(children)
+    wait = churn.TimeWaitSampler("server").wait if args.churn else signal.sigwaitinfo
     while live:
-        signo = signal.sigwaitinfo({signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:

@@ -3,7 +3,7 @@ in this order by ``run_experiment`` (other steps may go between them):
 
     create_network -> start_server -> add_server_addresses -> start_clients
     -> add_client_addresses -> wait_quiet -> start_connecting -> wait_for_clients
-    -> collect_server
+    -> [mode churn: wait_for_duration] -> collect_server
 
 The address steps do nothing unless the run asks for extra addresses (server_addrs or
 client_addrs > 1): then the network gets an explicit subnet and ip_range, and a NET_ADMIN
@@ -68,6 +68,7 @@ class Experiment:
         self.timeline: dict[str, float] = {}
         self._setup_started: float | None = None
         self._connect_started: float | None = None
+        self.connect_started_at: float | None = None  # wall clock, to align agents' samples
         self.created_at = time.time()  # for the engine's events of this run
         self.left_behind: list[str] = []  # what a lost engine kept us from removing
         self._engine_gone = False
@@ -102,6 +103,8 @@ class Experiment:
         self.wait_quiet()
         self.start_connecting()
         self.wait_for_clients()
+        if self.params.churn:
+            self.wait_for_duration()
         self.collect_server()
 
     def create_network(self) -> None:
@@ -182,6 +185,7 @@ class Experiment:
     def start_connecting(self) -> None:
         """Signal every client at once: they start connecting together."""
         self._connect_started = time.monotonic()
+        self.connect_started_at = time.time()
         for role in self.client_roles:
             self.containers[role].kill(signal="SIGUSR1")
 
@@ -193,6 +197,13 @@ class Experiment:
                         progress=True)
         self.timeline["connect_s"] = time.monotonic() - (self._connect_started
                                                          or time.monotonic())
+
+    def wait_for_duration(self) -> None:
+        """Mode churn: the run lasts its duration even when every client stopped early, so
+        that the TIME_WAIT series shows what the stopped clients left behind."""
+        end = (self._connect_started or time.monotonic()) + self.params.duration
+        while time.monotonic() < min(end, self.deadline):
+            self.drain(min(0.2, max(0.0, end - time.monotonic())))
 
     def collect_server(self) -> None:
         """Let the server's count settle, stop it, and wait for each worker's final count."""

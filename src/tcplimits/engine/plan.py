@@ -90,7 +90,8 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             name=f"{prefix}-server",
             hostname="server",
             command=["python3", f"{AGENTS}/server.py", "--port", server_ports(params),
-                     "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)],
+                     "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)]
+            + (["--churn"] if params.churn else []),
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
                             hard=resolved.server_nofile)],
             pids_limit=resolved.server_workers + 8,
@@ -105,6 +106,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
         if params.max_connections:
             command += ["--max-connections", str(params.max_connections)]
+        command += churn_args(params)
         if params.bind_mode != FIELDS["bind_mode"].default:
             command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(
@@ -114,13 +116,21 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             name=f"{prefix}-client{i}",
             hostname=f"client{i}",
             command=command,
-            sysctls={"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"},
+            sysctls=params.client_sysctls(),
             ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
             pids_limit=params.procs + 8,
             mem_limit=memory_limit(per_client, params.procs),
             labels={**labels, "tcplimits.role": "client", "tcplimits.client": str(i)},
         )
     return specs
+
+
+def churn_args(params: RunParams) -> list[str]:
+    """The client agent's flags for mode churn (none for mode hold)."""
+    if not params.churn:
+        return []
+    return ["--mode", "churn", "--rate", str(params.rate), "--duration", f"{params.duration:g}",
+            "--closer", params.closer]
 
 
 def unsupported_reason(params: RunParams, cap: int, resolved: Resolved | None = None) -> str | None:

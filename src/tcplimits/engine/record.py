@@ -115,6 +115,24 @@ def series_rows(state: RunState, run_id: str) -> list[dict]:
             for s in state.samples]
 
 
+def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[dict]:
+    """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
+    since the engine started the clients (``started_at``, wall clock)."""
+    origin = started_at or 0.0
+    rows = []
+    begun = {key: r.get("started_at") for key, r in state.results.items()}
+    for e in state.churn:
+        offset = (begun.get((e["client"], e["proc"])) or origin) - origin
+        rows.append(dict(run_id=run_id, role="client", client=e["client"], proc=e["proc"],
+                         t_s=round(offset + e["second"], 3), opened=e["opened"],
+                         errors=e["errors"], error=e.get("error"),
+                         connect_latency_s=e.get("connect_latency_s")))
+    for e in state.time_wait:
+        rows.append(dict(run_id=run_id, role=e["role"], client=e.get("client"),
+                         t_s=round(e["at"] - origin, 3), time_wait=e["time_wait"]))
+    return rows
+
+
 def destination_rows(state: RunState, run_id: str) -> list[dict]:
     """One row per (client, process, source, server address, server port)
     (results.DESTINATIONS_SCHEMA)."""
@@ -146,12 +164,12 @@ def tuple_record(experiment, state: RunState) -> dict[str, Any]:
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
               series: list[dict], compose: str | None,
               destinations: list[dict] | None = None,
-              save_logs: Callable[[Path], None] | None = None) -> None:
+              save_logs: Callable[[Path], None] | None = None, churn: list[dict] = ()) -> None:
     """Write the run directory. When the disk fills up (or the directory goes away) the
     partial files are removed and run.json alone says why, if even that can be written."""
     try:
         _write_files(out_dir, record, clients, server, series, compose, destinations,
-                     save_logs)
+                     save_logs, churn)
     except OSError as err:
         outdir.clear(out_dir)
         reason = f"could not write the run directory {out_dir}: {err.strerror or err}"
@@ -168,7 +186,7 @@ def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dic
 def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
                  series: list[dict], compose: str | None,
                  destinations: list[dict] | None,
-                 save_logs: Callable[[Path], None] | None) -> None:
+                 save_logs: Callable[[Path], None] | None, churn: list[dict] = ()) -> None:
     if save_logs is not None:
         save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
@@ -177,6 +195,8 @@ def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[
                           out_dir / results.SERVER_FILE)
     results.write_parquet(results.frame(series, results.SERIES_SCHEMA),
                           out_dir / results.SERIES_FILE)
+    results.write_parquet(results.frame(churn, results.CHURN_SCHEMA),
+                          out_dir / results.CHURN_FILE)
     results.write_parquet(results.frame(destinations or [], results.DESTINATIONS_SCHEMA),
                           out_dir / results.DESTINATIONS_FILE)
     if compose:
