@@ -110,6 +110,12 @@ def test_churn_fields_coerce():
     ({"rate": 100}, "rate"),                       # churn only
     ({"closer": "server"}, "closer"),              # churn only
     ({"mode": "churn", "duration": 90, "timeout": 60}, "duration"),
+    # the churn loop has one destination and one source: the 4-tuple's members are refused,
+    # never silently ignored
+    ({"mode": "churn", "server_ports": 2}, "server_ports"),
+    ({"mode": "churn", "server_addrs": 3}, "server_addrs"),
+    ({"mode": "churn", "client_addrs": 2}, "client_addrs"),
+    ({"mode": "churn", "bind_mode": "bind"}, "bind_mode"),
 ])
 def test_bad_churn_values_name_key_and_value(values, key):
     with pytest.raises(ParamError) as err:

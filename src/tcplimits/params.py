@@ -140,6 +140,9 @@ FIELDS: dict[str, Field] = {
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
 CHURN_ONLY = ("rate", "duration", "closer")
+# The 4-tuple's other members, which the churn loop does not spread over yet (it churns to one
+# destination from one source): refused with mode churn unless left default, never ignored.
+HOLD_ONLY = ("server_ports", "server_addrs", "client_addrs", "bind_mode")
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -282,7 +285,13 @@ class RunParams:
                 if getattr(self, name) != FIELDS[name].default:
                     raise ParamError(name, getattr(self, name), "applies to mode churn only "
                                      "(set mode: churn, or leave it out)")
-        elif self.duration >= self.timeout:
+        else:
+            for name in HOLD_ONLY:
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ParamError(name, getattr(self, name), "mode churn connects from one "
+                                     "source to one destination for now; leave it out or use "
+                                     "mode hold")
+        if self.churn and self.duration >= self.timeout:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "
                              "bounds the whole run")
