@@ -90,6 +90,11 @@ def test_ids_name_every_non_default_physical_parameter():
     for name, field in FIELDS.items():
         if name in grid.NON_PHYSICAL or name in grid.ID_KEYS:
             continue
+        if field.kind == "choice":
+            value = next(c for c in field.choices if c != field.default)
+            params = RunParams.from_mapping({name: value})
+            assert f"_{name.replace('_', '-')}{value}" in grid.point_id(params), name
+            continue
         value = 3 if field.kind in ("int", "workers") else 7.5
         value = max(value, field.minimum or 0)
         params = RunParams.from_mapping({name: value})
@@ -142,6 +147,7 @@ BAD = [
     ("repetitions word", {"repetitions": "twice"}, "repetitions", "twice"),
     ("point not a mapping", {"points": ["40000-40999"]}, "points[0]", "40000-40999"),
     ("timeout too short", {"experiment": {"timeout": 1}}, "experiment.timeout", "1"),
+    ("network word", {"grid": {"network": ["host"]}}, "grid.network[0]", "host"),
 ]
 
 
@@ -176,6 +182,9 @@ def test_schema_mirrors_params_fields():
         spec = SCHEMA["$defs"][name]
         assert spec.get("description"), name
         assert props["experiment"]["properties"][name]["default"] == field.default, name
+        if field.kind == "choice":
+            assert spec["type"] == "string" and tuple(spec["enum"]) == field.choices, name
+            continue
         if field.kind == "workers":
             numeric = next(s for s in spec["oneOf"] if "type" in s)
             assert {"const": "auto"} in spec["oneOf"]

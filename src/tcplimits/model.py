@@ -67,10 +67,40 @@ def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     return math.ceil(demand * 1.1 / per_worker) + 1
 
 
+# network loopback: every client connects to its own 127.0.0.0/8 destination addresses, and
+# each (source, destination, port) has its own port pool. connect() costs a few probes of the
+# port hash while a pool is little used and a scan of the used part once it fills up, so the
+# destinations are as many as keep each pool at most this full.
+LOOPBACK_POOL_FILL = 0.25
+LOOPBACK_MAX_DESTINATIONS = 255 * 255
+
+
+def destinations(params: RunParams) -> int:
+    """Server addresses each client container spreads over: 1 on a bridge (the server has one
+    address); on loopback, enough that no pool is filled past LOOPBACK_POOL_FILL."""
+    if params.network != "loopback":
+        return 1
+    demand = params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS)
+    if params.max_connections is not None:
+        demand = min(demand, params.procs * params.max_connections)
+    pool = max(1, params.port_count - 1)  # the server's listening port may sit in the range
+    return max(1, min(LOOPBACK_MAX_DESTINATIONS,
+                      math.ceil(demand / (LOOPBACK_POOL_FILL * pool))))
+
+
+def loopback_destinations(client: int, count: int) -> list[str]:
+    """Client ``client``'s destination addresses on loopback: 127.<client>.<hi>.<lo>, none of
+    them 127.0.0.1 (the server and every client share the namespace, so each client gets
+    addresses of its own and its pools are its own)."""
+    return [f"127.{client}.{k // 255}.{k % 255 + 1}" for k in range(count)]
+
+
 def client_terms(params: RunParams, held_ports: int = 0) -> tuple[int, dict[str, int]]:
-    """(bound, terms) for one client container with an unbounded server."""
+    """(bound, terms) for one client container with an unbounded server. The port pool is
+    one per destination address: the range minus ports held in the namespace, times the
+    destinations."""
     terms = {
-        PORTS: max(0, params.port_count - held_ports),
+        PORTS: destinations(params) * max(0, params.port_count - held_ports),
         DESCRIPTORS: params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS),
     }
     if params.max_connections is not None:

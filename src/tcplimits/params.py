@@ -19,6 +19,9 @@ PORT_MAX = 65535
 # fs.nr_open's default: no hard limit can exceed it.
 NOFILE_MAX = 1_048_576
 KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
+# How the containers reach each other (issue 10): a Docker bridge network, or the server's
+# own loopback that the clients share (no bridge, no netfilter rules, no conntrack).
+NETWORKS = ("bridge", "loopback")
 
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*[-\s]\s*(\d+)\s*$")
 
@@ -36,12 +39,13 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int", "float", "port_range", "workers"
+    kind: str  # "int", "float", "port_range", "workers", "choice"
     default: Any
     help: str
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False  # None allowed (means "not bounded" / "resolved at run time")
+    choices: tuple[str, ...] = ()  # the values a "choice" field accepts
 
     @property
     def flag(self) -> str:
@@ -75,6 +79,12 @@ FIELDS: dict[str, Field] = {
               "hang for ~2 minutes)", 0.1, 300),
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
+        # One host, one million (issue 10).
+        Field("network", "choice", "bridge",
+              "bridge: an internal Docker bridge network (the host's netfilter and conntrack "
+              "see every connection); loopback: the server has no network, the clients join "
+              "its namespace and connect over 127.0.0.0/8 (no conntrack, one port pool per "
+              "destination address)", choices=NETWORKS),
     ]
 }
 
@@ -113,6 +123,10 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
         return f"{lo}-{hi}"
     if field.kind == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    if field.kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in field.choices:
+            raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
+        return value.strip().lower()
     if isinstance(value, bool):
         raise ParamError(key, value, "expected a number, not a boolean")
     if field.kind in ("int", "workers"):
@@ -155,6 +169,7 @@ class RunParams:
     max_connections: int | None = None
     connect_timeout: float = 3.0
     timeout: float = 600.0
+    network: str = "bridge"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":

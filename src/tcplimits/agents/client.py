@@ -3,7 +3,8 @@ them; report every outcome as JSON lines on stdout; hold the connections until S
 
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
-RLIMIT_NOFILE.
+RLIMIT_NOFILE. Given several server addresses, each process spreads its connections over
+them round-robin (each (source, destination) pair has a port pool of its own).
 
 Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
@@ -27,7 +28,8 @@ except ImportError:  # run as a script inside the container
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", default="server", help="server host name or address")
+    p.add_argument("--server", default="server",
+                   help="server host name or address; several separated by commas")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--client", type=int, default=1, help="this container's number")
     p.add_argument("--procs", type=int, default=1, help="worker processes")
@@ -55,9 +57,11 @@ def held_in_range(lo, hi):
     ]
 
 
-def connect_until_failure(args, proc, server_addr):
-    """One worker: connect in a loop, keep every socket, stop at the first failure."""
+def connect_until_failure(args, proc, server_addrs):
+    """One worker: connect in a loop, round-robin over the server addresses, keep every socket,
+    stop at the first failure."""
     held = []  # raw descriptors: an int costs less than a socket object
+    turn = proc - 1  # processes start on different addresses
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
@@ -71,7 +75,8 @@ def connect_until_failure(args, proc, server_addr):
             break
         try:
             s.settimeout(args.connect_timeout)
-            s.connect(server_addr)
+            s.connect(server_addrs[turn % len(server_addrs)])
+            turn += 1
         except OSError as exc:
             s.close()
             failure = exc
@@ -101,12 +106,12 @@ def connect_until_failure(args, proc, server_addr):
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def worker(args, proc, server_addr, started):
+def worker(args, proc, server_addrs, started):
     """Signals stay blocked in workers and are taken with sigwaitinfo(): no race between
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    held = connect_until_failure(args, proc, server_addr)
+    held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     del held  # the descriptors close when the process exits
     return 0
@@ -116,7 +121,8 @@ def main(argv=None):
     args = parse_args(argv)
     lo, hi = port_range()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    server_addr = (socket.gethostbyname(args.server), args.port)
+    server_addrs = [(socket.gethostbyname(name.strip()), args.port)
+                    for name in args.server.split(",") if name.strip()]
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS)
@@ -124,10 +130,11 @@ def main(argv=None):
     for proc in range(1, args.procs + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker(args, proc, server_addr, started=not args.wait_signal))
+            os._exit(worker(args, proc, server_addrs, started=not args.wait_signal))
         children.append(pid)
     common.emit("ready", client=args.client, port_range=f"{lo}-{hi}", held=held,
-                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addr[0],
+                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addrs[0][0],
+                destinations=len(server_addrs),
                 procs=len(children))
     live = set(children)
     while live:

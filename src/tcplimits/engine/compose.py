@@ -19,7 +19,6 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
         service = {
             "image": spec["image"],
             "command": command,
-            "hostname": spec["hostname"],
             **{key: spec[key] for key in HARDENING},
             "ulimits": {u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]}
                         for u in spec["ulimits"]},
@@ -27,8 +26,15 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
             "mem_limit": spec["mem_limit"],
             "labels": {k: v for k, v in spec["labels"].items()
                        if k not in (OWNER_LABEL, INSTANCE_LABEL)},
-            "networks": ["testnet"],
         }
+        if "hostname" in spec:
+            service["hostname"] = spec["hostname"]
+        if spec.get("network_mode") == "none":
+            service["network_mode"] = "none"
+        elif spec.get("network_mode", "").startswith("container:"):
+            service["network_mode"] = "service:server"  # the server's namespace, by service
+        else:
+            service["networks"] = ["testnet"]
         if "sysctls" in spec:
             service["sysctls"] = spec["sysctls"]
         if role == "server":
@@ -40,11 +46,10 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
         else:
             service["depends_on"] = {"server": {"condition": "service_healthy"}}
         services[role] = service
-    doc = {
-        "name": f"tcplimits-{run_id}".lower(),
-        "services": services,
-        "networks": {"testnet": {"internal": True, "labels": {LABEL: "1", RUN_LABEL: run_id}}},
-    }
+    doc = {"name": f"tcplimits-{run_id}".lower(), "services": services}
+    if any("networks" in s for s in services.values()):
+        doc["networks"] = {"testnet": {"internal": True,
+                                       "labels": {LABEL: "1", RUN_LABEL: run_id}}}
     header = (f"# Reproduces tcplimits run {run_id} by hand:\n"
               "#   tcplimits image            # builds the image named below if missing\n"
               "#   docker compose -f compose.yml up   (Ctrl-C, then: docker compose down)\n"

@@ -25,6 +25,7 @@ from .cleanup import owner, shielded, sweep
 from .events import Log, LogReader, RunState, stderr_log
 from .plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
 
+LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
@@ -84,8 +85,11 @@ class Experiment:
         self.collect_server()
 
     def create_network(self) -> None:
-        """The run's internal bridge network; setup time counts from here."""
+        """The run's internal bridge network; setup time counts from here. On loopback there
+        is none: the server's own namespace is the network."""
         self._setup_started = time.monotonic()
+        if self.params.network == "loopback":
+            return
         self.network = self.client.networks.create(
             self.network_name, driver="bridge", internal=True, labels=self.labels,
             check_duplicate=True)
@@ -106,7 +110,9 @@ class Experiment:
         roles = self.client_roles
         for role in roles:
             spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
-            spec["command"][spec["command"].index("--server") + 1] = self.server_address
+            where = spec["command"].index("--server") + 1
+            if spec["command"][where] == "server":
+                spec["command"][where] = self.server_address
             self.containers[role] = self.client.containers.create(**spec)
         for role in roles:
             self.containers[role].start()
@@ -139,7 +145,9 @@ class Experiment:
     # -- what the steps share
 
     def address(self, role: str) -> str:
-        """The container's address on the run's network."""
+        """The container's address on the run's network (on loopback, the server's lo)."""
+        if self.params.network == "loopback":
+            return LOOPBACK
         self.containers[role].reload()
         networks = self.containers[role].attrs["NetworkSettings"]["Networks"]
         return networks[self.network_name]["IPAddress"]

@@ -77,10 +77,17 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
     an address; ``--wait-signal`` lets the engine start all clients at the same moment."""
     per_client = model.client_terms(params)[0]
     prefix = f"tcplimits-{run_id}" + (f"-{instance}" if instance else "")
+    loopback = params.network == "loopback"
+    port_range = {"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"}
+    # On loopback the server's namespace is the only one: it has no network but lo (nothing
+    # to reach, no netfilter rules, no conntrack), and the clients join it; net.* sysctls
+    # belong to the namespace, so they go on the server.
+    server_net = {"network_mode": "none", "sysctls": port_range} if loopback else {
+        "network": network}
     specs = {
         "server": dict(
             hardening(),
-            network=network, detach=True,
+            **server_net, detach=True,
             image=image,
             name=f"{prefix}-server",
             hostname="server",
@@ -94,7 +101,12 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
         )
     }
     for i in range(1, params.clients + 1):
-        command = ["python3", f"{AGENTS}/client.py", "--server", "server",
+        # "server" is replaced by the server's address once it has one (bridge).
+        server = (",".join(model.loopback_destinations(i, model.destinations(params)))
+                  if loopback else "server")
+        client_net = ({"network_mode": f"container:{prefix}-server"} if loopback else
+                      {"network": network, "hostname": f"client{i}", "sysctls": port_range})
+        command = ["python3", f"{AGENTS}/client.py", "--server", server,
                    "--port", str(SERVER_PORT), "--client", str(i), "--procs", str(params.procs),
                    "--connect-timeout", str(params.connect_timeout),
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
@@ -102,12 +114,10 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             command += ["--max-connections", str(params.max_connections)]
         specs[f"client{i}"] = dict(
             hardening(),
-            network=network, detach=True,
+            **client_net, detach=True,
             image=image,
             name=f"{prefix}-client{i}",
-            hostname=f"client{i}",
             command=command,
-            sysctls={"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"},
             ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
             pids_limit=params.procs + 8,
             mem_limit=memory_limit(per_client, params.procs),
