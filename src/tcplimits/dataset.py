@@ -24,7 +24,7 @@ from . import results
 from .params import FIELDS
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
-                 "workers": pl.Utf8}  # server_workers may be "auto"
+                 "workers": pl.Utf8, "choice": pl.Utf8}  # server_workers may be "auto"
 
 # Every RunParams field is a column (a field added to params.FIELDS appears by itself).
 PARAMS_SCHEMA: dict[str, pl.DataType] = {

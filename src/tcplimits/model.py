@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import hostlimits
 from .params import FIELDS, RunParams
 
 # Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
@@ -116,10 +117,13 @@ def predict(
     held_ports: list[int] | None = None,
     conntrack_max: int | None = None,
     somaxconn: int = SOMAXCONN,
+    host_facts: Mapping[str, Any] | None = None,
 ) -> Prediction:
     """What the run should hold. ``held_ports[i]``: ports in the range already held in client
     i's namespace (Docker's embedded DNS listener, for one). ``server_nofile`` and
-    ``server_workers`` are the resolved values (no "auto")."""
+    ``server_workers`` are the resolved values (no "auto"). ``host_facts``
+    (footprint.host_facts) adds the host-wide limits of tcplimits.hostlimits: the host
+    namespace's conntrack table with what it already holds."""
     held = list(held_ports or [0] * params.clients)
     if len(held) != params.clients:
         raise ValueError(f"held_ports has {len(held)} entries for {params.clients} clients")
@@ -142,10 +146,17 @@ def predict(
         # Which client wins the race for the server is not predictable; spread evenly.
         share, rest = divmod(server_capacity, params.clients)
         per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
-    # Conntrack is counted per namespace: the server's holds every connection.
-    if conntrack_max is not None and total > conntrack_max:
-        limit, total = CONNTRACK, conntrack_max
-        share, rest = divmod(conntrack_max, params.clients)
+    # Conntrack is counted per namespace: the server's holds every connection on a bridge
+    # (Docker's DNS rules), the host's too when bridged traffic passes its netfilter.
+    room = conntrack_max if params.network == "bridge" else None
+    if host_facts is not None:
+        stop = hostlimits.binding(hostlimits.host_limits(params, host_facts, total,
+                                                         server_workers))
+        if stop is not None and stop.setting == hostlimits.CONNTRACK_MAX:
+            room = stop.stops_at if room is None else min(room, stop.stops_at)
+    if room is not None and total > room:
+        limit, total = CONNTRACK, room
+        share, rest = divmod(room, params.clients)
         per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
     return Prediction(
         per_client=per_client,

@@ -59,6 +59,8 @@ class Experiment:
         self.timeline: dict[str, float] = {}
         self._setup_started: float | None = None
         self._connect_started: float | None = None
+        self._last_live: tuple[float, int] | None = None  # for the rate on the live line
+        self.snapshots: dict[str, dict] = {}  # footprint snapshots by moment
 
     def __enter__(self) -> "Experiment":
         return self
@@ -120,6 +122,25 @@ class Experiment:
         self.wait_until(lambda: len(self.state.ready) == self.params.clients,
                         "the clients to start", limit=SERVER_READY_TIMEOUT_S, watch=roles)
         self.timeline["setup_s"] = time.monotonic() - (self._setup_started or time.monotonic())
+
+    def measure(self, moment: str) -> dict | None:
+        """The host's counters and each container's memory now (``footprint.snapshot``),
+        kept under ``moment``; None when the engine is not on this machine."""
+        from .. import footprint
+
+        if not footprint.engine_is_local(self.client.api.base_url):
+            return None
+        if moment == "held":  # every connection accepted, not still in the accept queue
+            self._settle_server()
+        ids = [(role, c.id) for role, c in self.containers.items()]
+        snap = footprint.snapshot(ids)
+        if moment == "held" and self.params.network == "bridge" and self.server_address:
+            from .plan import SERVER_PORT
+
+            snap["host_conntrack_run"] = footprint.conntrack_entries(self.server_address,
+                                                                     SERVER_PORT)
+        self.snapshots[moment] = snap
+        return snap
 
     def start_connecting(self) -> None:
         """Signal every client at once: they start connecting together."""
@@ -228,8 +249,14 @@ class Experiment:
         for (c, _), n in self.state.progress.items():
             per_client[c] = per_client.get(c, 0) + n
         done = len(self.state.results)
+        now, count = time.monotonic(), self.state.connections
+        since = self._last_live or (self._connect_started or now, 0)
+        rate = (count - since[1]) / (now - since[0]) if now > since[0] else 0.0
+        self._last_live = (now, count)
         parts = " ".join(f"c{c}={n:,}" for c, n in sorted(per_client.items()))
-        line = (f"connections {self.state.connections:,} ({parts}); server accepted "
+        if len(per_client) > 8:  # a line per terminal row: the total says enough
+            parts = f"{len(per_client)} clients"
+        line = (f"connections {count:,} ({parts}) at {rate:,.0f}/s; server accepted "
                 f"{self.state.accepted:,}; processes stopped {done}/"
                 f"{self.params.clients * self.params.procs}")
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",

@@ -12,7 +12,7 @@ from typing import Any
 
 from docker.types import Ulimit
 
-from .. import model
+from .. import hostlimits, model
 from ..params import FIELDS, RunParams
 
 SERVER_PORT = 5000
@@ -64,9 +64,13 @@ def new_run_id(params: RunParams, now: dt.datetime | None = None) -> str:
 
 
 def memory_limit(connections: int, procs: int) -> int:
-    """Bytes: a Python interpreter per process plus ~8 KiB per socket (4.4 KB measured for an
-    idle socket's kernel memory, with room for the process's own bookkeeping)."""
-    return (64 + 32 * procs) * 2**20 + connections * 8 * 2**10
+    """Bytes: room for a Python interpreter per process and the kernel and user memory of a
+    connection's both ends per socket this container holds (its cgroup is charged about
+    half of that: measured ~5.1 KB per connection over both ends' cgroups), so a container
+    never runs out before the limit being measured."""
+    return (64 * 2**20 + procs * 2 * hostlimits.PROCESS_BYTES
+            + connections * (hostlimits.KERNEL_BYTES_PER_CONNECTION
+                             + hostlimits.USER_BYTES_PER_CONNECTION))
 
 
 def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: str,

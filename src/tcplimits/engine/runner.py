@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import model, results
+from .. import footprint, hostlimits, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -19,7 +19,8 @@ from .experiment import Experiment, RunFailed
 from .notes import explain
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import client_rows, environment, now, series_rows, server_rows, write_run
+from .record import (client_rows, environment, footprint_record, now, series_rows,
+                     server_rows, write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
@@ -45,7 +46,13 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     cap = facts["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
-    reason = unsupported_reason(params, cap, resolved)
+    host = footprint.host_facts() if footprint.engine_is_local(client.api.base_url) else None
+    demand = model.predict(params, server_nofile=resolved.server_nofile,
+                           server_workers=resolved.server_workers).total
+    limits = (hostlimits.host_limits(params, host, demand, resolved.server_workers)
+              if host else [])
+    record.update(host=host, host_limits=[lim.to_dict() for lim in limits])
+    reason = unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits)
     if reason:
         record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=now(),
                       duration_s=round(time.monotonic() - t0, 3))
@@ -68,8 +75,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.create_network()
                 experiment.start_server()
                 experiment.start_clients()
+                experiment.measure("before")
                 experiment.start_connecting()
                 experiment.wait_for_clients()
+                experiment.measure("held")
                 experiment.collect_server()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
@@ -91,17 +100,20 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     prediction = model.predict(
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
         held_ports=[len(held.get(c, [])) for c in range(1, params.clients + 1)],
-        conntrack_max=facts.get("nf_conntrack_max"), somaxconn=somaxconn)
+        conntrack_max=facts.get("nf_conntrack_max"), somaxconn=somaxconn, host_facts=host)
     clients = client_rows(state, params, run_id, addresses)
     server = server_rows(state, run_id)
     series = series_rows(state, run_id)
+    connections = sum(r["connections"] or 0 for r in clients)
     record.update(
         status=status, reason=reason, prediction=prediction.to_dict(),
         held_ports={str(c): [s["port"] for s in v] for c, v in held.items()},
         totals={"connections": sum(r["connections"] or 0 for r in clients),
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
-        notes=explain(params, prediction, clients, server, held,
-                      model.accept_queue(params.backlog, somaxconn)) if status == "ok" else [],
+        notes=(explain(params, prediction, clients, server, held,
+                       model.accept_queue(params.backlog, somaxconn))
+               + [lim.sentence() for lim in limits if lim.binds]) if status == "ok" else [],
+        footprint=footprint_record(experiment.snapshots, state, connections),
         ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
     write_run(out_dir, record, clients, server, series,
