@@ -77,6 +77,17 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "teardown_s": pl.Float64,
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
     "notes": pl.Utf8,                       # run.json's notes, one per line
+    # What the held connections cost the host (run.json "footprint", issue 10).
+    "kernel_bytes_per_connection": pl.Int64,    # containers' cgroup kmem, both ends
+    "user_bytes_per_connection": pl.Int64,      # containers' cgroup rss (the agents)
+    "host_slab_bytes_per_connection": pl.Int64, # host Slab growth (all of the host: noisy)
+    "host_tcp_mem_pages_per_connection": pl.Float64,
+    "conntrack_server_namespace": pl.Int64,     # entries in the server's namespace, held
+    "conntrack_host_run": pl.Int64,             # entries of this run in the host's table
+    "conntrack_host_count": pl.Int64,           # the host table's count, held (everything)
+    "host_limits": pl.Utf8,                     # run.json host_limits as JSON
+    "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
+    "host_limit_stops_at": pl.Int64,
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
 }
@@ -171,6 +182,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     }
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
         row[key] = record.get(key)
+    row.update(_footprint_columns(record))
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:
         row["port_lo"], row["port_hi"] = lo_hi
@@ -178,6 +190,29 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
+
+
+def _footprint_columns(record: dict) -> dict[str, Any]:
+    import json
+
+    from .hostlimits import HostLimit, binding
+
+    fp = record.get("footprint") or {}
+    limits = record.get("host_limits") or []
+    stop = binding([HostLimit(**{k: v for k, v in lim.items() if k != "binds"})
+                    for lim in limits])
+    return {
+        **{key: fp.get(key) for key in ("kernel_bytes_per_connection",
+                                        "user_bytes_per_connection",
+                                        "host_slab_bytes_per_connection",
+                                        "host_tcp_mem_pages_per_connection")},
+        "conntrack_server_namespace": fp.get("server_namespace_conntrack"),
+        "conntrack_host_run": fp.get("host_conntrack_run"),
+        "conntrack_host_count": fp.get("host_conntrack_count"),
+        "host_limits": json.dumps(limits) if limits else None,
+        "host_limit": stop.setting if stop else None,
+        "host_limit_stops_at": stop.stops_at if stop else None,
+    }
 
 
 def _held_count(value: Any) -> int | None:

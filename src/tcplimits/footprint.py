@@ -200,4 +200,4 @@ def engine_is_local(base_url: str) -> bool:
     from urllib.parse import urlsplit
 
     url = urlsplit(base_url)
-    return url.hostname in ("localhost", "127.0.0.1", "::1") and url.hostname != "ssh"
+    return url.hostname in ("localhost", "127.0.0.1", "::1")
