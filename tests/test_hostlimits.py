@@ -74,12 +74,12 @@ def test_points_that_would_exhaust_the_host_are_refused_with_the_setting():
     assert "MemAvailable" in reason and "not run" in reason
 
 
-def test_tcp_mem_never_binds_idle_connections_and_orphans_bind_teardown_only():
+def test_tcp_mem_never_binds_idle_connections_and_reset_connections_leave_no_orphans():
     limits = by_setting(hostlimits.host_limits(RunParams(network="loopback"), HOST,
                                                1_000_000, 57))
     assert not limits["net.ipv4.tcp_mem"].binds
     orphans = limits["net.ipv4.tcp_max_orphans"]
-    assert orphans.effect == "teardown" and orphans.stops_at == 131_072
+    assert orphans.effect == "teardown" and orphans.needed == 0 and not orphans.binds
     assert hostlimits.binding(list(limits.values())) is None
 
 

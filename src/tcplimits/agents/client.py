@@ -4,7 +4,8 @@ them; report every outcome as JSON lines on stdout; hold the connections until S
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
 RLIMIT_NOFILE. Given several server addresses, each process spreads its connections over
-them round-robin (each (source, destination) pair has a port pool of its own).
+them round-robin (each (source, destination) pair has a port pool of its own). Every
+connection resets when closed (SO_LINGER 0), so however the agent ends it leaves no orphan.
 
 Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
@@ -82,6 +83,7 @@ def connect_until_failure(args, proc, server_addrs):
             failure = exc
             break
         window_latency += time.monotonic() - t0
+        common.reset_on_close(s)
         held.append(s.detach())
         n = len(held)
         if n - window_start >= args.sample_every:
@@ -113,7 +115,7 @@ def worker(args, proc, server_addrs, started):
         return 0
     held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
-    del held  # the descriptors close when the process exits
+    del held  # the descriptors close (reset) when the process exits
     return 0
 
 

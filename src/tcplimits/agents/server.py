@@ -54,6 +54,7 @@ def serve(listener, worker):
     while not (STOP_SIGNALS & signal.sigpending()):
         try:
             conn, _ = listener.accept()
+            common.reset_on_close(conn)
             held.append(conn.detach())
         except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: nothing came in
             pass
