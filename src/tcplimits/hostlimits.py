@@ -71,6 +71,7 @@ class HostLimit:
     command: str | None        # what an operator would run to raise it
     way_around: str | None     # a parameter that keeps the point inside its own namespaces
     why: str                   # one sentence: what the setting bounds and how it was counted
+    room: int | None = None    # connections it leaves room for on this host (None: no bound)
 
     @property
     def binds(self) -> bool:
@@ -137,7 +138,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
             "--network loopback (no bridge, no netfilter rules: no conntrack entries)",
             f"{where} track{'s' if len(tracked) == 1 else ''} one entry per connection"
             + (f", {used:,} already used by the host" if "host" in tracked else "")
-            + "; a full table drops SYNs"))
+            + "; a full table drops SYNs", room))
     file_max, file_nr = facts.get(FILE_MAX), facts.get("fs.file-nr")
     if file_max is not None:
         used = file_nr or 0
@@ -147,7 +148,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
             FILE_MAX, file_max, needed, room if room < demand else None, "ENFILE", "refused",
             f"sysctl -w {FILE_MAX}={_round_up(needed)}", None,
             f"two descriptors per connection, both ends on this host, {used:,} already open; "
-            "at the limit every process on the host gets ENFILE"))
+            "at the limit every process on the host gets ENFILE", room))
     available = facts.get(MEMORY)
     if available is not None:
         procs = processes(params, server_workers)
@@ -160,7 +161,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
             None, None,
             f"{KERNEL_BYTES_PER_CONNECTION + USER_BYTES_PER_CONNECTION:,} bytes per "
             f"connection and {PROCESS_BYTES // 2**20} MiB per agent process ({procs}), keeping "
-            f"{MEMORY_HEADROOM:.0%} of MemAvailable for the rest of the host"))
+            f"{MEMORY_HEADROOM:.0%} of MemAvailable for the rest of the host", room))
     tcp_mem = facts.get(TCP_MEM)
     if isinstance(tcp_mem, list) and len(tcp_mem) == 3:
         out.append(HostLimit(
