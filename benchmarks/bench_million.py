@@ -100,13 +100,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/million.yaml")
     parser.add_argument("--rungs", default="1000000",
-                        help="connections of the rungs to run, comma-separated, or 'all'")
+                        help="connections of the loopback rungs to run, comma-separated, "
+                        "'all' or 'none'")
     parser.add_argument("--bridge", action="store_true",
                         help="also the config's bridge points (they fill the host's conntrack "
                         "table: never on a shared host)")
     parser.add_argument("--shared", action="store_true",
                         help="run even while other tcplimits containers run")
     parser.add_argument("--out", default="benchmarks/results/million.json")
+    parser.add_argument("--runs-dir", default=None,
+                        help="keep each rung's run directory here (for `tcplimits dataset` "
+                        "and the report); default: a temporary directory")
     args = parser.parse_args()
     client = docker.from_env()
     others = client.containers.list(filters={"label": "tcplimits=1"}, sparse=True)
@@ -114,14 +118,16 @@ def main() -> int:
         print(f"{len(others)} other tcplimits container(s) running: timings and memory would "
               "be shared; wait, or pass --shared", file=sys.stderr)
         return 2
+    rungs = ({"all": None, "none": set()}.get(args.rungs)
+             if args.rungs in ("all", "none") else {int(r) for r in args.rungs.split(",")})
     chosen = [p for p in points(load_config(args.config))
-              if (p.params.network == "loopback" or args.bridge)
-              and (args.rungs == "all" or p.params.network != "loopback"
-                   or predicted_connections(p) in {int(r) for r in args.rungs.split(",")})]
+              if (args.bridge if p.params.network == "bridge"
+                  else rungs is None or predicted_connections(p) in rungs)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.runs_dir or tmp)
         for point in chosen:
-            rows.append(one(point, Path(tmp), client))
+            rows.append(one(point, workdir, client))
             results.write_json({"host": footprint.host_facts(), "rungs": rows}, args.out)
     print(f"wrote {args.out}")
     return 0
