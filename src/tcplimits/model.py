@@ -271,8 +271,12 @@ def compare_run(
         limit = run.get("predicted_limit") or PORTS
         return Comparison(str(run["run_id"]), observed, predicted, predicted, limit,
                           ERRNO_OF_LIMIT.get(limit), _errnos(clients), accepted, [])
+    conntrack = run.get("env_nf_conntrack_max")
+    if run.get("host_limit") == hostlimits.CONNTRACK_MAX and run.get("host_limit_stops_at"):
+        # the host's table had less room than its size: what else the host tracked
+        conntrack = min(conntrack or run["host_limit_stops_at"], run["host_limit_stops_at"])
     kw = dict(server_nofile=int(server_nofile), server_workers=int(workers),
-              conntrack_max=run.get("env_nf_conntrack_max"))
+              conntrack_max=conntrack)
     naive = predict(params, **kw)
     pred = predict(params, held_ports=held, **kw)
     predicted = run.get("predicted_total")
