@@ -90,3 +90,17 @@ def test_live_count_shows_the_rate_in_the_job_log(tmp_path):
     live = [line for line in proc.stderr.splitlines() if line.startswith("connections ")]
     assert live and all("/s; server accepted" in line for line in live)
     assert "clients hold 994 connections" in proc.stdout
+
+
+def test_probe_reports_the_host_facts_the_model_depends_on():
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "probe"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    host = json.loads(proc.stdout)["host"]
+    for key in ("fs.file-max", "fs.nr_open", "fs.file-nr", "net.netfilter.nf_conntrack_max",
+                "net.ipv4.tcp_mem", "net.ipv4.tcp_max_orphans", "MemAvailable"):
+        assert key in host, key
+    with open("/proc/sys/fs/file-max") as f:
+        assert host["fs.file-max"] == int(f.read())
