@@ -18,7 +18,7 @@ import polars as pl
 
 from . import hostlimits
 
-LADDER_MIN = 10_000
+LADDER_MIN = 100_000  # the first rung of config/million.yaml
 EFFECTS = {"stops": "the point stops ({errno})", "refused": "the point is not run",
            "teardown": "teardown only"}
 CONNECTION_LIMITS = {  # host settings whose room is counted in connections
