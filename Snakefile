@@ -30,4 +30,5 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        DATASET_FILES.values(),
+        report_outputs()["page"],

@@ -99,3 +99,22 @@ def test_offline_renderer_displays_inline_svg(ds):
     bundle = BUILDERS["outcomes"](ds)._repr_mimebundle_()
     bundle = bundle[0] if isinstance(bundle, tuple) else bundle
     assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
+
+
+def test_server_gaps_count_the_models_accept_queue():
+    runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
+                         "server_accepted": [196, 10, 5, 3]})
+    gaps = charts.server_gaps(runs)
+    assert gaps["gap"].to_list() == [9, 0, 0]  # a run without both counts is left out
+    assert gaps["queue"].to_list() == [
+        model.accept_queue(8), model.accept_queue(128), model.accept_queue(10_000)]
+    measured = charts.server_gaps(runs.with_columns(somaxconn=pl.Series([4, None, 20_000, 1])))
+    assert measured["queue"].to_list() == [
+        model.accept_queue(8, 4), model.accept_queue(128), model.accept_queue(10_000, 20_000)]
+    no_backlog = charts.server_gaps(runs.drop("backlog").head(1))
+    assert no_backlog["queue"].to_list() == [model.accept_queue(128)]
+
+
+def test_port_count_of_an_unreadable_range_is_null():
+    df = charts._with_port_count(pl.DataFrame({"port_range": ["40000-40999", "nonsense", None]}))
+    assert df["port_count"].to_list() == [1000, None, None]

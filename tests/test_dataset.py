@@ -159,7 +159,7 @@ def test_rebuild_replaces_atomically(runs, tmp_path):
     dataset.build_dataset(runs[:1], out)
     assert pl.read_parquet(out / "runs.parquet").height == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{n}.parquet" for n in dataset.DATASET_FILES)
+        f"{n}.parquet" for n in dataset.TABLE_NAMES)
 
 
 def test_cli(runs, tmp_path, capsys):

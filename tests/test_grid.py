@@ -271,3 +271,20 @@ def test_points_command_lists_ids_and_flags(capsys):
     assert [line.split()[0] for line in lines] == [
         p.id for p in grid.points(grid.load_config(ROOT / "config" / "tiny.yaml"))]
     assert all("--port-range" in line for line in lines)
+
+
+def test_the_schema_ships_in_the_package(tmp_path):
+    """An installed tcplimits (a wheel, no checkout) carries the schema the workflow uses."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    assert grid.SCHEMA_PATH == root / "src" / "tcplimits" / "schemas" / "config.schema.yaml"
+    assert "SCHEMA_PATH" in (root / "workflow" / "rules" / "common.smk").read_text()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("tcplimits-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        shipped = z.read("tcplimits/schemas/config.schema.yaml").decode()
+    assert shipped == grid.SCHEMA_PATH.read_text()

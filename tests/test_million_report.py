@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tcplimits import dataset, hostlimits, million, model
+from tcplimits import dataset, findings, hostlimits, model
 from tcplimits.params import RunParams
 
 HOST = {"fs.file-max": 2_466_177, "fs.file-nr": 60_000, "net.netfilter.nf_conntrack_max": 262_144,
@@ -48,9 +48,14 @@ RUNS = runs_frame([
 ])
 
 
+def data(runs):
+    empty = pl.DataFrame()
+    return findings.Data(runs, empty, empty, empty)
+
+
 def test_the_ladder_is_the_big_or_loopback_runs_smallest_first():
-    assert million.ladder_runs(RUNS)["run_id"].to_list() == ["small", "bridge-250k", "loop-1m"]
-    table = million.ladder_table(RUNS)
+    assert findings.ladder_runs(RUNS)["run_id"].to_list() == ["small", "bridge-250k", "loop-1m"]
+    table = findings.ladder_table(RUNS)
     top = table.row(-1, named=True)
     assert top["held"] == 1_000_000 and top["per s"] == 5000 and top["conntrack entries"] == 0
     bridge = table.row(1, named=True)
@@ -59,34 +64,32 @@ def test_the_ladder_is_the_big_or_loopback_runs_smallest_first():
 
 
 def test_headline_names_the_most_held_and_the_wall_on_the_bridge():
-    text = million.headline(RUNS)
+    text = findings.million_headline(RUNS)
     assert "**1,000,000**" in text and "loopback" in text and "connected in 200 s" in text
     assert "On bridge, net.netfilter.nf_conntrack_max stopped the run at 232,144" in text
 
 
 def test_memory_sentence_takes_medians_over_the_ladder():
-    text = million.memory_sentence(RUNS)
-    assert "median 5,100 bytes" in text and "60 bytes" in text and "3 run(s)" in text
+    text = findings.memory_sentence(RUNS)
+    assert "median 5,100 bytes" in text and "60 bytes" in text and "3 runs" in text
     assert "8,800 bytes" in text
 
 
 def test_limits_of_the_biggest_run_and_the_sentences_of_those_that_stop_a_point():
-    top = million.biggest(RUNS)
+    top = findings.biggest(RUNS)
     assert top["run_id"] == "loop-1m"
-    limits = million.limits_table(top)
+    limits = findings.limits_table(top)
     assert "net.netfilter.nf_conntrack_max" not in limits["setting"].to_list()
     fmax = limits.filter(pl.col("setting") == "fs.file-max").row(0, named=True)
     assert fmax["this run needs"] == 60_000 + 2 * 1_000_000
     assert fmax["room (connections)"] == (2_466_177 - 60_000) // 2
-    blocks = million.section(RUNS)
-    kinds = [k for k, _ in blocks]
-    assert kinds[:3] == ["markdown", "html", "chart"]
-    said = " ".join(item for kind, item in blocks if kind == "markdown")
+    blocks = findings.one_million(data(RUNS))
+    assert blocks.kinds()[:3] == ["markdown", "html", "chart"]
+    said = blocks.text()
     assert "sysctl -w net.netfilter.nf_conntrack_max=" in said and "--network loopback" in said
 
 
 def test_a_dataset_without_big_runs_says_how_to_get_them():
     small = RUNS.filter(pl.col("run_id") == "seed-like")
-    blocks = million.section(small)
-    assert len(blocks) == 1 and "config/million.yaml" in blocks[0][1]
-    assert million.chart(small) is None
+    blocks = findings.one_million(data(small))
+    assert blocks.kinds() == ["markdown"] and "config/million.yaml" in blocks.text()

@@ -223,6 +223,10 @@ def test_report_names_every_run_and_section(full_report):
     assert "Points beyond the tolerance (1)" in page and "short-timeout" in page
     assert "read_parquet" in page                          # the one shown code cell
     assert "charts.use_offline_renderer" not in page       # setup code hidden
+    # Explanations are the model's; the engine's stored notes are not shown. Every point's
+    # prediction counts its held ports, so the second prediction column is left out.
+    assert "engine's notes" not in page and "<th class=\"num\">with held ports" not in page
+    assert "already counts the ports its clients found held" in page
 
 
 @pytest.mark.parametrize("kind,says", [

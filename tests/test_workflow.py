@@ -73,7 +73,12 @@ FAKE_TCPLIMITS = textwrap.dedent(f"""\
         with open(calls, "a") as f:
             f.write(json.dumps(dict(image=True)) + "\\n")
     elif args.command == "report":
+        from tcplimits import render
+
+        render.copy_dataset(Path(args.dataset), Path(args.out) / "data")
         results.write_text("<html></html>", Path(args.out) / "index.html")
+        if args.browser_check == "yes":
+            results.write_text("fake png", Path(args.out) / "screenshot.png")
     else:
         sys.exit(cli.main(argv))
     """)
@@ -163,7 +168,7 @@ def test_dry_run_plans_every_point(wd):
     assert {Path(o).parent.name for o in jobs["experiment"]} == expected
     assert len(jobs["experiment"]) == len(expected)
     assert len(jobs["image"]) == len(jobs["dataset"]) == 1
-    assert ("report" in jobs) == (ROOT / "report" / "report.qmd").exists()
+    assert jobs["report"] == ["results/report/index.html"]
     assert not wd.calls.exists()  # a dry run runs nothing
 
 
@@ -303,14 +308,15 @@ def test_a_bad_config_stops_before_any_job(tmp_path, bad):
     wd = Workdir(tmp_path, fake=False)
     config, names = bad
     name = wd.write_config("bad.yaml", config)
-    before = _labelled_containers()
     proc = wd.snakemake("--configfile", name, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for word in names:
         assert word in output, output
+    # No job started, so no container either (other sessions share the engine: a global
+    # count of labelled containers would see theirs come and go).
     assert not (wd.path / "results").exists()
-    assert _labelled_containers() == before
+    assert not re.search(r"^(local)?rule \w+:", output, flags=re.M), output
 
 
 def test_lint_and_format(wd):
@@ -332,15 +338,47 @@ def test_environment_yml_matches_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["test"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert (ROOT / "environment.yml").resolve() == ROOT / "workflow" / "envs" / "tcplimits.yaml"
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in conda + pip}
+    names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in conda}
     conda_names = {"docker": "docker-py", "snakemake": "snakemake-minimal"}
     for requirement in wanted:
         name = re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].lower()
         assert name in names or conda_names.get(name) in names, name
-    assert "-e ." in pip
     assert any(d.startswith("python") for d in conda)
+    # Nothing relative to the file: Snakemake builds the environment from a copy of it.
+    assert all(isinstance(d, str) for d in env["dependencies"])
+
+
+def test_every_rule_names_the_deployable_environment():
+    rules = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert 'CONDA_ENV = "../envs/tcplimits.yaml"' in common
+    found = 0
+    for path in rules:
+        text = path.read_text()
+        rules_here = re.findall(r"^rule \w+:", text, flags=re.M)
+        assert len(rules_here) == text.count("        CONDA_ENV"), path.name
+        found += len(rules_here)
+    assert found == 4  # image, experiment, dataset, report
+
+
+def test_post_deploy_installs_this_checkout(tmp_path):
+    """The script Snakemake runs in a new conda environment installs the checkout from any
+    working directory: tried here in a virtual environment, run from elsewhere."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(venv), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("PYTHONPATH", None)
+    script = ROOT / "workflow" / "envs" / "tcplimits.post-deploy.sh"
+    subprocess.run(["/usr/bin/env", "bash", str(script)], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=600)
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import tcplimits; print(tcplimits.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert Path(where.strip()) == ROOT / "src" / "tcplimits" / "__init__.py"
 
 
 # --- end to end, real containers ---------------------------------------------------------

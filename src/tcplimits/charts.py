@@ -15,7 +15,7 @@ import altair as alt
 import polars as pl
 
 from . import model
-from .params import FIELDS
+from .params import FIELDS, ParamError, RunParams
 
 RENDERER = "tcplimits-svg"
 CHART_CLASS = "tcpl-chart"
@@ -66,11 +66,40 @@ def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
 
 
 def _with_port_count(df: pl.DataFrame) -> pl.DataFrame:
+    """``port_count`` from ``port_range`` where a frame lacks it, counted by the parameters."""
     if "port_count" in df.columns or "port_range" not in df.columns:
         return df
-    bounds = pl.col("port_range").str.extract_all(r"\d+")
-    return df.with_columns(port_count=bounds.list.get(1).cast(pl.Int64)
-                           - bounds.list.get(0).cast(pl.Int64) + 1)
+    counts = {}
+    for port_range in df["port_range"].drop_nulls().unique().to_list():
+        try:
+            counts[port_range] = RunParams(port_range=port_range).port_count
+        except ParamError:  # an unreadable range draws as unknown
+            counts[port_range] = None
+    return df.with_columns(port_count=pl.col("port_range").replace_strict(
+        counts, default=None, return_dtype=pl.Int64))
+
+
+def server_gaps(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs whose server and clients both counted, with ``gap`` (connections the clients
+    hold that the server had not accepted) and ``queue``: the accept queue that can hold them
+    (``model.accept_queue`` of the backlog, its default where null, and of the measured
+    somaxconn where the runs record one)."""
+    default = FIELDS["backlog"].default
+    has_somaxconn = "somaxconn" in runs.columns
+
+    def queue(row: dict) -> int:
+        backlog = default if row["backlog"] is None else row["backlog"]
+        if has_somaxconn and row["somaxconn"] is not None:
+            return model.accept_queue(backlog, row["somaxconn"])
+        return model.accept_queue(backlog)
+
+    columns = ["backlog", *(["somaxconn"] if has_somaxconn else [])]
+    return _ensure(runs, backlog=pl.Int64).filter(
+        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
+    ).with_columns(
+        gap=pl.col("connections_total") - pl.col("server_accepted"),
+        queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64),
+    )
 
 
 def _ensure(df: pl.DataFrame, **columns: pl.DataType) -> pl.DataFrame:
@@ -242,12 +271,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
 def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
     """Left: connections the server accepted against those the clients hold. Right: the gap
     per point, with a black tick at the accept queue's size (backlog + 1)."""
-    df = _ensure(runs, predicted_limit=pl.Utf8, backlog=pl.Int64).filter(
-        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
-    ).with_columns(
-        gap=pl.col("connections_total") - pl.col("server_accepted"),
-        queue=pl.min_horizontal(pl.col("backlog").fill_null(FIELDS["backlog"].default),
-                                pl.lit(model.SOMAXCONN)) + 1,  # model.accept_queue, per row
+    df = server_gaps(_ensure(runs, predicted_limit=pl.Utf8)).with_columns(
         limit=pl.col("predicted_limit").fill_null("unknown"),
     ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
     color = _limit_color(df["limit"])
@@ -269,6 +293,29 @@ def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
 
 
 # --- Drawing ----------------------------------------------------------------------------------
+
+def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChart:
+    """Connections held per run (x: what the model asked for, log-log), coloured by network,
+    with each host limit's room in connections as a dashed rule: ``limits`` are
+    {"limit": name, "connections": room}."""
+    points = runs.select("run_id", "network", "predicted_total", "connections_total")
+    base = alt.Chart(points).mark_point(filled=True, size=80).encode(
+        x=alt.X("predicted_total:Q", title="connections asked (model)", scale=LOG,
+                axis=COUNT_AXIS),
+        y=alt.Y("connections_total:Q", title="connections held", scale=LOG, axis=COUNT_AXIS),
+        color=alt.Color("network:N", title="network"),
+        tooltip=["run_id", "network", "predicted_total", "connections_total"])
+    layers = [base]
+    if limits:
+        rules = pl.DataFrame(limits)
+        layers.append(alt.Chart(rules).mark_rule(strokeDash=[4, 3], color="#888").encode(
+            y="connections:Q", tooltip=["limit", "connections"]))
+        layers.append(alt.Chart(rules).mark_text(align="left", dx=4, dy=-6, fontSize=10).encode(
+            y="connections:Q", x=alt.value(4), text="limit:N"))
+    return _named(alt.layer(*layers).properties(
+        width=480, height=300, title="Connections held against the host's limits"),
+        "held_against_limits")
+
 
 def _vl_version() -> str:
     # vl-convert names Vega-Lite versions like "v6_4"; Altair's schema is "v6.4.1".

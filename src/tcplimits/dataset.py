@@ -110,7 +110,9 @@ TABLES = {  # dataset name -> (run directory file, dataset schema)
     "server": (results.SERVER_FILE, SERVER_SCHEMA),
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
 }
-DATASET_FILES = ["runs", *TABLES]
+# The dataset's tables, each <name>.parquet: the one list the renderer and the workflow use.
+TABLE_NAMES = ("runs", *TABLES)
+SCHEMAS = {"runs": RUNS_SCHEMA, **{name: schema for name, (_, schema) in TABLES.items()}}
 
 
 def _int(value: Any) -> int | None:
@@ -293,7 +295,7 @@ def build_dataset(run_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[s
     out_dir = Path(out_dir)
     unique = list(dict.fromkeys(Path(d) for d in run_dirs))  # same directory twice: once
     runs = runs_frame(unique)
-    frames = {"runs": runs, **{name: table_frame(runs, name) for name in TABLES}}
+    frames = {name: runs if name == "runs" else table_frame(runs, name) for name in TABLE_NAMES}
     for name, df in frames.items():
         results.write_parquet(df, out_dir / f"{name}.parquet")
     return {name: df.height for name, df in frames.items()}

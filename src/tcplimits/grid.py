@@ -1,6 +1,6 @@
 """The workflow's experiment grid: a config file -> the list of points to run (pure functions).
 
-A config (``config/config.yaml``, schema ``workflow/schemas/config.schema.yaml``) holds a
+A config (``config/config.yaml``, schema ``schemas/config.schema.yaml`` in this package) holds a
 ``grid`` of value lists whose cartesian product gives points, extra explicit ``points``,
 ``repetitions`` and the ``experiment`` values every point starts from. Each point is a
 ``RunParams`` plus a repetition number, and gets a stable, readable id that names its run
@@ -19,8 +19,9 @@ import yaml
 
 from .params import FIELDS, ParamError, RunParams
 
-# The schema lives with the workflow; an editable install (src layout) finds it from here.
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped in the package (package-data), so an installed tcplimits finds it; the workflow's
+# validate() reads this same file.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # Always part of an id, in this order and with these short names.
 ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "procs": "procs"}
@@ -66,8 +67,8 @@ def load_config(path: str | Path) -> dict:
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config schema not found at {path}: the workflow needs a "
-                                "checkout of the repository (pip install -e .)")
+        raise FileNotFoundError(f"config schema not found at {path}: reinstall tcplimits "
+                                "(pip install -e . in the checkout)")
     return yaml.safe_load(path.read_text())
 
 

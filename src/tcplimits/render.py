@@ -30,13 +30,8 @@ from . import dataset
 from .results import write_parquet, write_text
 
 DATA_ENV = "TCPLIMITS_DATASET"
-TABLES = ("runs", "clients", "server", "series")
 TEMPLATE_DIR = Path(__file__).parent / "report_template"
 QUARTO_MIN = (1, 4)
-
-# The dataset's own schemas: a column the files lack is added as nulls.
-SCHEMAS = {"runs": dataset.RUNS_SCHEMA, "clients": dataset.CLIENTS_SCHEMA,
-           "server": dataset.SERVER_SCHEMA, "series": dataset.SERIES_SCHEMA}
 
 
 # --- The dataset, as the report reads it --------------------------------------------------------
@@ -44,10 +39,11 @@ SCHEMAS = {"runs": dataset.RUNS_SCHEMA, "clients": dataset.CLIENTS_SCHEMA,
 def load_dataset(data_dir: str | Path) -> dict[str, pl.DataFrame]:
     """The four tables; a missing file is an empty table, a missing column a null column."""
     out = {}
-    for name in TABLES:
+    for name in dataset.TABLE_NAMES:
         path = Path(data_dir) / f"{name}.parquet"
-        out[name] = (dataset.conform(pl.read_parquet(path), SCHEMAS[name]) if path.exists()
-                     else pl.DataFrame(schema=SCHEMAS[name]))
+        schema = dataset.SCHEMAS[name]
+        out[name] = (dataset.conform(pl.read_parquet(path), schema) if path.exists()
+                     else pl.DataFrame(schema=schema))
     return out
 
 
@@ -57,13 +53,13 @@ def copy_dataset(dataset_dir: Path, data_dir: Path) -> Path:
     exactly what the report was built from."""
     data_dir.mkdir(parents=True, exist_ok=True)
     sources = {p.name: p for p in sorted(Path(dataset_dir).glob("*.parquet"))}
-    for name in TABLES:
+    for name in dataset.TABLE_NAMES:
         if f"{name}.parquet" not in sources:
-            write_parquet(pl.DataFrame(schema=SCHEMAS[name]), data_dir / f"{name}.parquet")
+            write_parquet(pl.DataFrame(schema=dataset.SCHEMAS[name]), data_dir / f"{name}.parquet")
     for name, path in sources.items():
         write_parquet(pl.read_parquet(path), data_dir / name)
     for stale in data_dir.glob("*.parquet"):
-        if stale.name not in sources and stale.stem not in TABLES:
+        if stale.name not in sources and stale.stem not in dataset.TABLE_NAMES:
             stale.unlink()
     return data_dir
 

@@ -3,30 +3,32 @@
 # bad config stops the workflow with the key and value named and no container started.
 import os
 import re
-from pathlib import Path
 
 from snakemake.utils import validate
 
-from tcplimits import grid
+from tcplimits import dataset, grid, render, results
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The schema ships inside the package: the workflow and an installed tcplimits read one file.
+validate(config, schema=str(grid.SCHEMA_PATH))
 
 POINTS = {point.id: point for point in grid.points(config)}
 
 RUNS_DIR = "results/runs"
 DATASET_DIR = "results/dataset"
-DATASET_FILES = {
-    name: f"{DATASET_DIR}/{name}.parquet"
-    for name in ("runs", "clients", "server", "series")
-}
+# The dataset's tables, as tcplimits.dataset names them.
+DATASET_FILES = {name: f"{DATASET_DIR}/{name}.parquet" for name in dataset.TABLE_NAMES}
 REPORT_SOURCE = "report/report.qmd"
 # Quarto's options, which the fallback renderer reads too.
 REPORT_SETTINGS = "report/_quarto.yml"
 REPORT_DIR = "results/report"
-# The software every job uses: the `tcplimits` command of the environment Snakemake runs
-# in (pip install -e ., or conda env create -f environment.yml). Naming the file documents
-# it, and an edited environment.yml reruns the jobs (Snakemake's software-env trigger).
-CONDA_ENV = "../../environment.yml"
+# The report's browser check runs where headless Chromium can be driven (scripts/bootstrap.sh
+# --test installs it); only there does the report job write a screenshot.
+BROWSER_CHECK = render.browser_available() is None
+# The software of every job: the package's dependencies (workflow/envs/tcplimits.yaml, which
+# environment.yml links to) plus this checkout, installed by the post-deploy script beside it.
+# Without --sdm conda the jobs run the `tcplimits` of the environment Snakemake runs in;
+# an edited environment file still reruns them (Snakemake's software-env trigger).
+CONDA_ENV = "../envs/tcplimits.yaml"
 
 # Experiments share one Docker engine and the machine's memory: the profile limits them
 # with --resources docker_runs=1. Register the same limit here so that one run at a time
@@ -46,18 +48,19 @@ def point_flags(wildcards):
     return POINTS[wildcards.point].flags
 
 
-def run_json(point_id):
-    return f"{RUNS_DIR}/{point_id}/run.json"
+def run_files(point_id):
+    """The files of a run directory that the dataset reads: run.json and each table."""
+    files = {"run_json": results.RUN_JSON}
+    files.update((name, file) for name, (file, _) in dataset.TABLES.items())
+    return {name: f"{RUNS_DIR}/{point_id}/{file}" for name, file in files.items()}
 
 
-def report_settings(wildcards):
-    """The report's settings file, when there is one (editing it renders again)."""
-    return [REPORT_SETTINGS] if Path(REPORT_SETTINGS).exists() else []
-
-
-def final_outputs():
-    """The dataset, and the report once its source exists (it lands with the report issue)."""
-    outputs = list(DATASET_FILES.values())
-    if Path(REPORT_SOURCE).exists():
-        outputs.append(f"{REPORT_DIR}/index.html")
+def report_outputs():
+    """The page, the dataset copied beside it and, with the browser check, its screenshot."""
+    outputs = {
+        "page": f"{REPORT_DIR}/index.html",
+        "data": directory(f"{REPORT_DIR}/data"),
+    }
+    if BROWSER_CHECK:
+        outputs["screenshot"] = f"{REPORT_DIR}/screenshot.png"
     return outputs

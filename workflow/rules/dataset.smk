@@ -2,7 +2,13 @@
 # parameters as columns. Adding or removing a point changes the input set and rebuilds it.
 rule dataset:
     input:
-        runs=[run_json(point_id) for point_id in POINTS],
+        runs=[run_files(point_id)["run_json"] for point_id in POINTS],
+        tables=[
+            path
+            for point_id in POINTS
+            for name, path in run_files(point_id).items()
+            if name != "run_json"
+        ],
     output:
         **DATASET_FILES,
     log:

@@ -6,13 +6,14 @@
 # used by the points that run next. To redo every point on a new image, run
 # `snakemake --forcerun image` (a rerun of the image job reruns everything after it).
 # --exit-zero: a failed or unsupported point is recorded in its run.json with the reason
-# and does not stop the others; an engine crash fails the job, and keep-going (the
-# profile) lets the other points finish.
+# (and empty tables) and does not stop the others; an engine crash fails the job, and
+# keep-going (the profile) lets the other points finish.
+# Outputs: every file the dataset rule reads.
 rule experiment:
     input:
         image=ancient("results/image.txt"),
     output:
-        run_json("{point}"),
+        **run_files("{point}"),
     log:
         "results/logs/experiment/{point}.log",
     wildcard_constraints:
@@ -23,9 +24,9 @@ rule experiment:
         docker_runs=1,
     params:
         flags=point_flags,
-        out=lambda wildcards, output: os.path.dirname(output[0]),
+        out=lambda wildcards, output: os.path.dirname(output.run_json),
     # A rerun replaces the whole run directory: files of an earlier run of the point
-    # (a parquet file an unsupported run does not write) must not reach the dataset.
+    # must not reach the dataset.
     shell:
         "rm -rf {params.out} && "
         "tcplimits run {params.flags} --run-id {wildcards.point} --out {params.out} "

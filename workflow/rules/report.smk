@@ -1,18 +1,20 @@
-# The HTML report, rendered from the dataset by `tcplimits report`.
+# The HTML report, rendered from the dataset by `tcplimits report`: index.html, the dataset
+# copied to data/ beside it, and the browser check's screenshot where Chromium is installed.
 rule report:
     input:
         dataset=list(DATASET_FILES.values()),
         source=REPORT_SOURCE,
-        settings=report_settings,
+        settings=REPORT_SETTINGS,
     output:
-        f"{REPORT_DIR}/index.html",
+        **report_outputs(),
     log:
         "results/logs/report.log",
     conda:
         CONDA_ENV
     params:
         dataset=lambda wildcards, input: os.path.dirname(input.dataset[0]),
-        out=lambda wildcards, output: os.path.dirname(output[0]),
+        out=lambda wildcards, output: os.path.dirname(output.page),
+        browser_check="yes" if BROWSER_CHECK else "no",
     shell:
         "tcplimits report --dataset {params.dataset} --out {params.out} "
-        "--source {input.source} > {log} 2>&1"
+        "--source {input.source} --browser-check {params.browser_check} > {log} 2>&1"
