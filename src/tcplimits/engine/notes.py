@@ -14,7 +14,11 @@ def explain(params: RunParams, prediction: model.Prediction, clients: list[dict]
         for s in sockets:
             who = ("Docker's embedded DNS resolver, which listens on 127.0.0.11 in every "
                    "container on a user-defined network"
-                   if s["addr"] == "127.0.0.11" else f"a socket on {s['addr']}")
+                   if s["addr"] == "127.0.0.11" else
+                   "the server's listening socket (on loopback the clients share the "
+                   "server's namespace)"
+                   if params.network == "loopback" and s["state"] == "LISTEN"
+                   else f"a socket on {s['addr']}")
             notes.append(
                 f"client {client}: port {s['port']} of the range {params.port_range} was already "
                 f"held ({s['state']}) in the container's namespace by {who}; connect() never "
