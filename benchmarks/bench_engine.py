@@ -23,7 +23,7 @@ from tcplimits.params import RunParams
 def one(params: RunParams, name: str, workdir: Path, client) -> dict:
     record = run_experiment(params, workdir / name, run_id=name, progress=False, client=client,
                             log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
+    assert record["status"] == results.STATUS_OK, record["reason"]
     series = pl.read_parquet(workdir / name / results.SERIES_FILE)
     clients = pl.read_parquet(workdir / name / results.CLIENTS_FILE)
     out = {k: record[k] for k in ("setup_s", "connect_s", "teardown_s", "duration_s")}

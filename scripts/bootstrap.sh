@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what tcplimits needs on a fresh Debian-like machine (idempotent):
 #   scripts/bootstrap.sh          the tool: Python package + debootstrap + the agent image
-#   scripts/bootstrap.sh --test   also the test tools: pytest, snakefmt, Chromium + chromedriver
+#   scripts/bootstrap.sh --test   also the test tools: pytest, snakefmt, Chromium + chromedriver,
+#                                 Compose (Debian's docker-compose, v1) unless v2 is there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,20 +15,34 @@ import sys; sys.exit(sys.version_info < (3, 11))
 PY
 
 # Debian packages: debootstrap builds the base image where no registry can be reached;
-# the report's browser test drives Debian's Chromium.
+# the report's browser test drives Debian's Chromium; the compose test brings a run's
+# compose.yml up with whichever Compose is installed.
 packages=()
+bare_packages=()  # installed with --no-install-recommends
 command -v debootstrap >/dev/null || packages+=(debootstrap)
 if $test_tools; then
   command -v chromium >/dev/null || packages+=(chromium)
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
+  # Without its recommends: Debian's docker-compose recommends docker.io, a second engine.
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+    || bare_packages+=(docker-compose)
 fi
-if ((${#packages[@]})); then
+if ((${#packages[@]} + ${#bare_packages[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "installing Debian packages: ${packages[*]}" >&2
+    echo "installing Debian packages: ${packages[*]} ${bare_packages[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    if ((${#packages[@]})); then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    fi
+    if ((${#bare_packages[@]})); then
+      DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${bare_packages[@]}" >/dev/null
+    fi
   else
-    echo "please install these packages, then run this again: ${packages[*]}" >&2
+    echo "please install these packages, then run this again: ${packages[*]} ${bare_packages[*]}" >&2
+    if ((${#bare_packages[@]})); then
+      echo "(${bare_packages[*]} with --no-install-recommends)" >&2
+    fi
     exit 1
   fi
 fi

@@ -9,6 +9,7 @@ so a renamed column shows up here first.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,10 +33,6 @@ ENV = {
     "env_git_sha": "1a2b3c4",
     "env_cgroup_version": "2",
 }
-DNS_NOTE = ("client {c}: port {port} of the range {range} was already held (LISTEN) in the "
-            "container's namespace by Docker's embedded DNS resolver, which listens on "
-            "127.0.0.11 in every container on a user-defined network; connect() never takes a "
-            "port held by bind(), so the pool is one port smaller.")
 T0 = datetime(2025, 11, 25, 11, 10, tzinfo=timezone.utc)
 
 # run_id, params, status, reason, per process (client, proc, connections, error),
@@ -96,8 +93,10 @@ def _tables(root: Path) -> dict[str, pl.DataFrame]:
                        "port_count": params.port_count,
                        "resolved_server_nofile": server_nofile,
                        "resolved_server_workers": n_workers}
-        notes = [DNS_NOTE.format(c=c, port=params.port_lo + 719, range=params.port_range)
-                 for c in range(1, params.clients + 1)] if ok else []
+        # As the engine records them: Docker's DNS listener, one port per client namespace.
+        held_sockets = {str(c): [{"addr": "127.0.0.11", "port": params.port_lo + 719,
+                                  "state": "LISTEN", "owner": "docker-dns"}]
+                        for c in range(1, params.clients + 1)} if ok else None
         predicted = {  # runs that never started have no resolved values nor prediction
             "resolved_server_nofile": server_nofile, "resolved_server_workers": n_workers,
             "predicted_total": pred.total, "predicted_per_client": pred.per_client,
@@ -110,7 +109,9 @@ def _tables(root: Path) -> dict[str, pl.DataFrame]:
             "connections_total": total, "server_accepted": accepted,
             "started_at": start, "ended_at": start + timedelta(seconds=47 if ok else 3),
             "duration_s": 47.0 if ok else 3.1, "setup_s": 2.4, "teardown_s": 1.2,
-            "held_ports": held if ok else None, "notes": "\n".join(notes) or None, **ENV,
+            "held_ports": held if ok else None,
+            "held_sockets": json.dumps(held_sockets) if ok else None,
+            "somaxconn": 4096 if ok else None, **ENV,
             "run_dir": str(root / "runs" / run_id),
         })
         param_row = {k: params_cols[k] for k in dataset.PARAM_COLUMNS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -43,7 +44,10 @@ def write_ok_run(run_dir: Path, run_id: str, params: RunParams, held: list[list[
         "totals": {"connections": sum(r["connections"] for r in clients),
                    "server_accepted": server[0]["accepted"]},
         "held_ports": {str(c + 1): h for c, h in enumerate(held)},
-        "notes": ["first note", "second note"],
+        "facts": {"held_sockets": {str(c + 1): [{"addr": "127.0.0.11", "port": port,
+                                                 "state": "LISTEN", "owner": "docker-dns"}
+                                                for port in h] for c, h in enumerate(held)},
+                  "somaxconn": 4096, "server_workers": []},
     }, run_dir / results.RUN_JSON)
 
 
@@ -57,7 +61,7 @@ def write_unsupported_run(run_dir: Path, run_id: str, params: RunParams) -> None
         "resolved": None, "prediction": None, "started_at": "2026-01-02T03:04:05+00:00",
         "ended_at": None, "duration_s": 0.1, "setup_s": None, "teardown_s": None,
         "environment": {**ENV, "future_key": {"a": 1}}, "totals": None, "held_ports": None,
-        "notes": [],
+        "facts": {},
     }, run_dir / results.RUN_JSON)
 
 
@@ -91,7 +95,10 @@ def test_runs_table(runs, tmp_path):
     assert a["connections_total"] == 1999 and a["server_accepted"] == 1999
     assert a["resolved_server_nofile"] == 20000 and a["resolved_server_workers"] == 1
     assert a["server_workers"] == "auto" and a["server_nofile"] is None
-    assert a["notes"] == "first note\nsecond note"
+    assert a["somaxconn"] == 4096
+    assert json.loads(a["held_sockets"]) == {"1": [{"addr": "127.0.0.11", "port": 40123,
+                                                    "state": "LISTEN", "owner": "docker-dns"}],
+                                             "2": []}
     assert a["started_at"].year == 2026 and a["ended_at"].second == 15
     assert a["duration_s"] == 10.0 and a["connect_s"] == 1.5
     assert a["env_kernel"] == "6.18.0" and a["env_engine_nofile_cap"] == 20000
@@ -102,7 +109,8 @@ def test_runs_table(runs, tmp_path):
     assert c["status"] == "unsupported" and "nofile" in c["reason"]
     assert c["server_workers"] == "3" and c["nofile"] == 30000
     assert c["predicted_total"] is None and c["connections_total"] is None
-    assert c["held_ports"] is None and c["notes"] is None and c["ended_at"] is None
+    assert c["held_ports"] is None and c["held_sockets"] is None and c["ended_at"] is None
+    assert c["somaxconn"] is None
     assert c["env_future_key"] == '{"a": 1}'  # an environment key added later
 
 

@@ -64,6 +64,19 @@ def test_seed_default_range_binds_each_client_at_28232_minus_held(engine, tmp_pa
         assert len(held) == row["held_ports"] and all(32768 <= p <= 60999 for p in held)
     assert record["prediction"]["limit"] == "ports"
     assert record["totals"]["connections"] == record["prediction"]["total"]
+    # The facts the model explains from: held sockets with their owner, somaxconn, workers.
+    facts = record["facts"]
+    assert "notes" not in record and facts["somaxconn"] >= 128
+    assert len(facts["server_workers"]) == record["resolved"]["server_workers"]
+    for client, sockets in facts["held_sockets"].items():
+        assert [s["port"] for s in sockets] == record["held_ports"][client]
+        assert all(s["owner"] == "docker-dns" for s in sockets if s["addr"] == "127.0.0.11")
+    from tcplimits.cli import summary
+
+    text = summary(tmp_path / "seed")
+    assert "model: each client's port pool" in text
+    if any(facts["held_sockets"].values()):
+        assert "note: client" in text and "Docker's embedded DNS resolver" in text
     assert server["accepted"].sum() == clients["connections"].sum()
     # The run directory is complete and self-describing.
     run_dir = tmp_path / "seed"
@@ -117,15 +130,17 @@ def test_unsupported_nofile_is_refused_and_recorded(engine, tmp_path):
     cap = probe_engine(engine)["engine_nofile_cap"]
     if cap >= 1_048_576:
         pytest.skip("this engine allows any nofile")
-    before = labelled(engine)
+    # Other checkouts run containers meanwhile: count only this run's.
+    run_id = f"big-{os.getpid()}-{time.monotonic_ns()}"
     proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", "--nofile", str(cap + 1),
-                           "--out", str(tmp_path / "big")], capture_output=True, text=True)
+                           "--run-id", run_id, "--out", str(tmp_path / "big")],
+                          capture_output=True, text=True)
     assert proc.returncode == 3
     record = json.loads((tmp_path / "big" / "run.json").read_text())
     assert record["status"] == "unsupported"
     assert f"engine allows nofile up to {cap}; asked {cap + 1}; use more --procs" in record["reason"]
     assert record["params"]["nofile"] == cap + 1  # recorded as asked, never changed
-    assert labelled(engine) == before
+    assert labelled(engine, run_id) == ([], [])
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -140,14 +155,15 @@ def test_unsupported_nofile_is_refused_and_recorded(engine, tmp_path):
     (["--procs", "1.5"], "--procs"),
 ])
 def test_bad_input_exits_2_naming_the_flag_before_any_container(engine, tmp_path, args, flag):
-    before = labelled(engine)
-    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--out",
-                           str(tmp_path / "bad")], capture_output=True, text=True)
+    # Other checkouts run containers meanwhile: count only this run's.
+    run_id = f"bad-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", run_id,
+                           "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
     assert not (tmp_path / "bad").exists()
-    assert labelled(engine) == before
+    assert labelled(engine, run_id) == ([], [])
 
 
 def _start_and_wait_for_containers(engine, tmp_path, run_id):

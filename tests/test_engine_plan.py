@@ -1,11 +1,11 @@
-"""The engine's pure parts: container specs, compose file, refusals, explanations."""
+"""The engine's pure parts: container specs, compose file, refusals, the recorded facts."""
 
 import re
 
 import yaml
 
 from tcplimits import model
-from tcplimits.engine import (Resolved, compose_file, container_specs, explain, new_run_id,
+from tcplimits.engine import (HARDENING, Resolved, compose_file, container_specs, new_run_id,
                               sweep, unsupported_reason)
 from tcplimits.params import RunParams
 
@@ -83,17 +83,35 @@ def test_run_ids_are_stable_per_parameters_and_readable():
     assert a[-6:] != b[-6:] and new_run_id(PARAMS)[-6:] == a[-6:]
 
 
-def test_explain_names_the_port_held_by_docker_dns():
-    params = RunParams(port_range="32768-60999", nofile=15000, procs=2, clients=1)
-    prediction = model.predict(params, server_nofile=20000, server_workers=2, held_ports=[1])
-    clients = [dict(client=1, proc=1, connections=13234, error="EADDRNOTAVAIL"),
-               dict(client=1, proc=2, connections=14997, error="EMFILE")]
-    notes = explain(params, prediction, clients, [dict(worker=1, accepted=28231)],
-                    {1: [{"addr": "127.0.0.11", "port": 43995, "state": "LISTEN"}]}, 129)
-    text = "\n".join(notes)
-    assert "port 43995" in text and "embedded DNS" in text
-    assert "28,231 connections (as predicted; limit: ports)" in text
-    assert "process(es) 2 reached their own descriptor limit" in text
+def test_run_facts_record_held_sockets_with_owner_somaxconn_and_workers():
+    from tcplimits.engine.events import RunState
+    from tcplimits.engine.record import run_facts
+
+    state = RunState()
+    state.take("client1", {"event": "ready", "client": 1, "held": [
+        {"addr": "127.0.0.11", "port": 43995, "state": "LISTEN"}]})
+    state.take("client2", {"event": "ready", "client": 2, "held": [
+        {"addr": "10.0.0.9", "port": 40001, "state": "ESTABLISHED"}]})
+    state.take("server", {"event": "listening", "port": 5000, "backlog": 128, "somaxconn": 512})
+    state.take("server", {"event": "result", "worker": 1, "accepted": 997, "errno": 24,
+                          "error": "EMFILE", "message": "Too many open files",
+                          "accept_errors": 3})
+    facts = run_facts(state)
+    assert facts == {
+        "held_sockets": {
+            "1": [{"addr": "127.0.0.11", "port": 43995, "state": "LISTEN", "owner": "docker-dns"}],
+            "2": [{"addr": "10.0.0.9", "port": 40001, "state": "ESTABLISHED", "owner": None}]},
+        "somaxconn": 512,
+        "server_workers": [{"worker": 1, "accepted": 997, "errno": 24, "error": "EMFILE",
+                            "message": "Too many open files", "accept_errors": 3}],
+    }
+
+
+def test_hardening_is_one_definition_for_agents_and_compose():
+    doc = yaml.safe_load(compose_file(specs(), "r1"))
+    for role, spec in specs().items():
+        for key, value in HARDENING.items():
+            assert spec[key] == value and doc["services"][role][key] == value
 
 
 class _FakeResource:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tcplimits import image
-from tcplimits.image import ImageError, image_tag, mirror_from_apt_sources
+from tcplimits import base_image, image
+from tcplimits.apt_sources import NoDebianArchive, mirror_from_apt_sources
+from tcplimits.image import ImageError, image_tag
 
 # Made-up mirror hosts: the tests must not name a real one.
 MIRROR = "http://mirror.invalid/debian"
@@ -94,10 +95,25 @@ def test_no_debian_entry_is_a_clear_error(tmp_path):
 deb {MIRROR} bookworm-security main
 deb-src {MIRROR} bookworm main
 """)
-    with pytest.raises(ImageError, match="TCPLIMITS_BASE_IMAGE"):
+    with pytest.raises(NoDebianArchive, match="no Debian archive entry"):
         mirror_from_apt_sources([sources])
-    with pytest.raises(ImageError, match="no Debian archive entry"):
+    with pytest.raises(NoDebianArchive, match="no Debian archive entry"):
         mirror_from_apt_sources([])
+
+
+def test_no_registry_and_no_debian_archive_says_what_to_do(monkeypatch):
+    def no_archive(**_):
+        raise NoDebianArchive("no Debian archive entry in the apt sources")
+
+    def no_registry(client, ref):
+        raise ImageError(f"pulling {ref}: no answer from the registry in 10s")
+
+    monkeypatch.delenv("TCPLIMITS_BASE_IMAGE", raising=False)
+    monkeypatch.setattr(base_image, "mirror_from_apt_sources", no_archive)
+    monkeypatch.setattr(base_image, "local_image", lambda client, ref: None)
+    monkeypatch.setattr(base_image, "_pull", no_registry)
+    with pytest.raises(ImageError, match="(?s)no answer.*no Debian archive.*TCPLIMITS_BASE_IMAGE"):
+        base_image.ensure_base(object(), log=lambda line: None)
 
 
 # --- tag hashing ------------------------------------------------------------------------
@@ -166,17 +182,24 @@ def test_pull_without_answer_fails_within_the_bound():
     started = time.monotonic()
     try:
         with pytest.raises(ImageError, match="no answer"):
-            image._pull(client, "python:3.13-slim", answer_seconds=0.3)
+            base_image._pull(client, "python:3.13-slim", answer_seconds=0.3)
         assert time.monotonic() - started < 5
     finally:
         client.release.set()
 
 
-def test_missing_debootstrap_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(image, "_which_debootstrap", lambda: None)
-    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
-    with pytest.raises(ImageError, match="apt-get install debootstrap"):
-        image._ensure_debootstrap(log=lambda line: None)
+def test_missing_debootstrap_says_what_to_install_and_installs_nothing(monkeypatch):
+    def no_commands(*args, **kwargs):
+        raise AssertionError(f"library code ran a command: {args}")
+
+    monkeypatch.setattr(base_image, "_which_debootstrap", lambda: None)
+    monkeypatch.setattr(base_image.os, "geteuid", lambda: 0)  # even as root
+    monkeypatch.setattr(base_image.subprocess, "run", no_commands)
+    with pytest.raises(ImageError, match="apt-get install debootstrap.*scripts/bootstrap.sh"):
+        base_image.debootstrap_path()
+    with pytest.raises(ImageError, match="debootstrap is not installed"):
+        base_image.build_debian_base(object(), "http://deb.debian.org/debian", "bookworm",
+                                     "tcplimits-base:debian-bookworm", log=lambda line: None)
 
 
 def test_tree_removal_handles_special_files(tmp_path):
@@ -187,7 +210,7 @@ def test_tree_removal_handles_special_files(tmp_path):
     (locked / "file").write_text("x")
     (tree / "root" / "link").symlink_to("/etc")
     locked.chmod(0o555)
-    image._remove_tree(tree, log=pytest.fail)
+    base_image._remove_tree(tree, log=pytest.fail)
     assert not tree.exists()
 
 

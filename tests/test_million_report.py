@@ -93,3 +93,13 @@ def test_a_dataset_without_big_runs_says_how_to_get_them():
     small = RUNS.filter(pl.col("run_id") == "seed-like")
     blocks = findings.one_million(data(small))
     assert blocks.kinds() == ["markdown"] and "config/million.yaml" in blocks.text()
+
+
+def test_the_model_explains_a_host_stop_with_setting_value_need_and_command():
+    bridge = RUNS.filter(pl.col("run_id") == "bridge-250k").row(0, named=True)
+    comparison = model.compare_run(bridge, [])
+    assert comparison.limit == model.CONNTRACK and comparison.expected == 232_144
+    said = " ".join(comparison.explanations)
+    assert "net.netfilter.nf_conntrack_max is 262,144" in said and "sysctl -w" in said
+    loop = RUNS.filter(pl.col("run_id") == "loop-1m").row(0, named=True)
+    assert not any("sysctl" in e for e in model.compare_run(loop, []).explanations)

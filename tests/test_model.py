@@ -163,3 +163,82 @@ def test_compare_runs_on_the_synthetic_dataset(tmp_path):
     assert not found["short-timeout"].within_tolerance
     assert all(c.observed == c.expected for c in found.values()
                if c.run_id not in ("server-1024", "short-timeout"))
+
+
+# --- explanations from the run's recorded facts ---------------------------------------------
+
+DNS_SOCKETS = ('{"1": [{"addr": "127.0.0.11", "port": 40719, "state": "LISTEN", '
+               '"owner": "docker-dns"}]}')
+
+
+def test_held_socket_is_named_by_its_recorded_owner_and_port():
+    c = model.compare_run(_run(held_sockets=DNS_SOCKETS), _clients((1, 1, 999, "EADDRNOTAVAIL")))
+    text = " ".join(c.explanations)
+    assert "Docker's embedded DNS resolver" in text and "40719 (LISTEN)" in text
+    assert "the pool had 999 ports, not 1,000" in text and "e.g." not in text
+
+
+def test_unknown_owner_is_named_by_address():
+    sockets = '{"1": [{"addr": "10.1.2.3", "port": 40001, "state": "ESTABLISHED", "owner": null}]}'
+    c = model.compare_run(_run(held_sockets=sockets), _clients((1, 1, 999, "EADDRNOTAVAIL")))
+    assert any("a socket on 10.1.2.3 [40001 (ESTABLISHED)]" in e for e in c.explanations)
+
+
+def test_recorded_somaxconn_caps_the_accept_queue():
+    # backlog 1000 on a kernel whose somaxconn is 128: the queue holds 129, not 1001.
+    run = _run(port_range="32768-60999", clients=2, server_nofile=1024, server_workers="1",
+               backlog=1000, somaxconn=128, resolved_server_nofile=1024,
+               resolved_server_workers=1, predicted_total=1149, connections_total=1149,
+               server_accepted=1020, held_ports=[1, 1])
+    c = model.compare_run(run, _clients((1, 1, 575, "ETIMEDOUT"), (2, 1, 574, "ETIMEDOUT")))
+    assert c.expected == 1020 + 129 and c.deviation == 0
+    text = " ".join(c.explanations)
+    assert "backlog + 1 = 129 (backlog capped at somaxconn 128)" in text
+    without = model.compare_run({**run, "somaxconn": None}, _clients((1, 1, 1149, "ETIMEDOUT")))
+    assert without.expected == 1020 + 1001  # the kernel default (4096) does not cap 1000
+
+
+def test_accept_queue_gap_uses_the_recorded_somaxconn():
+    c = model.compare_run(_run(connections_total=999, server_accepted=900, backlog=500,
+                               somaxconn=64), _clients((1, 1, 999, "EADDRNOTAVAIL")))
+    assert any("+99 against the clients' count: not accounted for" in e
+               for e in c.explanations)  # 99 > 64 + 1 places in the queue
+    c = model.compare_run(_run(connections_total=999, server_accepted=950, backlog=500,
+                               somaxconn=64), _clients((1, 1, 999, "EADDRNOTAVAIL")))
+    assert any("up to 65 (min(backlog, somaxconn) + 1) wait in the accept queue" in e
+               for e in c.explanations)
+
+
+def test_server_worker_out_of_descriptors_that_did_not_limit_the_run():
+    server = [{"run_id": "r", "worker": 1, "accepted": 600, "error": "EMFILE"},
+              {"run_id": "r", "worker": 2, "accepted": 399, "error": None}]
+    c = model.compare_run(_run(), _clients((1, 1, 999, "EADDRNOTAVAIL")), server)
+    assert any("server worker(s) 1 hit EMFILE in accept()" in e and "did not limit" in e
+               for e in c.explanations)
+    found = model.compare_runs([_run()], _clients((1, 1, 999, "EADDRNOTAVAIL")), server)
+    assert found[0].explanations == c.explanations
+
+
+def test_emfile_while_port_bound_names_the_process_and_its_room():
+    c = model.compare_run(_run(nofile=600, procs=2),
+                          _clients((1, 1, 597, "EMFILE"), (1, 2, 402, "EADDRNOTAVAIL")))
+    text = " ".join(c.explanations)
+    assert "descriptor limit (nofile - 3), 597 sockets" in text
+    assert "process(es) 1.1 (client.process) reached their descriptor limit (597)" in text
+
+
+@pytest.mark.parametrize("values,limit,words", [
+    ({"nofile": 300}, model.DESCRIPTORS, "nofile - 3 = 297 sockets"),
+    ({"port_range": "40000-40999"}, model.PORTS, "the 1,000 ports of 40000-40999"),
+    ({"max_connections": 50}, model.MAX_CONNECTIONS, "at 50 connections"),
+    ({"clients": 2, "server_nofile": 1024, "server_workers": 1}, model.SERVER,
+     "accepts 1,020 and queues 129 more"),
+])
+def test_limit_reason_says_where_the_number_comes_from(values, limit, words):
+    params = RunParams.from_mapping(values)
+    p = model.predict(params, server_nofile=params.server_nofile or 20000,
+                      server_workers=params.server_workers if params.server_workers != "auto"
+                      else 4)
+    assert p.limit == limit
+    assert words in model.limit_reason(params, p)
+    assert model.limit_reason(params, p.to_dict()) == model.limit_reason(params, p)

@@ -88,3 +88,20 @@ def test_to_args_round_trips():
 def test_every_field_has_a_flag_and_help():
     for field in FIELDS.values():
         assert field.flag.startswith("--") and field.help
+
+
+def test_runparams_fields_and_defaults_are_those_of_FIELDS():
+    import dataclasses
+
+    fields = {f.name: f.default for f in dataclasses.fields(RunParams)}
+    assert fields == {name: field.default for name, field in FIELDS.items()}
+    assert RunParams().to_dict() == {name: field.default for name, field in FIELDS.items()}
+
+
+def test_port_count_is_counted_once_both_ends_included():
+    from tcplimits.params import port_count
+
+    assert port_count("32768-60999") == 28232 == RunParams().port_count
+    assert port_count((40000, 40000)) == 1
+    with pytest.raises(ParamError):
+        port_count("60999-32768")

@@ -58,12 +58,12 @@ FAKE_TCPLIMITS = textwrap.dedent(f"""\
             rows = clients if name == results.CLIENTS_FILE else []
             results.write_parquet(results.frame(rows, schema), out / name)
         results.write_json(dict(
-            run_id=args.run_id, status="failed" if failed else "ok",
+            run_id=args.run_id, status=results.STATUS_FAILED if failed else results.STATUS_OK,
             reason="fake failure" if failed else None, params=params.to_dict(),
             resolved=dict(server_nofile=20000, server_workers=1),
             prediction=prediction.to_dict(), environment=dict(kernel="fake"),
             totals=dict(connections=sum(c["connections"] for c in clients)),
-            held_ports={{str(c): [] for c in range(1, params.clients + 1)}}, notes=[],
+            held_ports={{str(c): [] for c in range(1, params.clients + 1)}}, facts={{}},
         ), out / results.RUN_JSON)
         with open(calls, "a") as f:
             f.write(json.dumps(dict(run_id=args.run_id, flags=argv, start=started,

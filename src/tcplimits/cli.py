@@ -59,12 +59,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     status = record["status"]
     if args.exit_zero:
         return EXIT_OK
-    return {"ok": EXIT_OK, "unsupported": EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
+    from .results import STATUS_OK, STATUS_UNSUPPORTED
+
+    return {STATUS_OK: EXIT_OK, STATUS_UNSUPPORTED: EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
 
 
 def summary(run_dir: Path) -> str:
-    """The table printed at the end of a run, from its run directory."""
-    from . import results
+    """The table printed at the end of a run, from its run directory; the explanations are
+    the model's (``model.compare_run``), the same the report shows."""
+    from . import model, results
+    from .dataset import run_row
 
     record = results.read_run(run_dir)
     clients = results.read_table(run_dir, results.CLIENTS_FILE).to_dicts()
@@ -90,8 +94,11 @@ def summary(run_dir: Path) -> str:
         lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
                      f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
                                                    if errors else ""))
-    for note in record.get("notes") or []:
-        lines.append(f"note: {note}")
+    comparison = model.compare_run(run_row(record, Path(run_dir)), clients, server)
+    if comparison is not None:
+        params = model.params_of(record["params"])
+        lines.append(f"model: {model.limit_reason(params, prediction)}")
+        lines += [f"note: {why}" for why in comparison.explanations]
     return "\n".join(lines)
 
 

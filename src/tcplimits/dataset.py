@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from . import results
-from .params import FIELDS
+from .params import FIELDS, port_count
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8, "choice": pl.Utf8}  # server_workers may be "auto"
@@ -76,7 +76,9 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "connect_s": pl.Float64,
     "teardown_s": pl.Float64,
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
-    "notes": pl.Utf8,                       # run.json's notes, one per line
+    "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
+                                            # {client: [{addr, port, state, owner}]}
+    "somaxconn": pl.Int64,                  # net.core.somaxconn measured in the server container
     # What the held connections cost the host (run.json "footprint", issue 10).
     "kernel_bytes_per_connection": pl.Int64,    # containers' cgroup kmem, both ends
     "user_bytes_per_connection": pl.Int64,      # containers' cgroup rss (the agents)
@@ -161,6 +163,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     prediction = record.get("prediction") or {}
     totals = record.get("totals") or {}
     held = record.get("held_ports")
+    facts = record.get("facts") or {}
     row: dict[str, Any] = {
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
@@ -179,7 +182,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "server_accepted": totals.get("server_accepted"),
         "held_ports": [_held_count(held[k]) for k in sorted(held, key=_client_order)]
         if isinstance(held, dict) else None,
-        "notes": "\n".join(map(str, record.get("notes") or [])) or None,
+        "held_sockets": facts.get("held_sockets"),
+        "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
     }
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
@@ -188,7 +192,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:
         row["port_lo"], row["port_hi"] = lo_hi
-        row["port_count"] = lo_hi[1] - lo_hi[0] + 1
+        row["port_count"] = port_count(lo_hi)
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
@@ -197,12 +201,11 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
 def _footprint_columns(record: dict) -> dict[str, Any]:
     import json
 
-    from .hostlimits import HostLimit, binding
+    from .hostlimits import binding, from_record
 
     fp = record.get("footprint") or {}
     limits = record.get("host_limits") or []
-    stop = binding([HostLimit(**{k: v for k, v in lim.items() if k != "binds"})
-                    for lim in limits])
+    stop = binding(from_record(limits))
     return {
         **{key: fp.get(key) for key in ("kernel_bytes_per_connection",
                                         "user_bytes_per_connection",

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from . import charts, hostlimits, model, render
-from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, RunParams
+from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
 # The seed's claims (the blog post and the book it argues with), set against the data.
@@ -103,7 +103,8 @@ class Data:
 
     @cached_property
     def comparisons(self) -> list[model.Comparison]:
-        return model.compare_runs(self.runs.to_dicts(), self.clients.to_dicts())
+        return model.compare_runs(self.runs.to_dicts(), self.clients.to_dicts(),
+                                  self.server.to_dicts())
 
     @cached_property
     def by_id(self) -> dict[str, model.Comparison]:
@@ -143,11 +144,6 @@ def span(numbers: Iterable[int]) -> str:
         return "–"
     lo, hi = min(numbers), max(numbers)
     return f"{lo:,}" if lo == hi else f"{lo:,} – {hi:,}"
-
-
-def port_count(port_range: str) -> int:
-    """Ports in a range, as the parameters count them."""
-    return RunParams(port_range=port_range).port_count
 
 
 def client_counts(clients: pl.DataFrame, run_ids: Iterable[str]) -> list[int]:
@@ -716,13 +712,10 @@ def one_million(d: Data) -> Blocks:
         out.table(limits)
     said: set[str] = set()
     for r in ladder_runs(d.runs).iter_rows(named=True):
-        for lim in host_limits_of(r):
-            if lim["binds"]:
-                sentence = hostlimits.HostLimit(
-                    **{k: v for k, v in lim.items() if k != "binds"}).sentence()
-                if sentence not in said:
-                    said.add(sentence)
-                    out.md(sentence)
+        for lim in hostlimits.from_record(r.get("host_limits")):
+            if lim.binds and lim.sentence() not in said:
+                said.add(lim.sentence())
+                out.md(lim.sentence())
     return out
 
 

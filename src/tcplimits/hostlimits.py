@@ -176,6 +176,17 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
     return out
 
 
+def from_record(value: Any) -> list[HostLimit]:
+    """The host limits recorded with a run: run.json's host_limits (dicts) or the dataset's
+    host_limits column (the same as JSON text)."""
+    import json
+
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [HostLimit(**{k: v for k, v in lim.items() if k != "binds"})
+            for lim in value or []]
+
+
 def binding(limits: list[HostLimit]) -> HostLimit | None:
     """The host limit that stops the point first (refusals excluded)."""
     stops = [lim for lim in limits if lim.effect == "stops" and lim.stops_at is not None]

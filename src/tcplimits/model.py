@@ -5,10 +5,15 @@ The model of ``shared/docs/limits.md``: each client container is bounded by its 
 (procs x (nofile - baseline)), and by an optional per-process bound; the server by its
 workers' descriptors plus the accept queue; everything by conntrack room. The smallest term
 wins and names the errno the client should see.
+
+It is also the one place that turns a run's facts into explanations (``compare_run``: the
+report and `tcplimits run`'s summary both call it). Longer than ~400 lines for that reason:
+each sentence sits beside the formula it quotes, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +21,7 @@ from typing import Any
 
 from . import hostlimits
 from .params import FIELDS, RunParams
+from .results import STATUS_OK
 
 # Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
 CLIENT_BASELINE_FDS = 3
@@ -240,6 +246,59 @@ def held_counts(value: Any, clients: int) -> list[int]:
     return (counts + [0] * clients)[:clients]
 
 
+# Who holds a socket found in a client's namespace before its first connect(), by the owner
+# name the engine records (run.json facts.held_sockets[client][i].owner).
+SOCKET_OWNERS = {
+    "docker-dns": "Docker's embedded DNS resolver (it listens on 127.0.0.11 in every container "
+                  "on a user-defined network)",
+}
+
+
+def held_sockets_of(value: Any) -> dict[int, list[dict]]:
+    """Client number -> the sockets held in its namespace at start, from run.json's
+    facts.held_sockets or the dataset's held_sockets column (JSON text); {} when unknown."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for key, sockets in value.items():
+        if str(key).isdigit() and isinstance(sockets, list):
+            out[int(key)] = [s for s in sockets if isinstance(s, Mapping)]
+    return out
+
+
+def _holder(sockets: Sequence[Mapping[str, Any]]) -> str:
+    """Who held these sockets, in words."""
+    owners = sorted({SOCKET_OWNERS.get(s.get("owner"), f"a socket on {s.get('addr')}")
+                     for s in sockets})
+    return " and ".join(owners)
+
+
+def limit_reason(params: RunParams, prediction: Prediction | Mapping[str, Any]) -> str:
+    """One sentence: why the model's limit gives the number it does (``prediction`` may be
+    run.json's dict of it)."""
+    p = prediction if isinstance(prediction, Mapping) else prediction.to_dict()
+    limit, accepted = p.get("limit"), p.get("server_accepted") or 0
+    fd_room = params.nofile - CLIENT_BASELINE_FDS
+    if limit == PORTS:
+        return (f"each client's port pool: the {params.port_count:,} ports of "
+                f"{params.port_range} minus those already held in its namespace")
+    if limit == DESCRIPTORS:
+        return (f"each client process holds nofile - {CLIENT_BASELINE_FDS} = {fd_room:,} "
+                "sockets: descriptors 0-2 (stdin, stdout, stderr) are already open")
+    if limit == MAX_CONNECTIONS:
+        return f"each client process stops by itself at {params.max_connections:,} connections"
+    if limit == SERVER:
+        return (f"the server accepts {accepted:,} and queues "
+                f"{(p.get('server_capacity') or 0) - accepted:,} more "
+                "(min(backlog, somaxconn) + 1) before clients' SYNs go unanswered")
+    return "the host's conntrack table is full: further SYNs are dropped"
+
+
 def _n(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
 
@@ -247,12 +306,17 @@ def _n(count: int, word: str) -> str:
 def compare_run(
     run: Mapping[str, Any],
     clients: Sequence[Mapping[str, Any]] = (),
+    server: Sequence[Mapping[str, Any]] = (),
 ) -> Comparison | None:
-    """Set a finished run (a dataset row) against the model and explain every gap.
+    """Set a finished run (a dataset row) against the model and explain every gap: the one
+    place that turns a run's facts into sentences (the report and `tcplimits run` both call it).
 
     ``clients`` are the run's client-process rows (client, proc, connections, error,
-    held_ports). Returns None for a run that did not finish ("failed", "unsupported")."""
-    if run.get("status") != "ok" or run.get("connections_total") is None:
+    held_ports); ``server`` its worker rows (worker, accepted, error), when at hand. The row's
+    ``somaxconn`` and ``held_sockets`` are the facts the engine measured (absent in old runs:
+    then the kernel default, and the held ports by count only). Returns None for a run that
+    did not finish ("failed", "unsupported")."""
+    if run.get("status") != STATUS_OK or run.get("connections_total") is None:
         return None
     params = params_of(run)
     held = held_counts(run.get("held_ports"), params.clients)
@@ -265,6 +329,8 @@ def compare_run(
         workers = params.server_workers
     observed = int(run["connections_total"])
     accepted = run.get("server_accepted")
+    somaxconn = int(run.get("somaxconn") or SOMAXCONN)
+    queue = accept_queue(params.backlog, somaxconn)
 
     if server_nofile is None or workers is None:  # cannot recompute: trust the run's record
         predicted = int(run.get("predicted_total") or 0)
@@ -276,37 +342,31 @@ def compare_run(
         # the host's table had less room than its size: what else the host tracked
         conntrack = min(conntrack or run["host_limit_stops_at"], run["host_limit_stops_at"])
     kw = dict(server_nofile=int(server_nofile), server_workers=int(workers),
-              conntrack_max=conntrack)
+              conntrack_max=conntrack, somaxconn=somaxconn)
     naive = predict(params, **kw)
     pred = predict(params, held_ports=held, **kw)
     predicted = run.get("predicted_total")
     predicted = pred.total if predicted is None else int(predicted)
     errnos = _errnos(clients)
+    fd_room = params.nofile - CLIENT_BASELINE_FDS
     why: list[str] = []
 
     # Ports held in the namespace before the first connect() shrink that client's pool.
     if pred.limit == PORTS:
-        by_count: dict[int, list[str]] = {}
-        for i, h in enumerate(held, 1):
-            if h and client_terms(params, h)[0] == params.port_count - h:
-                by_count.setdefault(h, []).append(str(i))
-        for h, who in by_count.items():
-            why.append(f"{'clients' if len(who) > 1 else 'client'} {', '.join(who)}: "
-                       f"{_n(h, 'port')} of the range already held at start (e.g. by Docker's "
-                       f"DNS listener on 127.0.0.11), so the pool had "
-                       f"{params.port_count - h:,} ports, not {params.port_count:,}")
+        why += _held_port_reasons(params, held, held_sockets_of(run.get("held_sockets")))
         if predicted == naive.total != pred.total:
             why.append(f"the prediction made before the run did not count held ports; "
                        f"counting them gives {pred.total:,}")
 
     # A server out of descriptors: clients count what it accepted plus the accept queue.
     if pred.limit == SERVER and accepted is not None:
-        queue = accept_queue(params.backlog)
         extra = observed - int(accepted)
         why.append(f"the server accepted {int(accepted):,} ({workers} worker(s) x "
                    f"({server_nofile:,} - {SERVER_BASELINE_FDS}) descriptors = "
                    f"{pred.server_accepted:,} expected); clients hold {extra:,} more, "
-                   f"the accept queue holds backlog + 1 = {queue:,}")
+                   f"the accept queue holds backlog + 1 = {queue:,}"
+                   + (f" (backlog capped at somaxconn {somaxconn:,})"
+                      if params.backlog > somaxconn else ""))
         if extra > queue:
             why.append(f"{extra - queue:,} handshake(s) completed on the client side while the "
                        "accept queue was full: the server drops the final ACK, but the "
@@ -316,24 +376,45 @@ def compare_run(
                        "clients gave up")
     elif accepted is not None and int(accepted) != observed:
         gap = observed - int(accepted)
-        where = ("still in its accept queue when it was counted"
-                 if 0 < gap <= accept_queue(params.backlog) else "not accounted for")
+        where = (f"the kernel completes the handshake before accept(), so up to {queue:,} "
+                 f"(min(backlog, somaxconn) + 1) wait in the accept queue"
+                 if 0 < gap <= queue else "not accounted for")
         why.append(f"the server had accepted {int(accepted):,}, {gap:+,} against the "
                    f"clients' count: {where}")
+
+    # Server workers whose accept() failed: did that limit the run?
+    failing = [r for r in server if r.get("error")]
+    if failing:
+        errors = ", ".join(sorted({str(r["error"]) for r in failing}))
+        who = ", ".join(str(r.get("worker")) for r in failing)
+        if accepted is not None and int(accepted) >= observed:
+            why.append(f"server worker(s) {who} hit {errors} in accept() at their descriptor "
+                       "limit; the other workers accepted the rest, so the server did not "
+                       "limit the run")
+        else:
+            why.append(f"the server's accept() failed with {errors} in worker(s) {who} once "
+                       "out of descriptors; the server kept running, clients saw their SYNs "
+                       "dropped once the accept queue was full")
 
     # Client processes that stopped for another reason than the model's.
     expected_errno = pred.errno or "MAX_CONNECTIONS"
     for name, count in errnos.items():
         if name != expected_errno:
             cause = ERRNO_CAUSES.get(name, "see the run's logs").format(base=CLIENT_BASELINE_FDS)
+            if name == "EMFILE":
+                cause += f", {fd_room:,} sockets"
             why.append(f"{_n(count, 'client process')} stopped with {name}: {cause}")
             if name == "ETIMEDOUT" and params.connect_timeout < SYN_RETRANSMIT_S:
                 why.append(f"the connect timeout ({params.connect_timeout:g} s) is shorter than "
                            f"the first SYN retransmission ({SYN_RETRANSMIT_S:g} s): a single "
                            "lost or late SYN ends the client")
     if params.procs > 1 and pred.limit == PORTS and "EMFILE" in errnos:
-        why.append("processes share the container's port pool and race for it: one can reach "
-                   "its descriptor limit while the others take the remaining ports")
+        racing = sorted({(int(r["client"]), int(r["proc"])) for r in clients
+                         if r.get("error") == "EMFILE"})
+        named = ", ".join(f"{c}.{p}" for c, p in racing)
+        why.append("processes share the container's port pool and race for it: process(es) "
+                   f"{named} (client.process) reached their descriptor limit ({fd_room:,}) "
+                   "while the others took the remaining ports, which bound the container")
 
     # Per container (with one container the total says it all), where the model can say which
     # client gets what.
@@ -347,6 +428,10 @@ def compare_run(
             if got is not None and got != want:
                 why.append(f"client {i} held {got:,}, {got - want:+,} against {want:,}")
 
+    # A host setting that stops the point: which, its value, the need, the command.
+    why += [lim.sentence() for lim in hostlimits.from_record(run.get("host_limits"))
+            if lim.binds and lim.effect == "stops"]
+
     residual = observed - pred.total
     if residual and pred.limit != SERVER:
         unexplained = not errnos.keys() - {expected_errno}
@@ -354,6 +439,29 @@ def compare_run(
                    + (", not explained by the data" if unexplained else ""))
     return Comparison(str(run["run_id"]), observed, predicted, pred.total, pred.limit,
                       pred.errno, errnos, accepted, why)
+
+
+def _held_port_reasons(params: RunParams, held: list[int],
+                       sockets: dict[int, list[dict]]) -> list[str]:
+    """Why clients' pools were smaller than the range: one sentence per (count, holder)."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, h in enumerate(held, 1):
+        if h and client_terms(params, h)[0] == params.port_count - h:
+            holder = (_holder(sockets[i]) if sockets.get(i)
+                      else "something in its namespace (e.g. Docker's DNS listener "
+                            "on 127.0.0.11)")
+            groups.setdefault((h, holder), []).append(i)
+    out = []
+    for (h, holder), who in groups.items():
+        ports = ", ".join(f"{s.get('port')} ({s.get('state')})"
+                          for i in who for s in sockets.get(i, []))
+        out.append(f"{'clients' if len(who) > 1 else 'client'} {', '.join(map(str, who))}: "
+                   f"{_n(h, 'port')}{' each' if len(who) > 1 else ''} of the range already "
+                   f"held at start by {holder}"
+                   + (f" [{ports}]" if ports else "")
+                   + f", so the pool had {params.port_count - h:,} ports, not "
+                   f"{params.port_count:,}: connect() never takes a port held by bind()")
+    return out
 
 
 def _errnos(clients: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -367,10 +475,15 @@ def _errnos(clients: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 def compare_runs(
     runs: Iterable[Mapping[str, Any]],
     clients: Iterable[Mapping[str, Any]] = (),
+    server: Iterable[Mapping[str, Any]] = (),
 ) -> list[Comparison]:
-    """compare_run for every finished run; client rows are matched on run_id."""
+    """compare_run for every finished run; client and server rows are matched on run_id."""
     by_run: dict[str, list[Mapping[str, Any]]] = {}
     for row in clients:
         by_run.setdefault(row["run_id"], []).append(row)
-    found = (compare_run(run, by_run.get(run["run_id"], [])) for run in runs)
+    workers: dict[str, list[Mapping[str, Any]]] = {}
+    for row in server:
+        workers.setdefault(row["run_id"], []).append(row)
+    found = (compare_run(run, by_run.get(run["run_id"], []), workers.get(run["run_id"], []))
+             for run in runs)
     return [c for c in found if c is not None]

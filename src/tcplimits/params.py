@@ -2,7 +2,8 @@
 
 Every field is a flag of `tcplimits run` (``--port-range`` for ``port_range``) and a key a
 workflow grid point may set. Adding a dimension means adding one entry to ``FIELDS`` and a
-field to ``RunParams``; the CLI, the config schema and the point ids follow from them.
+field to ``RunParams`` whose default is ``_default(name)``; the CLI, the config schema and
+the point ids follow from them.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
     return lo, hi
 
 
+def port_count(port_range: Any) -> int:
+    """Ports in a range, both ends included: the one place they are counted."""
+    lo, hi = parse_port_range(port_range)
+    return hi - lo + 1
+
+
+def _default(name: str) -> Any:
+    """A RunParams field's default: FIELDS holds it, the dataclass only refers to it."""
+    return FIELDS[name].default
+
+
 def _coerce(field: Field, value: Any, key: str) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
         if field.optional:
@@ -159,17 +171,17 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
 class RunParams:
     """What one experiment was asked to do. Immutable; build it with ``RunParams.from_mapping``."""
 
-    port_range: str = "32768-60999"
-    nofile: int = 15000
-    procs: int = 1
-    clients: int = 1
-    server_nofile: int | None = None
-    server_workers: int | str = "auto"
-    backlog: int = 128
-    max_connections: int | None = None
-    connect_timeout: float = 3.0
-    timeout: float = 600.0
-    network: str = "bridge"
+    port_range: str = _default("port_range")
+    nofile: int = _default("nofile")
+    procs: int = _default("procs")
+    clients: int = _default("clients")
+    server_nofile: int | None = _default("server_nofile")
+    server_workers: int | str = _default("server_workers")
+    backlog: int = _default("backlog")
+    max_connections: int | None = _default("max_connections")
+    connect_timeout: float = _default("connect_timeout")
+    timeout: float = _default("timeout")
+    network: str = _default("network")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -201,8 +213,7 @@ class RunParams:
 
     @property
     def port_count(self) -> int:
-        lo, hi = parse_port_range(self.port_range)
-        return hi - lo + 1
+        return port_count(self.port_range)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,7 @@ the same directory, then rename), so a reader never sees half a file and an inte
 leaves no partial result behind.
 
     <run dir>/
-      run.json          run id, parameters, status + reason, times, environment, notes
+      run.json          run id, parameters, status + reason, times, environment, facts
       clients.parquet   one row per client process (CLIENTS_SCHEMA)
       server.parquet    one row per server worker  (SERVER_SCHEMA)
       series.parquet    progress samples            (SERIES_SCHEMA)
@@ -21,10 +21,18 @@ run.json keys:
                   ports the agents found held before their first connect()
     started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, teardown_s
     environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
-                  image_id, image_tag, tcplimits_version, git_sha, cgroup_version
+                  image_id, image_tag, tcplimits_version, git_sha, cgroup_version, hostname
     totals        connections (sum over client processes), server_accepted (sum over workers)
     held_ports    {client number: [ports in the range held in its namespace at start]}
-    notes         list of sentences that explain the outcome (e.g. a port held by Docker's DNS)
+    facts         what the engine measured, from which tcplimits.model explains the outcome
+                  (explanations are made by the model, never stored):
+                    held_sockets   {client number: [{addr, port, state, owner}]}: sockets with
+                                   a port in the range, held before the first connect(); owner
+                                   "docker-dns" for 127.0.0.11, else null (unknown)
+                    somaxconn      net.core.somaxconn read in the server container (null if
+                                   the server never listened)
+                    server_workers [{worker, accepted, errno, error, message, accept_errors}]:
+                                   each server worker's outcome
 """
 
 from __future__ import annotations

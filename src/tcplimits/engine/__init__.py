@@ -12,13 +12,12 @@ internal bridge network, clients connecting until their first failure.
 """
 
 from .cleanup import Interrupted, sweep
-from .compose import compose_file
+from .compose import compose_file, compose_project
 from .experiment import Experiment, RunFailed
-from .notes import explain
 from .plan import HARDENING, Resolved, container_specs, new_run_id, unsupported_reason
 from .probe import probe_engine
 from .runner import run_experiment
 
 __all__ = ["HARDENING", "Experiment", "Interrupted", "Resolved", "RunFailed", "compose_file",
-           "container_specs", "explain", "new_run_id", "probe_engine", "run_experiment",
+           "compose_project", "container_specs", "new_run_id", "probe_engine", "run_experiment",
            "sweep", "unsupported_reason"]

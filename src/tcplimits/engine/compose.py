@@ -1,11 +1,23 @@
-"""The run's compose.yml: the same containers, to reproduce a run by hand (pure)."""
+"""The run's compose.yml: the same containers, to reproduce a run by hand (pure).
+
+The file is valid for Compose v1 (Debian's docker-compose 1.29) and v2 (``docker compose``):
+no top-level ``name:`` (v1 refuses it); the project name is given with ``-p`` instead.
+"""
 
 from __future__ import annotations
+
+import re
 
 from typing import Any
 
 from .. import LABEL, RUN_LABEL
 from .plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
+
+
+def compose_project(run_id: str) -> str:
+    """The ``-p`` project name for a run: lower case letters, digits, '-' and '_' (what both
+    Compose versions accept)."""
+    return "tcplimits-" + re.sub(r"[^a-z0-9_-]", "-", run_id.lower())
 
 
 def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
@@ -46,13 +58,17 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
         else:
             service["depends_on"] = {"server": {"condition": "service_healthy"}}
         services[role] = service
-    doc = {"name": f"tcplimits-{run_id}".lower(), "services": services}
+    doc: dict[str, Any] = {"services": services}
     if any("networks" in s for s in services.values()):
         doc["networks"] = {"testnet": {"internal": True,
                                        "labels": {LABEL: "1", RUN_LABEL: run_id}}}
+    project = compose_project(run_id)
     header = (f"# Reproduces tcplimits run {run_id} by hand:\n"
               "#   tcplimits image            # builds the image named below if missing\n"
-              "#   docker compose -f compose.yml up   (Ctrl-C, then: docker compose down)\n"
-              "# Each client prints JSON lines; its 'result' line says how many connections\n"
-              "# it held and the errno that stopped it.\n")
+              f"#   docker compose -p {project} -f compose.yml up -d\n"
+              f"#   docker compose -p {project} logs client1   # repeat per client\n"
+              f"#   docker compose -p {project} down -v\n"
+              "# (Compose v1: docker-compose instead of docker compose.) Each client prints\n"
+              "# JSON lines; its 'result' line says how many connections it held and the errno\n"
+              "# that stopped it; its 'ready' line lists the ports of the range already held.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, width=100)

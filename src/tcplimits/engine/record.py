@@ -47,6 +47,30 @@ def environment(facts: dict, image) -> dict[str, Any]:
     }
 
 
+# Sockets a client finds held in its namespace before its first connect(), by local address:
+# the owner name run.json records (tcplimits.model words it).
+OWNER_OF_ADDRESS = {"127.0.0.11": "docker-dns"}  # Docker's embedded DNS resolver
+
+SERVER_OUTCOME = ("worker", "accepted", "errno", "error", "message", "accept_errors")
+
+
+def run_facts(state: RunState) -> dict[str, Any]:
+    """run.json's "facts": what the engine measured, from which tcplimits.model explains."""
+    held = {
+        str(client): [{**{k: s.get(k) for k in ("addr", "port", "state")},
+                       "owner": OWNER_OF_ADDRESS.get(s.get("addr"))}
+                      for s in state.ready[client].get("held", [])]
+        for client in sorted(state.ready)
+    }
+    listening = state.server_listening or {}
+    return {
+        "held_sockets": held,
+        "somaxconn": listening.get("somaxconn"),
+        "server_workers": [{k: r.get(k) for k in SERVER_OUTCOME}
+                           for _, r in sorted(state.server_results.items())],
+    }
+
+
 def client_rows(state: RunState, params: RunParams, run_id: str,
                 addresses: dict[int, str]) -> list[dict]:
     """One row per client process (results.CLIENTS_SCHEMA)."""
@@ -69,9 +93,7 @@ def client_rows(state: RunState, params: RunParams, run_id: str,
 
 def server_rows(state: RunState, run_id: str) -> list[dict]:
     """One row per server worker (results.SERVER_SCHEMA)."""
-    return [dict(run_id=run_id, **{k: r.get(k) for k in
-                                   ("worker", "accepted", "errno", "error", "message",
-                                    "accept_errors")})
+    return [dict(run_id=run_id, **{k: r.get(k) for k in SERVER_OUTCOME})
             for _, r in sorted(state.server_results.items())]
 
 

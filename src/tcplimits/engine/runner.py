@@ -16,10 +16,9 @@ from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
 from .events import Log, stderr_log
 from .experiment import Experiment, RunFailed
-from .notes import explain
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import (client_rows, environment, footprint_record, now, series_rows,
+from .record import (client_rows, environment, footprint_record, now, run_facts, series_rows,
                      server_rows, write_run)
 
 
@@ -35,15 +34,15 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     started = now()
     t0 = time.monotonic()
     image = ensure_image(client, log=log)
-    facts = probe_engine(client, image=image.id, log=log)
+    engine = probe_engine(client, image=image.id, log=log)
     record: dict[str, Any] = {
         "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
         "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
         "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
-        "environment": environment(facts, image), "totals": None, "held_ports": None,
-        "notes": [],
+        "environment": environment(engine, image), "totals": None, "held_ports": None,
+        "facts": {},  # what the engine measured; tcplimits.model explains from it
     }
-    cap = facts["engine_nofile_cap"]
+    cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
     host = footprint.host_facts() if footprint.engine_is_local(client.api.base_url) else None
@@ -94,26 +93,24 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     state = experiment.state
     experiment.save_logs(out_dir)
     record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
-    held = {c: state.ready[c].get("held", []) for c in sorted(state.ready)}
-    listening = state.server_listening or {}
-    somaxconn = listening.get("somaxconn", model.SOMAXCONN)
+    facts = run_facts(state)
+    held = facts["held_sockets"]
     prediction = model.predict(
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
-        held_ports=[len(held.get(c, [])) for c in range(1, params.clients + 1)],
-        conntrack_max=facts.get("nf_conntrack_max"), somaxconn=somaxconn, host_facts=host)
+        held_ports=[len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
+        conntrack_max=engine.get("nf_conntrack_max"),
+        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host)
     clients = client_rows(state, params, run_id, addresses)
     server = server_rows(state, run_id)
     series = series_rows(state, run_id)
-    connections = sum(r["connections"] or 0 for r in clients)
+    record["facts"].update(facts)
     record.update(
         status=status, reason=reason, prediction=prediction.to_dict(),
-        held_ports={str(c): [s["port"] for s in v] for c, v in held.items()},
+        held_ports={c: [s["port"] for s in sockets] for c, sockets in held.items()},
         totals={"connections": sum(r["connections"] or 0 for r in clients),
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
-        notes=(explain(params, prediction, clients, server, held,
-                       model.accept_queue(params.backlog, somaxconn))
-               + [lim.sentence() for lim in limits if lim.binds]) if status == "ok" else [],
-        footprint=footprint_record(experiment.snapshots, state, connections),
+        footprint=footprint_record(experiment.snapshots, state,
+                                   sum(r["connections"] or 0 for r in clients)),
         ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
     write_run(out_dir, record, clients, server, series,
