@@ -181,6 +181,7 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
     tables; with ``browser``, Chromium opens it offline without a console error, every
     chart is drawn, and out_dir/screenshot.png is written. Returns the browser's findings."""
     from tcplimits import charts, render
+    from tcplimits.browser import browser_check
 
     page = out_dir / "index.html"
     text = page.read_text()
@@ -191,7 +192,7 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
         ["clients", "runs", "series", "server"])
     if not browser:
         return None
-    found = render.browser_check(page, out_dir / "screenshot.png")
+    found = browser_check(page, out_dir / "screenshot.png")
     severe = [e for e in found["console"] if e.get("level") == "SEVERE"]
     assert not severe, f"console errors: {severe}"
     elsewhere = [u for u in found["requests"] if not u.startswith(("file:", "data:"))]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from report_fixtures import RUN_IDS, assert_report, browser_available, synthetic_dataset
-from tcplimits import render
+from tcplimits import browser, render
 
 REPORT = Path(__file__).resolve().parents[1] / "report" / "report.qmd"
 
@@ -36,7 +36,7 @@ def test_the_check_would_notice_a_cdn(tmp_path):
     page = tmp_path / "cdn.html"
     page.write_text('<!DOCTYPE html><html><head><script src="https://cdn.jsdelivr.net/npm/'
                     'vega@5"></script></head><body><div class="tcpl-chart"></div></body></html>')
-    found = render.browser_check(page)
+    found = browser.browser_check(page)
     assert any(u.startswith("https://cdn.jsdelivr.net") for u in found["requests"])
     assert any(e["level"] == "SEVERE" for e in found["console"])
     assert found["charts"][0]["drawn"] == 0

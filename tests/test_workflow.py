@@ -431,7 +431,7 @@ def test_end_to_end_tiny_sweep(tmp_path):
     # The report names every run, loads nothing from elsewhere and draws every chart.
     from report_fixtures import assert_report
 
-    from tcplimits.render import browser_available
+    from tcplimits.browser import browser_available
 
     assert_report(wd.path / "results" / "report", runs["run_id"].to_list(),
                   browser=browser_available() is None)

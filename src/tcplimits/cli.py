@@ -179,7 +179,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(out)
     if args.browser_check == "no":
         return EXIT_OK
-    from .render import browser_available, check_in_browser
+    from .browser import browser_available, check_in_browser
 
     missing = browser_available()
     if missing:
