@@ -27,6 +27,14 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/report.smk"
 
 
+# On a cluster (workflow/profiles/slurm) the dataset and the report are made where Snakemake
+# runs: they only read and write results/ and would otherwise wait in the queue. The image
+# and the experiments run on the nodes, where the Docker engine under test is.
+localrules:
+    dataset,
+    report,
+
+
 rule all:
     default_target: True
     input:

@@ -2,7 +2,9 @@
 # Install what tcplimits needs on a fresh Debian-like machine (idempotent):
 #   scripts/bootstrap.sh          the tool: Python package + debootstrap + the agent image
 #   scripts/bootstrap.sh --test   also the test tools: pytest, snakefmt, Chromium + chromedriver,
-#                                 Compose (Debian's docker-compose, v1) unless v2 is there
+#                                 Compose (Debian's docker-compose, v1) unless v2 is there,
+#                                 and a local Slurm cluster's packages for tests/test_slurm.py
+#                                 (slurm-wlm, slurmdbd, munge, mariadb-server, the executor plugin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,12 @@ command -v debootstrap >/dev/null || packages+=(debootstrap)
 if $test_tools; then
   command -v chromium >/dev/null || packages+=(chromium)
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
+  # scripts/slurm-local.sh: Slurm's controller and node daemons, accounting (the executor
+  # plugin reads job states with sacct) and its database, munge for authentication.
+  command -v slurmctld >/dev/null || packages+=(slurm-wlm)
+  command -v slurmdbd >/dev/null || packages+=(slurmdbd)
+  command -v munged >/dev/null || packages+=(munge)
+  command -v mariadbd >/dev/null || packages+=(mariadb-server)
   # Without its recommends: Debian's docker-compose recommends docker.io, a second engine.
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
     || bare_packages+=(docker-compose)
@@ -48,7 +56,7 @@ if ((${#packages[@]} + ${#bare_packages[@]})); then
 fi
 
 extras=""
-$test_tools && extras="[test]"
+$test_tools && extras="[test,slurm]"
 "$python" -m pip install -q --disable-pip-version-check -e ".${extras}"
 command -v pyenv >/dev/null && pyenv rehash || true
 

@@ -32,6 +32,7 @@ ENV = {
     "env_tcplimits_version": "0.1.0",
     "env_git_sha": "1a2b3c4",
     "env_cgroup_version": "2",
+    "env_hostname": "node1",
 }
 T0 = datetime(2025, 11, 25, 11, 10, tzinfo=timezone.utc)
 

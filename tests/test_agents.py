@@ -143,3 +143,37 @@ def test_describe_error():
 
     assert common.describe_error(OSError(errno.EADDRNOTAVAIL, "x"))[:2] == (99, "EADDRNOTAVAIL")
     assert common.describe_error(socket.timeout("timed out"))[:2] == (110, "ETIMEDOUT")
+
+
+def _sockets_of(port):
+    """States of the loopback TCP sockets with ``port`` at either end (host namespace)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        ends = [int(cols[1].split(":")[1], 16), int(cols[2].split(":")[1], 16)]
+        if port in ends and cols[3] != "0A":  # not the listener
+            found.append(cols[3])
+    return found
+
+
+@pytest.mark.parametrize("close, lingering", [("abort", False), ("graceful", True)])
+def test_stopped_agents_leave_no_socket_behind_unless_closing_gracefully(close, lingering):
+    """On SIGTERM the agents reset every connection (SO_LINGER 0): no TIME-WAIT, no orphan.
+    A graceful close leaves the side that closed first in TIME-WAIT."""
+    port = free_port()
+    server = start_server(port, "--close", close)
+    try:
+        client = subprocess.Popen([sys.executable, str(AGENTS / "client.py"), "--server",
+                                   "127.0.0.1", "--port", str(port), "--max-connections", "50",
+                                   "--close", close], stdout=subprocess.PIPE, text=True)
+        result = json.loads(client.stdout.readline())
+        while result["event"] != "result":  # stop it only once it holds its connections
+            result = json.loads(client.stdout.readline())
+        stop(client)
+    finally:
+        stop(server)
+    assert result["connections"] == 50 and result["cpu_s"] > 0
+    left = _sockets_of(port)
+    assert bool(left) == lingering, left
+    if lingering:
+        assert len(left) >= 50

@@ -101,6 +101,17 @@ def test_offline_renderer_displays_inline_svg(ds):
     assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
 
 
+def test_latency_draws_noisy_runs_dashed(ds):
+    runs = ds["runs"].with_columns(noisy=pl.col("run_id") == "range-1000")
+    spec = charts.latency_vs_fill(ds["series"], runs).to_dict()
+    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
+    hosts = {r["run_id"]: r["host"] for r in rows}
+    assert hosts.pop("range-1000") == charts.NOISY
+    assert set(hosts.values()) == {charts.QUIET}
+    dash = spec["layer"][0]["encoding"]["strokeDash"]
+    assert dash["field"] == "host" and dash["scale"]["domain"] == [charts.QUIET, charts.NOISY]
+
+
 def test_server_gaps_count_the_models_accept_queue():
     runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
                          "server_accepted": [196, 10, 5, 3]})

@@ -173,3 +173,20 @@ def test_rebuild_replaces_atomically(runs, tmp_path):
 def test_cli(runs, tmp_path, capsys):
     assert main(["dataset", *map(str, runs), "--out", str(tmp_path / "ds")]) == 0
     assert "runs: 3 rows" in capsys.readouterr().out
+
+
+def test_host_state_and_noisy_columns():
+    """run.json's host_tcp and noisy flag reach the runs table; an older record without them
+    gives nulls, not an error."""
+    state = {"inuse": 3, "orphan": 2500, "tw": 4, "alloc": 900, "mem": 80, "tw_all": 700,
+             "conntrack": 1234, "source": "local /proc", "at": 1.0}
+    record = {"run_id": "r", "status": "ok", "params": {}, "quiet_wait_s": 60.0, "noisy": True,
+              "noisy_reason": "host not quiet after 60 s",
+              "host_tcp": {"before": state, "at_connect": state, "after": {**state, "orphan": 9}}}
+    row = dataset.run_row(record, Path("r"))
+    assert (row["noisy"], row["noisy_reason"], row["quiet_wait_s"]) == \
+        (True, "host not quiet after 60 s", 60.0)
+    assert (row["host_orphan_at_connect"], row["host_tw_at_connect"],
+            row["host_conntrack_at_connect"], row["host_orphan_after"]) == (2500, 700, 1234, 9)
+    old = dataset.run_row({"run_id": "old", "status": "ok", "params": {}}, Path("old"))
+    assert old["noisy"] is None and old["host_orphan_at_connect"] is None

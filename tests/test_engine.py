@@ -37,6 +37,7 @@ def labelled(engine, run_id=None):
 
 
 def run(engine, tmp_path, name, **values):
+    values.setdefault("quiet_host_timeout", 5)  # a shared engine is seldom quiet: mark, don't wait
     record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=name,
                             progress=False, client=engine, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]

@@ -127,6 +127,37 @@ def test_environment_facts_and_grid(d, empty):
     assert findings.environment(empty).text() == "No run recorded its environment."
 
 
+def test_hosts_one_line_for_one_host_a_table_and_chart_for_several(d, empty):
+    assert dict(findings.environment_facts(d.runs).iter_rows())["Host"] == "node1"
+    assert findings.hosts(d).text() == f"All {d.runs.height} points ran on one host, `node1`."
+    assert findings.hosts(empty) == []
+
+    # The same points spread over two hosts, the second on another kernel; one unrecorded.
+    runs = d.runs.with_row_index().with_columns(
+        env_hostname=pl.when(pl.col("index") == 0).then(None)
+        .when(pl.col("index") % 2 == 0).then(pl.lit("node1")).otherwise(pl.lit("node2")),
+        env_kernel=pl.when(pl.col("index") % 2 == 1).then(pl.lit("6.1.0-9-amd64"))
+        .otherwise(pl.col("env_kernel"))).drop("index")
+    two = findings.Data.of({**_tables(d), "runs": runs})
+    table = {r["host"]: r for r in findings.hosts_table(runs).iter_rows(named=True)}
+    assert list(table) == ["node1", "node2", "not recorded"]
+    assert sum(r["points"] for r in table.values()) == runs.height
+    for host, row in table.items():
+        mine = runs.filter(pl.col("env_hostname").fill_null("not recorded") == host)
+        assert row["points"] == mine.height
+        assert row["finished"] == mine.filter(pl.col("status") == "ok").height
+        assert row["connections"] == mine["connections_total"].sum()
+    assert table["node2"]["kernel"] == "6.1.0-9-amd64"
+    blocks = findings.hosts(two)
+    assert blocks.kinds() == ["markdown", "html", "chart"]
+    assert "3 hosts" in blocks.text() and "node2" in blocks.text()
+    chart = blocks[-1][1].to_dict()
+    drawn = {row["run_id"]: row["host"] for rows in chart["datasets"].values() for row in rows}
+    ok = runs.filter(pl.col("status") == "ok")
+    assert drawn == dict(zip(ok["run_id"], ok["env_hostname"].fill_null("not recorded")))
+    assert "by_host" in charts.to_html(blocks[-1][1])
+
+
 # --- 3. the seed ------------------------------------------------------------------------------
 
 def test_seed_rows(d):
@@ -259,6 +290,38 @@ def test_latency_medians(d, empty):
     blocks = findings.latency(d)
     assert blocks.kinds() == ["chart", "markdown"] and "× slower" in blocks.text()
     assert "No port-bound point" in findings.latency(empty).text()
+
+
+def _flag(d, noisy_ids, reason="host not quiet after 60 s: 9,000 orphaned and 0 TIME-WAIT "
+                                "sockets (threshold 1,000)"):
+    runs = d.runs.with_columns(
+        noisy=pl.col("run_id").is_in(noisy_ids),
+        noisy_reason=pl.when(pl.col("run_id").is_in(noisy_ids)).then(pl.lit(reason)))
+    return findings.Data(runs, d.clients, d.server, d.series)
+
+
+def test_latency_flags_noisy_points_and_leaves_them_out_of_the_medians(d):
+    assert findings.noisy_runs(d.runs).is_empty() and findings.noisy_note(d.runs, ["x"]) == ""
+    assert findings.noisy_runs(d.runs.drop("noisy")).is_empty()  # an older dataset
+    # seed-default's connect() times made 1,000 x slower: counted only while not flagged noisy
+    slow = d.series.with_columns(connect_latency_s=pl.when(pl.col("run_id") == "seed-default")
+                                 .then(pl.col("connect_latency_s") * 1000)
+                                 .otherwise(pl.col("connect_latency_s")))
+    slowed = findings.Data(d.runs, d.clients, d.server, slow)
+    flagged = _flag(slowed, ["seed-default"])
+    without = findings.Data(d.runs, d.clients, d.server,
+                            d.series.filter(pl.col("run_id") != "seed-default"))
+    assert findings.latency_medians(flagged) == findings.latency_medians(without)
+    assert findings.latency_medians(slowed) != findings.latency_medians(without)
+    blocks = findings.latency(flagged)
+    assert blocks.kinds() == ["chart", "markdown", "markdown"]
+    text = blocks.text()
+    assert "1 point connected on a noisy host" in text
+    assert "- seed-default: host not quiet after 60 s: 9,000 orphaned" in text
+    # every point noisy: the medians still come from them (flagged), not from nothing
+    everything = _flag(d, d.runs["run_id"].to_list())
+    assert findings.latency_medians(everything) == findings.latency_medians(d)
+    assert "points connected on a noisy host" in findings.latency(everything).text()
 
 
 def test_server_gaps_use_the_models_accept_queue(d):

@@ -86,6 +86,13 @@ def test_ids_ignore_bounds_on_the_run_but_flags_carry_them():
     assert [p.flags for p in a] != [p.flags for p in b]
 
 
+def test_a_job_asks_for_the_run_timeout_plus_a_margin():
+    minutes = {timeout: grid.points(config(experiment={"timeout": timeout}))[0].job_minutes
+               for timeout in (60, 61, 600, 3600)}
+    margin = grid.JOB_MARGIN_MINUTES
+    assert minutes == {60: 1 + margin, 61: 2 + margin, 600: 10 + margin, 3600: 60 + margin}
+
+
 def test_ids_name_every_non_default_physical_parameter():
     for name, field in FIELDS.items():
         if name in grid.NON_PHYSICAL or name in grid.ID_KEYS:

@@ -198,9 +198,3 @@ def test_conntrack_entries_counts_only_the_runs_original_direction(tmp_path):
     write(tmp_path / "net/nf_conntrack", text)
     assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path) == 3
     assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path / "missing") is None
-
-
-def test_engine_locality():
-    assert footprint.engine_is_local("http+docker://localhost")
-    assert not footprint.engine_is_local("http+docker://ssh")
-    assert not footprint.engine_is_local("https://10.0.0.5:2376")

@@ -336,7 +336,8 @@ def test_the_profile_holds_the_defaults():
 
 def test_environment_yml_matches_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["test"]
+    extras = pyproject["optional-dependencies"]
+    wanted = pyproject["dependencies"] + extras["test"] + extras["slurm"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert (ROOT / "environment.yml").resolve() == ROOT / "workflow" / "envs" / "tcplimits.yaml"
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
@@ -404,7 +405,19 @@ def test_end_to_end_tiny_sweep(tmp_path):
     wd = Workdir(tmp_path, fake=False)
     # The default target: every point, the dataset and the report.
     wd.snakemake("--configfile", "config/tiny.yaml", timeout=900)
-    ds = wd.path / "results" / "dataset"
+    runs = assert_tiny_dataset(wd.path / "results" / "dataset")
+    # The report names every run, loads nothing from elsewhere and draws every chart.
+    from report_fixtures import assert_report
+
+    from tcplimits.browser import browser_available
+
+    assert_report(wd.path / "results" / "report", runs["run_id"].to_list(),
+                  browser=browser_available() is None)
+
+
+def assert_tiny_dataset(ds: Path) -> pl.DataFrame:
+    """The dataset of config/tiny.yaml holds the counts its three points must give (also
+    checked for the sweep on Slurm, tests/test_slurm.py); returns the runs table."""
     runs = pl.read_parquet(ds / "runs.parquet")
     clients = pl.read_parquet(ds / "clients.parquet")
     assert runs.height == 3
@@ -428,10 +441,4 @@ def test_end_to_end_tiny_sweep(tmp_path):
     for row in two.iter_rows(named=True):  # each client gets the whole range: the 4-tuple
         assert row["connections"] == 300 - row["held_ports"]
         assert row["error"] == "EADDRNOTAVAIL"
-    # The report names every run, loads nothing from elsewhere and draws every chart.
-    from report_fixtures import assert_report
-
-    from tcplimits.browser import browser_available
-
-    assert_report(wd.path / "results" / "report", runs["run_id"].to_list(),
-                  browser=browser_available() is None)
+    return runs

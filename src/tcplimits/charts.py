@@ -213,6 +213,18 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
                   "observed_vs_predicted")
 
 
+def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
+    """Observed against predicted connections (log-log, y = x dashed), one colour per host:
+    the points of a sweep spread over several machines (a cluster), told apart."""
+    chart = _against(
+        alt.Chart(_ensure(comparisons, host=pl.Utf8)), "predicted", "observed",
+        "predicted connections", "observed connections",
+        color=alt.Color("host:N", title="host", legend=alt.Legend(orient="bottom")),
+        tooltip=["run_id", "host", "predicted", "observed", "limit"],
+    ).properties(title="Observed against predicted, by host")
+    return _named(chart, "by_host")
+
+
 def pool_fill(series: pl.DataFrame) -> pl.DataFrame:
     """Each progress sample with ``fill``: the share of its container's port range in use.
 
@@ -236,28 +248,37 @@ def pool_fill(series: pl.DataFrame) -> pl.DataFrame:
             .drop("_row", "_pool"))
 
 
+# How a run's host was when it connected (dataset column "noisy"; tcplimits.host).
+QUIET, NOISY = "quiet", "noisy (times suspect)"
+
+
 def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.LayerChart:
     """Mean connect() time against the share of the port range in use (``pool_fill``), for
-    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent)."""
+    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent). Runs that
+    connected on a noisy host (``runs.noisy``) are drawn dashed: their times are suspect."""
     df = series
     if runs is not None and "predicted_limit" in runs.columns:
         bound = runs.filter(pl.col("predicted_limit") == "ports").select("run_id")
         df = df.join(bound, on="run_id", how="semi")
-    for column in ("port_count", "port_range"):
+    for column in ("port_count", "port_range", "noisy"):
         if column not in df.columns and runs is not None and column in runs.columns:
             df = df.join(runs.select("run_id", column), on="run_id", how="left")
-    df = _ensure(pool_fill(df), port_range=pl.Utf8).with_columns(
+    df = _ensure(pool_fill(df), port_range=pl.Utf8, noisy=pl.Boolean).with_columns(
         latency_us=pl.col("connect_latency_s") * 1e6,
         line=pl.concat_str("run_id", "client", "proc", separator="/"),
+        host=pl.when(pl.col("noisy")).then(pl.lit(NOISY)).otherwise(pl.lit(QUIET)),
     ).filter(pl.col("latency_us") > 0).select(
-        "run_id", "client", "proc", "port_range", "fill", "latency_us", "line")
+        "run_id", "client", "proc", "port_range", "fill", "latency_us", "line", "host")
     lines = alt.Chart(df).mark_line(strokeWidth=1.2, opacity=0.7).encode(
         x=alt.X("fill:Q", title="share of the port range in use",
                 scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("latency_us:Q", scale=LOG, axis=COUNT_AXIS, title="mean connect() time (µs)"),
         color=alt.Color("port_range:N", title="port range"),
+        strokeDash=alt.StrokeDash("host:N", title="host when connecting",
+                                  scale=alt.Scale(domain=[QUIET, NOISY],
+                                                  range=[[1, 0], [4, 3]])),
         detail="line:N",
-        tooltip=["run_id", "client", "proc", "fill", "latency_us"],
+        tooltip=["run_id", "client", "proc", "fill", "latency_us", "host"],
     )
     half = alt.Chart(pl.DataFrame({"fill": [0.5], "label": ["half the range"]}))
     rule = half.mark_rule(strokeDash=[2, 2], color="#555").encode(x="fill:Q")

@@ -79,8 +79,12 @@ def summary(run_dir: Path) -> str:
         lines[0] += (f" in {record['duration_s']:.1f} s (setup {record['setup_s']:.1f} s,"
                      f" connecting {record.get('connect_s') or 0:.1f} s,"
                      f" teardown {record.get('teardown_s') or 0:.1f} s)")
+    if record.get("quiet_wait_s"):
+        lines.append(f"waited {record['quiet_wait_s']:.1f} s for a quiet host before connecting")
+    if record.get("noisy"):
+        lines.append(f"noisy: {record.get('noisy_reason')} (its times are suspect)")
     if not clients:
-        return lines[0]
+        return "\n".join(lines)
     lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
     for r in clients:
         lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "
@@ -135,12 +139,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     from .engine import probe_engine
 
-    from . import footprint
+    from . import footprint, host
 
     client = docker.from_env()
     info = probe_engine(client, refresh=args.refresh)
     # Host facts change from run to run (what else is open, tracked, free): read, not cached.
-    info["host"] = (footprint.host_facts() if footprint.engine_is_local(client.api.base_url)
+    info["host"] = (footprint.host_facts() if host.engine_is_local(client.api.base_url)
                     else "unknown: the engine is not on this machine")
     print(json.dumps(info, indent=2))
     return EXIT_OK

@@ -44,6 +44,7 @@ ENV_SCHEMA: dict[str, pl.DataType] = {
     "env_tcplimits_version": pl.Utf8,
     "env_git_sha": pl.Utf8,
     "env_cgroup_version": pl.Utf8,
+    "env_hostname": pl.Utf8,             # the host the point ran on (a cluster has several)
 }
 
 _TIME = pl.Datetime("us", "UTC")
@@ -73,8 +74,15 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "ended_at": _TIME,
     "duration_s": pl.Float64,
     "setup_s": pl.Float64,
+    "quiet_wait_s": pl.Float64,             # waited for a quiet host before connecting
     "connect_s": pl.Float64,
     "teardown_s": pl.Float64,
+    "noisy": pl.Boolean,                    # host not quiet when connecting: times suspect
+    "noisy_reason": pl.Utf8,
+    "host_orphan_at_connect": pl.Int64,     # host kernel (tcplimits.host) when connecting
+    "host_tw_at_connect": pl.Int64,
+    "host_conntrack_at_connect": pl.Int64,
+    "host_orphan_after": pl.Int64,          # ... and once the run had returned
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
     "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
                                             # {client: [{addr, port, state, owner}]}
@@ -151,6 +159,8 @@ def _cast(value: Any, dtype: pl.DataType) -> Any:
         return str(value)
     if dtype == _TIME:
         return _time(value)
+    if dtype == pl.Boolean:
+        return value if isinstance(value, bool) else None
     if isinstance(dtype, pl.List):
         return [_int(v) for v in value] if isinstance(value, list) else None
     return value
@@ -186,8 +196,16 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
     }
-    for key in ("started_at", "ended_at", "duration_s", "setup_s", "connect_s", "teardown_s"):
+    for key in ("started_at", "ended_at", "duration_s", "setup_s", "quiet_wait_s", "connect_s",
+                "teardown_s", "noisy", "noisy_reason"):
         row[key] = record.get(key)
+    host_tcp = record.get("host_tcp") or {}
+    at_connect, after = host_tcp.get("at_connect") or {}, host_tcp.get("after") or {}
+    row["host_orphan_at_connect"] = at_connect.get("orphan")
+    row["host_tw_at_connect"] = (at_connect.get("tw_all") if at_connect.get("tw_all") is not None
+                                 else at_connect.get("tw"))
+    row["host_conntrack_at_connect"] = at_connect.get("conntrack")
+    row["host_orphan_after"] = after.get("orphan")
     row.update(_footprint_columns(record))
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:

@@ -215,6 +215,7 @@ def environment_facts(runs: pl.DataFrame) -> pl.DataFrame:
         ("nf_conntrack_max", env("env_nf_conntrack_max")),
         ("Image", env("env_image_tag") + " ("
          + ", ".join(str(i)[:19] for i in values(runs, "env_image_id")) + ")"),
+        ("Host", env("env_hostname")),
         ("tcplimits", f"{env('env_tcplimits_version')}, git {env('env_git_sha')}"),
         ("Runs", when),
     ]
@@ -241,6 +242,44 @@ def environment(d: Data) -> Blocks:
     return (out.table(environment_facts(d.runs), classes="kv", header=False)
             .md("The grid, parameter by parameter (a point is one combination):")
             .table(grid_table(d.runs)))
+
+
+def hosts_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per host the points ran on: its points, finished points, connections held
+    and what differs between hosts (kernel, Docker, the engine's nofile cap)."""
+    if "env_hostname" not in runs.columns or runs.is_empty():
+        return pl.DataFrame(schema={"host": pl.Utf8, "points": pl.Int64})
+    return (runs.with_columns(host=pl.col("env_hostname").fill_null("not recorded"))
+            .group_by("host").agg(
+                points=pl.len(),
+                finished=(pl.col("status") == STATUS_OK).sum().cast(pl.Int64),
+                connections=pl.col("connections_total").sum(),
+                kernel=pl.col("env_kernel").drop_nulls().unique().sort().str.join(", "),
+                docker=pl.col("env_docker_version").drop_nulls().unique().sort().str.join(", "),
+                nofile_cap=pl.col("env_engine_nofile_cap").max())
+            .sort("host"))
+
+
+def hosts(d: Data) -> Blocks:
+    """Where the points ran: one line for one host; for several (a sweep on a cluster), a
+    row per host and every finished point against the model, coloured by host."""
+    out = Blocks()
+    table = hosts_table(d.runs)
+    if table.is_empty():
+        return out
+    if table.height == 1:
+        return out.md(f"All {plural(table['points'][0], 'point')} ran on one host, "
+                      f"`{table['host'][0]}`.")
+    out.md(f"The points ran on {table.height} hosts. Each point measures the kernel and the "
+           "Docker engine of its host, so a count belongs to its host: compare points of "
+           "different hosts only where the hosts agree (kernel, engine cap).")
+    out.table(table)
+    if d.comparisons:
+        host_of = dict(zip(d.runs["run_id"], d.runs["env_hostname"].fill_null("not recorded")))
+        frame = render.comparison_frame(d.comparisons)
+        frame = frame.with_columns(host=pl.col("run_id").replace_strict(host_of))
+        out.chart(charts.by_host(frame))
+    return out
 
 
 # --- 3. Headline: the seed, reproduced --------------------------------------------------------
@@ -474,10 +513,33 @@ def port_bound_ids(d: Data) -> list[str]:
     return d.ok.filter(pl.col("predicted_limit") == model.PORTS)["run_id"].to_list()
 
 
+def noisy_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs that connected on a noisy host (times suspect): run_id, noisy_reason."""
+    if "noisy" not in runs.columns:  # a dataset from before the host was recorded
+        return pl.DataFrame(schema={"run_id": pl.Utf8, "noisy_reason": pl.Utf8})
+    return runs.filter(pl.col("noisy").fill_null(False)).select("run_id", "noisy_reason")
+
+
+def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str]) -> str:
+    """A sentence flagging the points among ``run_ids`` whose times are suspect; "" if none."""
+    noisy = noisy_runs(runs).filter(pl.col("run_id").is_in(list(run_ids)))
+    if noisy.is_empty():
+        return ""
+    lines = "\n".join(f"- {r['run_id']}: {r['noisy_reason'] or 'no reason recorded'}"
+                      for r in noisy.iter_rows(named=True))
+    return (f"**{plural(noisy.height, 'point')} connected on a noisy host** (closed sockets of "
+            "other runs still in its kernel, which slow `connect()`): their times are suspect, "
+            "drawn dashed above and left out of the medians when quiet points remain.\n\n"
+            + lines)
+
+
 def latency_medians(d: Data) -> tuple[float | None, float | None]:
     """Median connect() time (s) of the port-bound points while less than half of the range
-    was in use, and in its last tenth."""
-    lat = d.series.filter(pl.col("run_id").is_in(port_bound_ids(d)))
+    was in use, and in its last tenth; of the quiet points when there are any."""
+    ids = port_bound_ids(d)
+    noisy = set(noisy_runs(d.runs)["run_id"].to_list())
+    ids = [i for i in ids if i not in noisy] or ids
+    lat = d.series.filter(pl.col("run_id").is_in(ids))
     if lat.is_empty():
         return None, None
     filled = charts.pool_fill(lat)
@@ -496,6 +558,9 @@ def latency(d: Data) -> Blocks:
         out.md(f"Median `connect()` time: **{early * 1e6:,.0f} µs** while less than half of the "
                f"range was in use, **{late * 1e6:,.0f} µs** in its last tenth "
                f"({late / early:,.1f} × slower).")
+    note = noisy_note(d.runs, port_bound_ids(d))
+    if note:
+        out.md(note)
     return out
 
 

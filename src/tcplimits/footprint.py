@@ -2,7 +2,7 @@
 memory and connection-tracking entries its connections take (issue 10).
 
 Read from this machine's /proc and cgroup files, so only meaningful when the Docker engine is
-local (the default unix socket); elsewhere every reading is None and says why.
+local (tcplimits.host.engine_is_local); the engine does not read them otherwise.
 
 - host_facts(): fs.file-max, fs.nr_open, descriptors allocated (fs.file-nr), conntrack table
   size and count (the host namespace's), net.bridge.bridge-nf-call-iptables (bridged traffic
@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from .host import parse_sockstat
 
 PROC = Path("/proc")
 CGROUP = Path("/sys/fs/cgroup")
@@ -71,15 +73,6 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def parse_sockstat_tcp(text: str) -> dict[str, int]:
-    """The TCP line of /proc/net/sockstat: inuse, orphan, tw, alloc, mem (pages)."""
-    for line in text.splitlines():
-        if line.startswith("TCP:"):
-            words = line.split()[1:]
-            return {k: int(v) for k, v in zip(words[::2], words[1::2])}
-    return {}
-
-
 def host_facts(proc: Path = PROC) -> dict[str, Any]:
     """The host settings and counters a point of many connections depends on."""
     facts: dict[str, Any] = {name: read_sysctl(name, proc) for name in SYSCTLS}
@@ -89,7 +82,10 @@ def host_facts(proc: Path = PROC) -> dict[str, Any]:
     facts["MemTotal"] = meminfo.get("MemTotal")
     facts["MemAvailable"] = meminfo.get("MemAvailable")
     facts["Slab"] = meminfo.get("Slab")
-    facts["sockstat_tcp"] = parse_sockstat_tcp(_read(proc / "net/sockstat") or "") or None
+    try:
+        facts["sockstat_tcp"] = parse_sockstat(_read(proc / "net/sockstat") or "")
+    except ValueError:  # no TCP line
+        facts["sockstat_tcp"] = None
     facts["read_at"] = round(time.time(), 3)
     return facts
 
@@ -193,11 +189,3 @@ def conntrack_entries(server_ip: str, port: int, proc: Path = PROC) -> int | Non
             count += 1
     return count
 
-
-def engine_is_local(base_url: str) -> bool:
-    """Is the engine at ``base_url`` (the SDK's client.api.base_url) on this machine, so that
-    this machine's /proc and cgroups are its host's? A unix socket is named localhost."""
-    from urllib.parse import urlsplit
-
-    url = urlsplit(base_url)
-    return url.hostname in ("localhost", "127.0.0.1", "::1")

@@ -10,6 +10,7 @@ directory (``results/runs/<id>/``) and its ``--run-id``.
 from __future__ import annotations
 
 import itertools
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,12 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "procs": "procs"}
 # Bounds on the run, not on what the kernel allows: left out of ids so that changing them
 # reruns the same point in place (through the rule's params) rather than adding a new one.
-NON_PHYSICAL = frozenset({"timeout", "connect_timeout"})
+NON_PHYSICAL = frozenset({"timeout", "connect_timeout", "quiet_host_timeout",
+                          "quiet_host_sockets"})
 MAX_ID_LENGTH = 128  # what `tcplimits run --run-id` accepts
+# Wall time a batch job asks for beyond the run's own timeout: building the image on a node
+# that has none (debootstrap, about a minute here), setup and teardown.
+JOB_MARGIN_MINUTES = 10
 
 
 class ConfigError(ParamError):
@@ -51,6 +56,12 @@ class Point:
         """The `tcplimits run` flags, shell-quoted: every parameter, defaults included, so
         that the rule's params change whenever what the run is asked to do changes."""
         return shlex.join(self.params.to_args())
+
+    @property
+    def job_minutes(self) -> int:
+        """Wall time to ask a batch scheduler (Slurm) for: the run stops itself at its
+        timeout, so the job never needs much more."""
+        return math.ceil(self.params.timeout / 60) + JOB_MARGIN_MINUTES
 
 
 def load_config(path: str | Path) -> dict:

@@ -24,8 +24,8 @@ sockets' kernel memory and, on a bridge, conntrack entries:
   pages per connection), so it does not bound holding; recorded for the report.
 - net.ipv4.tcp_max_orphans: closed sockets still finishing their close; a teardown that closes
   normally (FIN) leaves up to one per connection and past the limit the kernel resets them
-  ("too many orphaned sockets"). The agents reset every connection on close (SO_LINGER 0),
-  so teardown needs none.
+  ("too many orphaned sockets"). The agents reset every connection when stopped (SO_LINGER 0,
+  --close abort) before their containers are removed, so teardown needs none.
 """
 
 from __future__ import annotations
@@ -171,8 +171,9 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
     if orphans is not None:
         out.append(HostLimit(
             MAX_ORPHANS, orphans, 0, None, None, "teardown", None, None,
-            f"the agents reset every connection on close (SO_LINGER 0), so teardown leaves "
-            f"no orphan; closed with FINs, the {demand:,} connections could leave one each"))
+            f"the agents reset every connection when stopped (SO_LINGER 0), so teardown "
+            f"leaves no orphan; closed with FINs, the {demand:,} connections could leave one "
+            "each"))
     return out
 
 

@@ -86,6 +86,15 @@ FIELDS: dict[str, Field] = {
               "see every connection); loopback: the server has no network, the clients join "
               "its namespace and connect over 127.0.0.0/8 (no conntrack, one port pool per "
               "destination address)", choices=NETWORKS),
+        # A quiet host before connecting (tcplimits.host): bounds on the run, not physics.
+        Field("quiet_host_timeout", "float", 60.0,
+              "seconds to wait, before connecting, for the host's closed sockets (orphans + "
+              "TIME-WAIT) to drain to quiet_host_sockets; past it the point runs, marked "
+              "noisy",
+              0, 3600),
+        Field("quiet_host_sockets", "int", 1000,
+              "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
+              "as quiet", 0, 10_000_000),
     ]
 }
 
@@ -182,6 +191,8 @@ class RunParams:
     connect_timeout: float = _default("connect_timeout")
     timeout: float = _default("timeout")
     network: str = _default("network")
+    quiet_host_timeout: float = _default("quiet_host_timeout")
+    quiet_host_sockets: int = _default("quiet_host_sockets")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":

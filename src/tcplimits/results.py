@@ -19,7 +19,12 @@ run.json keys:
     resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
     prediction    model.predict(...) as a dict: from the parameters, the engine facts and the
                   ports the agents found held before their first connect()
-    started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, teardown_s
+    started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, quiet_wait_s, connect_s,
+                  teardown_s
+    host_tcp      the host's TCP state (tcplimits.host.read_state) before the run, when it
+                  started connecting (at_connect) and after it returned
+    noisy         true when the host was not quiet when connecting (times suspect);
+                  noisy_reason says why; null when the run never got to connect
     environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
                   image_id, image_tag, tcplimits_version, git_sha, cgroup_version, hostname
     totals        connections (sum over client processes), server_accepted (sum over workers)
@@ -67,6 +72,8 @@ CLIENTS_SCHEMA: dict[str, pl.DataType] = {
     "error": pl.Utf8,          # errno name (EADDRNOTAVAIL, EMFILE, ETIMEDOUT, ...) or a stop reason
     "message": pl.Utf8,        # strerror or the exception text
     "elapsed_s": pl.Float64,   # from the process's start to its stop
+    "cpu_s": pl.Float64,       # CPU (user + system) the process used meanwhile: unlike elapsed_s,
+                               # not lengthened by other load on the machine
     "held_ports": pl.Int32,    # ports in the range already held in the container's namespace at start
 }
 

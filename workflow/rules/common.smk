@@ -48,6 +48,11 @@ def point_flags(wildcards):
     return POINTS[wildcards.point].flags
 
 
+def point_minutes(wildcards):
+    """A point's wall time on a batch scheduler (runtime, in minutes)."""
+    return POINTS[wildcards.point].job_minutes
+
+
 def run_files(point_id):
     """The files of a run directory that the dataset reads: run.json and each table."""
     files = {"run_json": results.RUN_JSON}

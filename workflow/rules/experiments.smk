@@ -20,8 +20,11 @@ rule experiment:
         point=point_pattern(),
     conda:
         CONDA_ENV
+    # On a cluster (workflow/profiles/slurm) each job also gets a node to itself; its wall
+    # time follows the point's timeout.
     resources:
         docker_runs=1,
+        runtime=point_minutes,
     params:
         flags=point_flags,
         out=lambda wildcards, output: os.path.dirname(output.run_json),

@@ -4,13 +4,16 @@ them; report every outcome as JSON lines on stdout; hold the connections until S
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
 RLIMIT_NOFILE. Given several server addresses, each process spreads its connections over
-them round-robin (each (source, destination) pair has a port pool of its own). Every
-connection resets when closed (SO_LINGER 0), so however the agent ends it leaves no orphan.
+them round-robin (each (source, destination) pair has a port pool of its own).
 
 Lines written (one JSON object each, field "event"):
   ready     per container: port range in force, ports of it already held, nofile
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
-  result    per process, once: connections, errno, error, message, elapsed_s
+  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
+            system CPU seconds of the process meanwhile)
+
+On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
+in the host's kernel once the container is gone.
 """
 
 import argparse
@@ -39,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
@@ -58,11 +63,17 @@ def held_in_range(lo, hi):
     ]
 
 
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def connect_until_failure(args, proc, server_addrs):
     """One worker: connect in a loop, round-robin over the server addresses, keep every socket,
     stop at the first failure."""
     held = []  # raw descriptors: an int costs less than a socket object
     turn = proc - 1  # processes start on different addresses
+    cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
@@ -83,7 +94,6 @@ def connect_until_failure(args, proc, server_addrs):
             failure = exc
             break
         window_latency += time.monotonic() - t0
-        common.reset_on_close(s)
         held.append(s.detach())
         n = len(held)
         if n - window_start >= args.sample_every:
@@ -101,7 +111,8 @@ def connect_until_failure(args, proc, server_addrs):
     else:
         number, name, message = common.describe_error(failure)
     common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
-                error=name, message=message, elapsed_s=round(elapsed, 6))
+                error=name, message=message, elapsed_s=round(elapsed, 6),
+                cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
 
 
@@ -115,7 +126,7 @@ def worker(args, proc, server_addrs, started):
         return 0
     held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
-    del held  # the descriptors close (reset) when the process exits
+    common.close_all(held, args.close)
     return 0
 
 

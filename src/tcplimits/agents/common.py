@@ -7,6 +7,12 @@ import os
 import socket
 import struct
 
+# SO_LINGER on with a zero timeout: close() resets the connection (RST) and frees the socket at
+# once, instead of a FIN handshake that leaves an orphan or a TIME-WAIT entry in the kernel
+# after the container's namespace is gone, slowing the next run's connect().
+LINGER_ABORT = struct.pack("ii", 1, 0)
+CLOSE_MODES = ("abort", "graceful")
+
 _TCP_STATES = {
     "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
     "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
@@ -19,18 +25,6 @@ def emit(event, **fields):
     interleave (a pipe write under PIPE_BUF is atomic)."""
     fields["event"] = event
     os.write(1, (json.dumps(fields, separators=(",", ":")) + "\n").encode())
-
-
-# SO_LINGER on, 0 s: close() resets the connection and frees the socket at once.
-RESET_ON_CLOSE = struct.pack("ii", 1, 0)
-
-
-def reset_on_close(sock):
-    """Make ``sock`` reset (RST) when closed, however its process ends (SIGKILL included):
-    no FIN handshake, no orphan, no TIME-WAIT left in the host's tables. A million sockets
-    closed normally would overflow net.ipv4.tcp_max_orphans (131,072 here) and linger for
-    minutes in the port hash every later connect() walks."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
 
 
 def describe_error(exc):
@@ -54,10 +48,11 @@ def _hex_addr(text):
     return addr, int(port, 16)
 
 
-def tcp_sockets():
-    """Every TCP socket of this network namespace: (local addr, local port, state)."""
+def tcp_sockets(net_dir="/proc/net"):
+    """Every TCP socket of this network namespace (or of the one ``net_dir``, such as
+    /proc/<pid>/net, belongs to): (local addr, local port, state)."""
     found = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for path in (f"{net_dir}/tcp", f"{net_dir}/tcp6"):
         try:
             with open(path) as f:
                 next(f)
@@ -90,3 +85,19 @@ def forward_signal(pids, signum):
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
+
+
+def close_all(fds, mode="abort"):
+    """Close held socket descriptors; "abort" resets each connection (see LINGER_ABORT),
+    "graceful" is a plain close() (FIN)."""
+    for fd in fds:
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:  # not a socket any more
+            continue
+        if mode == "abort":
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+            except OSError:
+                pass
+        s.close()

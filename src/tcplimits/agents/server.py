@@ -7,8 +7,10 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
-             conntrack (entries tracked in this namespace while the connections are held;
+             conntrack (entries tracked in this namespace while the connections were held;
              null where the namespace has no table)
+
+On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
 
 import argparse
@@ -39,11 +41,14 @@ def parse_args(argv=None):
     p.add_argument("--backlog", type=int, default=128)
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
+    p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
+                   help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     return p.parse_args(argv)
 
 
-def serve(listener, worker):
-    """Accept until SIGTERM; return (accepted, first error, failed accept() calls).
+def serve(listener, worker, close="abort"):
+    """Accept until SIGTERM, then close every connection; return (accepted, first error,
+    failed accept() calls, conntrack entries of the namespace before closing).
 
     The listener is blocking with SO_RCVTIMEO: a worker sleeping in accept() is woken
     exclusively, one per connection, where poll() would wake every worker sharing the socket
@@ -54,7 +59,6 @@ def serve(listener, worker):
     while not (STOP_SIGNALS & signal.sigpending()):
         try:
             conn, _ = listener.accept()
-            common.reset_on_close(conn)
             held.append(conn.detach())
         except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: nothing came in
             pass
@@ -66,14 +70,16 @@ def serve(listener, worker):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
-    return len(held), first_error, accept_errors
+    conntrack = common.conntrack_count()
+    common.close_all(held, close)
+    return len(held), first_error, accept_errors, conntrack
 
 
-def worker_main(listener, worker):
-    accepted, error, accept_errors = serve(listener, worker)
+def worker_main(listener, worker, close):
+    accepted, error, accept_errors, conntrack = serve(listener, worker, close)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
-                message=message, accept_errors=accept_errors, conntrack=common.conntrack_count())
+                message=message, accept_errors=accept_errors, conntrack=conntrack)
     return 0
 
 
@@ -92,7 +98,7 @@ def main(argv=None):
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker))
+            os._exit(worker_main(listener, worker, args.close))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())

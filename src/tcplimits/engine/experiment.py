@@ -1,8 +1,8 @@
 """One run's resources and lifecycle on the Docker engine. The steps are public methods, called
 in this order by ``run_experiment`` (other steps may go between them):
 
-    create_network -> start_server -> start_clients -> start_connecting -> wait_for_clients
-    -> collect_server
+    create_network -> start_server -> start_clients -> wait_quiet -> start_connecting
+    -> wait_for_clients -> collect_server
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, results
+from .. import LABEL, RUN_LABEL, host, results
 from ..params import RunParams
 from .cleanup import owner, shielded, sweep
 from .events import Log, LogReader, RunState, stderr_log
@@ -29,6 +29,11 @@ LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
+# Teardown asks every agent to stop (SIGTERM: each resets its connections, SO_LINGER 0) and
+# waits this long for them to exit before removing the containers: connections of a
+# container removed while they are open linger in the host kernel for minutes, as orphans
+# and TIME-WAIT entries that slow the next run's connect() (benchmarks/bench_teardown.py).
+AGENT_STOP_S = 10
 
 
 class RunFailed(Exception):
@@ -40,8 +45,10 @@ class Experiment:
     container and the network, whatever happened inside."""
 
     def __init__(self, client, params: RunParams, resolved: Resolved, run_id: str, image: str,
-                 log: Log = stderr_log, live: bool = True):
+                 log: Log = stderr_log, live: bool = True, local_host: bool = True):
         self.client, self.params, self.resolved = client, params, resolved
+        self.local_host = local_host  # the engine's host is this machine: its /proc is read
+        self.quiet: host.Quiet | None = None
         self.run_id, self.image, self.log, self.live = run_id, image, log, live
         self.instance = uuid.uuid4().hex[:8]
         self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: owner(),
@@ -68,6 +75,7 @@ class Experiment:
     def __exit__(self, *exc) -> None:
         t0 = time.monotonic()
         with shielded():
+            self.stop_agents()
             self._remove_all()
         self.timeline["teardown_s"] = time.monotonic() - t0
 
@@ -82,6 +90,7 @@ class Experiment:
         self.create_network()
         self.start_server()
         self.start_clients()
+        self.wait_quiet()
         self.start_connecting()
         self.wait_for_clients()
         self.collect_server()
@@ -128,7 +137,7 @@ class Experiment:
         kept under ``moment``; None when the engine is not on this machine."""
         from .. import footprint
 
-        if not footprint.engine_is_local(self.client.api.base_url):
+        if not self.local_host:
             return None
         if moment == "held":  # every connection accepted, not still in the accept queue
             self._settle_server()
@@ -141,6 +150,26 @@ class Experiment:
                                                                      SERVER_PORT)
         self.snapshots[moment] = snap
         return snap
+
+    def wait_quiet(self) -> host.Quiet:
+        """Wait (at most quiet_host_timeout) until the host's kernel holds at most
+        quiet_host_sockets closed sockets of earlier runs, which slow connect(); past that, go
+        on marked noisy.
+        The wait does not count against the run's timeout."""
+        def waiting(state: dict) -> None:
+            self.log(f"waiting up to {self.params.quiet_host_timeout:g} s for a quiet host: "
+                     f"{host.leftover_sockets(state):,} closed sockets linger in its kernel "
+                     f"(quiet: at most {self.params.quiet_host_sockets:,})")
+
+        self.quiet = host.wait_quiet(self.params.quiet_host_sockets,
+                                     self.params.quiet_host_timeout,
+                                     read=lambda: host.read_state(self.local_host),
+                                     waiting=waiting)
+        self.deadline += self.quiet.waited_s
+        self.timeline["quiet_wait_s"] = self.quiet.waited_s
+        if self.quiet.noisy:
+            self.log(f"note: {self.quiet.reason}; running anyway, the point is marked noisy")
+        return self.quiet
 
     def start_connecting(self) -> None:
         """Signal every client at once: they start connecting together."""
@@ -272,6 +301,27 @@ class Experiment:
                     + (f", last output: {tail}" if tail else ""))
         except docker.errors.APIError as err:
             return str(err)
+
+    def stop_agents(self) -> None:
+        """SIGTERM every container still running and wait (at most AGENT_STOP_S) for each to
+        exit: the agents reset their connections, so nothing of the run stays in the host's
+        kernel once its containers are removed."""
+        if AGENT_STOP_S <= 0:
+            return
+        stopping = []
+        for role, container in self.containers.items():
+            try:
+                container.kill(signal="SIGTERM")
+                stopping.append((role, container))
+            except Exception:  # not running, or the engine is gone: removal decides
+                pass
+        end = time.monotonic() + AGENT_STOP_S
+        for role, container in stopping:
+            try:
+                container.wait(timeout=max(0.1, end - time.monotonic()))
+            except Exception as err:  # a timeout or an engine error: removal kills it anyway
+                self.log(f"warning: {role} did not stop within {AGENT_STOP_S} s ({err}); "
+                         "its connections may linger in the host kernel")
 
     def _remove_all(self) -> None:
         # Clients first: the server must outlive them so the network empties cleanly.

@@ -83,7 +83,8 @@ def client_rows(state: RunState, params: RunParams, run_id: str,
                        held_ports=held)
             if result:
                 row.update({k: result.get(k) for k in
-                            ("connections", "errno", "error", "message", "elapsed_s")})
+                            ("connections", "errno", "error", "message", "elapsed_s",
+                             "cpu_s")})
             else:
                 row.update(connections=state.progress.get((client, proc), 0), error="NO_RESULT",
                            message="the process had not stopped when the run ended")

@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import footprint, hostlimits, model, results
+from .. import footprint, host, hostlimits, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -35,22 +35,25 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     t0 = time.monotonic()
     image = ensure_image(client, log=log)
     engine = probe_engine(client, image=image.id, log=log)
+    local_host = host.engine_is_local(client.api.base_url)
     record: dict[str, Any] = {
         "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
         "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
-        "duration_s": None, "setup_s": None, "connect_s": None, "teardown_s": None,
+        "duration_s": None, "setup_s": None, "quiet_wait_s": None, "connect_s": None,
+        "teardown_s": None, "noisy": None, "noisy_reason": None,
         "environment": environment(engine, image), "totals": None, "held_ports": None,
         "facts": {},  # what the engine measured; tcplimits.model explains from it
+        "host_tcp": {"before": host.read_state(local_host)},
     }
     cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
-    host = footprint.host_facts() if footprint.engine_is_local(client.api.base_url) else None
+    host_facts = footprint.host_facts() if local_host else None
     demand = model.predict(params, server_nofile=resolved.server_nofile,
                            server_workers=resolved.server_workers).total
-    limits = (hostlimits.host_limits(params, host, demand, resolved.server_workers)
-              if host else [])
-    record.update(host=host, host_limits=[lim.to_dict() for lim in limits])
+    limits = (hostlimits.host_limits(params, host_facts, demand, resolved.server_workers)
+              if host_facts else [])
+    record.update(host=host_facts, host_limits=[lim.to_dict() for lim in limits])
     reason = unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits)
     if reason:
         record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=now(),
@@ -66,7 +69,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
     interrupted: BaseException | None = None
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
-                            live=progress)
+                            live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
     try:
         with signals_raise(), experiment:
@@ -74,6 +77,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.create_network()
                 experiment.start_server()
                 experiment.start_clients()
+                experiment.wait_quiet()
                 experiment.measure("before")
                 experiment.start_connecting()
                 experiment.wait_for_clients()
@@ -99,7 +103,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
         held_ports=[len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
         conntrack_max=engine.get("nf_conntrack_max"),
-        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host)
+        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host_facts)
     clients = client_rows(state, params, run_id, addresses)
     server = server_rows(state, run_id)
     series = series_rows(state, run_id)
@@ -113,6 +117,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                                    sum(r["connections"] or 0 for r in clients)),
         ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
+    if experiment.quiet is not None:  # it got as far as connecting
+        record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
+        record["host_tcp"]["at_connect"] = experiment.quiet.before
+    record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
               compose=compose_file(experiment.specs, run_id))
     if interrupted is not None:

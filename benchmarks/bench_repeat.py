@@ -1,0 +1,120 @@
+"""Benchmark repeatability (not a test): one 10,000-port exhaustion run five times in a row,
+as a sweep runs its points, and how much its timings vary between repetitions.
+
+Each repetition is a full `run_experiment` (quiet-host wait, setup, connect, teardown). The
+time compared is the client's exhaustion time (elapsed_s: first connect() to the failing one),
+the CPU time its process used meanwhile (cpu_s: user + system, which other load on the
+machine lengthens less) and connect_s (start signal to the last result). Spread = (max -
+min) / median. The host's leftover sockets when each repetition started connecting are
+recorded next to its times, with the noisy flag.
+
+The engine is shared and its two cores with it, so absolute times move with whatever else
+runs. Side by side with each repetition (just before and just after it) a C connect loop
+(benchmarks/c/connect_loop.c) exhausts the same 10,000-port range on loopback in a fresh
+network namespace on the host (root, unshare and a C compiler needed; skipped otherwise):
+the ratio of the agent's time to the reference's is meant to cancel the machine's load (on
+a machine shared with other heavy runs it does not fully: the reference varies as well).
+
+    python benchmarks/bench_repeat.py [--repeat 5] [--out benchmarks/results/repeat.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker
+import polars as pl
+
+from tcplimits import host, results
+from tcplimits.engine import run_experiment
+from tcplimits.params import RunParams
+
+
+C_LOOP = Path(__file__).parent / "c" / "connect_loop.c"
+
+
+def build_reference(workdir: Path) -> Path | None:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("cc"):
+        return None
+    binary = workdir / "connect_loop"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(C_LOOP)], check=True)
+    return binary
+
+
+def reference_s(binary: Path, params: RunParams) -> float:
+    """Seconds the C loop takes to exhaust params' port range in a fresh namespace."""
+    script = (f"ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range="
+              f"'{params.port_lo} {params.port_hi}' && exec {binary}")
+    out = subprocess.run(["unshare", "-n", "sh", "-c", script], check=True,
+                         capture_output=True, text=True, timeout=300).stdout.split()
+    assert out[2] == "EADDRNOTAVAIL", out
+    return float(out[1])
+
+
+def spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def one(params: RunParams, name: str, workdir: Path, client) -> dict:
+    record = run_experiment(params, workdir / name, run_id=name, progress=False, client=client,
+                            log=lambda m: None)
+    assert record["status"] == "ok", record["reason"]
+    clients = pl.read_parquet(workdir / name / results.CLIENTS_FILE)
+    at_connect = record["host_tcp"].get("at_connect") or {}
+    after = record["host_tcp"]["after"]
+    return {
+        "connections": int(clients["connections"].sum()),
+        "exhaust_s": float(clients["elapsed_s"].max()),
+        "cpu_s": float(clients["cpu_s"].max()),
+        "connect_s": record["connect_s"], "teardown_s": record["teardown_s"],
+        "quiet_wait_s": record["quiet_wait_s"], "noisy": record["noisy"],
+        "noisy_reason": record["noisy_reason"],
+        "leftover_at_connect": host.leftover_sockets(at_connect) if at_connect else None,
+        "orphan_at_connect": at_connect.get("orphan"), "orphan_after": after.get("orphan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quiet-host-timeout", type=float, default=60.0)
+    parser.add_argument("--quiet-host-sockets", type=int, default=1000)
+    parser.add_argument("--out", default="benchmarks/results/repeat.json")
+    args = parser.parse_args()
+    client = docker.from_env()
+    params = RunParams(port_range="40000-49999", nofile=15000, procs=1, clients=1,
+                       quiet_host_timeout=args.quiet_host_timeout,
+                       quiet_host_sockets=args.quiet_host_sockets)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = build_reference(Path(tmp))
+        for i in range(1, args.repeat + 1):
+            before = reference_s(reference, params) if reference else None
+            row = one(params, f"bench-repeat-{i}", Path(tmp), client)
+            if reference:
+                row["c_reference_s"] = (before + reference_s(reference, params)) / 2
+                row["exhaust_over_c"] = row["exhaust_s"] / row["c_reference_s"]
+            rows.append(row)
+            print(f"repetition {i}: {rows[-1]}", flush=True)
+    keys = ["exhaust_s", "cpu_s", "connect_s", "teardown_s"]
+    if reference:
+        keys += ["c_reference_s", "exhaust_over_c"]
+    summary = {key: {"values": [r[key] for r in rows],
+                     "median": statistics.median(r[key] for r in rows),
+                     "spread": spread([r[key] for r in rows])} for key in keys}
+    results.write_json({"params": params.to_dict(), "runs": rows, "summary": summary},
+                       Path(args.out))
+    for key, s in summary.items():
+        print(f"{key:14} " + " ".join(f"{v:6.2f}" for v in s["values"])
+              + f"   median {s['median']:.2f}, spread {100 * s['spread']:.1f}%")
+    print("noisy repetitions:", sum(bool(r["noisy"]) for r in rows), "of", len(rows))
+
+
+if __name__ == "__main__":
+    main()
