@@ -6,7 +6,7 @@ import re
 
 from snakemake.utils import validate
 
-from tcplimits import dataset, grid, render, results
+from tcplimits import browser, dataset, grid, results
 
 # The schema ships inside the package: the workflow and an installed tcplimits read one file.
 validate(config, schema=str(grid.SCHEMA_PATH))
@@ -23,7 +23,7 @@ REPORT_SETTINGS = "report/_quarto.yml"
 REPORT_DIR = "results/report"
 # The report's browser check runs where headless Chromium can be driven (scripts/bootstrap.sh
 # --test installs it); only there does the report job write a screenshot.
-BROWSER_CHECK = render.browser_available() is None
+BROWSER_CHECK = browser.browser_available() is None
 # The software of every job: the package's dependencies (workflow/envs/tcplimits.yaml, which
 # environment.yml links to) plus this checkout, installed by the post-deploy script beside it.
 # Without --sdm conda the jobs run the `tcplimits` of the environment Snakemake runs in;
