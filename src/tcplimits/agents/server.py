@@ -46,9 +46,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(listener, worker, close="abort"):
-    """Accept until SIGTERM, then close every connection; return (accepted, first error,
-    failed accept() calls, conntrack entries of the namespace before closing).
+def serve(listener, worker):
+    """Accept until SIGTERM; return (held descriptors, first error, failed accept() calls).
 
     The listener is blocking with SO_RCVTIMEO: a worker sleeping in accept() is woken
     exclusively, one per connection, where poll() would wake every worker sharing the socket
@@ -70,16 +69,18 @@ def serve(listener, worker, close="abort"):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
-    conntrack = common.conntrack_count()
-    common.close_all(held, close)
-    return len(held), first_error, accept_errors, conntrack
+    return held, first_error, accept_errors
 
 
 def worker_main(listener, worker, close):
-    accepted, error, accept_errors, conntrack = serve(listener, worker, close)
+    held, error, accept_errors = serve(listener, worker)
     number, name, message = common.describe_error(error) if error else (None, None, None)
-    common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
-                message=message, accept_errors=accept_errors, conntrack=conntrack)
+    # The result first: the count is final, and resetting many thousand connections takes
+    # seconds the engine need not wait for to know it.
+    common.emit("result", worker=worker, accepted=len(held), errno=number, error=name,
+                message=message, accept_errors=accept_errors,
+                conntrack=common.conntrack_count())
+    common.close_all(held, close)
     return 0
 
 

@@ -34,6 +34,10 @@ STOP_TIMEOUT_S = 30
 # container removed while they are open linger in the host kernel for minutes, as orphans
 # and TIME-WAIT entries that slow the next run's connect() (benchmarks/bench_teardown.py).
 AGENT_STOP_S = 10
+# Resetting a connection costs both ends some CPU (the agent's close, the peer's RST): a
+# million held took ~17 s of teardown on 2 cores. Waits for agents that close connections grow
+# by this much per connection held (measured: bench_million).
+CLOSE_S_PER_CONNECTION = 25e-6
 
 
 class RunFailed(Exception):
@@ -190,9 +194,15 @@ class Experiment:
         self._settle_server()
         self.containers["server"].kill(signal="SIGTERM")
         self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
-                        "the server's final counts", limit=STOP_TIMEOUT_S, watch=[])
+                        "the server's final counts", limit=self.close_wait(STOP_TIMEOUT_S),
+                        watch=[])
 
     # -- what the steps share
+
+    def close_wait(self, base: float) -> float:
+        """Seconds to wait for agents that reset the connections they hold: ``base``, plus
+        CLOSE_S_PER_CONNECTION for each connection held."""
+        return base + CLOSE_S_PER_CONNECTION * max(self.state.connections, self.state.accepted)
 
     def address(self, role: str) -> str:
         """The container's address on the run's network (on loopback, the server's lo)."""
@@ -308,6 +318,7 @@ class Experiment:
         kernel once its containers are removed."""
         if AGENT_STOP_S <= 0:
             return
+        limit = self.close_wait(AGENT_STOP_S)
         stopping = []
         for role, container in self.containers.items():
             try:
@@ -315,12 +326,12 @@ class Experiment:
                 stopping.append((role, container))
             except Exception:  # not running, or the engine is gone: removal decides
                 pass
-        end = time.monotonic() + AGENT_STOP_S
+        end = time.monotonic() + limit
         for role, container in stopping:
             try:
                 container.wait(timeout=max(0.1, end - time.monotonic()))
             except Exception as err:  # a timeout or an engine error: removal kills it anyway
-                self.log(f"warning: {role} did not stop within {AGENT_STOP_S} s ({err}); "
+                self.log(f"warning: {role} did not stop within {limit:.0f} s ({err}); "
                          "its connections may linger in the host kernel")
 
     def _remove_all(self) -> None:
