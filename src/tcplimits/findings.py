@@ -700,7 +700,8 @@ def limits_table(run: Mapping[str, Any]) -> pl.DataFrame:
     """The host's limits as one run met them."""
     rows = [{"setting": lim["setting"], "value here": lim["value"],
              "this run needs": lim["needed"], "room (connections)": lim.get("room"),
-             "when reached": LIMIT_EFFECTS[lim["effect"]].format(errno=lim["errno"]),
+             "when reached": LIMIT_EFFECTS[lim["effect"]].format(errno=lim["errno"]).replace(
+                 " (None)", ""),
              "how to pass it": (lim["command"] or lim["way_around"] or "") if lim["binds"]
              else ""}
             for lim in host_limits_of(run)]
