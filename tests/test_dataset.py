@@ -157,8 +157,15 @@ def test_duplicates(runs, tmp_path):
     assert dataset.build_dataset([runs[0], runs[0]], tmp_path / "ds")["runs"] == 1
     copy = tmp_path / "copy"
     write_ok_run(copy, "a", RunParams(), held=[[]], per_proc=[5], error="EADDRNOTAVAIL")
-    with pytest.raises(ValueError, match="'a'"):
-        dataset.build_dataset([runs[0], copy], tmp_path / "ds")
+    heard = []
+    dataset.build_dataset([runs[0], copy], tmp_path / "ds", report=heard.append)
+    df = pl.read_parquet(tmp_path / "ds" / "runs.parquet")
+    assert df["run_id"].to_list() == ["a", str(copy)]  # the copy is listed, not measured
+    assert df["status"].to_list() == ["ok", "failed"]
+    assert f"run id 'a' is also the id of {runs[0]}" in df["reason"][1]
+    assert len(heard) == 1 and heard[0].startswith(f"{copy}: run id 'a'")
+    clients = pl.read_parquet(tmp_path / "ds" / "clients.parquet")
+    assert clients["connections"].to_list() == [999, 1000]  # a's rows, once
 
 
 def test_rebuild_replaces_atomically(runs, tmp_path):

@@ -131,23 +131,29 @@ class _FakeCollection:
         return self.items
 
 
-def test_sweep_removes_only_resources_of_dead_owners():
-    import os
+def test_sweep_removes_only_resources_of_provably_dead_owners():
     import socket
 
-    host = socket.gethostname()
-    dead = _FakeResource({"tcplimits": "1", "tcplimits.owner": f"{host}:999999999"})
-    alive = _FakeResource({"tcplimits": "1", "tcplimits.owner": f"{host}:{os.getpid()}"})
+    from tcplimits import ownership
+
+    me = ownership.current()
+    dead = _FakeResource({"tcplimits": "1", "tcplimits.owner": ownership.Owner(
+        me.boot_id, me.pid_ns, 999999999, 1).label()})
+    alive = _FakeResource({"tcplimits": "1", "tcplimits.owner": me.label()})
     unowned = _FakeResource({"tcplimits": "1"})
-    other_host = _FakeResource({"tcplimits": "1", "tcplimits.owner": "elsewhere:1"})
+    old_style = _FakeResource({"tcplimits": "1",
+                               "tcplimits.owner": f"{socket.gethostname()}:999999999"})
+    other_ns = _FakeResource({"tcplimits": "1", "tcplimits.owner": ownership.Owner(
+        me.boot_id, "4:1", 999999999, 1).label()})
 
     class Client:
-        containers = _FakeCollection([dead, alive, unowned, other_host])
+        containers = _FakeCollection([dead, alive, unowned, old_style, other_ns])
         networks = _FakeCollection([])
 
     assert sweep(Client()) == {"containers": 1, "networks": 0}
-    assert dead.removed and not (alive.removed or unowned.removed or other_host.removed)
-    assert sweep(Client(), everything=True)["containers"] == 4
+    assert dead.removed
+    assert not any(r.removed for r in (alive, unowned, old_style, other_ns))
+    assert sweep(Client(), everything=True)["containers"] == 5
 
 
 def test_auto_workers_beyond_the_bound_are_refused_not_lowered():
@@ -170,7 +176,9 @@ def test_a_dead_client_process_is_noticed():
 
     state = RunState()
     state.take("client1", {"event": "worker_exit", "client": 1, "pid": 7, "code": -9})
-    assert state.died == ["client1 process pid 7 exited with code -9 before reporting"]
+    assert state.died == ["client1 process pid 7 killed by SIGKILL before reporting"]
+    state.take("server", {"event": "worker_exit", "worker": 2, "pid": 9, "code": 1})
+    assert state.died[1] == "server worker 2 pid 9 exited with code 1 before reporting"
 
 
 def test_cleanup_finishes_before_a_signal_is_raised():

@@ -1,6 +1,10 @@
 """`tcplimits` command line: run one experiment, build the image, probe the engine, build the
 dataset and the report. Every command has --help; bad input exits 2 with one line naming the
-flag and value, before any container is created."""
+flag and value, before any container is created.
+
+`tcplimits run` exits 0 (ok), 1 (the run failed; run.json says why), 2 (bad input, or --out
+refused or not writable), 3 (unsupported parameters), 4 (the Docker engine or the disk failed
+the run: not hidden by --exit-zero, so a workflow retries it), 130 (interrupted)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
 from .params import FIELDS, ParamError, RunParams
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNSUPPORTED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +44,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"tcplimits run: --run-id {args.run_id!r}: use letters, digits, '.', '_' and '-'",
               file=sys.stderr)
         return EXIT_USAGE
+    from . import faults, outdir
     from .engine import run_experiment
+    from .engine.plan import SAMPLES_PER_PROCESS
 
+    try:  # before any container: a run must not fail at the end for want of a place to write
+        outdir.prepare(Path(args.out), force=args.force, need_bytes=outdir.expected_bytes(
+            params.clients * params.procs, SAMPLES_PER_PROCESS))
+    except outdir.OutDirError as err:
+        print(f"tcplimits run: {err}", file=sys.stderr)
+        return EXIT_MACHINE if err.fault else EXIT_USAGE
     try:
         record = run_experiment(params, out_dir=Path(args.out), run_id=args.run_id,
                                 progress=not args.quiet)
@@ -55,6 +63,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
               + (f"; its partial results (status failed) are in {args.out}" if written else ""),
               file=sys.stderr)
         return 130
+    if record.get("fault") in faults.MACHINE_FAULTS:
+        print(f"tcplimits run: {record['reason']}", file=sys.stderr)
+        return EXIT_MACHINE
     print(summary(Path(args.out)), flush=True)
     status = record["status"]
     if args.exit_zero:
@@ -112,13 +123,29 @@ def _valid_id(value: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value))
 
 
-def _cmd_image(args: argparse.Namespace) -> int:
+def _engine_or_none(command: str):
+    """A Docker client, or None after one line saying the engine cannot be reached."""
     import docker
 
-    from .image import ImageError, ensure_image
+    from . import faults
 
     try:
-        image = ensure_image(docker.from_env(), rebuild=args.rebuild,
+        return docker.from_env()
+    except docker.errors.DockerException as err:
+        if not faults.is_engine_gone(err):
+            raise
+        print(f"tcplimits {command}: {faults.unreachable_reason(err)}", file=sys.stderr)
+        return None
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from .image import ImageError, ensure_image
+
+    client = _engine_or_none("image")
+    if client is None:
+        return EXIT_MACHINE
+    try:
+        image = ensure_image(client, rebuild=args.rebuild,
                              log=lambda m: print(m, file=sys.stderr))
     except ImageError as err:
         print(f"tcplimits image: {err}", file=sys.stderr)
@@ -135,13 +162,13 @@ def _cmd_image(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
 
-    import docker
-
     from .engine import probe_engine
 
     from . import footprint, host
 
-    client = docker.from_env()
+    client = _engine_or_none("probe")
+    if client is None:
+        return EXIT_MACHINE
     info = probe_engine(client, refresh=args.refresh)
     # Host facts change from run to run (what else is open, tracked, free): read, not cached.
     info["host"] = (footprint.host_facts() if host.engine_is_local(client.api.base_url)
@@ -151,12 +178,28 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    import docker
+    from .engine import cleanup
 
-    from .engine import sweep
-
-    removed = sweep(docker.from_env(), everything=args.all)
+    client = _engine_or_none("clean")
+    if client is None:
+        return EXIT_MACHINE
+    found = cleanup.find_leftovers(client)
+    doomed = found if args.all else cleanup.dead(found)
+    kept = [item for item in found if item not in doomed]
+    if args.all and doomed and not args.yes:
+        print("tcplimits clean --all would remove, whether or not their runs are alive:")
+        for item in doomed:
+            print(f"  {item.describe()}")
+        print("nothing removed: add --yes to remove these", file=sys.stderr)
+        return EXIT_USAGE
+    for item in doomed:
+        print(f"removing {item.describe()}")
+    removed = cleanup.remove(doomed)
     print(f"removed {removed['containers']} container(s) and {removed['networks']} network(s)")
+    if kept:
+        print(f"kept {len(kept)} resource(s) whose owner is alive or cannot be proven dead "
+              "(another PID namespace, host or boot, or an older tcplimits); "
+              "`tcplimits clean --all --yes` removes them")
     return EXIT_OK
 
 
@@ -171,7 +214,8 @@ def _cmd_points(args: argparse.Namespace) -> int:
 def _cmd_dataset(args: argparse.Namespace) -> int:
     from .dataset import build_dataset
 
-    counts = build_dataset([Path(p) for p in args.runs], Path(args.out))
+    counts = build_dataset([Path(p) for p in args.runs], Path(args.out),
+                           report=lambda m: print(f"tcplimits dataset: {m}", file=sys.stderr))
     print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
     return EXIT_OK
 
@@ -218,10 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--run-id", default=None, help="run id (default: made from time and parameters)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run directory --out already holds (refused otherwise, so "
+                   "that two runs never mix in one directory)")
     p.add_argument("--quiet", action="store_true", help="no live count")
     p.add_argument("--exit-zero", action="store_true",
                    help="exit 0 whenever the run directory was written, whatever the run's "
-                   "status (for workflows: failures are recorded, not fatal)")
+                   "status (for workflows: failures are recorded, not fatal); the engine or "
+                   "the disk failing the run still exits 4")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("image", help="build the agent image (and its Debian base) if missing",
@@ -243,8 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clean", help="remove leftover containers and networks of dead runs",
                        description="Remove containers and networks labelled tcplimits=1 whose "
-                       "run is no longer alive (or all of them with --all).")
-    p.add_argument("--all", action="store_true", help="also those of runs still alive")
+                       "owning process is provably dead: same kernel boot and PID namespace, "
+                       "and no process with its pid and start time. Others are kept and "
+                       "listed; --all --yes removes every one.")
+    p.add_argument("--all", action="store_true",
+                   help="every labelled container and network, also those of live runs and "
+                   "those whose owner cannot be checked: lists them, removes them with --yes")
+    p.add_argument("--yes", action="store_true", help="confirm --all")
     p.set_defaults(func=_cmd_clean)
 
     p = sub.add_parser("points", help="list the points of a workflow config",

@@ -4,6 +4,12 @@ One place documents every column (the schemas below, in the style of results.py)
 file is written atomically; no run directory, or runs without a table, still give every
 file with the full schema, so readers never special-case an empty sweep.
 
+Only runs with status ok are measurements: the per-run tables hold rows of ok runs alone,
+and a failed or unsupported run keeps its row in runs.parquet, with its reason and null
+measured totals. A partial or corrupt run directory (no or unreadable run.json, a missing or
+unreadable Parquet file, run ids that do not match) is reported and recorded as failed with
+what is wrong; it never stops the dataset.
+
     <out dir>/
       runs.parquet      one row per run (RUNS_SCHEMA), failed and unsupported ones too
       clients.parquet   every run's clients.parquet + PARAM_COLUMNS (CLIENTS_SCHEMA)
@@ -263,10 +269,36 @@ def _read_record(run_dir: Path) -> dict:
         record = results.read_run(run_dir)
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
-        return record
     except (OSError, ValueError) as err:
+        present = sorted(p.name for p in run_dir.glob("*.parquet")) if run_dir.is_dir() else []
         return {"run_id": run_dir.name, "status": results.STATUS_FAILED,
-                "reason": f"no readable {results.RUN_JSON} in {run_dir}: {err}"}
+                "reason": f"no readable {results.RUN_JSON} in {run_dir}: "
+                          f"{getattr(err, 'strerror', None) or err}"
+                          + (f" (partial run: {', '.join(present)} without it)" if present
+                             else "")}
+    problem = _table_problem(run_dir, record) if record.get("status") == results.STATUS_OK \
+        else None
+    if problem:
+        record = {**record, "status": results.STATUS_FAILED,
+                  "reason": f"corrupt run directory {run_dir}: {problem}"}
+    return record
+
+
+def _table_problem(run_dir: Path, record: dict) -> str | None:
+    """What makes an ok run's tables unusable: a file missing or unreadable, or rows of
+    another run."""
+    for file in results.SCHEMAS:
+        if not (run_dir / file).exists():
+            return f"{file} is missing"
+        try:
+            ids = results.read_table(run_dir, file).get_column("run_id").unique().to_list()
+        except Exception as err:  # polars raises several kinds for a damaged file
+            return f"{file} is unreadable ({type(err).__name__}: {str(err).splitlines()[0]})"
+        strangers = sorted(str(i) for i in ids if i != record.get("run_id"))
+        if strangers:
+            return (f"{file} holds rows of run {', '.join(strangers[:3])}, not of "
+                    f"{record.get('run_id')}")
+    return None
 
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -280,13 +312,22 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return df.select(cols + extra)
 
 
-def runs_frame(run_dirs: Iterable[Path]) -> pl.DataFrame:
+def runs_frame(run_dirs: Iterable[Path], report=lambda message: None) -> pl.DataFrame:
+    """One row per run directory; ``report`` hears of every directory recorded as failed
+    because it is partial or corrupt."""
     rows, seen = [], {}
     for run_dir in run_dirs:
-        row = run_row(_read_record(run_dir), run_dir)
-        if row["run_id"] in seen:
-            raise ValueError(f"run id {row['run_id']!r} appears in {seen[row['run_id']]} "
-                             f"and {run_dir}")
+        record = _read_record(run_dir)
+        if record.get("run_id") in seen:
+            record = {"run_id": str(run_dir), "status": results.STATUS_FAILED,
+                      "params": record.get("params"),
+                      "reason": f"run id {record['run_id']!r} is also the id of "
+                                f"{seen[record['run_id']]}: a copy, or two runs in one place"}
+        if str(record.get("reason") or "").startswith(("no readable", "corrupt", "run id")):
+            report(f"{run_dir}: {record['reason']}; recorded as failed")
+        row = run_row(record, run_dir)
+        if row["status"] != results.STATUS_OK:  # partial counts are not measurements
+            row.update(connections_total=None, server_accepted=None)
         seen[row["run_id"]] = run_dir
         rows.append(row)
     extra = sorted({k for r in rows for k in r} - set(RUNS_SCHEMA))  # new env_ keys
@@ -299,7 +340,8 @@ def table_frame(runs: pl.DataFrame, name: str) -> pl.DataFrame:
     file, schema = TABLES[name]
     base = results.SCHEMAS[file]
     parts = []
-    for run_id, run_dir in runs.select("run_id", "run_dir").iter_rows():
+    ok = runs.filter(pl.col("status") == results.STATUS_OK)
+    for run_id, run_dir in ok.select("run_id", "run_dir").iter_rows():
         part = results.read_table(run_dir, file)
         if part.height:
             # The run directory's own id wins: a table copied from elsewhere still joins.
@@ -311,11 +353,12 @@ def table_frame(runs: pl.DataFrame, name: str) -> pl.DataFrame:
                    .join(params, on="run_id", how="left"), schema)
 
 
-def build_dataset(run_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[str, int]:
+def build_dataset(run_dirs: Iterable[str | Path], out_dir: str | Path,
+                  report=lambda message: None) -> dict[str, int]:
     """Write runs/clients/server/series.parquet into ``out_dir``; returns rows per file."""
     out_dir = Path(out_dir)
     unique = list(dict.fromkeys(Path(d) for d in run_dirs))  # same directory twice: once
-    runs = runs_frame(unique)
+    runs = runs_frame(unique, report)
     frames = {name: runs if name == "runs" else table_frame(runs, name) for name in TABLE_NAMES}
     for name, df in frames.items():
         results.write_parquet(df, out_dir / f"{name}.parquet")

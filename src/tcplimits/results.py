@@ -15,6 +15,8 @@ leaves no partial result behind.
 run.json keys:
     run_id        the run's id (the workflow passes its point id; `tcplimits run` makes one)
     status        "ok" | "failed" | "unsupported"; reason: why, when not ok (else null)
+    fault         what kind of fault failed the run (faults.py: engine_unreachable,
+                  engine_lost, container_exited, oom, worker_died, out_unwritable), else null
     params        RunParams.to_dict(): what was asked, never changed
     resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
     prediction    model.predict(...) as a dict: from the parameters, the engine facts and the

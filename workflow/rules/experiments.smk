@@ -6,8 +6,8 @@
 # used by the points that run next. To redo every point on a new image, run
 # `snakemake --forcerun image` (a rerun of the image job reruns everything after it).
 # --exit-zero: a failed or unsupported point is recorded in its run.json with the reason
-# (and empty tables) and does not stop the others; an engine crash fails the job, and
-# keep-going (the profile) lets the other points finish.
+# (and empty tables) and does not stop the others; the engine or the disk failing the run
+# (exit 4) fails the job, and keep-going (the profile) lets the other points finish.
 # Outputs: every file the dataset rule reads.
 rule experiment:
     input:
@@ -28,9 +28,8 @@ rule experiment:
     params:
         flags=point_flags,
         out=lambda wildcards, output: os.path.dirname(output.run_json),
-    # A rerun replaces the whole run directory: files of an earlier run of the point
-    # must not reach the dataset.
+    # A rerun replaces the whole run directory (--force): files of an earlier run of the
+    # point must not reach the dataset.
     shell:
-        "rm -rf {params.out} && "
         "tcplimits run {params.flags} --run-id {wildcards.point} --out {params.out} "
-        "--exit-zero > {log} 2>&1"
+        "--force --exit-zero > {log} 2>&1"

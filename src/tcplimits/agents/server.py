@@ -9,6 +9,8 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
              conntrack (entries tracked in this namespace while the connections were held;
              null where the namespace has no table)
+  worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
+             pid, code (negative: the signal)
 
 On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
@@ -111,10 +113,13 @@ def main(argv=None):
         if signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
             live.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0:  # killed, out of memory, a crash
+                common.emit("worker_exit", worker=children.index(pid) + 1, pid=pid,
+                            code=os.waitstatus_to_exitcode(status))
     return 0
 
 

@@ -1,61 +1,84 @@
-"""Leftovers and signals: every resource carries its owner's host and pid, so a run that died
-(SIGKILL) is swept by the next; SIGTERM and SIGINT become exceptions so cleanup always runs,
-and signals that arrive during cleanup wait until it is done."""
+"""Leftovers and signals: every resource carries its owner's identity (ownership.py), so a run
+that died (SIGKILL) is swept by the next, and only a provably dead owner's resources are;
+SIGTERM and SIGINT become exceptions so cleanup always runs, and signals that arrive during
+cleanup wait until it is done."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import docker.errors
 
-from .. import LABEL
+from .. import LABEL, RUN_LABEL, ownership
+from ..ownership import Liveness
 from .plan import INSTANCE_LABEL, OWNER_LABEL
 
 
 def owner() -> str:
     """The OWNER_LABEL value of resources this process creates."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return ownership.current().label()
 
 
-def owner_alive(owner: str | None) -> bool:
-    """Is the process that created a resource still running? Resources without an owner, or
-    owned from another host, are not ours to judge: they count as alive."""
-    host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@dataclass(frozen=True)
+class Leftover:
+    """A labelled container or network on the engine, and whether its owner lives."""
+
+    kind: str  # "container" | "network"
+    resource: object
+    name: str
+    run_id: str | None
+    owner: Liveness
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name} (run {self.run_id or '?'}, owner {self.owner.value})"
+
+
+def find_leftovers(client, *, instance: str | None = None) -> list[Leftover]:
+    """Every labelled container, then every labelled network (the order of removal), with its
+    owner's liveness; only those of one run instance when ``instance`` is given."""
+    filters = {"label": [f"{LABEL}=1"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])}
+    found = []
+    # sparse: no inspect per container, which would race with containers being removed.
+    for kind, listing in (("container", client.containers.list(all=True, sparse=True,
+                                                               filters=filters)),
+                          ("network", client.networks.list(filters=filters))):
+        for resource in listing:
+            attrs = resource.attrs
+            labels = attrs.get("Labels") or attrs.get("Config", {}).get("Labels") or {}
+            names = attrs.get("Names") or [attrs.get("Name") or getattr(resource, "id", "?")[:12]]
+            found.append(Leftover(kind, resource, names[0].lstrip("/"), labels.get(RUN_LABEL),
+                                  ownership.liveness(labels.get(OWNER_LABEL))))
+    return found
+
+
+def dead(leftovers: list[Leftover]) -> list[Leftover]:
+    """Those whose owner is provably dead: the only ones a sweep may remove unasked."""
+    return [item for item in leftovers if item.owner is Liveness.DEAD]
+
+
+def remove(leftovers: list[Leftover]) -> dict[str, int]:
+    """Remove these; best effort: one another process is removing meanwhile is left to it."""
+    removed = {"containers": 0, "networks": 0}
+    for item in leftovers:
+        try:
+            if item.kind == "container":
+                item.resource.remove(force=True)
+            else:
+                item.resource.remove()
+            removed[item.kind + "s"] += 1
+        except docker.errors.APIError:  # gone already, or being removed (409)
+            pass
+    return removed
 
 
 def sweep(client, *, everything: bool = False, instance: str | None = None) -> dict[str, int]:
-    """Remove containers, then networks, labelled tcplimits=1 whose owning process is gone
-    (or all of them, or those of one run instance). Best effort: a resource another process
-    is removing at the same moment is left to it."""
-    filters = {"label": [f"{LABEL}=1"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])}
-    removed = {"containers": 0, "networks": 0}
-    # sparse: no inspect per container, which would race with containers being removed.
-    for kind, listing in (("containers", lambda: client.containers.list(all=True, sparse=True,
-                                                                        filters=filters)),
-                          ("networks", lambda: client.networks.list(filters=filters))):
-        for resource in listing():
-            labels = resource.attrs.get("Labels") or resource.attrs.get("Config", {}).get("Labels") or {}
-            if not (everything or instance or not owner_alive(labels.get(OWNER_LABEL))):
-                continue
-            try:
-                resource.remove(force=True) if kind == "containers" else resource.remove()
-                removed[kind] += 1
-            except docker.errors.APIError:  # gone already, or being removed (409)
-                pass
-    return removed
+    """Remove containers, then networks, labelled tcplimits=1 whose owning process is provably
+    dead (or all of them, or those of one run instance)."""
+    found = find_leftovers(client, instance=instance)
+    return remove(found if everything or instance else dead(found))
 
 
 class Interrupted(BaseException):

@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import faults
+
 Log = Callable[[str], None]
 
 
@@ -74,6 +76,9 @@ class RunState:
             elif kind == "result":
                 self.server_results[event["worker"]] = event
                 self.server_progress[event["worker"]] = event["accepted"]
+            elif kind == "worker_exit":  # a server worker died (killed, out of memory)
+                self.died.append(faults.worker_exit_reason(
+                    "server", event["pid"], event["code"], f"worker {event.get('worker')}"))
         elif kind == "ready":
             self.ready[event["client"]] = event
         elif kind == "progress":
@@ -83,8 +88,7 @@ class RunState:
             self.results[(event["client"], event["proc"])] = event
             self.progress[(event["client"], event["proc"])] = event["connections"]
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
-            self.died.append(f"{role} process pid {event['pid']} exited with code "
-                             f"{event['code']} before reporting")
+            self.died.append(faults.worker_exit_reason(role, event["pid"], event["code"]))
 
     @property
     def connections(self) -> int:

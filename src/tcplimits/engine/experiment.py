@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, host, results
+from .. import LABEL, RUN_LABEL, faults, host, results
+from ..faults import RunFailed
 from ..params import RunParams
 from .cleanup import owner, shielded, sweep
 from .events import Log, LogReader, RunState, stderr_log
@@ -29,6 +30,7 @@ LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
+ENGINE_RETURN_S = 30  # how long teardown waits for a lost engine to answer again
 # Teardown asks every agent to stop (SIGTERM: each resets its connections, SO_LINGER 0) and
 # waits this long for them to exit before removing the containers: connections of a
 # container removed while they are open linger in the host kernel for minutes, as orphans
@@ -38,10 +40,6 @@ AGENT_STOP_S = 10
 # million held took ~17 s of teardown on 2 cores. Waits for agents that close connections grow
 # by this much per connection held (measured: bench_million).
 CLOSE_S_PER_CONNECTION = 25e-6
-
-
-class RunFailed(Exception):
-    pass
 
 
 class Experiment:
@@ -72,6 +70,9 @@ class Experiment:
         self._connect_started: float | None = None
         self._last_live: tuple[float, int] | None = None  # for the rate on the live line
         self.snapshots: dict[str, dict] = {}  # footprint snapshots by moment
+        self.created_at = time.time()  # for the engine's events of this run
+        self.left_behind: list[str] = []  # what a lost engine kept us from removing
+        self._engine_gone = False
 
     def __enter__(self) -> "Experiment":
         return self
@@ -133,7 +134,8 @@ class Experiment:
             self.containers[role].start()
             self._follow(role)
         self.wait_until(lambda: len(self.state.ready) == self.params.clients,
-                        "the clients to start", limit=SERVER_READY_TIMEOUT_S, watch=roles)
+                        "the clients to start", limit=SERVER_READY_TIMEOUT_S,
+                        watch=["server", *roles])
         self.timeline["setup_s"] = time.monotonic() - (self._setup_started or time.monotonic())
 
     def measure(self, moment: str) -> dict | None:
@@ -185,7 +187,8 @@ class Experiment:
         """Wait (with a live count) until every client process has stopped and reported."""
         expected_results = self.params.clients * self.params.procs
         self.wait_until(lambda: len(self.state.results) == expected_results,
-                        "every client process to stop", watch=self.client_roles, progress=True)
+                        "every client process to stop", watch=["server", *self.client_roles],
+                        progress=True)
         self.timeline["connect_s"] = time.monotonic() - (self._connect_started
                                                          or time.monotonic())
 
@@ -195,7 +198,7 @@ class Experiment:
         self.containers["server"].kill(signal="SIGTERM")
         self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
                         "the server's final counts", limit=self.close_wait(STOP_TIMEOUT_S),
-                        watch=[])
+                        watch=["server"])
 
     # -- what the steps share
 
@@ -219,8 +222,10 @@ class Experiment:
             if role in self.containers:
                 try:
                     addresses[int(role[len("client"):])] = self.address(role)
-                except docker.errors.APIError:
-                    pass
+                except Exception as err:  # removed already, or the engine is gone
+                    if not (isinstance(err, docker.errors.APIError)
+                            or faults.is_engine_gone(err)):
+                        raise
         return addresses
 
     def drain(self, timeout: float = 0.05) -> None:
@@ -230,7 +235,7 @@ class Experiment:
     def wait_until(self, done: Callable[[], bool], what: str, *, limit: float | None = None,
                    watch: list[str], progress: bool = False) -> None:
         """Take events until ``done()``; RunFailed on the deadline (the run's, or ``limit``
-        seconds), a dead client process, or a watched container that exited."""
+        seconds), a dead process, or a watched container that exited."""
         started = time.monotonic()
         end = self.deadline if limit is None else min(self.deadline, started + limit)
         last_print = 0.0
@@ -241,11 +246,7 @@ class Experiment:
                 reason = "run timeout" if end == self.deadline else "time limit"
                 raise RunFailed(f"{reason}: gave up waiting for {what} after "
                                 f"{now - started:.0f} s")
-            if self.state.died:
-                raise RunFailed("; ".join(self.state.died))
-            for role in watch:
-                if role in self.state.closed:
-                    raise RunFailed(f"{role} exited before {what}: {self._exit_reason(role)}")
+            self._check(watch, what)
             self.drain(0.2)
             if progress and self.live and now - last_print >= (0.5 if tty else 5.0):
                 last_print = now
@@ -275,6 +276,7 @@ class Experiment:
         end = min(self.deadline, time.monotonic() + 30)
         while time.monotonic() < end:
             self.drain(0.2)
+            self._check(["server"], "the server's count to settle")
             accepted = self.state.accepted
             if accepted >= target:
                 return
@@ -301,16 +303,54 @@ class Experiment:
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
               file=sys.stderr, flush=True)
 
-    def _exit_reason(self, role: str) -> str:
+    def _check(self, watch: list[str], what: str) -> None:
+        """Fail as soon as a process died or a container the run needs has stopped."""
+        if self.state.died:
+            died = "; ".join(self.state.died)
+            oom = self.oom_killed(wait_s=2.0)
+            if oom:
+                raise RunFailed("; ".join(faults.oom_reason(role, self.specs[role].get(
+                    "mem_limit")) for role in oom) + f": {died}", faults.OOM)
+            raise RunFailed(died, faults.WORKER_DIED)
+        for role in watch:
+            if role in self.state.closed:
+                reason, fault = self._exit_reason(role)
+                raise RunFailed(f"{reason} while waiting for {what}", fault)
+
+    def oom_killed(self, wait_s: float = 0.0) -> list[str]:
+        """Roles whose container saw the kernel's OOM killer (the engine's "oom" events), even
+        when only a process in it died and the container lives on. The event may trail the
+        death the agent reported by a moment: look again for up to ``wait_s``."""
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                events = self.client.events(
+                    since=self.created_at, until=f"{time.time():.3f}", decode=True,
+                    filters={"type": "container", "event": "oom",
+                             "label": f"{INSTANCE_LABEL}={self.instance}"})
+                names = {e.get("Actor", {}).get("Attributes", {}).get("name") for e in events}
+            except docker.errors.APIError:
+                return []
+            roles = [role for role, c in self.containers.items() if c.name in names]
+            if roles or time.monotonic() >= end:
+                return roles
+            time.sleep(0.25)
+
+    def _exit_reason(self, role: str) -> tuple[str, str]:
+        """Why a container stopped, from the engine's State (OOMKilled, exit code). A lost
+        engine raises: that is the fault, not the container."""
         container = self.containers[role]
         try:
             container.reload()
-            st = container.attrs["State"]
-            tail = "; ".join(self.readers[role].lines[-3:]) if role in self.readers else ""
-            return (f"exit code {st.get('ExitCode')}, OOMKilled={st.get('OOMKilled')}"
-                    + (f", last output: {tail}" if tail else ""))
         except docker.errors.APIError as err:
-            return str(err)
+            return f"{role} container gone: {err}", faults.CONTAINER_EXITED
+        reason, fault = faults.exit_description(role, container.attrs["State"],
+                                                self.specs[role].get("mem_limit"))
+        # What the container said besides its events (a traceback, a message), if anything.
+        said = [line for line in self.readers[role].lines
+                if line.strip() and not line.startswith(("{", "[tcplimits:"))] \
+            if role in self.readers else []
+        return reason + (f" (last output: {'; '.join(said[-2:])[:200]})" if said else ""), fault
 
     def stop_agents(self) -> None:
         """SIGTERM every container still running and wait (at most AGENT_STOP_S) for each to
@@ -337,24 +377,60 @@ class Experiment:
     def _remove_all(self) -> None:
         # Clients first: the server must outlive them so the network empties cleanly.
         for role in sorted(self.containers, key=lambda r: r == "server"):
-            try:
-                self.containers[role].remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as err:
-                self.log(f"warning: could not remove {role}: {err}")
+            self._removing(f"container {self.containers[role].name}",
+                           lambda c=self.containers[role]: c.remove(force=True))
         for reader in self.readers.values():
             reader.join(timeout=5)
         if self.network is not None:
-            for attempt in range(3):  # endpoints of just-removed containers linger a moment
-                try:
-                    self.network.remove()
-                    break
-                except docker.errors.NotFound:
-                    break
-                except docker.errors.APIError as err:
-                    if attempt == 2:
-                        self.log(f"warning: could not remove the network: {err}")
-                    time.sleep(1)
+            self._removing(f"network {self.network_name}", self._remove_network)
         # Anything of this run that escaped the bookkeeping above.
-        sweep(self.client, instance=self.instance)
+        self._removing(f"resources of run instance {self.instance}",
+                       lambda: sweep(self.client, instance=self.instance))
+
+    def _remove_network(self) -> None:
+        for attempt in range(3):  # endpoints of just-removed containers linger a moment
+            try:
+                self.network.remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as err:
+                if attempt == 2:
+                    self.log(f"warning: could not remove the network: {err}")
+                time.sleep(1)
+
+    def _removing(self, what: str, remove: Callable[[], Any]) -> None:
+        """One removal. When the engine does not answer, wait (bounded) for it to come back
+        and retry; if it never does, remember what is left for the next run's sweep."""
+        while True:
+            try:
+                remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as err:
+                self.log(f"warning: could not remove {what}: {err}")
+                return
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                if not self._engine_back():
+                    self.left_behind.append(what)
+                    return
+
+    def _engine_back(self) -> bool:
+        if self._engine_gone:
+            return False
+        self.log(f"the Docker engine does not answer; waiting up to {ENGINE_RETURN_S} s for it "
+                 "to come back to remove the run's containers")
+        end = time.monotonic() + ENGINE_RETURN_S
+        while time.monotonic() < end:
+            try:
+                self.client.ping()
+                return True
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                time.sleep(0.5)
+        self._engine_gone = True
+        return False

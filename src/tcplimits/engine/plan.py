@@ -18,7 +18,7 @@ from ..params import FIELDS, RunParams
 SERVER_PORT = 5000
 AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
-OWNER_LABEL = "tcplimits.owner"  # "<host>:<pid>" of the process that created the resource
+OWNER_LABEL = "tcplimits.owner"  # ownership.Owner.label() of the process that created it
 # One execution of a run: run ids repeat (the workflow's point ids), names must not.
 INSTANCE_LABEL = "tcplimits.instance"
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count

@@ -7,9 +7,9 @@ import datetime as dt
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .. import __version__, results
+from .. import __version__, faults, outdir, results
 from ..params import RunParams
 from .events import RunState
 
@@ -128,7 +128,30 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
 
 
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
-              series: list[dict], compose: str | None) -> None:
+              series: list[dict], compose: str | None,
+              save_logs: Callable[[Path], None] | None = None) -> None:
+    """Write the run directory. When the disk fills up (or the directory goes away) the
+    partial files are removed and run.json alone says why, if even that can be written."""
+    try:
+        _write_files(out_dir, record, clients, server, series, compose, save_logs)
+    except OSError as err:
+        outdir.clear(out_dir)
+        reason = f"could not write the run directory {out_dir}: {err.strerror or err}"
+        if record["status"]:
+            reason += f" (the run itself: {record['status']}" + (
+                f", {record['reason']})" if record["reason"] else ")")
+        record.update(status=results.STATUS_FAILED, fault=faults.OUT_UNWRITABLE, reason=reason)
+        try:
+            results.write_json(record, out_dir / results.RUN_JSON)
+        except OSError:
+            pass
+
+
+def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
+                 series: list[dict], compose: str | None,
+                 save_logs: Callable[[Path], None] | None) -> None:
+    if save_logs is not None:
+        save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
                           out_dir / results.CLIENTS_FILE)
     results.write_parquet(results.frame(server, results.SERVER_SCHEMA),

@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import footprint, host, hostlimits, model, results
+from .. import faults, footprint, host, hostlimits, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -28,23 +28,35 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     ``progress`` shows a live count on stderr while clients connect."""
     from ..image import ensure_image
 
-    client = client or docker.from_env()
     run_id = run_id or new_run_id(params)
     out_dir = Path(out_dir)
     started = now()
     t0 = time.monotonic()
-    image = ensure_image(client, log=log)
-    engine = probe_engine(client, image=image.id, log=log)
-    local_host = host.engine_is_local(client.api.base_url)
     record: dict[str, Any] = {
-        "run_id": run_id, "status": None, "reason": None, "params": params.to_dict(),
-        "resolved": None, "prediction": None, "started_at": started, "ended_at": None,
-        "duration_s": None, "setup_s": None, "quiet_wait_s": None, "connect_s": None,
-        "teardown_s": None, "noisy": None, "noisy_reason": None,
-        "environment": environment(engine, image), "totals": None, "held_ports": None,
+        "run_id": run_id, "status": None, "reason": None, "fault": None,
+        "params": params.to_dict(), "resolved": None, "prediction": None,
+        "started_at": started, "ended_at": None, "duration_s": None, "setup_s": None,
+        "quiet_wait_s": None, "connect_s": None, "teardown_s": None, "noisy": None,
+        "noisy_reason": None, "environment": None, "totals": None, "held_ports": None,
         "facts": {},  # what the engine measured; tcplimits.model explains from it
-        "host_tcp": {"before": host.read_state(local_host)},
+        "host_tcp": None,
     }
+    try:
+        client = client or docker.from_env()
+        image = ensure_image(client, log=log)
+        engine = probe_engine(client, image=image.id, log=log)
+        local_host = host.engine_is_local(client.api.base_url)
+        removed = sweep(client)
+    except Exception as err:
+        if not faults.is_engine_gone(err):
+            raise
+        record.update(status=results.STATUS_FAILED, reason=faults.unreachable_reason(err),
+                      fault=faults.ENGINE_UNREACHABLE, ended_at=now(),
+                      duration_s=round(time.monotonic() - t0, 3))
+        write_run(out_dir, record, [], [], [], compose=None)
+        return record
+    record["environment"] = environment(engine, image)
+    record["host_tcp"] = {"before": host.read_state(local_host)}
     cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
@@ -60,7 +72,6 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                       duration_s=round(time.monotonic() - t0, 3))
         write_run(out_dir, record, [], [], [], compose=None)
         return record
-    removed = sweep(client)
     if any(removed.values()):
         log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "
             f"{removed['networks']} network(s)")
@@ -71,6 +82,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
                             live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
+    fault: str | None = None
     try:
         with signals_raise(), experiment:
             try:
@@ -85,17 +97,26 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.collect_server()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
-                status, reason = results.STATUS_FAILED, str(err)
+                status, reason, fault = results.STATUS_FAILED, str(err), err.fault
             except docker.errors.APIError as err:
                 status, reason = results.STATUS_FAILED, f"Docker engine error: {err}"
+            except Exception as err:
+                if not faults.is_engine_gone(err):
+                    raise
+                status, reason, fault = (results.STATUS_FAILED, faults.lost_reason(err),
+                                         faults.ENGINE_LOST)
             finally:
-                addresses = experiment.client_addresses()
+                if fault != faults.ENGINE_LOST:
+                    addresses = experiment.client_addresses()
                 experiment.drain(0.05)
     except (KeyboardInterrupt, Interrupted) as err:
         interrupted = err
         status, reason = results.STATUS_FAILED, f"interrupted ({type(err).__name__} {err})".strip()
+    if experiment.left_behind:
+        reason = (f"{reason}; the engine did not come back, so "
+                  f"{len(experiment.left_behind)} resource(s) of the run are still on it: the "
+                  "next run or `tcplimits clean` removes them")
     state = experiment.state
-    experiment.save_logs(out_dir)
     record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
     facts = run_facts(state)
     held = facts["held_sockets"]
@@ -115,14 +136,14 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
         footprint=footprint_record(experiment.snapshots, state,
                                    sum(r["connections"] or 0 for r in clients)),
-        ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
+        fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
     )
     if experiment.quiet is not None:  # it got as far as connecting
         record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
         record["host_tcp"]["at_connect"] = experiment.quiet.before
     record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id))
+              compose=compose_file(experiment.specs, run_id), save_logs=experiment.save_logs)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
