@@ -178,8 +178,8 @@ def browser_available() -> str | None:
 def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
                   expect_charts: int | None = None) -> dict | None:
     """Check a rendered report directory, for any test (the workflow's end-to-end one too):
-    index.html names every run id and loads nothing from elsewhere; data/ has the four
-    tables; with ``browser``, Chromium opens it offline without a console error, every
+    index.html names every run id and loads nothing from elsewhere; data/ has every
+    table; with ``browser``, Chromium opens it offline without a console error, every
     chart is drawn, and out_dir/screenshot.png is written. Returns the browser's findings."""
     from tcplimits import charts, render
     from tcplimits.browser import browser_check
@@ -189,8 +189,10 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
     missing = [r for r in run_ids if r not in text]
     assert not missing, f"run ids missing from the report: {missing}"
     assert render.external_references(text) == []
+    from tcplimits import dataset
+
     assert sorted(p.stem for p in (out_dir / "data").glob("*.parquet")) == sorted(
-        ["clients", "runs", "series", "server"])
+        dataset.TABLE_NAMES)
     if not browser:
         return None
     found = browser_check(page, out_dir / "screenshot.png")

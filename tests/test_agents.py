@@ -30,7 +30,7 @@ def nofile(n):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
-def start_server(port, *args, limit=None):
+def start_server(port, *args, limit=None):  # port: one or "p1,p2"
     proc = subprocess.Popen([sys.executable, str(AGENTS / "server.py"), "--port", str(port), *args],
                             stdout=subprocess.PIPE, text=True,
                             preexec_fn=nofile(limit) if limit else None)
@@ -143,6 +143,68 @@ def test_describe_error():
 
     assert common.describe_error(OSError(errno.EADDRNOTAVAIL, "x"))[:2] == (99, "EADDRNOTAVAIL")
     assert common.describe_error(socket.timeout("timed out"))[:2] == (110, "ETIMEDOUT")
+
+
+def _pairs(out, proc=1):
+    return [tuple(p) for e in out if e["event"] == "pairs" and e["proc"] == proc
+            for p in e["pairs"]]
+
+
+@pytest.mark.parametrize("mode", ["connect", "bind", "bind-no-port"])
+def test_client_spreads_round_robin_over_ports_and_sources(mode):
+    port = free_port()
+    other = free_port()
+    server = start_server(f"{port},{other}")
+    try:
+        out = run_client(f"{port},{other}", "--bind-mode", mode, "--sources",
+                         "127.0.0.2", "--max-connections", "12", hold=1.5)
+    finally:
+        got = stop(server)
+    pairs = _pairs(out)
+    (result,) = [e for e in out if e["event"] == "result"]
+    assert result["connections"] == 12 and result["error"] == "MAX_CONNECTIONS"
+    if mode == "connect":  # the route picks the source: one pair per server port
+        assert pairs == [("127.0.0.1", "127.0.0.1", port, 6, None),
+                         ("127.0.0.1", "127.0.0.1", other, 6, None)]
+    else:
+        assert pairs == [(s, "127.0.0.1", p, 3, None) for s in ("127.0.0.1", "127.0.0.2")
+                         for p in (port, other)]
+    assert sum(r["accepted"] for r in got if r["event"] == "result") == 12
+    (ready,) = [e for e in out if e["event"] == "ready"]
+    assert ready["bind_mode"] == mode and ready["ports"] == [port, other]
+    assert set(ready["capabilities"]) >= {"CapEff", "CapBnd"}
+
+
+def test_client_drops_an_exhausted_pair_and_goes_on():
+    port = free_port()
+    refused = free_port()  # nothing listens: that pair fails with ECONNREFUSED and stops all
+    server = start_server(port)
+    try:
+        out = run_client(f"{port},{refused}", "--max-connections", "4", hold=1.0)
+    finally:
+        stop(server)
+    (result,) = [e for e in out if e["event"] == "result"]
+    assert result["error"] == "ECONNREFUSED" and result["connections"] == 1
+    assert _pairs(out) == [("127.0.0.1", "127.0.0.1", port, 1, None),
+                           (None, "127.0.0.1", refused, 0, "ECONNREFUSED")]
+
+
+def test_netaddr_lists_the_namespace_addresses():
+    from tcplimits.agents import netaddr
+
+    found = netaddr.addresses()
+    assert any(a["addr"] == "127.0.0.1" and a["iface"] == "lo" for a in found)
+
+
+def test_netaddr_add_without_net_admin_is_refused():
+    import os
+
+    from tcplimits.agents import netaddr
+
+    if os.geteuid() == 0:
+        pytest.skip("root may hold CAP_NET_ADMIN here")
+    with pytest.raises(PermissionError):
+        netaddr.add_address("lo", "127.9.9.9", 32)
 
 
 def _sockets_of(port):

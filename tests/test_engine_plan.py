@@ -35,7 +35,8 @@ def test_every_container_runs_with_least_privilege():
 def test_clients_get_the_range_and_nofile_asked_for():
     for i in (1, 2):
         spec = specs()[f"client{i}"]
-        assert spec["sysctls"] == {"net.ipv4.ip_local_port_range": "40000 40999"}
+        assert spec["sysctls"] == {"net.ipv4.ip_local_port_range": "40000 40999",
+                                   "net.ipv4.tcp_tw_reuse": "2"}
         (ulimit,) = spec["ulimits"]
         assert (ulimit["Name"], ulimit["Soft"], ulimit["Hard"]) == ("nofile", 300, 300)
         cmd = spec["command"]
@@ -196,3 +197,16 @@ def test_cleanup_finishes_before_a_signal_is_raised():
             done.append("cleaned")  # still runs: the signal waits for the block's end
     assert done == ["cleaned"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_churn_points_pass_mode_rate_duration_closer_and_tw_reuse():
+    params = RunParams(port_range="40000-40999", mode="churn", rate=500, duration=20,
+                       closer="server", tw_reuse=1)
+    plan = container_specs(params, Resolved.of(params, 20000), "r1", "img", "net-r1",
+                           {"tcplimits": "1", "tcplimits.run": "r1"})
+    cmd = plan["client1"]["command"]
+    assert cmd[cmd.index("--mode") + 1] == "churn" and cmd[cmd.index("--rate") + 1] == "500"
+    assert cmd[cmd.index("--duration") + 1] == "20" and cmd[cmd.index("--closer") + 1] == "server"
+    assert plan["client1"]["sysctls"]["net.ipv4.tcp_tw_reuse"] == "1"
+    assert "--churn" in plan["server"]["command"]
+    assert "--mode" not in specs()["client1"]["command"] and "--churn" not in specs()["server"]["command"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tcplimits import grid
-from tcplimits.params import FIELDS, RunParams
+from tcplimits.params import CHURN_ONLY, FIELDS, RunParams
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = grid.load_schema()
@@ -99,13 +99,17 @@ def test_ids_name_every_non_default_physical_parameter():
             continue
         if field.kind == "choice":
             value = next(c for c in field.choices if c != field.default)
-            params = RunParams.from_mapping({name: value})
-            assert f"_{name.replace('_', '-')}{value}" in grid.point_id(params), name
-            continue
-        value = 3 if field.kind in ("int", "workers") else 7.5
-        value = max(value, field.minimum or 0)
-        params = RunParams.from_mapping({name: value})
-        assert f"_{name.replace('_', '-')}{value:g}" in grid.point_id(params), name
+        else:
+            value = 3 if field.kind in ("int", "workers", "rate") else 7.5
+            value = max(value, field.minimum or 0)
+            value = min(value, field.maximum if field.maximum is not None else value)
+            value = 1 if value == field.default else value
+        values = {name: value}
+        if name in CHURN_ONLY:
+            values["mode"] = "churn"
+        params = RunParams.from_mapping(values)
+        shown = value if isinstance(value, str) else f"{value:g}"
+        assert f"_{name.replace('_', '-')}{shown}" in grid.point_id(params), name
     assert grid.point_id(RunParams()) == "ports32768-60999_nofile15000_clients1_procs1"
 
 
@@ -192,13 +196,13 @@ def test_schema_mirrors_params_fields():
         if field.kind == "choice":
             assert spec["type"] == "string" and tuple(spec["enum"]) == field.choices, name
             continue
-        if field.kind == "workers":
+        if field.kind in ("workers", "rate"):
             numeric = next(s for s in spec["oneOf"] if "type" in s)
-            assert {"const": "auto"} in spec["oneOf"]
+            assert {"const": {"workers": "auto", "rate": "max"}[field.kind]} in spec["oneOf"]
         else:
             numeric = spec
         types = numeric["type"] if isinstance(numeric["type"], list) else [numeric["type"]]
-        expected = {"int": "integer", "workers": "integer", "float": "number",
+        expected = {"int": "integer", "workers": "integer", "rate": "integer", "float": "number",
                     "port_range": "string"}[field.kind]
         assert set(types) == {expected} | ({"null"} if field.optional else set()), name
         if field.kind != "port_range":
@@ -222,7 +226,7 @@ def test_schema_refuses_unknown_keys_everywhere():
     walk(SCHEMA)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml", "fourtuple.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = grid.load_config(ROOT / "config" / name)
     points = grid.points(cfg)
@@ -233,8 +237,11 @@ def test_shipped_configs_are_valid(name):
 
 def test_default_config_shows_every_phenomenon_at_small_scale():
     points = grid.points(grid.load_config(ROOT / "config" / "config.yaml"))
-    assert 8 <= len(points) <= 13
+    assert 8 <= len(points) <= 17
     params = [p.params for p in points]
+    # The 4-tuple: a member that lifts the cap, and a bind mode that loses it (issue 9).
+    assert {p.bind_mode for p in params} >= {"connect", "bind", "bind-no-port"}
+    assert any(p.server_addrs > 1 for p in params) and any(p.server_ports > 1 for p in params)
     assert {p.clients for p in params} >= {1, 2, 3}
     assert any(p.procs > 1 and p.nofile * p.procs > p.port_count for p in params)  # shared pool
     assert any(p.nofile - 3 < p.port_count for p in params)  # descriptor-bound
@@ -278,6 +285,20 @@ def test_points_command_lists_ids_and_flags(capsys):
     assert [line.split()[0] for line in lines] == [
         p.id for p in grid.points(grid.load_config(ROOT / "config" / "tiny.yaml"))]
     assert all("--port-range" in line for line in lines)
+
+
+def test_churn_config_sweeps_closer_reuse_and_rate_on_a_small_range():
+    pts = grid.points(grid.load_config(Path(__file__).resolve().parents[1] / "config" / "churn.yaml"))
+    assert all(p.params.churn and p.params.port_count == 1000 for p in pts)
+    combos = {(p.params.closer, p.params.tw_reuse, p.params.rate) for p in pts}
+    assert {(c, r, x) for c in ("client", "server") for r in (0, 1) for x in (200, "max")} <= combos
+    assert len({p.id for p in pts}) == len(pts)
+
+
+def test_churn_keys_without_mode_churn_are_refused_naming_the_combination():
+    with pytest.raises(grid.ConfigError, match=r"rate=200.*mode churn"):
+        grid.points({"grid": {"mode": ["hold", "churn"], "rate": [200]}})
+    assert len(grid.points({"grid": {"rate": [200]}, "experiment": {"mode": "churn"}})) == 1
 
 
 def test_the_schema_ships_in_the_package(tmp_path):

@@ -109,7 +109,9 @@ def test_loopback_specs_share_the_servers_namespace_with_least_privilege():
     specs = container_specs(params, resolved, "r1", "img", "net-r1", {"tcplimits": "1"}, "i1")
     server = specs["server"]
     assert server["network_mode"] == "none" and "network" not in server
-    assert server["sysctls"] == {"net.ipv4.ip_local_port_range": "20000 29999"}
+    # the one namespace's sysctls: the port range and every sysctl field (tcp_tw_reuse, ...)
+    assert server["sysctls"] == params.client_sysctls()
+    assert server["sysctls"]["net.ipv4.ip_local_port_range"] == "20000 29999"
     for role in ("client1", "client2"):
         spec = specs[role]
         assert spec["network_mode"] == f"container:{server['name']}"
@@ -198,3 +200,14 @@ def test_conntrack_entries_counts_only_the_runs_original_direction(tmp_path):
     write(tmp_path / "net/nf_conntrack", text)
     assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path) == 3
     assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path / "missing") is None
+
+
+def test_loopback_refuses_extra_addresses_which_need_a_bridge():
+    for name in ("server_addrs", "client_addrs"):
+        with pytest.raises(ParamError, match=name):
+            RunParams(network="loopback", **{name: 2})
+    # server ports are the same on loopback: each is one more pool per destination
+    one, two = (model.client_terms(RunParams(network="loopback", nofile=1000, server_ports=n,
+                                             port_range="20000-20999"))[1]["ports"]
+                for n in (1, 2))
+    assert two == 2 * one

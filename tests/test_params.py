@@ -90,6 +90,54 @@ def test_every_field_has_a_flag_and_help():
         assert field.flag.startswith("--") and field.help
 
 
+# --- churn fields (issue 11)
+
+def test_churn_fields_coerce():
+    p = RunParams.from_mapping({"mode": "Churn", "rate": "250", "duration": "30",
+                                "closer": "server", "tw_reuse": "1"})
+    assert (p.mode, p.rate, p.duration, p.closer, p.tw_reuse) == ("churn", 250, 30.0, "server", 1)
+    assert p.churn and p.rate_per_s == 250
+    assert RunParams(mode="churn").rate_per_s is None  # "max"
+    assert not RunParams().churn
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"mode": "burst"}, "mode"),
+    ({"mode": "churn", "closer": "both"}, "closer"),
+    ({"mode": "churn", "rate": "fast"}, "rate"),
+    ({"mode": "churn", "rate": 0}, "rate"),
+    ({"tw_reuse": 3}, "tw_reuse"),
+    ({"rate": 100}, "rate"),                       # churn only
+    ({"closer": "server"}, "closer"),              # churn only
+    ({"mode": "churn", "duration": 90, "timeout": 60}, "duration"),
+])
+def test_bad_churn_values_name_key_and_value(values, key):
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping(values)
+    assert err.value.key == key
+    assert str(values[key]) in str(err.value)
+
+
+def test_cross_field_errors_name_the_flag():
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({"rate": "5"}, flag_names=True)
+    assert err.value.key == "--rate" and "churn" in err.value.reason
+
+
+def test_client_sysctls_come_from_the_fields():
+    p = RunParams.from_mapping({"port_range": "40000-40999", "tw_reuse": 1})
+    assert p.client_sysctls() == {"net.ipv4.ip_local_port_range": "40000 40999",
+                                  "net.ipv4.tcp_tw_reuse": "1"}
+    assert all(f.sysctl.startswith("net.") for f in FIELDS.values() if f.sysctl)
+
+
+def test_unset_optional_sysctls_keep_the_kernel_value():
+    p = RunParams.from_mapping({"tw_reuse": 1, "tw_reuse_delay": 100, "timestamps": 1})
+    assert p.client_sysctls()["net.ipv4.tcp_tw_reuse_delay"] == "100"
+    assert p.client_sysctls()["net.ipv4.tcp_timestamps"] == "1"
+    assert "net.ipv4.tcp_timestamps" not in RunParams().client_sysctls()
+
+
 def test_runparams_fields_and_defaults_are_those_of_FIELDS():
     import dataclasses
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from report_fixtures import RUN_IDS, assert_report, synthetic_dataset
-from tcplimits import render
+from tcplimits import dataset, render
 
 REPORT = Path(__file__).resolve().parents[1] / "report" / "report.qmd"
 
@@ -181,8 +181,8 @@ def test_copy_dataset_fills_gaps_and_drops_stale(tmp_path):
     data.mkdir(parents=True)
     pl.DataFrame({"x": [1]}).write_parquet(data / "old.parquet")
     render.copy_dataset(src, data)
-    assert sorted(p.name for p in data.iterdir()) == [
-        "clients.parquet", "runs.parquet", "series.parquet", "server.parquet"]
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        f"{name}.parquet" for name in dataset.TABLE_NAMES)
     assert pl.read_parquet(data / "clients.parquet").is_empty()
 
 

@@ -336,6 +336,102 @@ def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChar
     return _named(alt.layer(*layers).properties(
         width=480, height=300, title="Connections held against the host's limits"),
         "held_against_limits")
+CHURN_COLORS = {
+    "opened per second": "#4c78a8",
+    "TIME_WAIT, client": "#f58518",
+    "TIME_WAIT, server": "#e45756",
+}
+
+
+def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChart:
+    """Mode churn, one panel per point (``labels``: run id -> point label): connections
+    opened per second (all client processes) and TIME_WAIT sockets on the client side and on
+    the server side, against seconds since the clients started."""
+    df = _ensure(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
+                 t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
+    opened = (df.filter(pl.col("proc").is_not_null())
+              .with_columns(second=pl.col("t_s").floor())
+              .group_by("run_id", "second").agg(pl.col("opened").sum().alias("value"))
+              .rename({"second": "t_s"}).with_columns(series=pl.lit("opened per second")))
+    # TIME_WAIT per side: the client containers' counts added up, sample by sample
+    tw = (df.filter(pl.col("time_wait").is_not_null() & pl.col("proc").is_null())
+          .with_columns(second=pl.col("t_s").round(0))
+          .group_by("run_id", "role", "second").agg(pl.col("time_wait").max())
+          .group_by("run_id", "role", "second").agg(pl.col("time_wait").sum().alias("value"))
+          .rename({"second": "t_s"})
+          .with_columns(series=pl.concat_str(pl.lit("TIME_WAIT, "), pl.col("role")))
+          .drop("role"))
+    cols = ["run_id", "t_s", "value", "series"]
+    long = pl.concat([opened.select(cols), tw.select(cols)]).filter(pl.col("t_s") >= 0)
+    long = long.with_columns(point=pl.col("run_id").replace_strict(labels, default=None))
+    chart = alt.Chart(long).mark_line(strokeWidth=1.5, interpolate="step-after").encode(
+        x=alt.X("t_s:Q", title="seconds since the clients started"),
+        y=alt.Y("value:Q", title="connections per second / sockets"),
+        color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
+        tooltip=["point", "series", "t_s", "value"],
+    ).properties(width=250, height=130).facet(
+        facet=alt.Facet("point:N", title=None), columns=2,
+    ).resolve_scale(y="independent").properties(
+        title=alt.Title("Churn: rate and TIME_WAIT against time",
+                        subtitle="one panel per point; TIME_WAIT sampled about once a second"))
+    return _named(chart, "churn_timeline")
+
+
+def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
+    """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
+    model's sustainable rate (black ticks; none where no port bound applies). ``points``:
+    findings.churn_points()."""
+    df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
+                 point=pl.Utf8).filter(pl.col("sustained") > 0)
+    y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
+    x_scale = alt.Scale(type="log")
+    dots = alt.Chart(df).mark_point(filled=True, size=90).encode(
+        x=alt.X("sustained:Q", scale=x_scale, axis=COUNT_AXIS,
+                title="connections per second (log)"),
+        y=y,
+        color=alt.Color("outcome:N", title="ended with",
+                        scale=_scale({**ERRNO_COLORS, "DURATION": "#54a24b"}, df["outcome"])),
+        tooltip=["point", "sustained", "model_bound", "outcome"],
+    )
+    ticks = alt.Chart(df.filter(pl.col("model_bound").is_not_null())).mark_tick(
+        color="black", thickness=2, size=18).encode(x=alt.X("model_bound:Q", scale=x_scale), y=y)
+    chart = alt.layer(dots, ticks).properties(
+        width=420, height=alt.Step(24),
+        title=alt.Title("Sustained rate against the model",
+                        subtitle="black tick: the model's sustainable rate (ports / time each "
+                                 "is held)"))
+    return _named(chart, "churn_rate_vs_model")
+
+
+BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#54a24b"}
+
+
+def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
+    """Connections per client address against the size of its 4-tuple space (pool x server
+    ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
+    one connection per 4-tuple. ``points``: tuple_findings.chart_frame."""
+    df = _ensure(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
+                 client_addrs=pl.Int64)
+    lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
+    x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,
+              title="4-tuple space (pool x server ports x addrs)")
+    line = alt.Chart(pl.DataFrame({"space": [lo, hi]})).mark_line(
+        strokeDash=[4, 3], color="#888", strokeWidth=1).encode(x=x, y=alt.Y("space:Q", scale=LOG))
+    dots = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
+        x=x,
+        y=alt.Y("per_address:Q", scale=LOG, axis=COUNT_AXIS,
+                title="connections per client address"),
+        color=alt.Color("bind_mode:N", title="bind mode", legend=None,
+                        scale=_scale(BIND_MODE_COLORS, df["bind_mode"])),
+        shape=alt.Shape("client_addrs:O", title="client addresses"),
+        tooltip=["run_id", "bind_mode", "server_ports", "server_addrs", "client_addrs",
+                 "space", "per_address", "errno"],
+    )
+    chart = alt.layer(line, dots, data=df).properties(width=190, height=200).facet(
+        column=alt.Column("bind_mode:N", title="bind mode", sort=list(BIND_MODE_COLORS)),
+    ).properties(title=alt.Title("Connections per client address against its 4-tuple space",
+                                 subtitle="dashed: one connection per 4-tuple"))
+    return _named(chart, "tuple_space")
 
 
 def _vl_version() -> str:

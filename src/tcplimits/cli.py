@@ -102,8 +102,14 @@ def summary(run_dir: Path) -> str:
                      f"{r.get('error') or '-':<16} {r.get('elapsed_s') or 0:>8.2f}")
     totals = record.get("totals") or {}
     prediction = record.get("prediction") or {}
-    lines.append(f"clients hold {totals.get('connections') or 0:,} connections "
-                 f"(model: {prediction.get('total', 0):,}, limited by {prediction.get('limit')})")
+    if record.get("churn"):
+        lines.append(_churn_line(run_dir, record["churn"]))
+        if (record["churn"].get("verdict") or {}).get("sentence"):
+            lines.append(f"churn model: {record['churn']['verdict']['sentence']}")
+    else:
+        lines.append(f"clients hold {totals.get('connections') or 0:,} connections "
+                     f"(model: {prediction.get('total', 0):,}, limited by "
+                     f"{prediction.get('limit')})")
     if server:
         errors = sorted({r['error'] for r in server if r.get('error')})
         lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
@@ -115,6 +121,22 @@ def summary(run_dir: Path) -> str:
         lines.append(f"model: {model.limit_reason(params, prediction)}")
         lines += [f"note: {why}" for why in comparison.explanations]
     return "\n".join(lines)
+
+
+def _churn_line(run_dir: Path, churn: dict) -> str:
+    """Mode churn: the rate sustained and the TIME_WAIT peaks on each side."""
+    from . import results
+
+    series = results.read_table(run_dir, results.CHURN_FILE).to_dicts()
+    peaks = {role: max((r["time_wait"] for r in series
+                        if r["role"] == role and r["time_wait"] is not None), default=0)
+             for role in ("client", "server")}
+    verdict = churn.get("verdict") or {}
+    rate = verdict.get("rate")
+    return (f"clients opened and closed {verdict.get('connections', 0):,} connections"
+            + (f" at {rate:,.0f}/s" if rate else "")
+            + f"; TIME_WAIT peak: {peaks['client']:,} on a client, {peaks['server']:,} on "
+            "the server")
 
 
 def _valid_id(value: str) -> bool:

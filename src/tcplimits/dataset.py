@@ -26,11 +26,13 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from . import results
+from . import churn_model, results
 from .params import FIELDS, port_count
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
-                 "workers": pl.Utf8, "choice": pl.Utf8}  # server_workers may be "auto"
+                 "workers": pl.Utf8,  # server_workers may be "auto"
+                 "rate": pl.Utf8,  # rate may be "max"
+                 "choice": pl.Utf8}
 
 # Every RunParams field is a column (a field added to params.FIELDS appears by itself).
 PARAMS_SCHEMA: dict[str, pl.DataType] = {
@@ -104,13 +106,31 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "host_limits": pl.Utf8,                     # run.json host_limits as JSON
     "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
     "host_limit_stops_at": pl.Int64,
+    **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
+        "connections": pl.Int64,            # measured: opened and closed, all processes
+        "rate": pl.Float64,                 # measured: connections per second sustained
+        "stopped_at_s": pl.Float64,         # measured: first process stopped by an error
+        "stop_error": pl.Utf8,              # measured: what stopped it (null: ran its duration)
+        "agrees": pl.Boolean,               # the verdict: as the model said
+        "verdict": pl.Utf8,                 # the verdict's sentence
+        "predicted_rate": pl.Float64,       # model: sustainable per s, all clients; null: no bound
+        "predicted_stops": pl.Boolean,
+        "predicted_stop_after": pl.Int64,   # model: connections when the clients stop
+        "predicted_stop_at_s": pl.Float64,
+        "predicted_errno": pl.Utf8,
+        "predicted_limit": pl.Utf8,         # time_wait, tw_reuse_delay, rate or loop
+        "predicted_client_time_wait": pl.Int64,  # per client container
+        "predicted_server_time_wait": pl.Int64,
+    }.items()},
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
 }
 
 # Parameter columns joined (on run_id) onto every row of the per-run tables.
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
-                 "resolved_server_nofile", "server_workers", "backlog", "max_connections"]
+                 "resolved_server_nofile", "server_workers", "backlog", "max_connections",
+                 "server_ports", "server_addrs", "client_addrs", "bind_mode",
+                 "mode", "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps"]
 
 
 def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -120,11 +140,15 @@ def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
 CLIENTS_SCHEMA = _with_params(results.CLIENTS_SCHEMA)
 SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
 SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
+DESTINATIONS_SCHEMA = _with_params(results.DESTINATIONS_SCHEMA)
+CHURN_SCHEMA = _with_params(results.CHURN_SCHEMA)
 
 TABLES = {  # dataset name -> (run directory file, dataset schema)
     "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
     "server": (results.SERVER_FILE, SERVER_SCHEMA),
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
+    "destinations": (results.DESTINATIONS_FILE, DESTINATIONS_SCHEMA),
+    "churn": (results.CHURN_FILE, CHURN_SCHEMA),
 }
 # The dataset's tables, each <name>.parquet: the one list the renderer and the workflow use.
 TABLE_NAMES = ("runs", *TABLES)
@@ -184,7 +208,8 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "run_id": record.get("run_id") or run_dir.name,
         "status": record.get("status"),
         "reason": record.get("reason"),
-        **{name: params.get(name) for name in PARAMS_SCHEMA},
+        # A run made before a parameter existed ran with its default.
+        **{name: params.get(name, FIELDS[name].default) for name in PARAMS_SCHEMA},
         "resolved_server_nofile": resolved.get("server_nofile"),
         "resolved_server_workers": resolved.get("server_workers"),
         "predicted_total": prediction.get("total"),
@@ -202,6 +227,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "somaxconn": facts.get("somaxconn"),
         "run_dir": str(run_dir),
     }
+    row.update(_churn_columns(record.get("churn")))
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "quiet_wait_s", "connect_s",
                 "teardown_s", "noisy", "noisy_reason"):
         row[key] = record.get(key)
@@ -241,6 +267,35 @@ def _footprint_columns(record: dict) -> dict[str, Any]:
         "host_limits": json.dumps(limits) if limits else None,
         "host_limit": stop.setting if stop else None,
         "host_limit_stops_at": stop.stops_at if stop else None,
+    }
+
+
+def _churn_columns(churn: Any) -> dict[str, Any]:
+    """run.json's "churn" block as churn_* columns (all clients together)."""
+    if not isinstance(churn, dict):
+        return {}
+    verdict = churn.get("verdict") or {}
+    # the verdict's prediction knows the run's own loop speed (rate max); else the run's
+    pred = verdict.get("prediction") or churn.get("prediction") or {}
+    rates = pred.get("sustainable_rate") or []
+    stops = [v for v in pred.get("stop_after") or [] if v is not None]
+    times = [v for v in pred.get("stop_at_s") or [] if v is not None]
+    return {
+        "churn_connections": verdict.get("connections"),
+        "churn_rate": verdict.get("rate"),
+        "churn_stopped_at_s": verdict.get("stopped_at_s"),
+        "churn_stop_error": next((k for k in verdict.get("errnos") or {}
+                                  if k != churn_model.DURATION), None),
+        "churn_agrees": verdict.get("agrees"),
+        "churn_verdict": verdict.get("sentence"),
+        "churn_predicted_rate": sum(rates) if rates and None not in rates else None,
+        "churn_predicted_stops": pred.get("stops"),
+        "churn_predicted_stop_after": sum(stops) if stops else None,
+        "churn_predicted_stop_at_s": min(times) if times else None,
+        "churn_predicted_errno": pred.get("errno"),
+        "churn_predicted_limit": pred.get("limit"),
+        "churn_predicted_client_time_wait": (pred.get("client_time_wait") or [None])[0],
+        "churn_predicted_server_time_wait": pred.get("server_time_wait"),
     }
 
 
@@ -289,6 +344,8 @@ def _table_problem(run_dir: Path, record: dict) -> str | None:
     another run."""
     for file in results.SCHEMAS:
         if not (run_dir / file).exists():
+            if file in results.LATER_FILES:
+                continue
             return f"{file} is missing"
         try:
             ids = results.read_table(run_dir, file).get_column("run_id").unique().to_list()

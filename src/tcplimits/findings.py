@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from . import charts, hostlimits, model, render
+from . import charts, churn_model, hostlimits, model, render, tuple_findings
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
@@ -90,16 +90,28 @@ class Blocks(list):
 
 @dataclass(frozen=True)
 class Data:
-    """The dataset's four tables and every finished run set against the model."""
+    """The dataset's tables and every finished run set against the model. ``runs``,
+    ``clients``, ``server`` and ``series`` hold the points of mode hold (the connections held);
+    ``churn_runs`` and ``churn`` the points of mode churn (section 13)."""
 
     runs: pl.DataFrame
     clients: pl.DataFrame
     server: pl.DataFrame
     series: pl.DataFrame
+    churn_runs: pl.DataFrame = field(default_factory=pl.DataFrame)
+    churn: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @classmethod
     def of(cls, tables: Mapping[str, pl.DataFrame]) -> "Data":
-        return cls(tables["runs"], tables["clients"], tables["server"], tables["series"])
+        runs = tables["runs"]
+        churn_ids = runs.filter(is_churn(runs))["run_id"].to_list()
+
+        def hold(df: pl.DataFrame) -> pl.DataFrame:
+            return df.filter(~pl.col("run_id").is_in(churn_ids)) if "run_id" in df.columns else df
+
+        return cls(hold(runs), hold(tables["clients"]), hold(tables["server"]),
+                   hold(tables["series"]), runs.filter(is_churn(runs)),
+                   tables.get("churn", pl.DataFrame()))
 
     @cached_property
     def comparisons(self) -> list[model.Comparison]:
@@ -186,7 +198,7 @@ def question(d: Data) -> Blocks:
     counts = status_counts(d.runs)
     out.md(f"This run set has **{plural(d.runs.height, 'point')}**: {counts[STATUS_OK]:,} "
            f"finished, {counts[STATUS_FAILED]:,} failed and {counts[STATUS_UNSUPPORTED]:,} could "
-           "not run on this engine (section 9). What each varied parameter tests:")
+           "not run on this engine (section 11). What each varied parameter tests:")
     varied = varied_parameters(d.runs)
     if varied.is_empty():
         return out.md("No parameter varies: the run set is a single configuration.")
@@ -594,7 +606,28 @@ def server_side(d: Data) -> Blocks:
     return out.table(gaps) if not gaps.is_empty() else out
 
 
-# --- 9. Failed and unsupported points; rerunning ----------------------------------------------
+# --- 9. The 4-tuple, member by member; 10. The book's claim (tcplimits.tuple_findings) --------
+
+def tuple_members(d: Data) -> Blocks:
+    out = Blocks()
+    points = tuple_findings.tuple_points(d.runs, d.clients)
+    if not tuple_findings.varies_tuple(points):
+        return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
+                      "has them all.")
+    out.chart(charts.tuple_space(tuple_findings.chart_frame(points)))
+    for sentence in tuple_findings.member_sentences(points):
+        out.md(sentence)
+    return out.table(tuple_findings.member_table(points))
+
+
+def book_claim(d: Data) -> Blocks:
+    claim = tuple_findings.book_claim(tuple_findings.tuple_points(d.runs, d.clients), d.runs)
+    return Blocks().md("\n".join(f"- {sentence}" for sentence in claim) if claim else
+                       "This sweep has no point that tests the claim; "
+                       "`config/fourtuple.yaml` has them.")
+
+
+# --- 11. Failed and unsupported points; rerunning ---------------------------------------------
 
 def run_command(run: Mapping[str, Any]) -> str:
     """The `tcplimits run` command that repeats a point (a runs row)."""
@@ -633,7 +666,7 @@ def rerun(d: Data) -> Blocks:
                     + "</details>")
 
 
-# --- 10. One host, one million (issue 10) ------------------------------------------------------
+# --- 12. One host, one million (issue 10) ------------------------------------------------------
 # The runs of 100,000 connections or more, or on loopback: connections held against the model,
 # what stopped each (the model's term, or the host setting), how long connecting took, and
 # what a connection cost in memory and conntrack entries; then the host's limits as the
@@ -785,7 +818,109 @@ def one_million(d: Data) -> Blocks:
     return out
 
 
-# --- 11. Conclusion ---------------------------------------------------------------------------
+# --- 13. Churn --------------------------------------------------------------------------------
+
+def is_churn(runs: pl.DataFrame) -> pl.Series:
+    """Per run: mode churn (a dataset from before mode existed is all hold)."""
+    if "mode" not in runs.columns:
+        return pl.Series([False] * runs.height, dtype=pl.Boolean)
+    return runs["mode"].fill_null("hold") == "churn"
+
+
+def churn_label(run: Mapping[str, Any]) -> str:
+    """A churn point in words: "client closes, tw_reuse 0, 200/s, 20 s"."""
+    rate = run.get("rate")
+    pace = "max" if rate in (None, "max") else f"{int(rate):,}/s"
+    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}"
+    if run.get("tw_reuse_delay") is not None:
+        text += f" after {run['tw_reuse_delay']:,} ms"
+    if run.get("timestamps") is not None:
+        text += f", timestamps {run['timestamps']}"
+    text += f", {pace}"
+    if (run.get("clients") or 1) > 1:
+        text += f", {run['clients']} clients"
+    return text + (f", {run['duration']:g} s" if run.get("duration") else "")
+
+
+def churn_labels(churn_runs: pl.DataFrame) -> dict[str, str]:
+    """run id -> point label, for the finished churn runs (repetitions keep their id)."""
+    out: dict[str, str] = {}
+    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
+        text = churn_label(r)
+        out[r["run_id"]] = text if text not in out.values() else f"{text} ({r['run_id']})"
+    return out
+
+
+CHURN_POINTS_SCHEMA = {
+    "run_id": pl.Utf8, "point": pl.Utf8, "asked": pl.Utf8, "sustained": pl.Float64,
+    "model_bound": pl.Float64, "connections": pl.Int64, "outcome": pl.Utf8,
+    "stopped_at_s": pl.Float64, "model_stop_after": pl.Int64, "model_stop_at_s": pl.Float64,
+    "agrees": pl.Boolean, "verdict": pl.Utf8,
+}
+
+
+def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per finished churn point: asked, sustained, the model's bound and stop, and
+    the verdict (``churn_model.verdict``, recorded by the run)."""
+    names = churn_labels(churn_runs)
+    rows = []
+    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
+        stopped = r.get("churn_stopped_at_s") is not None
+        rows.append({
+            "run_id": r["run_id"], "point": names[r["run_id"]],
+            "asked": "max" if r["rate"] in (None, "max") else f"{int(r['rate']):,}/s",
+            "sustained": r.get("churn_rate"), "model_bound": r.get("churn_predicted_rate"),
+            "connections": r.get("churn_connections"),
+            "outcome": (r.get("churn_stop_error") or "error") if stopped else "DURATION",
+            "stopped_at_s": r.get("churn_stopped_at_s"),
+            "model_stop_after": r.get("churn_predicted_stop_after"),
+            "model_stop_at_s": r.get("churn_predicted_stop_at_s"),
+            "agrees": r.get("churn_agrees"), "verdict": r.get("churn_verdict"),
+        })
+    return pl.DataFrame(rows, schema=CHURN_POINTS_SCHEMA, orient="row")
+
+
+def churn_counts(points: pl.DataFrame) -> dict[str, int]:
+    """Points, as predicted, stopped on an error, ran their duration."""
+    return {
+        "points": points.height,
+        "agree": int(points["agrees"].fill_null(False).sum()) if points.height else 0,
+        "stopped": points.filter(pl.col("outcome") != "DURATION").height,
+        "ran": points.filter(pl.col("outcome") == "DURATION").height,
+    }
+
+
+def churn_mechanism() -> str:
+    """What binds a churn point, with the kernel constants the model uses."""
+    tw, delay = churn_model.TIME_WAIT_S, churn_model.TW_REUSE_DELAY_S
+    return (f"On this kernel TIME_WAIT lasts **{tw:g} s** (`TCP_TIMEWAIT_LEN`, compiled in: no "
+            f"sysctl changes it). So a pool of R ports sustains R / {tw:g} connections per second "
+            f"per destination when the client closes first; faster, it stops after R connections "
+            f"with EADDRNOTAVAIL. `net.ipv4.tcp_tw_reuse=1` (per namespace, TCP timestamps "
+            f"needed) lets connect() take a TIME_WAIT port once it is {delay:g} s old "
+            f"(`tcp_tw_reuse_delay`): R / {delay:g} s. When the server closes first, TIME_WAIT "
+            "stays on the server and the client's ports come back at once: nothing in the kernel "
+            "stops the client, its own speed sets the rate.")
+
+
+def churn(d: Data) -> Blocks:
+    out = Blocks().md(churn_mechanism())
+    points = churn_points(d.churn_runs)
+    if points.is_empty():
+        return out.md("This run set has no finished churn point. `snakemake --cores 4 "
+                      "--configfile config/churn.yaml` sweeps who closes first × "
+                      "`tcp_tw_reuse` × rate on a 1,000-port range.")
+    c = churn_counts(points)
+    out.md(f"**{plural(c['points'], 'churn point')}** finished: {c['stopped']:,} stopped on an "
+           f"error, {c['ran']:,} ran their full duration; **{c['agree']:,} of {c['points']:,}** "
+           "ended as the model said.")
+    out.chart(charts.churn_timeline(d.churn, churn_labels(d.churn_runs)))
+    out.chart(charts.churn_rate_vs_model(points))
+    return out.table(points.select("point", "asked", "sustained", "model_bound", "connections",
+                                   "outcome", "stopped_at_s", "model_stop_at_s", "verdict"))
+
+
+# --- 14. Conclusion ---------------------------------------------------------------------------
 
 def server_answer(d: Data) -> list[str]:
     """How many connections one server held, what client addresses add, where it ran out."""

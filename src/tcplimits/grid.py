@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .params import FIELDS, ParamError, RunParams
+from .params import CHURN_ONLY, FIELDS, ParamError, RunParams
 
 # Shipped in the package (package-data), so an installed tcplimits finds it; the workflow's
 # validate() reads this same file.
@@ -122,15 +122,20 @@ def _check(values: dict, where: str) -> RunParams:
 
 
 def _semantic_checks(config: dict) -> None:
-    _check(config.get("experiment") or {}, "experiment.")
+    base = config.get("experiment") or {}
+    _check(base, "experiment.")
     for key, values in (config.get("grid") or {}).items():
         for i, value in enumerate(values):
+            # Each value alone; checks across keys (a churn-only key needs mode churn) are
+            # made on each combination by points().
+            alone = {k: v for k, v in base.items() if k not in CHURN_ONLY}
+            alone.update({key: value, **({"mode": "churn"} if key in CHURN_ONLY else {})})
             try:
-                RunParams.from_mapping({key: value})
+                RunParams.from_mapping(alone)
             except ParamError as err:
                 raise ConfigError(f"grid.{key}[{i}]", value, err.reason) from None
     for i, point in enumerate(config.get("points") or []):
-        _check(point, f"points[{i}].")
+        _check({**base, **point}, f"points[{i}].")
     if not (config.get("grid") or config.get("points")):
         raise ConfigError("grid", config.get("grid"), "no points: set grid lists or points")
 
@@ -173,7 +178,8 @@ def points(config: dict) -> list[Point]:
 
     by_id: dict[str, tuple[str, Point]] = {}
     for where, values in combos:
-        params = RunParams.from_mapping({**base, **values})
+        params = _check({**base, **values}, f"{where}." if where != "grid" else
+                        "grid (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ") ")
         for rep in range(1, repetitions + 1):
             point = Point(point_id(params, rep), params, rep)
             if len(point.id) > MAX_ID_LENGTH:

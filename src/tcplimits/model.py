@@ -19,14 +19,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import hostlimits
+from . import fourtuple, hostlimits
 from .params import FIELDS, RunParams
 from .results import STATUS_OK
 
 # Descriptors a fresh Python process holds before its first socket: stdin, stdout, stderr.
 CLIENT_BASELINE_FDS = 3
-# A server worker holds those three plus the listening socket.
+# A server worker holds those three plus the listening socket (one per server port).
 SERVER_BASELINE_FDS = 4
+
+
+def server_baseline_fds(params: RunParams) -> int:
+    """Descriptors a server worker holds before its first accept(): stdio + its listeners."""
+    return SERVER_BASELINE_FDS - 1 + params.server_ports
 # Linux caps listen()'s backlog at net.core.somaxconn (4096 since 5.4) and the accept
 # queue holds backlog + 1 completed connections.
 SOMAXCONN = 4096
@@ -61,6 +66,13 @@ class Prediction:
         return asdict(self)
 
 
+def errno_of(limit: str, params: RunParams) -> str | None:
+    """The errno a client should stop with when ``limit`` wins (bind() says EADDRINUSE)."""
+    if limit == PORTS:
+        return fourtuple.POOL_ERRNO[params.bind_mode]
+    return ERRNO_OF_LIMIT[limit]
+
+
 def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
     """Completed connections the kernel queues before accept(): min(backlog, somaxconn) + 1."""
     return min(backlog, somaxconn) + 1
@@ -69,7 +81,7 @@ def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
 def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     """Enough workers that the server accepts every connection the clients can make."""
     demand = params.clients * client_terms(params)[0]
-    per_worker = max(1, server_nofile - SERVER_BASELINE_FDS)
+    per_worker = max(1, server_nofile - server_baseline_fds(params))
     # Connections spread unevenly over workers sharing one socket: keep a spare worker.
     return math.ceil(demand * 1.1 / per_worker) + 1
 
@@ -102,12 +114,17 @@ def loopback_destinations(client: int, count: int) -> list[str]:
     return [f"127.{client}.{k // 255}.{k % 255 + 1}" for k in range(count)]
 
 
-def client_terms(params: RunParams, held_ports: int = 0) -> tuple[int, dict[str, int]]:
-    """(bound, terms) for one client container with an unbounded server. The port pool is
-    one per destination address: the range minus ports held in the namespace, times the
-    destinations."""
+def client_terms(params: RunParams, held_ports: int | list[dict] = 0) -> tuple[int, dict[str, int]]:
+    """(bound, terms) for one client container with an unbounded server. ``held_ports``: a
+    count, or the sockets held in the range ({"addr", "port"}: what they cost depends on the
+    bind mode, see fourtuple). On loopback each of the client's own 127.x destinations counts
+    as a server address (destinations)."""
     terms = {
-        PORTS: destinations(params) * max(0, params.port_count - held_ports),
+        PORTS: fourtuple.port_capacity(
+            params.port_count, params.bind_mode,
+            server_addrs=params.server_addrs * destinations(params),
+            server_ports=params.server_ports, client_addrs=params.client_addrs,
+            held=held_ports),
         DESCRIPTORS: params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS),
     }
     if params.max_connections is not None:
@@ -120,7 +137,7 @@ def predict(
     *,
     server_nofile: int,
     server_workers: int,
-    held_ports: list[int] | None = None,
+    held_ports: list[int | list[dict]] | None = None,
     conntrack_max: int | None = None,
     somaxconn: int = SOMAXCONN,
     host_facts: Mapping[str, Any] | None = None,
@@ -141,8 +158,9 @@ def predict(
         client_limits.append(next(k for k, v in terms.items() if v == bound))
         all_terms = terms
     capacity = per_client[0] if per_client else 0
-    server_accept = server_workers * max(0, server_nofile - SERVER_BASELINE_FDS)
-    server_capacity = server_accept + accept_queue(params.backlog, somaxconn)
+    server_accept = server_workers * max(0, server_nofile - server_baseline_fds(params))
+    # Each listening port has its own accept queue.
+    server_capacity = server_accept + params.server_ports * accept_queue(params.backlog, somaxconn)
     demand = sum(per_client)
 
     limit = client_limits[0] if client_limits else PORTS
@@ -168,7 +186,7 @@ def predict(
         per_client=per_client,
         total=total,
         limit=limit,
-        errno=ERRNO_OF_LIMIT[limit],
+        errno=errno_of(limit, params),
         client_capacity=capacity,
         server_capacity=server_capacity,
         server_accepted=min(total, server_accept),
@@ -286,7 +304,9 @@ def limit_reason(params: RunParams, prediction: Prediction | Mapping[str, Any]) 
     fd_room = params.nofile - CLIENT_BASELINE_FDS
     if limit == PORTS:
         return (f"each client's port pool: the {params.port_count:,} ports of "
-                f"{params.port_range} minus those already held in its namespace")
+                f"{params.port_range} minus those already held in its namespace"
+                + fourtuple.pools_phrase(params.bind_mode, params.server_addrs,
+                                         params.server_ports, params.client_addrs))
     if limit == DESCRIPTORS:
         return (f"each client process holds nofile - {CLIENT_BASELINE_FDS} = {fd_room:,} "
                 "sockets: descriptors 0-2 (stdin, stdout, stderr) are already open")
@@ -318,11 +338,17 @@ def compare_run(
     did not finish ("failed", "unsupported")."""
     if run.get("status") != STATUS_OK or run.get("connections_total") is None:
         return None
+    if run.get("mode") == "churn":  # opened and closed, not held: churn_model judges it
+        return None
     params = params_of(run)
     held = held_counts(run.get("held_ports"), params.clients)
+    if params.bind_mode == fourtuple.BIND:  # only the client rows say which ports bind() may take
+        held = [0] * params.clients
     for row in clients:  # every process of a container sees the same namespace
         if row.get("held_ports") is not None and 1 <= (row.get("client") or 0) <= len(held):
-            held[row["client"] - 1] = max(held[row["client"] - 1], int(row["held_ports"]))
+            cost = fourtuple.held_from_counts(params.bind_mode, int(row["held_ports"]),
+                                              int(row.get("held_other_addr") or 0))
+            held[row["client"] - 1] = max(held[row["client"] - 1], cost)
     server_nofile = run.get("resolved_server_nofile") or params.server_nofile
     workers = run.get("resolved_server_workers")
     if workers is None and params.server_workers != "auto":
@@ -336,7 +362,8 @@ def compare_run(
         predicted = int(run.get("predicted_total") or 0)
         limit = run.get("predicted_limit") or PORTS
         return Comparison(str(run["run_id"]), observed, predicted, predicted, limit,
-                          ERRNO_OF_LIMIT.get(limit), _errnos(clients), accepted, [])
+                          errno_of(limit, params) if limit in ERRNO_OF_LIMIT else None,
+                          _errnos(clients), accepted, [])
     conntrack = run.get("env_nf_conntrack_max")
     if run.get("host_limit") == hostlimits.CONNTRACK_MAX and run.get("host_limit_stops_at"):
         # the host's table had less room than its size: what else the host tracked
@@ -362,7 +389,7 @@ def compare_run(
     if pred.limit == SERVER and accepted is not None:
         extra = observed - int(accepted)
         why.append(f"the server accepted {int(accepted):,} ({workers} worker(s) x "
-                   f"({server_nofile:,} - {SERVER_BASELINE_FDS}) descriptors = "
+                   f"({server_nofile:,} - {server_baseline_fds(params)}) descriptors = "
                    f"{pred.server_accepted:,} expected); clients hold {extra:,} more, "
                    f"the accept queue holds backlog + 1 = {queue:,}"
                    + (f" (backlog capped at somaxconn {somaxconn:,})"
@@ -446,7 +473,7 @@ def _held_port_reasons(params: RunParams, held: list[int],
     """Why clients' pools were smaller than the range: one sentence per (count, holder)."""
     groups: dict[tuple[int, str], list[int]] = {}
     for i, h in enumerate(held, 1):
-        if h and client_terms(params, h)[0] == params.port_count - h:
+        if h and client_terms(params, h)[0] < client_terms(params, 0)[0]:
             holder = (_holder(sockets[i]) if sockets.get(i)
                       else "something in its namespace (e.g. Docker's DNS listener "
                             "on 127.0.0.11)")

@@ -23,6 +23,19 @@ KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
 # How the containers reach each other (issue 10): a Docker bridge network, or the server's
 # own loopback that the clients share (no bridge, no netfilter rules, no conntrack).
 NETWORKS = ("bridge", "loopback")
+# The 4-tuple's members: server ports, server addresses, client source addresses. Addresses
+# come from the experiment network's /24 (see tcplimits.addresses), so 64 of each fit.
+TUPLE_MAX = 64
+# How a client gets its source port (see agents/client.py and model.tuple_capacity).
+BIND_MODES = ("connect", "bind", "bind-no-port")
+# (source, destination) pairs one client process spreads over: each is one row of the
+# destinations table and one entry of the agent's report.
+PAIRS_MAX = 4096
+
+MODES = ("hold", "churn")
+CLOSERS = ("client", "server")
+# Fields that accept a word besides an integer.
+_WORDS = {"workers": "auto", "rate": "max"}
 
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*[-\s]\s*(\d+)\s*$")
 
@@ -40,13 +53,15 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int", "float", "port_range", "workers", "choice"
+    kind: str  # "int", "float", "port_range", "workers", "rate", "choice"
     default: Any
     help: str
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False  # None allowed (means "not bounded" / "resolved at run time")
-    choices: tuple[str, ...] = ()  # the values a "choice" field accepts
+    choices: tuple[str, ...] = ()  # kind "choice": the accepted words
+    # A per-namespace sysctl this field sets in every client container (client_sysctls).
+    sysctl: str | None = None
 
     @property
     def flag(self) -> str:
@@ -95,8 +110,45 @@ FIELDS: dict[str, Field] = {
         Field("quiet_host_sockets", "int", 1000,
               "closed sockets (orphans + TIME-WAIT) the host may hold for a point to count "
               "as quiet", 0, 10_000_000),
+        # --- churn (issue 11): connections opened and closed at a rate
+        Field("mode", "choice", "hold",
+              "hold: open connections and keep them until the first failure; churn: open, "
+              "exchange a few bytes, close, repeat for --duration", choices=MODES),
+        Field("rate", "rate", "max",
+              "churn: connections per second per client process, or max (as fast as it goes)",
+              1, 1_000_000),
+        Field("duration", "float", 60.0, "churn: seconds each client process churns", 1, 3600),
+        Field("closer", "choice", "client",
+              "churn: which end closes first (and so keeps the TIME_WAIT socket)",
+              choices=CLOSERS),
+        Field("tw_reuse", "int", 2,
+              "net.ipv4.tcp_tw_reuse in each client container: 0 off, 1 on, 2 loopback only "
+              "(kernel default)", 0, 2, sysctl="net.ipv4.tcp_tw_reuse"),
+        Field("tw_reuse_delay", "int", None,
+              "net.ipv4.tcp_tw_reuse_delay in each client container, ms before tcp_tw_reuse "
+              "may take a TIME_WAIT port (Linux 6.13+; default: the kernel's, 1000)", 1, 600_000,
+              optional=True, sysctl="net.ipv4.tcp_tw_reuse_delay"),
+        Field("timestamps", "int", None,
+              "net.ipv4.tcp_timestamps in each client container (tcp_tw_reuse needs them; "
+              "default: the kernel's, 1)", 0, 2, optional=True, sysctl="net.ipv4.tcp_timestamps"),
+        # The 4-tuple, member by member (issue 9).
+        Field("server_ports", "int", 1,
+              "ports the server listens on; every client process spreads its connections "
+              "over them", 1, TUPLE_MAX),
+        Field("server_addrs", "int", 1,
+              "IPv4 addresses the server answers on (the book's virtual IPs); clients "
+              "spread over them", 1, TUPLE_MAX),
+        Field("client_addrs", "int", 1,
+              "source addresses of each client container; its processes spread over them "
+              "(plain connect() ignores them: the route picks the source)", 1, TUPLE_MAX),
+        Field("bind_mode", "choice", "connect",
+              "how a client gets its source port: connect (plain connect()), bind "
+              "(bind((addr, 0)) then connect()), bind-no-port (bind() with "
+              "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
     ]
 }
+# Fields that only mean something in churn mode: refused with mode hold unless left default.
+CHURN_ONLY = ("rate", "duration", "closer")
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -142,20 +194,21 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
     if field.kind == "port_range":
         lo, hi = parse_port_range(value, key)
         return f"{lo}-{hi}"
-    if field.kind == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
+    word = _WORDS.get(field.kind)
+    if word and isinstance(value, str) and value.strip().lower() == word:
+        return word
     if field.kind == "choice":
-        if not isinstance(value, str) or value.strip().lower() not in field.choices:
-            raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
-        return value.strip().lower()
+        if isinstance(value, str) and value.strip().lower() in field.choices:
+            return value.strip().lower()
+        raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
     if isinstance(value, bool):
         raise ParamError(key, value, "expected a number, not a boolean")
-    if field.kind in ("int", "workers"):
+    if field.kind in ("int", "workers", "rate"):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, str):
             if not re.fullmatch(r"\s*[+-]?\d+\s*", value):
-                extra = " or 'auto'" if field.kind == "workers" else ""
+                extra = f" or '{word}'" if word else ""
                 raise ParamError(key, value, f"expected an integer{extra}")
             value = int(value)
         if not isinstance(value, int):
@@ -193,6 +246,17 @@ class RunParams:
     network: str = _default("network")
     quiet_host_timeout: float = _default("quiet_host_timeout")
     quiet_host_sockets: int = _default("quiet_host_sockets")
+    mode: str = _default("mode")
+    rate: int | str = _default("rate")
+    duration: float = _default("duration")
+    closer: str = _default("closer")
+    tw_reuse: int = _default("tw_reuse")
+    tw_reuse_delay: int | None = _default("tw_reuse_delay")
+    timestamps: int | None = _default("timestamps")
+    server_ports: int = _default("server_ports")
+    server_addrs: int = _default("server_addrs")
+    client_addrs: int = _default("client_addrs")
+    bind_mode: str = _default("bind_mode")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -204,7 +268,12 @@ class RunParams:
                 raise ParamError(key, value, f"unknown parameter (known: {known})")
             field = FIELDS[key]
             out[key] = _coerce(field, value, field.flag if flag_names else key)
-        return cls(**out)
+        try:
+            return cls(**out)
+        except ParamError as err:  # a check across fields: name the flag too
+            if flag_names and err.key in FIELDS:
+                raise ParamError(FIELDS[err.key].flag, err.value, err.reason) from None
+            raise
 
     def __post_init__(self) -> None:
         # Direct construction validates too, so no unchecked object exists.
@@ -213,6 +282,36 @@ class RunParams:
             coerced = _coerce(FIELDS[f.name], value, f.name)
             if coerced != value or type(coerced) is not type(value):
                 object.__setattr__(self, f.name, coerced)
+        pairs = self.server_addrs * self.server_ports * self.client_addrs
+        if pairs > PAIRS_MAX:
+            raise ParamError("server_addrs x server_ports x client_addrs", pairs,
+                             f"at most {PAIRS_MAX} (source, destination) pairs per client "
+                             "process")
+        if self.network == "loopback":
+            # loopback spreads over the 127.x destinations the model picks (model.destinations)
+            for name in ("server_addrs", "client_addrs"):
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ParamError(name, getattr(self, name), "needs network bridge (on "
+                                     "loopback every client spreads over 127.x addresses of "
+                                     "its own; leave it out or set network: bridge)")
+        if self.mode != "churn":
+            for name in CHURN_ONLY:
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ParamError(name, getattr(self, name), "applies to mode churn only "
+                                     "(set mode: churn, or leave it out)")
+        elif self.duration >= self.timeout:
+            raise ParamError("duration", self.duration,
+                             f"must be shorter than timeout ({self.timeout:g} s), which "
+                             "bounds the whole run")
+
+    @property
+    def churn(self) -> bool:
+        return self.mode == "churn"
+
+    @property
+    def rate_per_s(self) -> int | None:
+        """The churn rate asked per client process; None for "max"."""
+        return None if self.rate == "max" else int(self.rate)
 
     @property
     def port_lo(self) -> int:
@@ -225,6 +324,21 @@ class RunParams:
     @property
     def port_count(self) -> int:
         return port_count(self.port_range)
+
+    def client_sysctls(self) -> dict[str, str]:
+        """Per-namespace sysctls of each client container: the port range, and every field
+        that names a sysctl (a new TCP setting is one Field with ``sysctl=``); an optional
+        field left unset keeps the kernel's value."""
+        out = {"net.ipv4.ip_local_port_range": f"{self.port_lo} {self.port_hi}"}
+        for name, field in FIELDS.items():
+            if field.sysctl and getattr(self, name) is not None:
+                out[field.sysctl] = str(getattr(self, name))
+        return out
+
+    @property
+    def destinations(self) -> int:
+        """(server address, server port) pairs every client process spreads over."""
+        return self.server_addrs * self.server_ports
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

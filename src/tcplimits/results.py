@@ -9,6 +9,9 @@ leaves no partial result behind.
       clients.parquet   one row per client process (CLIENTS_SCHEMA)
       server.parquet    one row per server worker  (SERVER_SCHEMA)
       series.parquet    progress samples            (SERIES_SCHEMA)
+      churn.parquet     per-second churn series     (CHURN_SCHEMA; empty for mode hold)
+      destinations.parquet  connections per client process and (source address, server
+                        address, server port) pair (DESTINATIONS_SCHEMA)
       compose.yml       a docker-compose file that reproduces the run by hand
       logs/<container>.log   each container's output
 
@@ -31,6 +34,13 @@ run.json keys:
                   image_id, image_tag, tcplimits_version, git_sha, cgroup_version, hostname
     totals        connections (sum over client processes), server_accepted (sum over workers)
     held_ports    {client number: [ports in the range held in its namespace at start]}
+    addresses     network: the experiment network's IPAM (subnet, ip_range, gateway);
+                  plan: the extra addresses planned per role (null when none);
+                  containers: {role: every IPv4 address it had, Docker's first}
+    privileges    agents: {role: cap_drop, cap_add, user, capabilities (the client agents'
+                  own capability sets, hex)}; helpers: one entry per NET_ADMIN helper that
+                  added addresses (target, helper, user, cap_add, cap_drop, network_mode,
+                  added, addresses_after, duration_s)
     facts         what the engine measured, from which tcplimits.model explains the outcome
                   (explanations are made by the model, never stored):
                     held_sockets   {client number: [{addr, port, state, owner}]}: sockets with
@@ -40,6 +50,12 @@ run.json keys:
                                    the server never listened)
                     server_workers [{worker, accepted, errno, error, message, accept_errors}]:
                                    each server worker's outcome
+    churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
+                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)}
+
+In mode churn, clients.parquet's ``connections`` counts the connections each process opened
+and closed, ``error`` is DURATION for a process that churned to the end, else the errno
+that stopped it, and ``elapsed_s`` is when it stopped.
 """
 
 from __future__ import annotations
@@ -60,6 +76,8 @@ RUN_JSON = "run.json"
 CLIENTS_FILE = "clients.parquet"
 SERVER_FILE = "server.parquet"
 SERIES_FILE = "series.parquet"
+CHURN_FILE = "churn.parquet"
+DESTINATIONS_FILE = "destinations.parquet"
 COMPOSE_FILE = "compose.yml"
 LOGS_DIR = "logs"
 
@@ -77,6 +95,21 @@ CLIENTS_SCHEMA: dict[str, pl.DataType] = {
     "cpu_s": pl.Float64,       # CPU (user + system) the process used meanwhile: unlike elapsed_s,
                                # not lengthened by other load on the machine
     "held_ports": pl.Int32,    # ports in the range already held in the container's namespace at start
+    "held_other_addr": pl.Int32,  # of those, bound to a specific address the client never
+                                  # leaves from (127.0.0.11): bind((source, 0)) may take them
+}
+
+# One row per client process and (source, destination) pair it spread over; round-robin in
+# this order (see tcplimits.fourtuple). Runs before the 4-tuple parameters have no file.
+DESTINATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,
+    "proc": pl.Int32,
+    "source": pl.Utf8,         # source address the pair's connections left from (null if none)
+    "server_addr": pl.Utf8,
+    "server_port": pl.Int32,
+    "connections": pl.Int64,   # connections of this pair held when the process stopped
+    "error": pl.Utf8,          # errno name that ended the pair (its pool ran out), or null
 }
 
 # One row per server worker.
@@ -100,7 +133,27 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
     "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
 }
 
-SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA}
+# Mode churn: one row per second of each client process (role "client", proc set: opened,
+# errors, error, connect_latency_s) and one per second-ish sample of each container's
+# TIME_WAIT count (role "client" with proc null, or role "server": time_wait).
+CHURN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "role": pl.Utf8,                  # "client" or "server"
+    "client": pl.Int32,               # client container; null for the server
+    "proc": pl.Int32,                 # process of a per-second row; null for a TIME_WAIT row
+    "t_s": pl.Float64,                # seconds since the engine started the clients
+    "opened": pl.Int64,               # connections opened (and closed) in this second
+    "errors": pl.Int64,               # failed attempts in this second (the loop stops at one)
+    "error": pl.Utf8,                 # errno name of that failure
+    "connect_latency_s": pl.Float64,  # mean connect() time over the second's connections
+    "time_wait": pl.Int64,            # TIME_WAIT sockets in the container's namespace
+}
+
+SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
+           DESTINATIONS_FILE: DESTINATIONS_SCHEMA, CHURN_FILE: CHURN_SCHEMA}
+# Tables that run directories written before they existed lack: their absence is not damage
+# (read_table gives an empty frame of the schema).
+LATER_FILES = frozenset({DESTINATIONS_FILE, CHURN_FILE})
 
 
 def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -1,22 +1,33 @@
 """Client agent: open TCP connections to the server until the first failure, never closing
 them; report every outcome as JSON lines on stdout; hold the connections until SIGTERM.
+With --mode churn, each process opens, uses and closes connections instead (churn.py).
 
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
 RLIMIT_NOFILE. Given several server addresses, each process spreads its connections over
 them round-robin (each (source, destination) pair has a port pool of its own).
 
+Each process spreads its connections over (source address, server address, server port)
+pairs, round-robin, and gets its source port as --bind-mode says (see tcplimits.fourtuple):
+a pair whose port pool runs out is dropped and the others go on; any other error stops the
+process. With one pair (the default) that is "connect until the first failure".
+
 Lines written (one JSON object each, field "event"):
-  ready     per container: port range in force, ports of it already held, nofile
+  ready     per container: port range in force, sockets of it already held, nofile, the
+            capabilities the agent holds (none: containers run with cap_drop ALL)
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
+  pairs     per process, before its result, in chunks: [source, address, port, connections,
+            error] per pair
   result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
             system CPU seconds of the process meanwhile)
+  churn, time_wait   in churn mode (see churn.py)
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
 """
 
 import argparse
+import errno
 import os
 import resource
 import signal
@@ -25,16 +36,39 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
+
+
+BIND_MODES = ("connect", "bind", "bind-no-port")
+# errnos that mean "this pair's port pool is exhausted": drop the pair, go on with the others.
+POOL_ERRNOS = {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
+# <linux/in.h>; Python's socket module does not name it.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+PAIRS_PER_LINE = 40  # keeps each line under PIPE_BUF, so lines of processes never interleave
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _strs(text):
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--server", default="server",
                    help="server host name or address; several separated by commas")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_ints, default=[5000], help="server port(s), comma-separated")
+    p.add_argument("--sources", type=_strs, default=[],
+                   help="extra source addresses to bind (modes bind and bind-no-port), "
+                        "comma-separated; the address the route picks always comes first")
+    p.add_argument("--bind-mode", choices=BIND_MODES, default="connect",
+                   help="connect: plain connect(); bind: bind((source, 0)) then connect(); "
+                        "bind-no-port: bind() with IP_BIND_ADDRESS_NO_PORT, then connect()")
     p.add_argument("--client", type=int, default=1, help="this container's number")
     p.add_argument("--procs", type=int, default=1, help="worker processes")
     p.add_argument("--connect-timeout", type=float, default=3.0)
@@ -44,7 +78,25 @@ def parse_args(argv=None):
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
+    add_churn_args(p)
     return p.parse_args(argv)
+
+
+def add_churn_args(p):
+    p.add_argument("--mode", choices=("hold", "churn"), default="hold",
+                   help="hold: keep every connection; churn: open, exchange, close, repeat")
+    p.add_argument("--rate", default="max", help="churn: connections per second per process, or max")
+    p.add_argument("--duration", type=float, default=10.0, help="churn: seconds of churning")
+    p.add_argument("--closer", choices=tuple(churn.CLOSERS), default="client",
+                   help="churn: which end closes first (and keeps TIME_WAIT)")
+
+
+def churn_process(args, proc, server_addr):
+    rate = None if str(args.rate).lower() == "max" else float(args.rate)
+    churn.churn_loop(server_addr, client=args.client, proc=proc, rate=rate,
+                     duration=args.duration, closer=args.closer,
+                     connect_timeout=args.connect_timeout)
+    return []
 
 
 def port_range():
@@ -68,33 +120,75 @@ def _cpu_s():
     return usage.ru_utime + usage.ru_stime
 
 
+def route_source(server_addr):
+    """The source address the route picks toward the server (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((server_addr, 9))
+        return s.getsockname()[0]
+
+
+def make_pairs(args, server_addrs):
+    """(source, address, port) in spreading order; plain connect() lets the route pick the
+    source (None). Same order as tcplimits.fourtuple.pairs."""
+    if args.bind_mode == "connect":
+        sources = [None]
+    else:
+        primary = route_source(server_addrs[0])
+        sources = [primary] + [a for a in args.sources if a != primary]
+    return [(s, a, p) for s in sources for a in server_addrs for p in args.port]
+
+
+def open_one(args, pair):
+    """One connection of ``pair``, its source port chosen as --bind-mode says."""
+    source, addr, port = pair
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if args.bind_mode == "bind-no-port":
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        if args.bind_mode != "connect":
+            s.bind((source, 0))
+        s.settimeout(args.connect_timeout)
+        s.connect((addr, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def connect_until_failure(args, proc, server_addrs):
-    """One worker: connect in a loop, round-robin over the server addresses, keep every socket,
-    stop at the first failure."""
+    """One worker: connect round-robin over the pairs, keep every socket, drop a pair when its
+    pool is exhausted, stop when every pair is or at the first other failure."""
     held = []  # raw descriptors: an int costs less than a socket object
-    turn = proc - 1  # processes start on different addresses
+    pairs = make_pairs(args, server_addrs)
+    counts = [0] * len(pairs)
+    errors = [None] * len(pairs)
+    sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
+    live = list(range(len(pairs)))
+    turn = (proc - 1) % len(pairs)  # processes start on different pairs
     cpu_start = _cpu_s()
     start = time.monotonic()
     window_start, window_latency = 0, 0.0
     failure = None
     limit = args.max_connections or None
-    while limit is None or len(held) < limit:
+    while live and (limit is None or len(held) < limit):
+        turn %= len(live)
+        index = live[turn]
         t0 = time.monotonic()
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:  # EMFILE: out of descriptors
+            s = open_one(args, pairs[index])
+        except OSError as exc:  # EMFILE in socket(), EADDRINUSE in bind(), ... in connect()
+            errors[index] = common.describe_error(exc)[1]
             failure = exc
-            break
-        try:
-            s.settimeout(args.connect_timeout)
-            s.connect(server_addrs[turn % len(server_addrs)])
-            turn += 1
-        except OSError as exc:
-            s.close()
-            failure = exc
+            if exc.errno in POOL_ERRNOS and len(live) > 1:
+                live.pop(turn)
+                continue
             break
         window_latency += time.monotonic() - t0
+        if sources[index] is None:
+            sources[index] = s.getsockname()[0]
         held.append(s.detach())
+        counts[index] += 1
+        turn += 1
         n = len(held)
         if n - window_start >= args.sample_every:
             common.emit("progress", client=args.client, proc=proc, connections=n,
@@ -106,6 +200,10 @@ def connect_until_failure(args, proc, server_addrs):
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
                     t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
+    rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
+    for first in range(0, len(rows), PAIRS_PER_LINE):
+        common.emit("pairs", client=args.client, proc=proc,
+                    pairs=rows[first:first + PAIRS_PER_LINE])
     if failure is None:
         number, name, message = None, "MAX_CONNECTIONS", f"reached --max-connections {limit}"
     else:
@@ -124,7 +222,10 @@ def worker(args, proc, server_addrs, started):
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    held = connect_until_failure(args, proc, server_addrs)
+    if args.mode == "churn":  # churn uses the first destination only
+        held = churn_process(args, proc, (server_addrs[0], args.port[0]))
+    else:
+        held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     common.close_all(held, args.close)
     return 0
@@ -134,8 +235,7 @@ def main(argv=None):
     args = parse_args(argv)
     lo, hi = port_range()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    server_addrs = [(socket.gethostbyname(name.strip()), args.port)
-                    for name in args.server.split(",") if name.strip()]
+    server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS)
@@ -146,12 +246,16 @@ def main(argv=None):
             os._exit(worker(args, proc, server_addrs, started=not args.wait_signal))
         children.append(pid)
     common.emit("ready", client=args.client, port_range=f"{lo}-{hi}", held=held,
-                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addrs[0][0],
-                destinations=len(server_addrs),
-                procs=len(children))
+                nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addrs[0],
+                servers=server_addrs, destinations=len(server_addrs), ports=args.port,
+                sources=args.sources,
+                bind_mode=args.bind_mode, capabilities=common.capabilities(), procs=len(children))
     live = set(children)
+    # churn: the main process counts the namespace's TIME_WAIT sockets while it waits
+    wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"
+            else signal.sigwaitinfo)
     while live:
-        signo = signal.sigwaitinfo({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo == signal.SIGUSR1:
             common.forward_signal(children, signal.SIGUSR1)
         elif signo in STOP_SIGNALS:

@@ -1,9 +1,10 @@
-"""Server agent: listen on one port, accept and hold every connection, count them, and report
-accept() errors (EMFILE when out of descriptors) instead of dying.
+"""Server agent: listen on one or more ports, accept and hold every connection, count them, and
+report accept() errors (EMFILE when out of descriptors) instead of dying.
 
-Runs inside the server container with the standard library only. The main process listens,
-then forks --workers processes that share the listening socket, each with its own
-RLIMIT_NOFILE. Lines written (JSON, field "event"):
+Runs inside the server container with the standard library only. The main process listens
+(on every address of the container: extra addresses answer too), then forks --workers
+processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lines written
+(JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
@@ -11,6 +12,9 @@ RLIMIT_NOFILE. Lines written (JSON, field "event"):
              null where the namespace has no table)
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
+  time_wait  with --churn, about once per second (see churn.py)
+With --churn the workers answer each connection's request and close it (churn.serve)
+instead of holding it.
 
 On SIGTERM each worker resets every connection it holds (--close abort), as the clients do.
 """
@@ -18,6 +22,7 @@ On SIGTERM each worker resets every connection it holds (--close abort), as the 
 import argparse
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -25,8 +30,9 @@ import sys
 import time
 
 try:
-    from . import common
+    from . import churn, common
 except ImportError:  # run as a script inside the container
+    import churn
     import common
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -38,9 +44,12 @@ ERROR_PAUSE_S = 0.1
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=lambda t: [int(v) for v in t.split(",") if v.strip()],
+                   default=[5000], help="port(s) to listen on, comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--churn", action="store_true",
+                   help="answer and close each connection (clients in churn mode)")
     p.add_argument("--check", action="store_true",
                    help="exit 0 if something listens on --port in this namespace (health check)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
@@ -48,12 +57,45 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(listener, worker):
+def serve(listeners, worker):
     """Accept until SIGTERM; return (held descriptors, first error, failed accept() calls).
 
-    The listener is blocking with SO_RCVTIMEO: a worker sleeping in accept() is woken
-    exclusively, one per connection, where poll() would wake every worker sharing the socket
-    (with fifty workers on two cores that herd costs more than the accepts themselves)."""
+    One listener (the usual case) is blocking with SO_RCVTIMEO: a worker sleeping in accept()
+    is woken exclusively, one per connection, where poll() would wake every worker sharing the
+    socket (with fifty workers on two cores that herd costs more than the accepts themselves).
+    Several listeners (server_ports > 1) are non-blocking and polled."""
+    if len(listeners) == 1:
+        return _serve_blocking(listeners[0], worker)
+    held = []
+    first_error, accept_errors = None, 0
+    reported, last_report = 0, 0.0
+    poller = select.poll()  # poll, unlike epoll, costs no descriptor
+    by_fd = {listener.fileno(): listener for listener in listeners}
+    for listener in listeners:
+        poller.register(listener, select.POLLIN)
+    while not (STOP_SIGNALS & signal.sigpending()):
+        for fd, _ in poller.poll(REPORT_EVERY_S * 1000):
+            listener = by_fd[fd]
+            while True:  # drain the queue
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:  # another worker took it
+                    break
+                except OSError as exc:
+                    first_error = first_error or exc
+                    accept_errors += 1
+                    time.sleep(ERROR_PAUSE_S)
+                    break
+                held.append(conn.detach())
+        now = time.monotonic()
+        if len(held) != reported and now - last_report >= REPORT_EVERY_S:
+            reported, last_report = len(held), now
+            common.emit("progress", worker=worker, accepted=reported)
+    return held, first_error, accept_errors
+
+
+def _serve_blocking(listener, worker):
+    """serve() on one blocking listener with SO_RCVTIMEO."""
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
@@ -74,12 +116,18 @@ def serve(listener, worker):
     return held, first_error, accept_errors
 
 
-def worker_main(listener, worker, close):
-    held, error, accept_errors = serve(listener, worker)
+def worker_main(listeners, worker, close, churning=False):
+    held = []
+    if churning:  # churn closes as it goes: it returns a count
+        accepted, error, accept_errors = churn.serve(listeners, worker, STOP_SIGNALS,
+                                                     REPORT_EVERY_S, close)
+    else:
+        held, error, accept_errors = serve(listeners, worker)
+        accepted = len(held)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     # The result first: the count is final, and resetting many thousand connections takes
     # seconds the engine need not wait for to know it.
-    common.emit("result", worker=worker, accepted=len(held), errno=number, error=name,
+    common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors,
                 conntrack=common.conntrack_count())
     common.close_all(held, close)
@@ -89,27 +137,35 @@ def worker_main(listener, worker, close):
 def main(argv=None):
     args = parse_args(argv)
     if args.check:
-        return 0 if common.is_listening(args.port) else 1
+        return 0 if all(common.is_listening(port) for port in args.port) else 1
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD} | STOP_SIGNALS)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("0.0.0.0", args.port))
-    listener.listen(args.backlog)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("ll", 0, int(REPORT_EVERY_S * 1e6)))
+    listeners = []
+    for port in args.port:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(args.backlog)
+        if len(args.port) == 1 and not args.churn:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                struct.pack("ll", 0, int(REPORT_EVERY_S * 1e6)))
+        else:
+            listener.setblocking(False)
+        listeners.append(listener)
     children = []
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listener, worker, args.close))
+            os._exit(worker_main(listeners, worker, args.close, args.churn))
         children.append(pid)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
-    common.emit("listening", port=args.port, backlog=args.backlog, somaxconn=somaxconn,
-                workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    common.emit("listening", port=args.port[0], ports=args.port, backlog=args.backlog, somaxconn=somaxconn,
+                workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                capabilities=common.capabilities())
     live = set(children)
+    wait = churn.TimeWaitSampler("server").wait if args.churn else signal.sigwaitinfo
     while live:
-        signo = signal.sigwaitinfo({signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        signo = wait({signal.SIGCHLD} | STOP_SIGNALS).si_signo
         if signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:

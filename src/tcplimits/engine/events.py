@@ -58,16 +58,21 @@ class RunState:
     progress: dict[tuple[int, int], int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     results: dict[tuple[int, int], dict] = field(default_factory=dict)
+    pairs: dict[tuple[int, int], list] = field(default_factory=dict)  # (client, proc) -> pairs
     server_listening: dict | None = None
     server_progress: dict[int, int] = field(default_factory=dict)
     server_results: dict[int, dict] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
     died: list[str] = field(default_factory=list)
+    churn: list[dict] = field(default_factory=list)       # mode churn: per-second counts
+    time_wait: list[dict] = field(default_factory=list)   # mode churn: TIME_WAIT samples
 
     def take(self, role: str, event: dict) -> None:
         kind = event.get("event")
         if kind == "_closed":
             self.closed.add(role)
+        elif kind == "time_wait":  # either role, mode churn
+            self.time_wait.append(event)
         elif role == "server":
             if kind == "listening":
                 self.server_listening = event
@@ -87,6 +92,13 @@ class RunState:
         elif kind == "result":
             self.results[(event["client"], event["proc"])] = event
             self.progress[(event["client"], event["proc"])] = event["connections"]
+        elif kind == "churn":  # the live count follows the connections opened so far
+            self.churn.append(event)
+            key = (event["client"], event["proc"])
+            if key not in self.results:
+                self.progress[key] = self.progress.get(key, 0) + event["opened"]
+        elif kind == "pairs":  # connections per (source, server address, server port)
+            self.pairs.setdefault((event["client"], event["proc"]), []).extend(event["pairs"])
         elif kind == "worker_exit":  # a client process died (out of memory, a crash)
             self.died.append(faults.worker_exit_reason(role, event["pid"], event["code"]))
 

@@ -1,8 +1,13 @@
 """One run's resources and lifecycle on the Docker engine. The steps are public methods, called
 in this order by ``run_experiment`` (other steps may go between them):
 
-    create_network -> start_server -> start_clients -> wait_quiet -> start_connecting
-    -> wait_for_clients -> collect_server
+    create_network -> start_server -> add_server_addresses -> start_clients
+    -> add_client_addresses -> wait_quiet -> start_connecting -> wait_for_clients
+    -> [mode churn: wait_for_duration] -> collect_server
+
+The address steps do nothing unless the run asks for extra addresses (server_addrs or
+client_addrs > 1): then the network gets an explicit subnet and ip_range, and a NET_ADMIN
+helper adds the addresses in each target's namespace (tcplimits.addresses).
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
@@ -19,7 +24,7 @@ from typing import Any, Callable
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, faults, host, results
+from .. import LABEL, RUN_LABEL, addresses, faults, fourtuple, host, results
 from ..faults import RunFailed
 from ..params import RunParams
 from .cleanup import owner, shielded, sweep
@@ -70,9 +75,14 @@ class Experiment:
         self._connect_started: float | None = None
         self._last_live: tuple[float, int] | None = None  # for the rate on the live line
         self.snapshots: dict[str, dict] = {}  # footprint snapshots by moment
+        self.connect_started_at: float | None = None  # wall clock, to align agents' samples
         self.created_at = time.time()  # for the engine's events of this run
         self.left_behind: list[str] = []  # what a lost engine kept us from removing
         self._engine_gone = False
+        self.address_plan: addresses.AddressPlan | None = None
+        self.addresses: dict[str, list[str]] = {}    # role -> every IPv4 address it had
+        self.helpers: list[dict] = []                # what each NET_ADMIN helper did
+        self.network_ipam: list[dict] | None = None  # the network's subnet(s), as created
 
     def __enter__(self) -> "Experiment":
         return self
@@ -94,10 +104,14 @@ class Experiment:
         """Every step in order, nothing between them."""
         self.create_network()
         self.start_server()
+        self.add_server_addresses()
         self.start_clients()
+        self.add_client_addresses()
         self.wait_quiet()
         self.start_connecting()
         self.wait_for_clients()
+        if self.params.churn:
+            self.wait_for_duration()
         self.collect_server()
 
     def create_network(self) -> None:
@@ -106,9 +120,27 @@ class Experiment:
         self._setup_started = time.monotonic()
         if self.params.network == "loopback":
             return
-        self.network = self.client.networks.create(
-            self.network_name, driver="bridge", internal=True, labels=self.labels,
-            check_duplicate=True)
+        if addresses.needs_extra(self.params):
+            self.network, self.address_plan = addresses.create_network(
+                self.client, self.network_name, self.params, self.labels)
+        else:
+            self.network = self.client.networks.create(
+                self.network_name, driver="bridge", internal=True, labels=self.labels,
+                check_duplicate=True)
+        self.network.reload()
+        self.network_ipam = [{"subnet": c.get("Subnet"), "ip_range": c.get("IPRange") or None,
+                              "gateway": c.get("Gateway")}
+                             for c in (self.network.attrs.get("IPAM") or {}).get("Config") or []]
+
+    def add_server_addresses(self) -> list[str]:
+        """The server's extra addresses (the book's virtual IPs); returns all of them."""
+        return self._add_addresses("server")
+
+    def add_client_addresses(self) -> None:
+        """Each client's extra source addresses, before the start signal: no client binds
+        before they exist."""
+        for role in self.client_roles:
+            self._add_addresses(role)
 
     def start_server(self) -> str:
         """Start the server and wait until it listens; returns its address."""
@@ -127,8 +159,12 @@ class Experiment:
         for role in roles:
             spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
             where = spec["command"].index("--server") + 1
-            if spec["command"][where] == "server":
-                spec["command"][where] = self.server_address
+            if spec["command"][where] == "server":  # bridge: the server's address(es), now known
+                spec["command"][where] = ",".join(self.addresses.get("server")
+                                                  or [self.server_address])
+            extra = self.address_plan.extra.get(role) if self.address_plan else None
+            if extra and self.params.bind_mode != fourtuple.CONNECT:
+                spec["command"] += ["--sources", ",".join(extra)]
             self.containers[role] = self.client.containers.create(**spec)
         for role in roles:
             self.containers[role].start()
@@ -180,6 +216,7 @@ class Experiment:
     def start_connecting(self) -> None:
         """Signal every client at once: they start connecting together."""
         self._connect_started = time.monotonic()
+        self.connect_started_at = time.time()
         for role in self.client_roles:
             self.containers[role].kill(signal="SIGUSR1")
 
@@ -191,6 +228,13 @@ class Experiment:
                         progress=True)
         self.timeline["connect_s"] = time.monotonic() - (self._connect_started
                                                          or time.monotonic())
+
+    def wait_for_duration(self) -> None:
+        """Mode churn: the run lasts its duration even when every client stopped early, so
+        that the TIME_WAIT series shows what the stopped clients left behind."""
+        end = (self._connect_started or time.monotonic()) + self.params.duration
+        while time.monotonic() < min(end, self.deadline):
+            self.drain(min(0.2, max(0.0, end - time.monotonic())))
 
     def collect_server(self) -> None:
         """Let the server's count settle, stop it, and wait for each worker's final count."""
@@ -262,6 +306,24 @@ class Experiment:
                                out_dir / results.LOGS_DIR / f"{role}.log")
 
     # -- internals
+
+    def _add_addresses(self, role: str) -> list[str]:
+        """Every address of ``role`` after adding its extra ones (Docker's first), through a
+        NET_ADMIN helper in its namespace; the agent itself keeps no capability."""
+        primary = self.address(role)
+        extra = self.address_plan.extra.get(role, []) if self.address_plan else []
+        if extra:
+            container = self.containers[role]
+            done = addresses.add_addresses(self.client, self.image, container, extra,
+                                           self.address_plan.prefix, self.labels,
+                                           name=f"{container.name}-netadmin")
+            self.helpers.append(done)
+            missing = set(extra) - set(done["addresses_after"])
+            if missing:
+                raise RunFailed(f"{role}: addresses {sorted(missing)} missing after the "
+                                "helper ran")
+        self.addresses[role] = [primary, *extra]
+        return self.addresses[role]
 
     def _follow(self, role: str) -> None:
         reader = LogReader(self.containers[role], role, self.events)

@@ -12,7 +12,7 @@ from typing import Any
 
 from docker.types import Ulimit
 
-from .. import hostlimits, model
+from .. import fourtuple, hostlimits, model
 from ..params import FIELDS, RunParams
 
 SERVER_PORT = 5000
@@ -73,6 +73,11 @@ def memory_limit(connections: int, procs: int) -> int:
                              + hostlimits.USER_BYTES_PER_CONNECTION))
 
 
+def server_ports(params: RunParams) -> str:
+    """The agents' --port value: SERVER_PORT, SERVER_PORT + 1, ... (one per server port)."""
+    return ",".join(map(str, fourtuple.server_ports(params.server_ports, SERVER_PORT)))
+
+
 def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: str,
                     network: str, labels: dict[str, str],
                     instance: str = "") -> dict[str, dict[str, Any]]:
@@ -82,7 +87,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
     per_client = model.client_terms(params)[0]
     prefix = f"tcplimits-{run_id}" + (f"-{instance}" if instance else "")
     loopback = params.network == "loopback"
-    port_range = {"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"}
+    port_range = params.client_sysctls()  # the port range and every sysctl field
     # On loopback the server's namespace is the only one: it has no network but lo (nothing
     # to reach, no netfilter rules, no conntrack), and the clients join it; net.* sysctls
     # belong to the namespace, so they go on the server.
@@ -95,8 +100,9 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             image=image,
             name=f"{prefix}-server",
             hostname="server",
-            command=["python3", f"{AGENTS}/server.py", "--port", str(SERVER_PORT),
-                     "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)],
+            command=["python3", f"{AGENTS}/server.py", "--port", server_ports(params),
+                     "--workers", str(resolved.server_workers), "--backlog", str(params.backlog)]
+            + (["--churn"] if params.churn else []),
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
                             hard=resolved.server_nofile)],
             pids_limit=resolved.server_workers + 8,
@@ -111,11 +117,14 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
         client_net = ({"network_mode": f"container:{prefix}-server"} if loopback else
                       {"network": network, "hostname": f"client{i}", "sysctls": port_range})
         command = ["python3", f"{AGENTS}/client.py", "--server", server,
-                   "--port", str(SERVER_PORT), "--client", str(i), "--procs", str(params.procs),
+                   "--port", server_ports(params), "--client", str(i), "--procs", str(params.procs),
                    "--connect-timeout", str(params.connect_timeout),
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
         if params.max_connections:
             command += ["--max-connections", str(params.max_connections)]
+        command += churn_args(params)
+        if params.bind_mode != FIELDS["bind_mode"].default:
+            command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(
             hardening(),
             **client_net, detach=True,
@@ -128,6 +137,14 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             labels={**labels, "tcplimits.role": "client", "tcplimits.client": str(i)},
         )
     return specs
+
+
+def churn_args(params: RunParams) -> list[str]:
+    """The client agent's flags for mode churn (none for mode hold)."""
+    if not params.churn:
+        return []
+    return ["--mode", "churn", "--rate", str(params.rate), "--duration", f"{params.duration:g}",
+            "--closer", params.closer]
 
 
 def unsupported_reason(params: RunParams, cap: int, resolved: Resolved | None = None) -> str | None:

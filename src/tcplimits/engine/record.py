@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__, faults, outdir, results
+from .. import __version__, faults, fourtuple, outdir, results
 from ..params import RunParams
 from .events import RunState
 
@@ -47,6 +47,13 @@ def environment(facts: dict, image) -> dict[str, Any]:
     }
 
 
+def held_other_addr(held: list[dict], own: list[str]) -> int:
+    """Held ports bound to a specific address the client never leaves from (Docker's DNS on
+    127.0.0.11): bind((source, 0)) may still take them (see fourtuple.held_cost)."""
+    return len({s["port"] for s in held
+                if s.get("addr") not in fourtuple.WILDCARDS and s.get("addr") not in own})
+
+
 # Sockets a client finds held in its namespace before its first connect(), by local address:
 # the owner name run.json records (tcplimits.model words it).
 OWNER_OF_ADDRESS = {"127.0.0.11": "docker-dns"}  # Docker's embedded DNS resolver
@@ -72,15 +79,18 @@ def run_facts(state: RunState) -> dict[str, Any]:
 
 
 def client_rows(state: RunState, params: RunParams, run_id: str,
-                addresses: dict[int, str]) -> list[dict]:
-    """One row per client process (results.CLIENTS_SCHEMA)."""
+                addresses: dict[int, str], own: dict[int, list[str]] | None = None) -> list[dict]:
+    """One row per client process (results.CLIENTS_SCHEMA). ``own``: every address of each
+    client (default: its Docker address)."""
     rows = []
     for client in range(1, params.clients + 1):
-        held = len(state.ready.get(client, {}).get("held", []))
+        sockets = state.ready.get(client, {}).get("held", [])
+        held = len(sockets)
+        other = held_other_addr(sockets, (own or {}).get(client, [addresses.get(client)]))
         for proc in range(1, params.procs + 1):
             result = state.results.get((client, proc))
             row = dict(run_id=run_id, client=client, proc=proc, client_ip=addresses.get(client),
-                       held_ports=held)
+                       held_ports=held, held_other_addr=other)
             if result:
                 row.update({k: result.get(k) for k in
                             ("connections", "errno", "error", "message", "elapsed_s",
@@ -125,15 +135,61 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
     if before and held:
         out.update(footprint.per_connection(before, held, connections))
     return out
+def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[dict]:
+    """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
+    since the engine started the clients (``started_at``, wall clock)."""
+    origin = started_at or 0.0
+    rows = []
+    begun = {key: r.get("started_at") for key, r in state.results.items()}
+    for e in state.churn:
+        offset = (begun.get((e["client"], e["proc"])) or origin) - origin
+        rows.append(dict(run_id=run_id, role="client", client=e["client"], proc=e["proc"],
+                         t_s=round(offset + e["second"], 3), opened=e["opened"],
+                         errors=e["errors"], error=e.get("error"),
+                         connect_latency_s=e.get("connect_latency_s")))
+    for e in state.time_wait:
+        rows.append(dict(run_id=run_id, role=e["role"], client=e.get("client"),
+                         t_s=round(e["at"] - origin, 3), time_wait=e["time_wait"]))
+    return rows
+
+
+def destination_rows(state: RunState, run_id: str) -> list[dict]:
+    """One row per (client, process, source, server address, server port)
+    (results.DESTINATIONS_SCHEMA)."""
+    return [dict(run_id=run_id, client=client, proc=proc, source=src, server_addr=addr,
+                 server_port=port, connections=n, error=error)
+            for (client, proc), pairs in sorted(state.pairs.items())
+            for src, addr, port, n, error in pairs]
+
+
+def tuple_record(experiment, state: RunState) -> dict[str, Any]:
+    """run.json's "addresses" (every address each container had, the network's subnet and
+    Docker's allocation range) and "privileges" (what the agents held; which helper used
+    which capability, on which container)."""
+    agents = {role: {"cap_drop": spec.get("cap_drop"), "cap_add": spec.get("cap_add"),
+                     "user": spec.get("user")} for role, spec in experiment.specs.items()}
+    for client, ready in state.ready.items():
+        agents[f"client{client}"]["capabilities"] = ready.get("capabilities")
+    if state.server_listening:
+        agents["server"]["capabilities"] = state.server_listening.get("capabilities")
+    plan = experiment.address_plan
+    return {
+        "addresses": {"network": experiment.network_ipam,
+                      "plan": plan.to_dict() if plan else None,
+                      "containers": experiment.addresses},
+        "privileges": {"agents": agents, "helpers": experiment.helpers},
+    }
 
 
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
               series: list[dict], compose: str | None,
-              save_logs: Callable[[Path], None] | None = None) -> None:
+              destinations: list[dict] | None = None,
+              save_logs: Callable[[Path], None] | None = None, churn: list[dict] = ()) -> None:
     """Write the run directory. When the disk fills up (or the directory goes away) the
     partial files are removed and run.json alone says why, if even that can be written."""
     try:
-        _write_files(out_dir, record, clients, server, series, compose, save_logs)
+        _write_files(out_dir, record, clients, server, series, compose, destinations,
+                     save_logs, churn)
     except OSError as err:
         outdir.clear(out_dir)
         reason = f"could not write the run directory {out_dir}: {err.strerror or err}"
@@ -149,7 +205,8 @@ def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dic
 
 def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
                  series: list[dict], compose: str | None,
-                 save_logs: Callable[[Path], None] | None) -> None:
+                 destinations: list[dict] | None,
+                 save_logs: Callable[[Path], None] | None, churn: list[dict] = ()) -> None:
     if save_logs is not None:
         save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
@@ -158,6 +215,10 @@ def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[
                           out_dir / results.SERVER_FILE)
     results.write_parquet(results.frame(series, results.SERIES_SCHEMA),
                           out_dir / results.SERIES_FILE)
+    results.write_parquet(results.frame(churn, results.CHURN_SCHEMA),
+                          out_dir / results.CHURN_FILE)
+    results.write_parquet(results.frame(destinations or [], results.DESTINATIONS_SCHEMA),
+                          out_dir / results.DESTINATIONS_FILE)
     if compose:
         results.write_text(compose, out_dir / results.COMPOSE_FILE)
     # run.json last: its presence means the run directory is complete.

@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import faults, footprint, host, hostlimits, model, results
+from .. import churn_model, faults, footprint, host, hostlimits, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -18,8 +18,8 @@ from .events import Log, stderr_log
 from .experiment import Experiment, RunFailed
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import (client_rows, environment, footprint_record, now, run_facts, series_rows,
-                     server_rows, write_run)
+from .record import (churn_rows, client_rows, destination_rows, environment, footprint_record,
+                     now, run_facts, series_rows, server_rows, tuple_record, write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
@@ -88,12 +88,17 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
             try:
                 experiment.create_network()
                 experiment.start_server()
+                experiment.add_server_addresses()
                 experiment.start_clients()
+                experiment.add_client_addresses()
                 experiment.wait_quiet()
                 experiment.measure("before")
                 experiment.start_connecting()
                 experiment.wait_for_clients()
-                experiment.measure("held")
+                if params.churn:
+                    experiment.wait_for_duration()
+                else:
+                    experiment.measure("held")
                 experiment.collect_server()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
@@ -122,10 +127,13 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     held = facts["held_sockets"]
     prediction = model.predict(
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
-        held_ports=[len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
+        held_ports=[held.get(str(c), []) for c in range(1, params.clients + 1)],
         conntrack_max=engine.get("nf_conntrack_max"),
         somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host_facts)
-    clients = client_rows(state, params, run_id, addresses)
+    own = {int(role[len("client"):]): addrs for role, addrs in experiment.addresses.items()
+           if role.startswith("client")}
+    clients = client_rows(state, params, run_id, addresses, own)
+    destinations = destination_rows(state, run_id)
     server = server_rows(state, run_id)
     series = series_rows(state, run_id)
     record["facts"].update(facts)
@@ -137,13 +145,21 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         footprint=footprint_record(experiment.snapshots, state,
                                    sum(r["connections"] or 0 for r in clients)),
         fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
+        **tuple_record(experiment, state),
     )
+    if params.churn:  # judged by the churn model, not by the hold model's prediction
+        record["churn"] = churn_model.run_record(
+            run_id, params, clients,
+            [len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
+            finished=status == "ok", seconds=state.churn)
     if experiment.quiet is not None:  # it got as far as connecting
         record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
         record["host_tcp"]["at_connect"] = experiment.quiet.before
     record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id), save_logs=experiment.save_logs)
+              compose=compose_file(experiment.specs, run_id), destinations=destinations,
+              save_logs=experiment.save_logs,
+              churn=churn_rows(state, run_id, experiment.connect_started_at))
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record

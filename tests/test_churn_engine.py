@@ -1,0 +1,104 @@
+"""Mode churn on the real engine: TIME_WAIT, tcp_tw_reuse and who closes first, each with an
+outcome the model states beforehand (1,000-port ranges, a few seconds each)."""
+
+import polars as pl
+import pytest
+
+from tcplimits import results
+from tcplimits.engine import run_experiment
+from tcplimits.params import RunParams
+from test_engine import engine, labelled  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.docker
+
+
+def churn_run(engine, tmp_path, name, **values):
+    params = RunParams.from_mapping({"mode": "churn", "port_range": "40000-40999", **values})
+    record = run_experiment(params, tmp_path / name, run_id=name, progress=False, client=engine,
+                            log=lambda m: None)
+    assert record["status"] == "ok", record["reason"]
+    assert labelled(engine, name) == ([], []), "the run left containers or its network behind"
+    run_dir = tmp_path / name
+    clients = pl.read_parquet(run_dir / results.CLIENTS_FILE)
+    series = pl.read_parquet(run_dir / results.CHURN_FILE)
+    return record, clients, series
+
+
+def peak(series, role):
+    return series.filter((pl.col("role") == role) & pl.col("time_wait").is_not_null())[
+        "time_wait"].max()
+
+
+def test_client_closes_without_reuse_stops_with_eaddrnotavail_when_the_pool_is_in_time_wait(
+        engine, tmp_path):
+    # 400/s against a pool of ~1,000 ports held 60 s each: the model says stop after the
+    # pool (minus ports held at start), at pool / 400 s, with EADDRNOTAVAIL.
+    record, clients, series = churn_run(engine, tmp_path, "churn-tw", rate=400, duration=6,
+                                        closer="client", tw_reuse=0)
+    (row,) = clients.to_dicts()
+    pred = record["churn"]["prediction"]
+    assert pred["stops"] and pred["errno"] == "EADDRNOTAVAIL"
+    assert pred["stop_after"] == [1000 - row["held_ports"]]
+    assert row["error"] == "EADDRNOTAVAIL" and row["errno"] == 99
+    assert abs(row["connections"] - pred["stop_after"][0]) <= 2
+    assert row["elapsed_s"] == pytest.approx(pred["stop_at_s"][0], rel=0.1)
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    # every port the client used sits in TIME_WAIT on the client side, none on the server
+    assert peak(series, "client") == row["connections"]
+    assert peak(series, "server") == 0
+    # the per-second rows add up to the total, and the failure is in the last one
+    seconds = series.filter(pl.col("proc").is_not_null()).sort("t_s")
+    assert seconds["opened"].sum() == row["connections"]
+    assert seconds["error"][-1] == "EADDRNOTAVAIL"
+
+
+def test_client_closes_with_reuse_does_not_stop(engine, tmp_path):
+    # tcp_tw_reuse=1 frees a TIME_WAIT port after 1 s: 1,000 ports sustain 1,000/s; 200/s
+    # runs through (200/s also stays light enough to hold its pace on a loaded host)
+    record, clients, series = churn_run(engine, tmp_path, "churn-reuse", rate=200, duration=5,
+                                        closer="client", tw_reuse=1)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "DURATION" and row["errno"] is None
+    assert 0.9 * 1000 <= row["connections"] <= 1001
+    assert not record["churn"]["prediction"]["stops"]
+    assert not record["churn"]["verdict"]["stopped"], record["churn"]["verdict"]["sentence"]
+    # the ports cycle through TIME_WAIT; at 200/s one parity of the range is enough (a loop
+    # that catches up after a stall may touch the other parity too, never more than the pool)
+    predicted = record["churn"]["prediction"]["client_time_wait"][0]
+    assert predicted == 500 and 0.95 * predicted <= peak(series, "client") <= 1000
+    assert peak(series, "server") == 0
+
+
+def test_server_closes_leaves_time_wait_on_the_server_and_the_client_does_not_stop(
+        engine, tmp_path):
+    record, clients, series = churn_run(engine, tmp_path, "churn-server", rate="max",
+                                        duration=4, closer="server", tw_reuse=0)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "DURATION"
+    assert row["connections"] > 2000  # twice the port range: the ports came back at once
+    assert record["totals"]["server_accepted"] == row["connections"]
+    assert peak(series, "client") == 0
+    # one TIME_WAIT socket per 4-tuple on the server; connect() prefers one parity of the
+    # range, so about half of it (the model's figure)
+    predicted = record["churn"]["prediction"]["server_time_wait"]
+    assert 0.9 * predicted <= peak(series, "server") <= 1000
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+
+
+def test_a_short_reuse_delay_lets_the_unpaced_loop_run_and_timestamps_off_disable_reuse(
+        engine, tmp_path):
+    # tcp_tw_reuse_delay 50 ms: 1,000 ports sustain 20,000/s, beyond one process's loop
+    record, clients, _ = churn_run(engine, tmp_path, "churn-delay", rate="max", duration=3,
+                                   closer="client", tw_reuse=1, tw_reuse_delay=50)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "DURATION" and row["connections"] > 3000
+    assert record["churn"]["prediction"]["sustainable_rate"] == [pytest.approx(
+        (1000 - row["held_ports"]) / 0.05)]
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    # without TCP timestamps tcp_tw_reuse cannot tell old segments apart: no reuse, so
+    # 400/s stops after the pool, as with tw_reuse 0
+    record, clients, _ = churn_run(engine, tmp_path, "churn-nots", rate=400, duration=5,
+                                   closer="client", tw_reuse=1, timestamps=0)
+    (row,) = clients.to_dicts()
+    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - (1000 - row["held_ports"])) <= 2
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]

@@ -1,0 +1,114 @@
+"""The report's Churn section: its table and charts from a dataset with churn points, and the
+section in a rendered report."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from report_fixtures import RUN_IDS, synthetic_dataset
+from tcplimits import charts, churn_model, dataset, findings, render
+from tcplimits.params import RunParams
+from tcplimits.results import write_parquet
+
+REPORT = Path(__file__).resolve().parents[1] / "report" / "report.qmd"
+
+# run id, params, per process (connections, error, elapsed_s), TIME_WAIT (client, server) peak
+CHURN = [
+    ("churn-tw", dict(rate=400, closer="client", tw_reuse=0, duration=6),
+     (999, "EADDRNOTAVAIL", 2.5), (999, 0)),
+    ("churn-reuse", dict(rate=400, closer="client", tw_reuse=1, duration=5),
+     (2000, "DURATION", 5.0), (500, 0)),
+    ("churn-server", dict(rate="max", closer="server", tw_reuse=0, duration=4),
+     (14000, "DURATION", 4.0), (0, 500)),
+]
+
+
+def churn_tables():
+    runs, clients, series = [], [], []
+    for run_id, values, (n, err, t), (tw_c, tw_s) in CHURN:
+        params = RunParams.from_mapping({"mode": "churn", "port_range": "40000-40999", **values})
+        row = [dict(client=1, proc=1, connections=n, error=err, elapsed_s=t, held_ports=1)]
+        record = {"run_id": run_id, "status": "ok", "params": params.to_dict(),
+                  "churn": churn_model.run_record(run_id, params, row, [1], finished=True)}
+        runs.append(dataset.run_row(record, Path(run_id)))
+        clients.append({"run_id": run_id, **row[0], **params.to_dict()})
+        for s in range(int(t) + 1):
+            series.append(dict(run_id=run_id, role="client", client=1, proc=1, t_s=float(s),
+                               opened=n // (int(t) + 1), errors=0))
+            series.append(dict(run_id=run_id, role="client", client=1, t_s=s + 0.5,
+                               time_wait=tw_c))
+            series.append(dict(run_id=run_id, role="server", t_s=s + 0.5, time_wait=tw_s))
+    return (dataset.conform(pl.DataFrame(runs, infer_schema_length=None), dataset.RUNS_SCHEMA),
+            dataset.conform(pl.DataFrame(clients, infer_schema_length=None),
+                            dataset.CLIENTS_SCHEMA),
+            dataset.conform(pl.DataFrame(series, infer_schema_length=None),
+                            dataset.CHURN_SCHEMA))
+
+
+def test_points_carry_rate_model_and_verdict():
+    runs, _, _ = churn_tables()
+    pts = findings.churn_points(runs)
+    assert pts["point"].to_list() == ["client closes, tw_reuse 0, 400/s, 6 s",
+                                      "client closes, tw_reuse 1, 400/s, 5 s",
+                                      "server closes, tw_reuse 0, max, 4 s"]
+    assert pts["outcome"].to_list() == ["EADDRNOTAVAIL", "DURATION", "DURATION"]
+    assert pts["agrees"].to_list() == [True, True, True]
+    assert pts["model_bound"][0] == pytest.approx(999 / 60)
+    assert pts["model_bound"][1] == pytest.approx(999.0)
+    assert pts["model_bound"][2] is None  # no port bound when the server closes first
+    assert pts["sustained"][1] == pytest.approx(400)
+    assert findings.churn_counts(pts) == {"points": 3, "agree": 3, "stopped": 1, "ran": 2}
+
+
+def test_hold_sections_leave_churn_runs_out():
+    runs, clients, series = churn_tables()
+    hold = dataset.conform(pl.DataFrame({"run_id": ["h"], "status": ["ok"]}), dataset.RUNS_SCHEMA)
+    d = findings.Data.of({"runs": pl.concat([runs, hold]), "clients": clients,
+                          "server": pl.DataFrame(), "series": pl.DataFrame(), "churn": series})
+    assert d.runs["run_id"].to_list() == ["h"] and d.clients.is_empty()
+    assert d.churn_runs.height == 3 and d.churn.height == series.height
+    assert d.comparisons == []  # the hold model never judges a churn point
+    section = findings.churn(d)
+    assert section.kinds() == ["markdown", "markdown", "chart", "chart", "html"]
+    assert "3 of 3" in section.text() and "60 s" in section.text()
+
+
+def test_churn_section_without_churn_points_says_how_to_get_them():
+    d = findings.Data.of({"runs": pl.DataFrame({"run_id": ["h"], "status": ["ok"]}),
+                          "clients": pl.DataFrame(), "server": pl.DataFrame(),
+                          "series": pl.DataFrame()})
+    assert "config/churn.yaml" in findings.churn(d).text()
+
+
+def test_churn_charts_draw_every_point():
+    runs, _, series = churn_tables()
+    labels = findings.churn_labels(runs)
+    timeline = charts.churn_timeline(series, labels).to_dict()
+    assert timeline["usermeta"]["tcplimits"]["chart"] == "churn_timeline"
+    values = timeline["datasets"][next(iter(timeline["datasets"]))]
+    assert {v["series"] for v in values} == {"opened per second", "TIME_WAIT, client",
+                                             "TIME_WAIT, server"}
+    assert {v["point"] for v in values} == set(labels.values())
+    rate = charts.churn_rate_vs_model(findings.churn_points(runs)).to_dict()
+    assert rate["usermeta"]["tcplimits"]["chart"] == "churn_rate_vs_model"
+
+
+def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
+    ds = synthetic_dataset(tmp_path / "ds")
+    runs, clients, series = churn_tables()
+    old = pl.read_parquet(ds / "runs.parquet")
+    write_parquet(pl.concat([old, runs.select(old.columns)], how="vertical_relaxed"),
+                  ds / "runs.parquet")
+    old = pl.read_parquet(ds / "clients.parquet")
+    write_parquet(pl.concat([old, clients.select(old.columns)], how="vertical_relaxed"),
+                  ds / "clients.parquet")
+    write_parquet(series, ds / "churn.parquet")
+    page = render.render_report(ds, tmp_path / "out", REPORT, engine="nbconvert").read_text()
+    section = page[page.index('id="13.-Churn'):page.index('id="14.-Conclusion')]
+    assert section.count('class="tcpl-chart"') == 2
+    assert section.count("as predicted: ") == 3
+    assert "3 of 3" in section and "60 s" in section
+    # the sections about held connections still show only the hold points
+    assert page.count('class="tcpl-chart"') == 5 + 2
+    assert all(r in page for r in RUN_IDS)
