@@ -158,6 +158,7 @@ BAD = [
     ("repetitions word", {"repetitions": "twice"}, "repetitions", "twice"),
     ("point not a mapping", {"points": ["40000-40999"]}, "points[0]", "40000-40999"),
     ("timeout too short", {"experiment": {"timeout": 1}}, "experiment.timeout", "1"),
+    ("network word", {"grid": {"network": ["host"]}}, "grid.network[0]", "host"),
 ]
 
 

@@ -315,6 +315,27 @@ def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
 
 # --- Drawing ----------------------------------------------------------------------------------
 
+def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChart:
+    """Connections held per run (x: what the model asked for, log-log), coloured by network,
+    with each host limit's room in connections as a dashed rule: ``limits`` are
+    {"limit": name, "connections": room}."""
+    points = runs.select("run_id", "network", "predicted_total", "connections_total")
+    base = alt.Chart(points).mark_point(filled=True, size=80).encode(
+        x=alt.X("predicted_total:Q", title="connections asked (model)", scale=LOG,
+                axis=COUNT_AXIS),
+        y=alt.Y("connections_total:Q", title="connections held", scale=LOG, axis=COUNT_AXIS),
+        color=alt.Color("network:N", title="network"),
+        tooltip=["run_id", "network", "predicted_total", "connections_total"])
+    layers = [base]
+    if limits:
+        rules = pl.DataFrame(limits)
+        layers.append(alt.Chart(rules).mark_rule(strokeDash=[4, 3], color="#888").encode(
+            y="connections:Q", tooltip=["limit", "connections"]))
+        layers.append(alt.Chart(rules).mark_text(align="left", dx=4, dy=-6, fontSize=10).encode(
+            y="connections:Q", x=alt.value(4), text="limit:N"))
+    return _named(alt.layer(*layers).properties(
+        width=480, height=300, title="Connections held against the host's limits"),
+        "held_against_limits")
 CHURN_COLORS = {
     "opened per second": "#4c78a8",
     "TIME_WAIT, client": "#f58518",

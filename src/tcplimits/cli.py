@@ -186,10 +186,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     from .engine import probe_engine
 
+    from . import footprint, host
+
     client = _engine_or_none("probe")
     if client is None:
         return EXIT_MACHINE
     info = probe_engine(client, refresh=args.refresh)
+    # Host facts change from run to run (what else is open, tracked, free): read, not cached.
+    info["host"] = (footprint.host_facts() if host.engine_is_local(client.api.base_url)
+                    else "unknown: the engine is not on this machine")
     print(json.dumps(info, indent=2))
     return EXIT_OK
 
@@ -296,9 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stamp", help="also write the tag and image id to this file")
     p.set_defaults(func=_cmd_image)
 
-    p = sub.add_parser("probe", help="measure what the engine allows (nofile cap, versions)",
+    p = sub.add_parser("probe", help="measure what the engine allows (nofile cap, versions) "
+                       "and read the host's limits",
                        description="Find the highest nofile the engine can give a container, "
-                       "and read kernel, Docker and conntrack facts. Cached per engine.")
+                       "and read kernel, Docker and conntrack facts (cached per engine); then "
+                       "the host settings a big point depends on (fs.file-max, fs.nr_open, "
+                       "nf_conntrack_max and count, bridge-nf-call-iptables, tcp_mem, "
+                       "tcp_max_orphans, MemAvailable, sockstat), read fresh each time.")
     p.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
     p.set_defaults(func=_cmd_probe)
 

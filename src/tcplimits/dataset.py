@@ -95,6 +95,17 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
                                             # {client: [{addr, port, state, owner}]}
     "somaxconn": pl.Int64,                  # net.core.somaxconn measured in the server container
+    # What the held connections cost the host (run.json "footprint", issue 10).
+    "kernel_bytes_per_connection": pl.Int64,    # containers' cgroup kmem, both ends
+    "user_bytes_per_connection": pl.Int64,      # containers' cgroup rss (the agents)
+    "host_slab_bytes_per_connection": pl.Int64, # host Slab growth (all of the host: noisy)
+    "host_tcp_mem_pages_per_connection": pl.Float64,
+    "conntrack_server_namespace": pl.Int64,     # entries in the server's namespace, held
+    "conntrack_host_run": pl.Int64,             # entries of this run in the host's table
+    "conntrack_host_count": pl.Int64,           # the host table's count, held (everything)
+    "host_limits": pl.Utf8,                     # run.json host_limits as JSON
+    "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
+    "host_limit_stops_at": pl.Int64,
     **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
         "connections": pl.Int64,            # measured: opened and closed, all processes
         "rate": pl.Float64,                 # measured: connections per second sustained
@@ -227,6 +238,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
                                  else at_connect.get("tw"))
     row["host_conntrack_at_connect"] = at_connect.get("conntrack")
     row["host_orphan_after"] = after.get("orphan")
+    row.update(_footprint_columns(record))
     lo_hi = _port_bounds(params.get("port_range"))
     if lo_hi:
         row["port_lo"], row["port_hi"] = lo_hi
@@ -234,6 +246,28 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
     for key, value in (record.get("environment") or {}).items():
         row[f"env_{key}"] = value
     return {k: _cast(v, RUNS_SCHEMA.get(k, pl.Utf8)) for k, v in row.items()}
+
+
+def _footprint_columns(record: dict) -> dict[str, Any]:
+    import json
+
+    from .hostlimits import binding, from_record
+
+    fp = record.get("footprint") or {}
+    limits = record.get("host_limits") or []
+    stop = binding(from_record(limits))
+    return {
+        **{key: fp.get(key) for key in ("kernel_bytes_per_connection",
+                                        "user_bytes_per_connection",
+                                        "host_slab_bytes_per_connection",
+                                        "host_tcp_mem_pages_per_connection")},
+        "conntrack_server_namespace": fp.get("server_namespace_conntrack"),
+        "conntrack_host_run": fp.get("host_conntrack_run"),
+        "conntrack_host_count": fp.get("host_conntrack_count"),
+        "host_limits": json.dumps(limits) if limits else None,
+        "host_limit": stop.setting if stop else None,
+        "host_limit_stops_at": stop.stops_at if stop else None,
+    }
 
 
 def _churn_columns(churn: Any) -> dict[str, Any]:

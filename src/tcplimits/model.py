@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import fourtuple
+from . import fourtuple, hostlimits
 from .params import FIELDS, RunParams
 from .results import STATUS_OK
 
@@ -86,13 +86,43 @@ def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     return math.ceil(demand * 1.1 / per_worker) + 1
 
 
+# network loopback: every client connects to its own 127.0.0.0/8 destination addresses, and
+# each (source, destination, port) has its own port pool. connect() costs a few probes of the
+# port hash while a pool is little used and a scan of the used part once it fills up, so the
+# destinations are as many as keep each pool at most this full.
+LOOPBACK_POOL_FILL = 0.25
+LOOPBACK_MAX_DESTINATIONS = 255 * 255
+
+
+def destinations(params: RunParams) -> int:
+    """Server addresses each client container spreads over: 1 on a bridge (the server has one
+    address); on loopback, enough that no pool is filled past LOOPBACK_POOL_FILL."""
+    if params.network != "loopback":
+        return 1
+    demand = params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS)
+    if params.max_connections is not None:
+        demand = min(demand, params.procs * params.max_connections)
+    pool = max(1, params.port_count - 1)  # the server's listening port may sit in the range
+    return max(1, min(LOOPBACK_MAX_DESTINATIONS,
+                      math.ceil(demand / (LOOPBACK_POOL_FILL * pool))))
+
+
+def loopback_destinations(client: int, count: int) -> list[str]:
+    """Client ``client``'s destination addresses on loopback: 127.<client>.<hi>.<lo>, none of
+    them 127.0.0.1 (the server and every client share the namespace, so each client gets
+    addresses of its own and its pools are its own)."""
+    return [f"127.{client}.{k // 255}.{k % 255 + 1}" for k in range(count)]
+
+
 def client_terms(params: RunParams, held_ports: int | list[dict] = 0) -> tuple[int, dict[str, int]]:
     """(bound, terms) for one client container with an unbounded server. ``held_ports``: a
     count, or the sockets held in the range ({"addr", "port"}: what they cost depends on the
-    bind mode, see fourtuple)."""
+    bind mode, see fourtuple). On loopback each of the client's own 127.x destinations counts
+    as a server address (destinations)."""
     terms = {
         PORTS: fourtuple.port_capacity(
-            params.port_count, params.bind_mode, server_addrs=params.server_addrs,
+            params.port_count, params.bind_mode,
+            server_addrs=params.server_addrs * destinations(params),
             server_ports=params.server_ports, client_addrs=params.client_addrs,
             held=held_ports),
         DESCRIPTORS: params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS),
@@ -110,10 +140,13 @@ def predict(
     held_ports: list[int | list[dict]] | None = None,
     conntrack_max: int | None = None,
     somaxconn: int = SOMAXCONN,
+    host_facts: Mapping[str, Any] | None = None,
 ) -> Prediction:
     """What the run should hold. ``held_ports[i]``: ports in the range already held in client
     i's namespace (Docker's embedded DNS listener, for one). ``server_nofile`` and
-    ``server_workers`` are the resolved values (no "auto")."""
+    ``server_workers`` are the resolved values (no "auto"). ``host_facts``
+    (footprint.host_facts) adds the host-wide limits of tcplimits.hostlimits: the host
+    namespace's conntrack table with what it already holds."""
     held = list(held_ports or [0] * params.clients)
     if len(held) != params.clients:
         raise ValueError(f"held_ports has {len(held)} entries for {params.clients} clients")
@@ -137,10 +170,17 @@ def predict(
         # Which client wins the race for the server is not predictable; spread evenly.
         share, rest = divmod(server_capacity, params.clients)
         per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
-    # Conntrack is counted per namespace: the server's holds every connection.
-    if conntrack_max is not None and total > conntrack_max:
-        limit, total = CONNTRACK, conntrack_max
-        share, rest = divmod(conntrack_max, params.clients)
+    # Conntrack is counted per namespace: the server's holds every connection on a bridge
+    # (Docker's DNS rules), the host's too when bridged traffic passes its netfilter.
+    room = conntrack_max if params.network == "bridge" else None
+    if host_facts is not None:
+        stop = hostlimits.binding(hostlimits.host_limits(params, host_facts, total,
+                                                         server_workers))
+        if stop is not None and stop.setting == hostlimits.CONNTRACK_MAX:
+            room = stop.stops_at if room is None else min(room, stop.stops_at)
+    if room is not None and total > room:
+        limit, total = CONNTRACK, room
+        share, rest = divmod(room, params.clients)
         per_client = [min(c, share + (1 if i < rest else 0)) for i, c in enumerate(per_client)]
     return Prediction(
         per_client=per_client,
@@ -324,8 +364,12 @@ def compare_run(
         return Comparison(str(run["run_id"]), observed, predicted, predicted, limit,
                           errno_of(limit, params) if limit in ERRNO_OF_LIMIT else None,
                           _errnos(clients), accepted, [])
+    conntrack = run.get("env_nf_conntrack_max")
+    if run.get("host_limit") == hostlimits.CONNTRACK_MAX and run.get("host_limit_stops_at"):
+        # the host's table had less room than its size: what else the host tracked
+        conntrack = min(conntrack or run["host_limit_stops_at"], run["host_limit_stops_at"])
     kw = dict(server_nofile=int(server_nofile), server_workers=int(workers),
-              conntrack_max=run.get("env_nf_conntrack_max"), somaxconn=somaxconn)
+              conntrack_max=conntrack, somaxconn=somaxconn)
     naive = predict(params, **kw)
     pred = predict(params, held_ports=held, **kw)
     predicted = run.get("predicted_total")
@@ -410,6 +454,10 @@ def compare_run(
             got = per_client.get(i)
             if got is not None and got != want:
                 why.append(f"client {i} held {got:,}, {got - want:+,} against {want:,}")
+
+    # A host setting that stops the point: which, its value, the need, the command.
+    why += [lim.sentence() for lim in hostlimits.from_record(run.get("host_limits"))
+            if lim.binds and lim.effect == "stops"]
 
     residual = observed - pred.total
     if residual and pred.limit != SERVER:

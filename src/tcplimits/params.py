@@ -20,6 +20,9 @@ PORT_MAX = 65535
 # fs.nr_open's default: no hard limit can exceed it.
 NOFILE_MAX = 1_048_576
 KERNEL_DEFAULT_PORT_RANGE = (32768, 60999)
+# How the containers reach each other (issue 10): a Docker bridge network, or the server's
+# own loopback that the clients share (no bridge, no netfilter rules, no conntrack).
+NETWORKS = ("bridge", "loopback")
 # The 4-tuple's members: server ports, server addresses, client source addresses. Addresses
 # come from the experiment network's /24 (see tcplimits.addresses), so 64 of each fit.
 TUPLE_MAX = 64
@@ -92,6 +95,12 @@ FIELDS: dict[str, Field] = {
               "hang for ~2 minutes)", 0.1, 300),
         Field("timeout", "float", 600.0, "seconds for the whole run before it is stopped",
               5, 86400),
+        # One host, one million (issue 10).
+        Field("network", "choice", "bridge",
+              "bridge: an internal Docker bridge network (the host's netfilter and conntrack "
+              "see every connection); loopback: the server has no network, the clients join "
+              "its namespace and connect over 127.0.0.0/8 (no conntrack, one port pool per "
+              "destination address)", choices=NETWORKS),
         # A quiet host before connecting (tcplimits.host): bounds on the run, not physics.
         Field("quiet_host_timeout", "float", 60.0,
               "seconds to wait, before connecting, for the host's closed sockets (orphans + "
@@ -237,6 +246,7 @@ class RunParams:
     max_connections: int | None = _default("max_connections")
     connect_timeout: float = _default("connect_timeout")
     timeout: float = _default("timeout")
+    network: str = _default("network")
     quiet_host_timeout: float = _default("quiet_host_timeout")
     quiet_host_sockets: int = _default("quiet_host_sockets")
     mode: str = _default("mode")
@@ -280,6 +290,13 @@ class RunParams:
             raise ParamError("server_addrs x server_ports x client_addrs", pairs,
                              f"at most {PAIRS_MAX} (source, destination) pairs per client "
                              "process")
+        if self.network == "loopback":
+            # loopback spreads over the 127.x destinations the model picks (model.destinations)
+            for name in ("server_addrs", "client_addrs"):
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ParamError(name, getattr(self, name), "needs network bridge (on "
+                                     "loopback every client spreads over 127.x addresses of "
+                                     "its own; leave it out or set network: bridge)")
         if self.mode != "churn":
             for name in CHURN_ONLY:
                 if getattr(self, name) != FIELDS[name].default:

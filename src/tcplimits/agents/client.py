@@ -4,7 +4,8 @@ With --mode churn, each process opens, uses and closes connections instead (chur
 
 Runs inside a client container with the standard library only. The container's main process
 forks --procs workers; they share the container's ephemeral port pool, each has its own
-RLIMIT_NOFILE.
+RLIMIT_NOFILE. Given several server addresses, each process spreads its connections over
+them round-robin (each (source, destination) pair has a port pool of its own).
 
 Each process spreads its connections over (source address, server address, server port)
 pairs, round-robin, and gets its source port as --bind-mode says (see tcplimits.fourtuple):
@@ -246,7 +247,8 @@ def main(argv=None):
         children.append(pid)
     common.emit("ready", client=args.client, port_range=f"{lo}-{hi}", held=held,
                 nofile_soft=nofile[0], nofile_hard=nofile[1], server=server_addrs[0],
-                servers=server_addrs, ports=args.port, sources=args.sources,
+                servers=server_addrs, destinations=len(server_addrs), ports=args.port,
+                sources=args.sources,
                 bind_mode=args.bind_mode, capabilities=common.capabilities(), procs=len(children))
     live = set(children)
     # churn: the main process counts the namespace's TIME_WAIT sockets while it waits

@@ -65,6 +65,16 @@ def tcp_sockets(net_dir="/proc/net"):
     return found
 
 
+def conntrack_count():
+    """Connections tracked in this network namespace (each namespace counts its own against
+    the host's nf_conntrack_max), or None where the table is not there to read."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def is_listening(port):
     return any(p == port and state == "LISTEN" for _, p, state in tcp_sockets())
 

@@ -7,7 +7,9 @@ processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lin
 (JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
-  result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors
+  result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
+             conntrack (entries tracked in this namespace while the connections were held;
+             null where the namespace has no table)
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
   time_wait  with --churn, about once per second (see churn.py)
@@ -23,6 +25,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -34,7 +37,7 @@ except ImportError:  # run as a script inside the container
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 REPORT_EVERY_S = 0.25
-# After a failed accept() the connection is still queued and poll() says "ready" at once:
+# After a failed accept() the connection is still queued and accept() fails again at once:
 # pause so that a worker out of descriptors does not spin.
 ERROR_PAUSE_S = 0.1
 
@@ -54,9 +57,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(listeners, worker, close="abort"):
-    """Accept until SIGTERM, then close every connection; return (accepted, first error,
-    failed accept() calls)."""
+def serve(listeners, worker):
+    """Accept until SIGTERM; return (held descriptors, first error, failed accept() calls).
+
+    One listener (the usual case) is blocking with SO_RCVTIMEO: a worker sleeping in accept()
+    is woken exclusively, one per connection, where poll() would wake every worker sharing the
+    socket (with fifty workers on two cores that herd costs more than the accepts themselves).
+    Several listeners (server_ports > 1) are non-blocking and polled."""
+    if len(listeners) == 1:
+        return _serve_blocking(listeners[0], worker)
     held = []
     first_error, accept_errors = None, 0
     reported, last_report = 0, 0.0
@@ -82,19 +91,46 @@ def serve(listeners, worker, close="abort"):
         if len(held) != reported and now - last_report >= REPORT_EVERY_S:
             reported, last_report = len(held), now
             common.emit("progress", worker=worker, accepted=reported)
-    common.close_all(held, close)
-    return len(held), first_error, accept_errors
+    return held, first_error, accept_errors
+
+
+def _serve_blocking(listener, worker):
+    """serve() on one blocking listener with SO_RCVTIMEO."""
+    held = []
+    first_error, accept_errors = None, 0
+    reported, last_report = 0, 0.0
+    while not (STOP_SIGNALS & signal.sigpending()):
+        try:
+            conn, _ = listener.accept()
+            held.append(conn.detach())
+        except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: nothing came in
+            pass
+        except OSError as exc:
+            first_error = first_error or exc
+            accept_errors += 1
+            time.sleep(ERROR_PAUSE_S)
+        now = time.monotonic()
+        if len(held) != reported and now - last_report >= REPORT_EVERY_S:
+            reported, last_report = len(held), now
+            common.emit("progress", worker=worker, accepted=reported)
+    return held, first_error, accept_errors
 
 
 def worker_main(listeners, worker, close, churning=False):
-    if churning:
+    held = []
+    if churning:  # churn closes as it goes: it returns a count
         accepted, error, accept_errors = churn.serve(listeners, worker, STOP_SIGNALS,
                                                      REPORT_EVERY_S, close)
     else:
-        accepted, error, accept_errors = serve(listeners, worker, close)
+        held, error, accept_errors = serve(listeners, worker)
+        accepted = len(held)
     number, name, message = common.describe_error(error) if error else (None, None, None)
+    # The result first: the count is final, and resetting many thousand connections takes
+    # seconds the engine need not wait for to know it.
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
-                message=message, accept_errors=accept_errors)
+                message=message, accept_errors=accept_errors,
+                conntrack=common.conntrack_count())
+    common.close_all(held, close)
     return 0
 
 
@@ -109,7 +145,11 @@ def main(argv=None):
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("0.0.0.0", port))
         listener.listen(args.backlog)
-        listener.setblocking(False)
+        if len(args.port) == 1 and not args.churn:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                struct.pack("ll", 0, int(REPORT_EVERY_S * 1e6)))
+        else:
+            listener.setblocking(False)
         listeners.append(listener)
     children = []
     for worker in range(1, args.workers + 1):

@@ -31,7 +31,6 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
         service = {
             "image": spec["image"],
             "command": command,
-            "hostname": spec["hostname"],
             **{key: spec[key] for key in HARDENING},
             "ulimits": {u["Name"]: {"soft": u["Soft"], "hard": u["Hard"]}
                         for u in spec["ulimits"]},
@@ -39,8 +38,15 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
             "mem_limit": spec["mem_limit"],
             "labels": {k: v for k, v in spec["labels"].items()
                        if k not in (OWNER_LABEL, INSTANCE_LABEL)},
-            "networks": ["testnet"],
         }
+        if "hostname" in spec:
+            service["hostname"] = spec["hostname"]
+        if spec.get("network_mode") == "none":
+            service["network_mode"] = "none"
+        elif spec.get("network_mode", "").startswith("container:"):
+            service["network_mode"] = "service:server"  # the server's namespace, by service
+        else:
+            service["networks"] = ["testnet"]
         if "sysctls" in spec:
             service["sysctls"] = spec["sysctls"]
         if role == "server":
@@ -52,10 +58,10 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
         else:
             service["depends_on"] = {"server": {"condition": "service_healthy"}}
         services[role] = service
-    doc = {
-        "services": services,
-        "networks": {"testnet": {"internal": True, "labels": {LABEL: "1", RUN_LABEL: run_id}}},
-    }
+    doc: dict[str, Any] = {"services": services}
+    if any("networks" in s for s in services.values()):
+        doc["networks"] = {"testnet": {"internal": True,
+                                       "labels": {LABEL: "1", RUN_LABEL: run_id}}}
     project = compose_project(run_id)
     header = (f"# Reproduces tcplimits run {run_id} by hand:\n"
               "#   tcplimits image            # builds the image named below if missing\n"

@@ -31,6 +31,7 @@ from .cleanup import owner, shielded, sweep
 from .events import Log, LogReader, RunState, stderr_log
 from .plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
 
+LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
@@ -40,6 +41,10 @@ ENGINE_RETURN_S = 30  # how long teardown waits for a lost engine to answer agai
 # container removed while they are open linger in the host kernel for minutes, as orphans
 # and TIME-WAIT entries that slow the next run's connect() (benchmarks/bench_teardown.py).
 AGENT_STOP_S = 10
+# Resetting a connection costs both ends some CPU (the agent's close, the peer's RST): a
+# million held took ~17 s of teardown on 2 cores. Waits for agents that close connections grow
+# by this much per connection held (measured: bench_million).
+CLOSE_S_PER_CONNECTION = 25e-6
 
 
 class Experiment:
@@ -68,6 +73,8 @@ class Experiment:
         self.timeline: dict[str, float] = {}
         self._setup_started: float | None = None
         self._connect_started: float | None = None
+        self._last_live: tuple[float, int] | None = None  # for the rate on the live line
+        self.snapshots: dict[str, dict] = {}  # footprint snapshots by moment
         self.connect_started_at: float | None = None  # wall clock, to align agents' samples
         self.created_at = time.time()  # for the engine's events of this run
         self.left_behind: list[str] = []  # what a lost engine kept us from removing
@@ -108,8 +115,11 @@ class Experiment:
         self.collect_server()
 
     def create_network(self) -> None:
-        """The run's internal bridge network; setup time counts from here."""
+        """The run's internal bridge network; setup time counts from here. On loopback there
+        is none: the server's own namespace is the network."""
         self._setup_started = time.monotonic()
+        if self.params.network == "loopback":
+            return
         if addresses.needs_extra(self.params):
             self.network, self.address_plan = addresses.create_network(
                 self.client, self.network_name, self.params, self.labels)
@@ -148,8 +158,10 @@ class Experiment:
         roles = self.client_roles
         for role in roles:
             spec = dict(self.specs[role], command=list(self.specs[role]["command"]))
-            server = self.addresses.get("server") or [self.server_address]
-            spec["command"][spec["command"].index("--server") + 1] = ",".join(server)
+            where = spec["command"].index("--server") + 1
+            if spec["command"][where] == "server":  # bridge: the server's address(es), now known
+                spec["command"][where] = ",".join(self.addresses.get("server")
+                                                  or [self.server_address])
             extra = self.address_plan.extra.get(role) if self.address_plan else None
             if extra and self.params.bind_mode != fourtuple.CONNECT:
                 spec["command"] += ["--sources", ",".join(extra)]
@@ -161,6 +173,25 @@ class Experiment:
                         "the clients to start", limit=SERVER_READY_TIMEOUT_S,
                         watch=["server", *roles])
         self.timeline["setup_s"] = time.monotonic() - (self._setup_started or time.monotonic())
+
+    def measure(self, moment: str) -> dict | None:
+        """The host's counters and each container's memory now (``footprint.snapshot``),
+        kept under ``moment``; None when the engine is not on this machine."""
+        from .. import footprint
+
+        if not self.local_host:
+            return None
+        if moment == "held":  # every connection accepted, not still in the accept queue
+            self._settle_server()
+        ids = [(role, c.id) for role, c in self.containers.items()]
+        snap = footprint.snapshot(ids)
+        if moment == "held" and self.params.network == "bridge" and self.server_address:
+            from .plan import SERVER_PORT
+
+            snap["host_conntrack_run"] = footprint.conntrack_entries(self.server_address,
+                                                                     SERVER_PORT)
+        self.snapshots[moment] = snap
+        return snap
 
     def wait_quiet(self) -> host.Quiet:
         """Wait (at most quiet_host_timeout) until the host's kernel holds at most
@@ -210,12 +241,20 @@ class Experiment:
         self._settle_server()
         self.containers["server"].kill(signal="SIGTERM")
         self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
-                        "the server's final counts", limit=STOP_TIMEOUT_S, watch=["server"])
+                        "the server's final counts", limit=self.close_wait(STOP_TIMEOUT_S),
+                        watch=["server"])
 
     # -- what the steps share
 
+    def close_wait(self, base: float) -> float:
+        """Seconds to wait for agents that reset the connections they hold: ``base``, plus
+        CLOSE_S_PER_CONNECTION for each connection held."""
+        return base + CLOSE_S_PER_CONNECTION * max(self.state.connections, self.state.accepted)
+
     def address(self, role: str) -> str:
-        """The container's address on the run's network."""
+        """The container's address on the run's network (on loopback, the server's lo)."""
+        if self.params.network == "loopback":
+            return LOOPBACK
         self.containers[role].reload()
         networks = self.containers[role].attrs["NetworkSettings"]["Networks"]
         return networks[self.network_name]["IPAddress"]
@@ -313,8 +352,14 @@ class Experiment:
         for (c, _), n in self.state.progress.items():
             per_client[c] = per_client.get(c, 0) + n
         done = len(self.state.results)
+        now, count = time.monotonic(), self.state.connections
+        since = self._last_live or (self._connect_started or now, 0)
+        rate = (count - since[1]) / (now - since[0]) if now > since[0] else 0.0
+        self._last_live = (now, count)
         parts = " ".join(f"c{c}={n:,}" for c, n in sorted(per_client.items()))
-        line = (f"connections {self.state.connections:,} ({parts}); server accepted "
+        if len(per_client) > 8:  # a line per terminal row: the total says enough
+            parts = f"{len(per_client)} clients"
+        line = (f"connections {count:,} ({parts}) at {rate:,.0f}/s; server accepted "
                 f"{self.state.accepted:,}; processes stopped {done}/"
                 f"{self.params.clients * self.params.procs}")
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
@@ -375,6 +420,7 @@ class Experiment:
         kernel once its containers are removed."""
         if AGENT_STOP_S <= 0:
             return
+        limit = self.close_wait(AGENT_STOP_S)
         stopping = []
         for role, container in self.containers.items():
             try:
@@ -382,12 +428,12 @@ class Experiment:
                 stopping.append((role, container))
             except Exception:  # not running, or the engine is gone: removal decides
                 pass
-        end = time.monotonic() + AGENT_STOP_S
+        end = time.monotonic() + limit
         for role, container in stopping:
             try:
                 container.wait(timeout=max(0.1, end - time.monotonic()))
             except Exception as err:  # a timeout or an engine error: removal kills it anyway
-                self.log(f"warning: {role} did not stop within {AGENT_STOP_S} s ({err}); "
+                self.log(f"warning: {role} did not stop within {limit:.0f} s ({err}); "
                          "its connections may linger in the host kernel")
 
     def _remove_all(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from docker.types import Ulimit
 
-from .. import fourtuple, model
+from .. import fourtuple, hostlimits, model
 from ..params import FIELDS, RunParams
 
 SERVER_PORT = 5000
@@ -64,9 +64,13 @@ def new_run_id(params: RunParams, now: dt.datetime | None = None) -> str:
 
 
 def memory_limit(connections: int, procs: int) -> int:
-    """Bytes: a Python interpreter per process plus ~8 KiB per socket (4.4 KB measured for an
-    idle socket's kernel memory, with room for the process's own bookkeeping)."""
-    return (64 + 32 * procs) * 2**20 + connections * 8 * 2**10
+    """Bytes: room for a Python interpreter per process and the kernel and user memory of a
+    connection's both ends per socket this container holds (its cgroup is charged about
+    half of that: measured ~5.1 KB per connection over both ends' cgroups), so a container
+    never runs out before the limit being measured."""
+    return (64 * 2**20 + procs * 2 * hostlimits.PROCESS_BYTES
+            + connections * (hostlimits.KERNEL_BYTES_PER_CONNECTION
+                             + hostlimits.USER_BYTES_PER_CONNECTION))
 
 
 def server_ports(params: RunParams) -> str:
@@ -82,10 +86,17 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
     an address; ``--wait-signal`` lets the engine start all clients at the same moment."""
     per_client = model.client_terms(params)[0]
     prefix = f"tcplimits-{run_id}" + (f"-{instance}" if instance else "")
+    loopback = params.network == "loopback"
+    port_range = params.client_sysctls()  # the port range and every sysctl field
+    # On loopback the server's namespace is the only one: it has no network but lo (nothing
+    # to reach, no netfilter rules, no conntrack), and the clients join it; net.* sysctls
+    # belong to the namespace, so they go on the server.
+    server_net = {"network_mode": "none", "sysctls": port_range} if loopback else {
+        "network": network}
     specs = {
         "server": dict(
             hardening(),
-            network=network, detach=True,
+            **server_net, detach=True,
             image=image,
             name=f"{prefix}-server",
             hostname="server",
@@ -100,7 +111,12 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
         )
     }
     for i in range(1, params.clients + 1):
-        command = ["python3", f"{AGENTS}/client.py", "--server", "server",
+        # "server" is replaced by the server's address once it has one (bridge).
+        server = (",".join(model.loopback_destinations(i, model.destinations(params)))
+                  if loopback else "server")
+        client_net = ({"network_mode": f"container:{prefix}-server"} if loopback else
+                      {"network": network, "hostname": f"client{i}", "sysctls": port_range})
+        command = ["python3", f"{AGENTS}/client.py", "--server", server,
                    "--port", server_ports(params), "--client", str(i), "--procs", str(params.procs),
                    "--connect-timeout", str(params.connect_timeout),
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
@@ -111,12 +127,10 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(
             hardening(),
-            network=network, detach=True,
+            **client_net, detach=True,
             image=image,
             name=f"{prefix}-client{i}",
-            hostname=f"client{i}",
             command=command,
-            sysctls=params.client_sysctls(),
             ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
             pids_limit=params.procs + 8,
             mem_limit=memory_limit(per_client, params.procs),

@@ -115,6 +115,26 @@ def series_rows(state: RunState, run_id: str) -> list[dict]:
             for s in state.samples]
 
 
+def footprint_record(snapshots: dict[str, dict], state: RunState,
+                     connections: int) -> dict[str, Any] | None:
+    """run.json's "footprint": what the held connections cost (footprint.per_connection),
+    the conntrack entries they took (the server's namespace as its agent read it, the host's
+    for this run's server), and the host before the first connect() and with them held."""
+    from .. import footprint
+
+    before, held = snapshots.get("before"), snapshots.get("held")
+    counts = [r.get("conntrack") for r in state.server_results.values()
+              if r.get("conntrack") is not None]
+    out: dict[str, Any] = {
+        "server_namespace_conntrack": max(counts) if counts else None,
+        "host_conntrack_run": held.get("host_conntrack_run") if held else None,
+        "host_before": before["host"] if before else None,
+        "host_held": held["host"] if held else None,
+        "containers_held": held["containers"] if held else None,
+    }
+    if before and held:
+        out.update(footprint.per_connection(before, held, connections))
+    return out
 def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[dict]:
     """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
     since the engine started the clients (``started_at``, wall clock)."""

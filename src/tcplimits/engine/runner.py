@@ -10,7 +10,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import churn_model, faults, host, model, results
+from .. import churn_model, faults, footprint, host, hostlimits, model, results
 from ..params import RunParams
 from .cleanup import Interrupted, signals_raise, sweep
 from .compose import compose_file
@@ -18,8 +18,8 @@ from .events import Log, stderr_log
 from .experiment import Experiment, RunFailed
 from .plan import Resolved, new_run_id, unsupported_reason
 from .probe import probe_engine
-from .record import (churn_rows, client_rows, destination_rows, environment, now, run_facts,
-                     series_rows, server_rows, tuple_record, write_run)
+from .record import (churn_rows, client_rows, destination_rows, environment, footprint_record,
+                     now, run_facts, series_rows, server_rows, tuple_record, write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
@@ -60,7 +60,13 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     cap = engine["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
-    reason = unsupported_reason(params, cap, resolved)
+    host_facts = footprint.host_facts() if local_host else None
+    demand = model.predict(params, server_nofile=resolved.server_nofile,
+                           server_workers=resolved.server_workers).total
+    limits = (hostlimits.host_limits(params, host_facts, demand, resolved.server_workers)
+              if host_facts else [])
+    record.update(host=host_facts, host_limits=[lim.to_dict() for lim in limits])
+    reason = unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits)
     if reason:
         record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=now(),
                       duration_s=round(time.monotonic() - t0, 3))
@@ -86,10 +92,13 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
                 experiment.start_clients()
                 experiment.add_client_addresses()
                 experiment.wait_quiet()
+                experiment.measure("before")
                 experiment.start_connecting()
                 experiment.wait_for_clients()
                 if params.churn:
                     experiment.wait_for_duration()
+                else:
+                    experiment.measure("held")
                 experiment.collect_server()
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
@@ -120,7 +129,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
         held_ports=[held.get(str(c), []) for c in range(1, params.clients + 1)],
         conntrack_max=engine.get("nf_conntrack_max"),
-        somaxconn=facts["somaxconn"] or model.SOMAXCONN)
+        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host_facts)
     own = {int(role[len("client"):]): addrs for role, addrs in experiment.addresses.items()
            if role.startswith("client")}
     clients = client_rows(state, params, run_id, addresses, own)
@@ -133,6 +142,8 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         held_ports={c: [s["port"] for s in sockets] for c, sockets in held.items()},
         totals={"connections": sum(r["connections"] or 0 for r in clients),
                 "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
+        footprint=footprint_record(experiment.snapshots, state,
+                                   sum(r["connections"] or 0 for r in clients)),
         fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
         **tuple_record(experiment, state),
     )
