@@ -116,6 +116,7 @@ def test_churn_fields_coerce():
     ({"mode": "churn", "server_addrs": 3}, "server_addrs"),
     ({"mode": "churn", "client_addrs": 2}, "client_addrs"),
     ({"mode": "churn", "bind_mode": "bind"}, "bind_mode"),
+    ({"mode": "churn", "network": "loopback"}, "network"),
 ])
 def test_bad_churn_values_name_key_and_value(values, key):
     with pytest.raises(ParamError) as err:

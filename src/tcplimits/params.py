@@ -149,9 +149,10 @@ FIELDS: dict[str, Field] = {
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
 CHURN_ONLY = ("rate", "duration", "closer")
-# The 4-tuple's other members, which the churn loop does not spread over yet (it churns to one
-# destination from one source): refused with mode churn unless left default, never ignored.
-HOLD_ONLY = ("server_ports", "server_addrs", "client_addrs", "bind_mode")
+# The 4-tuple's other members and the loopback layout (many 127.x destinations), which the
+# churn loop does not spread over yet (it churns from one source to one destination): refused
+# with mode churn unless left default, never ignored.
+HOLD_ONLY = ("server_ports", "server_addrs", "client_addrs", "bind_mode", "network")
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
