@@ -3,6 +3,10 @@
 Charts are drawn offline: ``use_offline_renderer()`` makes every chart display as an inline
 SVG made by vl-convert (no JavaScript, nothing fetched), so the report stays one file that
 opens without a network, in Quarto and in the nbconvert path alike.
+
+Longer than ~400 lines: one pure function per chart of the report (held connections,
+outcomes, model, latency, server gap, hosts, 4-tuple, one million, churn); splitting them
+would scatter the shared colour scales and the offline renderer.
 """
 
 from __future__ import annotations

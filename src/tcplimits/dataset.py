@@ -1,4 +1,4 @@
-"""The dataset: run directories concatenated into four Parquet files, parameters as columns.
+"""The dataset: run directories concatenated into Parquet files, parameters as columns.
 
 One place documents every column (the schemas below, in the style of results.py). Every
 file is written atomically; no run directory, or runs without a table, still give every
@@ -15,6 +15,10 @@ what is wrong; it never stops the dataset.
       clients.parquet   every run's clients.parquet + PARAM_COLUMNS (CLIENTS_SCHEMA)
       server.parquet    every run's server.parquet  + PARAM_COLUMNS (SERVER_SCHEMA)
       series.parquet    every run's series.parquet  + PARAM_COLUMNS (SERIES_SCHEMA)
+      destinations.parquet, churn.parquet   likewise (DESTINATIONS_SCHEMA, CHURN_SCHEMA)
+
+Longer than ~400 lines: every table's schema is documented here, in one place, next to the
+reading of run directories that fills it (and reports the partial or corrupt ones).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ helper adds the addresses in each target's namespace (tcplimits.addresses).
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
+
+Longer than ~400 lines: every step of one run's lifecycle (network or loopback layout, extra
+addresses, quiet-host wait, hold or churn, agents' stop) lives here so that the order of the
+steps and the cleanup they need are read in one file.
 """
 
 from __future__ import annotations
