@@ -49,7 +49,7 @@ common.emit = lambda event, **f: results.append(dict(f, event=event))  # keep li
 for r in range(1, rounds + 1):
     before = resource.getrusage(resource.RUSAGE_SELF)
     results.clear()
-    churn.churn_loop((server, %d), client=1, proc=1, rate=None, duration=slice_s,
+    churn.churn_loop([(None, server, %d)], client=1, proc=1, rate=None, duration=slice_s,
                      closer=closer, connect_timeout=3.0)
     after = resource.getrusage(resource.RUSAGE_SELF)
     res = [e for e in results if e["event"] == "result"][0]

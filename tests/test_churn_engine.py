@@ -103,3 +103,62 @@ def test_a_short_reuse_delay_lets_the_unpaced_loop_run_and_timestamps_off_disabl
     (row,) = clients.to_dicts()
     assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - (1000 - row["held_ports"])) <= 2
     assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+
+
+# --- churn over the 4-tuple: which members multiply the sustainable rate, by bind mode
+
+
+def per_pair(run_dir):
+    return pl.read_parquet(run_dir / results.DESTINATIONS_FILE)
+
+
+def test_more_server_ports_multiply_the_pool_of_a_client_that_closes_first(engine, tmp_path):
+    # plain connect() picks a port per 4-tuple: 2 server ports are 2 pools of ~1,000, so
+    # 800/s stops after ~2,000 connections (not 1,000), spread evenly, with EADDRNOTAVAIL
+    record, clients, _ = churn_run(engine, tmp_path, "churn-ports", rate=800, duration=6,
+                                   closer="client", tw_reuse=0, server_ports=2)
+    (row,) = clients.to_dicts()
+    pred = record["churn"]["prediction"]
+    assert pred["stop_after"] == [2 * (1000 - row["held_ports"])]
+    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - pred["stop_after"][0]) <= 3
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    pairs = per_pair(tmp_path / "churn-ports").sort("server_port")
+    assert pairs["server_port"].to_list() == [5000, 5001]
+    assert abs(pairs["connections"][0] - pairs["connections"][1]) <= 1  # round-robin
+
+
+def test_bind_keeps_one_pool_per_source_and_tw_reuse_does_not_help_it(engine, tmp_path):
+    # bind((addr, 0)) picks the port before the destination is known and never takes one a
+    # TIME_WAIT socket holds: 2 server ports and tcp_tw_reuse=1 change nothing, the client
+    # stops after ~1,000 with EADDRINUSE at bind(). The same point with bind-no-port reuses.
+    record, clients, _ = churn_run(engine, tmp_path, "churn-bind", rate=400, duration=6,
+                                   closer="client", tw_reuse=1, server_ports=2,
+                                   bind_mode="bind")
+    (row,) = clients.to_dicts()
+    pred = record["churn"]["prediction"]
+    assert not pred["reuse"] and pred["errno"] == "EADDRINUSE"
+    assert row["error"] == "EADDRINUSE" and abs(row["connections"] - pred["stop_after"][0]) <= 3
+    assert 950 <= row["connections"] <= 1000
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    record, clients, _ = churn_run(engine, tmp_path, "churn-bnp", rate=400, duration=4,
+                                   closer="client", tw_reuse=1, server_ports=2,
+                                   bind_mode="bind-no-port")
+    (row,) = clients.to_dicts()
+    assert record["churn"]["prediction"]["reuse"]
+    assert row["error"] == "DURATION" and row["connections"] >= 0.9 * 400 * 4
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+
+
+def test_source_addresses_multiply_the_pool_with_bind_no_port(engine, tmp_path):
+    # two source addresses x one destination: two pools of ~1,000 (the helper adds the
+    # second address); 800/s without reuse stops after ~2,000, half from each source
+    record, clients, _ = churn_run(engine, tmp_path, "churn-sources", rate=800, duration=6,
+                                   closer="client", tw_reuse=0, client_addrs=2,
+                                   bind_mode="bind-no-port")
+    (row,) = clients.to_dicts()
+    pred = record["churn"]["prediction"]
+    assert pred["stop_after"] == [2 * (1000 - row["held_ports"])]
+    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - pred["stop_after"][0]) <= 3
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    pairs = per_pair(tmp_path / "churn-sources")
+    assert pairs["source"].n_unique() == 2

@@ -81,6 +81,26 @@ def test_churn_section_without_churn_points_says_how_to_get_them():
     assert "config/churn.yaml" in findings.churn(d).text()
 
 
+def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
+    base = dict(closer="client", tw_reuse=1, rate=400, duration=10, clients=1)
+    assert findings.churn_label(base) == "client closes, tw_reuse 1, 400/s, 10 s"
+    label = findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
+                                      server_addrs=1))
+    assert label == "client closes, tw_reuse 1, 400/s, bind, 2 server ports, 3 client addresses, 10 s"
+
+
+def test_a_bind_point_is_judged_against_one_pool_per_source(tmp_path):
+    params = RunParams.from_mapping({"mode": "churn", "port_range": "40000-40999", "rate": 400,
+                                     "tw_reuse": 1, "server_ports": 2, "bind_mode": "bind"})
+    row = [dict(client=1, proc=1, connections=1000, error="EADDRINUSE", elapsed_s=2.5,
+                held_ports=1, held_other_addr=1)]  # Docker's DNS port, on 127.0.0.11
+    record = churn_model.run_record("b", params, row, [[{"addr": "127.0.0.11", "port": 40500}]],
+                                    finished=True)
+    assert record["prediction"]["stop_after"] == [1000]
+    assert record["verdict"]["agrees"], record["verdict"]["sentence"]
+    assert "tcp_tw_reuse does not help bind()" in record["verdict"]["sentence"]
+
+
 def test_churn_charts_draw_every_point():
     runs, _, series = churn_tables()
     labels = findings.churn_labels(runs)

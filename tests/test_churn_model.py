@@ -47,9 +47,54 @@ def test_reuse_needs_1_and_timestamps(tw_reuse, timestamps):
 
 
 def test_held_ports_and_destinations_size_the_pool():
-    p = cm.predict(churn(rate=10, clients=2), held_ports=[1, 0], destinations=2)
+    p = cm.predict(churn(rate=10, clients=2, server_ports=2), held_ports=[1, 0])
     assert p.pool == [1998, 2000]
     assert p.sustainable_rate == [pytest.approx(1998 / 60), pytest.approx(2000 / 60)]
+
+
+@pytest.mark.parametrize("four_tuple, pool, errno", [
+    # connect(): one pool per destination; extra source addresses are never used
+    ({"server_ports": 2, "server_addrs": 2}, 4000, "EADDRNOTAVAIL"),
+    ({"client_addrs": 3}, 1000, "EADDRNOTAVAIL"),
+    # bind((addr, 0)): one pool per source address, whatever the destinations
+    ({"bind_mode": "bind", "server_ports": 4}, 1000, "EADDRINUSE"),
+    ({"bind_mode": "bind", "client_addrs": 2, "server_addrs": 2}, 2000, "EADDRINUSE"),
+    # bind-no-port: one pool per (source, destination) pair
+    ({"bind_mode": "bind-no-port", "client_addrs": 2, "server_ports": 2}, 4000,
+     "EADDRNOTAVAIL"),
+])
+def test_the_4_tuple_multiplies_the_pool_as_the_bind_mode_says(four_tuple, pool, errno):
+    p = cm.predict(churn(rate=1000, **four_tuple))
+    assert p.pool == [pool] and p.stop_after == [pool] and p.errno == errno
+    assert p.sustainable_rate == [pytest.approx(pool / 60)]
+    assert p.stop_at_s == [pytest.approx(pool / 1000)]
+
+
+def test_tw_reuse_does_not_help_bind_which_never_picks_a_time_wait_port():
+    bind = cm.predict(churn(rate=100, tw_reuse=1, bind_mode="bind"))
+    assert not bind.reuse and bind.port_hold_s == cm.TIME_WAIT_S and bind.stops
+    assert bind.errno == "EADDRINUSE" and bind.limit == cm.TIME_WAIT
+    no_port = cm.predict(churn(rate=100, tw_reuse=1, bind_mode="bind-no-port"))
+    assert no_port.reuse and no_port.stops is False
+
+
+def test_reuse_on_several_destinations_uses_one_parity_of_each_pool():
+    # 1,200/s over 3 destinations: 400/s per pool of 1,000, under half a pool per second
+    p = cm.predict(churn(rate=1200, tw_reuse=1, server_ports=3))
+    assert p.stops is False and p.sustainable_rate == [3000.0]
+    assert p.client_time_wait == [1500]
+
+
+def test_tw_reuse_2_reuses_toward_loopback_addresses_only():
+    assert not cm.reuse_applies(churn(tw_reuse=2))
+    assert cm.reuse_applies(RunParams(tw_reuse=2, network="loopback"))
+    assert not cm.reuse_applies(RunParams(tw_reuse=2, network="loopback", timestamps=0))
+
+
+def test_held_ports_cost_bind_nothing_when_bound_to_another_address():
+    dns = [{"addr": "127.0.0.11", "port": 40500}]
+    assert cm.predict(churn(rate=10), held_ports=[dns]).pool == [999]
+    assert cm.predict(churn(rate=10, bind_mode="bind"), held_ports=[dns]).pool == [1000]
 
 
 def test_rate_max_depends_on_the_loop():
@@ -65,6 +110,15 @@ def test_server_closes_first_never_stops_and_time_wait_is_on_the_server():
     assert p.server_time_wait == 500  # one parity of the range, per client
     assert cm.predict(churn(closer="server", rate=5)).server_time_wait == 300
     assert cm.predict(churn(closer="server", clients=3)).server_time_wait == 1500
+    # more destinations: one parity of each pool
+    assert cm.predict(churn(closer="server", server_addrs=2)).server_time_wait == 1000
+
+
+def test_server_closes_with_bind_keeps_the_distinct_random_ports_of_60_s():
+    # bind() draws a random port of one parity each time: 500 of them; at 10/s for 60 s
+    # 600 draws hit 500 * (1 - e^-1.2) = 349 distinct ports
+    assert cm.predict(churn(closer="server", bind_mode="bind", rate=10)).server_time_wait == 349
+    assert cm.predict(churn(closer="server", bind_mode="bind")).server_time_wait == 500
 
 
 def rows(*procs):

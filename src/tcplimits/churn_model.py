@@ -20,15 +20,23 @@ Kernel facts behind it, measured on this machine (kernel 6.18; docs/churn.md):
   first, so the server holds about half the range per client and destination (measured 500
   of 1,000).
 More destinations (server ports or addresses) multiply the pool: the 4-tuple must be unique,
-not the port.
+not the port. Which members count depends on how the client gets its port (fourtuple):
+- connect() and bind-no-port pick it at connect(), per 4-tuple: each destination (and with
+  bind-no-port each source address) is a pool of R, and tcp_tw_reuse applies to each.
+- bind((addr, 0)) picks it before the destination is known, among ports no socket on that
+  address holds, TIME_WAIT sockets included (inet_csk_bind_conflict; only
+  net.ipv4.ip_autobind_reuse, off by default, relaxes it): one pool of R per source address
+  whatever the destinations, tcp_tw_reuse never helps, and the stop is EADDRINUSE at bind().
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import fourtuple
 from .params import RunParams
 
 TIME_WAIT_S = 60.0          # TCP_TIMEWAIT_LEN
@@ -53,7 +61,7 @@ RATE_HELD = 0.95
 class ChurnPrediction:
     closer: str
     reuse: bool                    # tcp_tw_reuse takes effect (1, with timestamps)
-    pool: list[int]                # per client container: destinations x free ports
+    pool: list[int]                # per client container: pools x free ports (fourtuple)
     port_hold_s: float | None      # how long a closed connection keeps its port; None: not at all
     sustainable_rate: list[float | None]  # per container, per s; None: no port bound
     asked_rate: float | None       # per container (procs x rate); None for max
@@ -69,32 +77,64 @@ class ChurnPrediction:
         return asdict(self)
 
 
-def predict(params: RunParams, *, held_ports: Sequence[int] | None = None,
-            destinations: int = 1, loop_rate: float | None = None,
-            time_wait_s: float = TIME_WAIT_S, reuse_delay_s: float = TW_REUSE_DELAY_S,
+def reuse_applies(params: RunParams, timestamps: bool = True) -> bool:
+    """tcp_tw_reuse lets this point's connect() take a client TIME_WAIT port: mode 1, or mode
+    2 (the kernel's default) toward loopback addresses; TCP timestamps on; and the port chosen
+    by connect() (bind((addr, 0)) never picks a port a TIME_WAIT socket holds)."""
+    if params.timestamps is not None:
+        timestamps = params.timestamps != 0
+    loopback = params.network == "loopback"
+    return (timestamps and params.bind_mode != fourtuple.BIND
+            and (params.tw_reuse == 1 or (params.tw_reuse == 2 and loopback)))
+
+
+def predict(params: RunParams, *, held_ports: Sequence[int | Sequence[Mapping]] | None = None,
+            loop_rate: float | None = None, time_wait_s: float = TIME_WAIT_S,
+            reuse_delay_s: float = TW_REUSE_DELAY_S,
             timestamps: bool = True) -> ChurnPrediction:
     """The churn model for one point. ``held_ports[i]``: ports of the range already held in
-    client i's namespace; ``loop_rate``: connections per second one process reaches when
+    client i's namespace (a count, or the sockets: what they cost depends on the bind mode,
+    see fourtuple.held_cost); ``loop_rate``: connections per second one process reaches when
     unpaced (the run's own measurement, or a benchmark's), used for rate max. The point's
-    own tw_reuse_delay and timestamps, when set, replace ``reuse_delay_s`` and ``timestamps``."""
-    held = list(held_ports or [0] * params.clients)
-    pool = [destinations * max(0, params.port_count - h) for h in held]
+    own tw_reuse_delay and timestamps, when set, replace ``reuse_delay_s`` and ``timestamps``.
+
+    The client spreads round-robin over its pools (fourtuple.pools: destinations with
+    connect(), source addresses with bind(), both with bind-no-port), so each pool sees the
+    container's rate divided by their number, and all run dry together."""
+    held = list(held_ports) if held_ports is not None else [0] * params.clients
+    units = fourtuple.pools(params.bind_mode, params.server_addrs, params.server_ports,
+                            params.client_addrs)
+    pool = [fourtuple.port_capacity(params.port_count, params.bind_mode,
+                                    server_addrs=params.server_addrs,
+                                    server_ports=params.server_ports,
+                                    client_addrs=params.client_addrs, held=h) for h in held]
+    per_pool = [p // units for p in pool]  # one pool's free ports
     per_proc = params.rate_per_s if params.rate_per_s is not None else loop_rate
     asked = None if per_proc is None else params.procs * float(per_proc)
+    asked_pool = None if asked is None else asked / units
     if params.closer == "server":
-        half = [destinations * ((max(0, params.port_count - h) + 1) // 2) for h in held]
-        server_tw = sum(h if asked is None else min(h, round(asked * time_wait_s)) for h in half)
+        if params.bind_mode == fourtuple.BIND:
+            # bind((addr, 0)) starts at a random port of the opposite parity to connect()'s
+            # each time: the server's TIME_WAIT holds the distinct ports drawn in 60 s
+            half = [u // 2 for u in per_pool]
+            tw_of = [h if asked_pool is None else
+                     round(h * (1 - math.exp(-asked_pool * time_wait_s / h))) if h else 0
+                     for h in half]
+        else:
+            # connect() walks the ports of one parity in turn, each reused once the walk
+            # comes back to it
+            half = [(u + 1) // 2 for u in per_pool]
+            tw_of = [h if asked_pool is None else min(h, round(asked_pool * time_wait_s))
+                     for h in half]
         return ChurnPrediction(
             closer="server", reuse=False, pool=pool, port_hold_s=None,
             sustainable_rate=[None] * len(pool), asked_rate=asked, stops=False,
             stop_after=[None] * len(pool), stop_at_s=[None] * len(pool), errno=None,
             limit=LOOP if params.rate_per_s is None else RATE,
-            client_time_wait=[0] * len(pool), server_time_wait=server_tw)
+            client_time_wait=[0] * len(pool), server_time_wait=units * sum(tw_of))
     if params.tw_reuse_delay is not None:  # the point sets the delay (ms) itself
         reuse_delay_s = params.tw_reuse_delay / 1000
-    if params.timestamps is not None:
-        timestamps = params.timestamps != 0
-    reuse = params.tw_reuse == 1 and timestamps
+    reuse = reuse_applies(params, timestamps)
     hold = reuse_delay_s if reuse else time_wait_s
     bound = [p / hold for p in pool]
     if asked is None:
@@ -104,22 +144,23 @@ def predict(params: RunParams, *, held_ports: Sequence[int] | None = None,
     stop_after: list[int | None] = []
     stop_at: list[float | None] = []
     tw: list[int] = []
-    for p, b in zip(pool, bound):
+    for p, u, b in zip(pool, per_pool, bound):
         over = asked is None or asked > b
         stop_after.append(p if over else None)
         stop_at.append(p / asked if over and asked else None)
         if over:
             tw.append(p)
-        elif reuse and asked * hold <= (p + 1) // 2:
+        elif reuse and asked_pool * hold <= (u + 1) // 2:
             # connect() scans one parity first and takes a reusable TIME_WAIT port there:
             # the other half of the range is never touched
-            tw.append(min((p + 1) // 2, round(asked * time_wait_s)))
+            tw.append(units * min((u + 1) // 2, round(asked_pool * time_wait_s)))
         else:
             tw.append(min(p, round(asked * time_wait_s)))
+    errno = fourtuple.POOL_ERRNO[params.bind_mode]
     return ChurnPrediction(
         closer="client", reuse=reuse, pool=pool, port_hold_s=hold, sustainable_rate=bound,
         asked_rate=asked, stops=stops, stop_after=stop_after, stop_at_s=stop_at,
-        errno=EADDRNOTAVAIL if stops is not False else None,
+        errno=errno if stops is not False else None,
         limit=(REUSE_DELAY if reuse else TIME_WAIT) if stops is not False else RATE,
         client_time_wait=tw, server_time_wait=0)
 
@@ -151,9 +192,9 @@ def _fmt_rate(rate: float | None) -> str:
 
 
 def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]], *,
-            seconds: Sequence[Mapping[str, Any]] = (), destinations: int = 1) -> ChurnVerdict:
+            seconds: Sequence[Mapping[str, Any]] = ()) -> ChurnVerdict:
     """Set a finished churn run against the model. ``clients``: its client-process rows
-    (client, proc, connections, error, elapsed_s, held_ports); ``seconds``: its per-second
+    (client, proc, connections, error, elapsed_s, held_ports, held_other_addr); ``seconds``: its per-second
     rows (client, proc, second since the process started, opened), when known. For rate max
     the run's own loop speed (its fastest second) decides whether the bound is crossed."""
     held = [0] * params.clients
@@ -166,7 +207,9 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
     for row in clients:
         i = int(row["client"]) - 1
         if 0 <= i < params.clients:
-            held[i] = max(held[i], int(row.get("held_ports") or 0))
+            held[i] = max(held[i], fourtuple.held_from_counts(
+                params.bind_mode, int(row.get("held_ports") or 0),
+                int(row.get("held_other_addr") or 0)))
             per_client[i] += int(row.get("connections") or 0)
         name = row.get("error") or "none"
         errnos[name] = errnos.get(name, 0) + 1
@@ -181,7 +224,7 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
     loop = None
     if params.rate_per_s is None and elapsed:
         loop = max(rate / (params.clients * params.procs), peak_rate(seconds, elapsed_of))
-    pred = predict(params, held_ports=held, destinations=destinations, loop_rate=loop)
+    pred = predict(params, held_ports=held, loop_rate=loop)
     stopped = bool(stops)
     stopped_at = min(stops) if stops else None
     if pred.stops:
@@ -261,11 +304,20 @@ def _pool_words(params: RunParams, pred: ChurnPrediction) -> str:
     pool = sum(pred.pool)
     hold = pred.port_hold_s
     what = "until tcp_tw_reuse_delay lets connect() reuse it" if pred.reuse else "in TIME_WAIT"
-    return f"{pool:,} ports, each held {hold:g} s {what},"
+    if params.tw_reuse == 1 and not pred.reuse and params.bind_mode == fourtuple.BIND:
+        what += " (tcp_tw_reuse does not help bind(), which never picks a TIME_WAIT port)"
+    units = fourtuple.pools(params.bind_mode, params.server_addrs, params.server_ports,
+                            params.client_addrs)
+    if units == 1 and params.server_addrs * params.server_ports * params.client_addrs == 1:
+        return f"{pool:,} ports, each held {hold:g} s {what},"
+    phrase = fourtuple.pools_phrase(params.bind_mode, params.server_addrs,
+                                    params.server_ports, params.client_addrs)
+    return (f"{params.port_count:,} ports{phrase} ({pool:,} in all), each held {hold:g} s "
+            f"{what},")
 
 
 def run_record(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]],
-               held_ports: Sequence[int], *, finished: bool,
+               held_ports: Sequence[int | Sequence[Mapping]], *, finished: bool,
                seconds: Sequence[Mapping[str, Any]] = ()) -> dict:
     """run.json's "churn" block: the prediction before the run and the verdict after it
     (when the run finished; its sentence explains it)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from . import charts, churn_model, hostlimits, model, render, tuple_findings
+from . import charts, churn_model, fourtuple, hostlimits, model, render, tuple_findings
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
@@ -839,7 +839,20 @@ def churn_label(run: Mapping[str, Any]) -> str:
     text += f", {pace}"
     if (run.get("clients") or 1) > 1:
         text += f", {run['clients']} clients"
+    text += churn_tuple_words(run)
     return text + (f", {run['duration']:g} s" if run.get("duration") else "")
+
+
+def churn_tuple_words(run: Mapping[str, Any]) -> str:
+    """The 4-tuple members a churn point changed, in words: ", bind, 2 server ports"."""
+    words = []
+    if (run.get("bind_mode") or fourtuple.CONNECT) != fourtuple.CONNECT:
+        words.append(str(run["bind_mode"]))
+    for key, name in (("server_ports", "server ports"), ("server_addrs", "server addresses"),
+                      ("client_addrs", "client addresses")):
+        if (run.get(key) or 1) > 1:
+            words.append(f"{int(run[key]):,} {name}")
+    return "".join(f", {w}" for w in words)
 
 
 def churn_labels(churn_runs: pl.DataFrame) -> dict[str, str]:
@@ -900,7 +913,13 @@ def churn_mechanism() -> str:
             f"needed) lets connect() take a TIME_WAIT port once it is {delay:g} s old "
             f"(`tcp_tw_reuse_delay`): R / {delay:g} s. When the server closes first, TIME_WAIT "
             "stays on the server and the client's ports come back at once: nothing in the kernel "
-            "stops the client, its own speed sets the rate.")
+            "stops the client, its own speed sets the rate. The 4-tuple multiplies R as the "
+            "client's way of getting a port says: plain connect() and bind-no-port pick the "
+            "port per destination, so each server port or address (and with bind-no-port each "
+            "source address) is a pool of R, and tcp_tw_reuse applies to each; bind((addr, 0)) "
+            "picks it before the destination is known and never takes a port a TIME_WAIT "
+            "socket holds: one pool of R per source address, whatever the destinations, "
+            "tcp_tw_reuse no help, and the stop is EADDRINUSE at bind().")
 
 
 def churn(d: Data) -> Blocks:

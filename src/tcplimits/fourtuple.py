@@ -55,6 +55,16 @@ def sources_used(bind_mode: str, client_addrs: int) -> int:
     return 1 if bind_mode == CONNECT else client_addrs
 
 
+def pools(bind_mode: str, server_addrs: int = 1, server_ports: int = 1,
+          client_addrs: int = 1) -> int:
+    """Independent port pools one client container draws from: one per destination with
+    connect(), one per source address with bind(), one per (source, destination) pair with
+    bind-no-port. port_capacity() is this times one pool's free ports."""
+    if bind_mode == BIND:
+        return client_addrs
+    return server_addrs * server_ports * sources_used(bind_mode, client_addrs)
+
+
 def pairs(sources: Sequence[str], server_addrs: Sequence[str],
           ports: Sequence[int], bind_mode: str) -> list[tuple[str | None, str, int]]:
     """(source address, destination address, destination port) a process spreads over, in

@@ -149,10 +149,10 @@ FIELDS: dict[str, Field] = {
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
 CHURN_ONLY = ("rate", "duration", "closer")
-# The 4-tuple's other members and the loopback layout (many 127.x destinations), which the
-# churn loop does not spread over yet (it churns from one source to one destination): refused
-# with mode churn unless left default, never ignored.
-HOLD_ONLY = ("server_ports", "server_addrs", "client_addrs", "bind_mode", "network")
+# The loopback layout (many 127.x destinations picked for a held count), which the churn loop
+# does not use: refused with mode churn unless left default, never ignored. The 4-tuple's
+# members (server_ports, server_addrs, client_addrs, bind_mode) apply to both modes.
+HOLD_ONLY = ("network",)
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -306,9 +306,8 @@ class RunParams:
         else:
             for name in HOLD_ONLY:
                 if getattr(self, name) != FIELDS[name].default:
-                    raise ParamError(name, getattr(self, name), "mode churn connects from one "
-                                     "source to one destination for now; leave it out or use "
-                                     "mode hold")
+                    raise ParamError(name, getattr(self, name), "mode churn runs on the bridge "
+                                     "network only for now; leave it out or use mode hold")
         if self.churn and self.duration >= self.timeout:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "

@@ -108,7 +108,7 @@ DESTINATIONS_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.Utf8,         # source address the pair's connections left from (null if none)
     "server_addr": pl.Utf8,
     "server_port": pl.Int32,
-    "connections": pl.Int64,   # connections of this pair held when the process stopped
+    "connections": pl.Int64,   # connections of this pair held when the process stopped (churn: opened)
     "error": pl.Utf8,          # errno name that ended the pair (its pool ran out), or null
 }
 

@@ -7,9 +7,16 @@ first, the server answers one byte.
   b"s"  the server closes first after its reply; the client reads EOF, then closes (the
         server's socket keeps TIME_WAIT)
 
+Each process spreads its connections over (source address, server address, server port)
+pairs round-robin, starting at pair (proc - 1), its source port chosen as --bind-mode says
+(as a hold client does, see tcplimits.fourtuple); unlike a hold client it stops at the first
+error, a pool's exhaustion included: a rate that one pair cannot sustain is not sustained.
+
 Lines written (JSON, field "event"):
   churn      per client process, once per second of its loop: second, opened, errors, error,
              connect_latency_s (mean over the second's connections)
+  pairs      per client process, before its result: [source, address, port, connections,
+             error] per pair (as a hold client writes them)
   time_wait  per container (client or server main process), about once per second: at (wall
              clock, seconds since the epoch), time_wait (sockets in TIME_WAIT in the namespace)
   result     per client process, once: connections, errno, error, message, elapsed_s, cpu_s,
@@ -57,14 +64,23 @@ def timeouts(seconds):
     return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
-def open_close(server_addr, request, timeout):
-    """One connection: connect, send the request, read the reply, close in the requested
-    order. Returns the time connect() took; raises OSError on any failure (ETIMEDOUT when
-    ``timeout`` is packed by timeouts() and runs out)."""
+# <linux/in.h>; Python's socket module does not name it.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def open_close(server_addr, request, timeout, source=None, bind_mode="connect"):
+    """One connection: connect (from ``source``, its port chosen as ``bind_mode`` says), send
+    the request, read the reply, close in the requested order. Returns the time connect()
+    took; raises OSError on any failure (ETIMEDOUT when ``timeout`` is packed by timeouts()
+    and runs out; EADDRINUSE from bind() when mode bind finds no free port)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+        if bind_mode != "connect":
+            if bind_mode == "bind-no-port":
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((source, 0))
         t0 = time.monotonic()
         s.connect(server_addr)
         latency = time.monotonic() - t0
@@ -103,11 +119,18 @@ class Seconds:
         self.opened, self.errors, self.error, self.latency = 0, 0, None, 0.0
 
 
-def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_timeout):
+def churn_loop(pairs, *, client, proc, rate, duration, closer, connect_timeout,
+               bind_mode="connect", pairs_per_line=40):
     """Open-exchange-close for ``duration`` seconds at ``rate`` per second (None: as fast as
-    possible). Stops at the first error, which is the point's answer. Emits "churn" lines
-    and one "result" line; returns the number of connections."""
+    possible), round-robin over ``pairs`` ((source or None, address, port): the route picks
+    the source of None). Stops at the first error, which is the point's answer. Emits "churn"
+    lines, "pairs" lines and one "result" line; returns the number of connections."""
     request = CLOSERS[closer]
+    targets = [(source, (addr, port)) for source, addr, port in pairs]
+    counts = [0] * len(targets)
+    errors = [None] * len(targets)
+    sources = [source for source, _, _ in pairs]  # the route's choice, once seen
+    turn = (proc - 1) % len(targets)
     timeout = timeouts(connect_timeout)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_start = usage.ru_utime + usage.ru_stime
@@ -127,15 +150,18 @@ def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_tim
                 seconds.tick(now)
                 if now >= end:
                     break
+        source, target = targets[turn]
         try:
-            latency = open_close(server_addr, request, timeout)
+            latency = open_close(target, request, timeout, source, bind_mode)
         except OSError as exc:
             failure = exc
             now = time.monotonic()
             seconds.tick(now)
             seconds.errors += 1
-            seconds.error = common.describe_error(exc)[1]
+            seconds.error = errors[turn] = common.describe_error(exc)[1]
             break
+        counts[turn] += 1
+        turn = turn + 1 if turn + 1 < len(targets) else 0
         done += 1
         seconds.opened += 1
         seconds.latency += latency
@@ -144,6 +170,12 @@ def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_tim
     elapsed = min(now, end) - start if failure is None else now - start
     if seconds.opened or seconds.errors or seconds.second * SAMPLE_S < elapsed:
         seconds.flush()  # the last, partial second (a loop that ended on time has none)
+    if sources[0] is None and done:  # plain connect(): the route picked this source
+        sources = [route_source(target[0]) for _, target in targets]
+    rows = [[sources[i], addr, port, counts[i], errors[i]]
+            for i, (_, addr, port) in enumerate(pairs)]
+    for first in range(0, len(rows), pairs_per_line):
+        common.emit("pairs", client=client, proc=proc, pairs=rows[first:first + pairs_per_line])
     if failure is None:
         number, name, message = None, "DURATION", f"ran the full {duration:g} s"
     else:
@@ -153,6 +185,13 @@ def churn_loop(server_addr, *, client, proc, rate, duration, closer, connect_tim
                 message=message, elapsed_s=round(elapsed, 6), started_at=started_at,
                 cpu_s=round(usage.ru_utime + usage.ru_stime - cpu_start, 6))
     return done
+
+
+def route_source(server_addr):
+    """The source address the route picks toward the server (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((server_addr, 9))
+        return sock.getsockname()[0]
 
 
 class TimeWaitSampler:

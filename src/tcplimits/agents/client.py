@@ -91,11 +91,12 @@ def add_churn_args(p):
                    help="churn: which end closes first (and keeps TIME_WAIT)")
 
 
-def churn_process(args, proc, server_addr):
+def churn_process(args, proc, server_addrs):
     rate = None if str(args.rate).lower() == "max" else float(args.rate)
-    churn.churn_loop(server_addr, client=args.client, proc=proc, rate=rate,
+    churn.churn_loop(make_pairs(args, server_addrs), client=args.client, proc=proc, rate=rate,
                      duration=args.duration, closer=args.closer,
-                     connect_timeout=args.connect_timeout)
+                     connect_timeout=args.connect_timeout, bind_mode=args.bind_mode,
+                     pairs_per_line=PAIRS_PER_LINE)
     return []
 
 
@@ -120,20 +121,13 @@ def _cpu_s():
     return usage.ru_utime + usage.ru_stime
 
 
-def route_source(server_addr):
-    """The source address the route picks toward the server (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((server_addr, 9))
-        return s.getsockname()[0]
-
-
 def make_pairs(args, server_addrs):
     """(source, address, port) in spreading order; plain connect() lets the route pick the
     source (None). Same order as tcplimits.fourtuple.pairs."""
     if args.bind_mode == "connect":
         sources = [None]
     else:
-        primary = route_source(server_addrs[0])
+        primary = churn.route_source(server_addrs[0])
         sources = [primary] + [a for a in args.sources if a != primary]
     return [(s, a, p) for s in sources for a in server_addrs for p in args.port]
 
@@ -222,8 +216,8 @@ def worker(args, proc, server_addrs, started):
     checking a flag and sleeping."""
     if not started and signal.sigwaitinfo({signal.SIGUSR1} | STOP_SIGNALS).si_signo != signal.SIGUSR1:
         return 0
-    if args.mode == "churn":  # churn uses the first destination only
-        held = churn_process(args, proc, (server_addrs[0], args.port[0]))
+    if args.mode == "churn":
+        held = churn_process(args, proc, server_addrs)
     else:
         held = connect_until_failure(args, proc, server_addrs)
     signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop

@@ -150,7 +150,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     if params.churn:  # judged by the churn model, not by the hold model's prediction
         record["churn"] = churn_model.run_record(
             run_id, params, clients,
-            [len(held.get(str(c), [])) for c in range(1, params.clients + 1)],
+            [held.get(str(c), []) for c in range(1, params.clients + 1)],
             finished=status == "ok", seconds=state.churn)
     if experiment.quiet is not None:  # it got as far as connecting
         record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
