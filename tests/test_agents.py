@@ -239,3 +239,9 @@ def test_stopped_agents_leave_no_socket_behind_unless_closing_gracefully(close, 
     assert bool(left) == lingering, left
     if lingering:
         assert len(left) >= 50
+
+
+def test_listen_drops_reads_this_namespace_counter():
+    from tcplimits.agents import common
+    drops = common.listen_drops()
+    assert isinstance(drops, int) and drops >= 0

@@ -316,12 +316,12 @@ def test_latency_flags_noisy_points_and_leaves_them_out_of_the_medians(d):
     blocks = findings.latency(flagged)
     assert blocks.kinds() == ["chart", "markdown", "markdown"]
     text = blocks.text()
-    assert "1 point connected on a noisy host" in text
+    assert "1 point ran noisy" in text
     assert "- seed-default: host not quiet after 60 s: 9,000 orphaned" in text
     # every point noisy: the medians still come from them (flagged), not from nothing
     everything = _flag(d, d.runs["run_id"].to_list())
     assert findings.latency_medians(everything) == findings.latency_medians(d)
-    assert "points connected on a noisy host" in findings.latency(everything).text()
+    assert "points ran noisy" in findings.latency(everything).text()
 
 
 def test_server_gaps_use_the_models_accept_queue(d):

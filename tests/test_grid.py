@@ -226,7 +226,8 @@ def test_schema_refuses_unknown_keys_everywhere():
     walk(SCHEMA)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml", "fourtuple.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml", "fourtuple.yaml",
+                                  "churn.yaml", "million.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = grid.load_config(ROOT / "config" / name)
     points = grid.points(cfg)
@@ -237,7 +238,7 @@ def test_shipped_configs_are_valid(name):
 
 def test_default_config_shows_every_phenomenon_at_small_scale():
     points = grid.points(grid.load_config(ROOT / "config" / "config.yaml"))
-    assert 8 <= len(points) <= 17
+    assert 8 <= len(points) <= 20
     params = [p.params for p in points]
     # The 4-tuple: a member that lifts the cap, and a bind mode that loses it (issue 9).
     assert {p.bind_mode for p in params} >= {"connect", "bind", "bind-no-port"}
@@ -248,6 +249,11 @@ def test_default_config_shows_every_phenomenon_at_small_scale():
     assert any(p.server_nofile is not None and p.server_workers == 1 for p in params)
     assert any(p.port_range == "32768-60999" for p in params)  # the seed's 28,232
     assert sum(p.port_count * p.clients for p in params) < 100_000
+    # Churn (issue 11): who closes first and tcp_tw_reuse, each for a few seconds.
+    churn = [p for p in params if p.churn]
+    assert {p.closer for p in churn} == {"client", "server"}
+    assert {p.tw_reuse for p in churn if p.closer == "client"} >= {0, 1}
+    assert all(p.duration <= 10 for p in churn)
 
 
 def test_seed_config_is_port_bound():

@@ -242,3 +242,12 @@ def test_limit_reason_says_where_the_number_comes_from(values, limit, words):
     assert p.limit == limit
     assert words in model.limit_reason(params, p)
     assert model.limit_reason(params, p.to_dict()) == model.limit_reason(params, p)
+
+
+def test_dropped_syns_make_times_suspect_unless_the_server_is_the_limit():
+    assert model.dropped_syns_reason(None, model.PORTS) is None
+    assert model.dropped_syns_reason(0, model.PORTS) is None
+    assert model.dropped_syns_reason(12, model.SERVER) is None  # what a server-bound point measures
+    reason = model.dropped_syns_reason(3, model.PORTS)
+    assert "3 SYNs" in reason and "ListenDrops" in reason and "--backlog" in reason
+    assert "1 SYN " in model.dropped_syns_reason(1, model.DESCRIPTORS)

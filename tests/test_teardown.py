@@ -7,6 +7,7 @@ by tcplimits.host.NamespaceWatch (orphans and TIME-WAIT entries of a namespace a
 its /proc/<pid>/net/tcp and counted in its sockstat)."""
 
 import json
+import threading
 
 import docker
 import polars as pl
@@ -129,3 +130,44 @@ def test_noisy_host_runs_anyway_marked_noisy(client, tmp_path, monkeypatch):
     runs = pl.read_parquet(tmp_path / "ds" / "runs.parquet")
     assert runs.select("noisy", "host_orphan_at_connect").row(0) == (True, 50_000)
     assert "50,000 orphaned" in runs["noisy_reason"][0]
+
+
+def test_syns_dropped_at_a_full_accept_queue_mark_a_port_bound_run_noisy(client, tmp_path,
+                                                                         monkeypatch):
+    # The server is frozen (docker pause) for 1.5 s as the clients start: with backlog 1 its
+    # accept queue holds 2 connections, every later SYN is dropped and its connect() waits a
+    # retransmit. The counts stand (the port pool binds, as the model says); the times carry
+    # that wait, so the run is noisy and says why.
+    from tcplimits.engine import runner
+
+    class FrozenServer(runner.Experiment):
+        def start_connecting(self):
+            server = self.containers["server"]
+            server.pause()
+            thaw = threading.Timer(1.5, server.unpause)
+            thaw.start()
+            super().start_connecting()
+            thaw.join()
+
+    monkeypatch.setattr(runner, "Experiment", FrozenServer)
+    params = RunParams(port_range="40000-40499", nofile=15000, backlog=1)
+    record = run_experiment(params, tmp_path / "drops", run_id="drops", progress=False,
+                            client=client, log=lambda m: None)
+    assert record["status"] == "ok", record["reason"]
+    assert record["prediction"]["limit"] == "ports"
+    drops = record["facts"]["listen_drops"]
+    assert drops >= 1
+    assert record["noisy"] and f"dropped {drops:,} SYN" in record["noisy_reason"]
+    clients = pl.read_parquet(tmp_path / "drops" / results.CLIENTS_FILE)
+    assert clients["error"].to_list() == ["EADDRNOTAVAIL"]
+    row = dataset.run_row(json.loads((tmp_path / "drops" / "run.json").read_text()),
+                          tmp_path / "drops")
+    assert row["noisy"] and "ListenDrops" in row["noisy_reason"]
+
+
+def test_a_run_without_drops_records_zero_and_stays_quiet(client, tmp_path):
+    record = run_experiment(RunParams(port_range="40000-40499", nofile=15000, backlog=4096),
+                            tmp_path / "nodrops", run_id="nodrops", progress=False,
+                            client=client, log=lambda m: None)
+    assert record["status"] == "ok" and record["facts"]["listen_drops"] == 0
+    assert record["noisy"] is False or "SYN" not in (record["noisy_reason"] or "")

@@ -258,8 +258,9 @@ QUIET, NOISY = "quiet", "noisy (times suspect)"
 
 def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.LayerChart:
     """Mean connect() time against the share of the port range in use (``pool_fill``), for
-    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent). Runs that
-    connected on a noisy host (``runs.noisy``) are drawn dashed: their times are suspect."""
+    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent). Runs
+    marked noisy (``runs.noisy``: a noisy host, dropped SYNs) are drawn dashed: their times
+    are suspect."""
     df = series
     if runs is not None and "predicted_limit" in runs.columns:
         bound = runs.filter(pl.col("predicted_limit") == "ports").select("run_id")

@@ -89,7 +89,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "quiet_wait_s": pl.Float64,             # waited for a quiet host before connecting
     "connect_s": pl.Float64,
     "teardown_s": pl.Float64,
-    "noisy": pl.Boolean,                    # host not quiet when connecting: times suspect
+    "noisy": pl.Boolean,                    # host not quiet, or SYNs dropped: times suspect
     "noisy_reason": pl.Utf8,
     "host_orphan_at_connect": pl.Int64,     # host kernel (tcplimits.host) when connecting
     "host_tw_at_connect": pl.Int64,

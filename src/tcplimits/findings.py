@@ -526,7 +526,7 @@ def port_bound_ids(d: Data) -> list[str]:
 
 
 def noisy_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """The runs that connected on a noisy host (times suspect): run_id, noisy_reason."""
+    """The runs whose times are suspect (a noisy host, dropped SYNs): run_id, noisy_reason."""
     if "noisy" not in runs.columns:  # a dataset from before the host was recorded
         return pl.DataFrame(schema={"run_id": pl.Utf8, "noisy_reason": pl.Utf8})
     return runs.filter(pl.col("noisy").fill_null(False)).select("run_id", "noisy_reason")
@@ -539,10 +539,10 @@ def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str]) -> str:
         return ""
     lines = "\n".join(f"- {r['run_id']}: {r['noisy_reason'] or 'no reason recorded'}"
                       for r in noisy.iter_rows(named=True))
-    return (f"**{plural(noisy.height, 'point')} connected on a noisy host** (closed sockets of "
-            "other runs still in its kernel, which slow `connect()`): their times are suspect, "
-            "drawn dashed above and left out of the medians when quiet points remain.\n\n"
-            + lines)
+    return (f"**{plural(noisy.height, 'point')} ran noisy** (closed sockets of other runs "
+            "still in the host's kernel, which slow `connect()`, or SYNs the server dropped, "
+            "which cost a retransmit): their times are suspect, drawn dashed above and left "
+            "out of the medians when quiet points remain.\n\n" + lines)
 
 
 def latency_medians(d: Data) -> tuple[float | None, float | None]:

@@ -78,6 +78,18 @@ def accept_queue(backlog: int, somaxconn: int = SOMAXCONN) -> int:
     return min(backlog, somaxconn) + 1
 
 
+def dropped_syns_reason(listen_drops: int | None, limit: str) -> str | None:
+    """Why a run's times are suspect when its server dropped SYNs (TcpExt ListenDrops), or
+    None. Where the server is the predicted limit, drops are what is measured; elsewhere each
+    one made a connect() wait for a SYN retransmit (1 s, then 2, 4, ...): the counts stand,
+    the times carry that wait."""
+    if not listen_drops or limit == SERVER:
+        return None
+    return (f"the server dropped {listen_drops:,} SYN{'' if listen_drops == 1 else 's'} at its "
+            "listener (accept queue full, TcpExt ListenDrops): those connect() calls waited "
+            "for a retransmit, 1 s or more (a larger --backlog avoids it)")
+
+
 def auto_server_workers(params: RunParams, server_nofile: int) -> int:
     """Enough workers that the server accepts every connection the clients can make."""
     demand = params.clients * client_terms(params)[0]

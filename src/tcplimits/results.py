@@ -28,8 +28,10 @@ run.json keys:
                   teardown_s
     host_tcp      the host's TCP state (tcplimits.host.read_state) before the run, when it
                   started connecting (at_connect) and after it returned
-    noisy         true when the host was not quiet when connecting (times suspect);
-                  noisy_reason says why; null when the run never got to connect
+    noisy         true when its times are suspect: the host was not quiet when connecting,
+                  or the server dropped SYNs (facts.listen_drops) where the model does not
+                  make the server the limit; noisy_reason says why ("; " between reasons);
+                  null when the run never got to connect
     environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
                   image_id, image_tag, tcplimits_version, git_sha, cgroup_version, hostname
     totals        connections (sum over client processes), server_accepted (sum over workers)
@@ -48,6 +50,8 @@ run.json keys:
                                    "docker-dns" for 127.0.0.11, else null (unknown)
                     somaxconn      net.core.somaxconn read in the server container (null if
                                    the server never listened)
+                    listen_drops   SYNs the server's namespace dropped at its listeners during
+                                   the run (TcpExt ListenDrops; null if not read)
                     server_workers [{worker, accepted, errno, error, message, accept_errors}]:
                                    each server worker's outcome
     churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,

@@ -75,6 +75,21 @@ def conntrack_count():
         return None
 
 
+def listen_drops():
+    """SYNs this network namespace dropped at a listener (TcpExt ListenDrops: a full accept
+    queue among them), or None where /proc/net/netstat cannot be read. A dropped SYN costs
+    its connect() a retransmit, 1 s or more."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            if names.startswith("TcpExt:"):
+                return int(dict(zip(names.split(), values.split()))["ListenDrops"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def is_listening(port):
     return any(p == port and state == "LISTEN" for _, p, state in tcp_sockets())
 

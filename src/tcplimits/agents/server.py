@@ -9,7 +9,8 @@ processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lin
   progress   per worker, at most every 0.25 s while its count changes: accepted
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
              conntrack (entries tracked in this namespace while the connections were held;
-             null where the namespace has no table)
+             null where the namespace has no table); listen_drops (SYNs the namespace dropped
+             at a listener so far, TcpExt ListenDrops: a full accept queue among them)
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
   time_wait  with --churn, about once per second (see churn.py)
@@ -129,7 +130,7 @@ def worker_main(listeners, worker, close, churning=False):
     # seconds the engine need not wait for to know it.
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors,
-                conntrack=common.conntrack_count())
+                conntrack=common.conntrack_count(), listen_drops=common.listen_drops())
     common.close_all(held, close)
     return 0
 

@@ -61,6 +61,14 @@ OWNER_OF_ADDRESS = {"127.0.0.11": "docker-dns"}  # Docker's embedded DNS resolve
 SERVER_OUTCOME = ("worker", "accepted", "errno", "error", "message", "accept_errors")
 
 
+def listen_drops(state: RunState) -> int | None:
+    """SYNs the server's namespace dropped at its listeners during the run (each worker reads
+    the namespace's counter; the last to report saw the most), or None if unknown."""
+    counts = [r.get("listen_drops") for r in state.server_results.values()
+              if r.get("listen_drops") is not None]
+    return max(counts) if counts else None
+
+
 def run_facts(state: RunState) -> dict[str, Any]:
     """run.json's "facts": what the engine measured, from which tcplimits.model explains."""
     held = {
@@ -73,6 +81,7 @@ def run_facts(state: RunState) -> dict[str, Any]:
     return {
         "held_sockets": held,
         "somaxconn": listening.get("somaxconn"),
+        "listen_drops": listen_drops(state),
         "server_workers": [{k: r.get(k) for k in SERVER_OUTCOME}
                            for _, r in sorted(state.server_results.items())],
     }

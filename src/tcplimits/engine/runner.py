@@ -153,7 +153,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
             [held.get(str(c), []) for c in range(1, params.clients + 1)],
             finished=status == "ok", seconds=state.churn)
     if experiment.quiet is not None:  # it got as far as connecting
-        record.update(noisy=experiment.quiet.noisy, noisy_reason=experiment.quiet.reason)
+        reasons = [experiment.quiet.reason] if experiment.quiet.noisy else []
+        reasons += [r for r in [model.dropped_syns_reason(facts["listen_drops"],
+                                                          prediction.limit)] if r]
+        record.update(noisy=bool(reasons), noisy_reason="; ".join(reasons) or None)
         record["host_tcp"]["at_connect"] = experiment.quiet.before
     record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
