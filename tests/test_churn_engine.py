@@ -112,16 +112,24 @@ def per_pair(run_dir):
     return pl.read_parquet(run_dir / results.DESTINATIONS_FILE)
 
 
+def stopped_as_predicted(record, clients, errno):
+    """The one client process stopped with ``errno`` within 3 of the model's count, and the
+    verdict agrees; returns (its row, the prediction)."""
+    (row,) = clients.to_dicts()
+    pred = record["churn"]["prediction"]
+    assert pred["errno"] == errno and row["error"] == errno
+    assert abs(row["connections"] - pred["stop_after"][0]) <= 3
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    return row, pred
+
+
 def test_more_server_ports_multiply_the_pool_of_a_client_that_closes_first(engine, tmp_path):
     # plain connect() picks a port per 4-tuple: 2 server ports are 2 pools of ~1,000, so
     # 800/s stops after ~2,000 connections (not 1,000), spread evenly, with EADDRNOTAVAIL
     record, clients, _ = churn_run(engine, tmp_path, "churn-ports", rate=800, duration=6,
                                    closer="client", tw_reuse=0, server_ports=2)
-    (row,) = clients.to_dicts()
-    pred = record["churn"]["prediction"]
+    row, pred = stopped_as_predicted(record, clients, "EADDRNOTAVAIL")
     assert pred["stop_after"] == [2 * (1000 - row["held_ports"])]
-    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - pred["stop_after"][0]) <= 3
-    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
     pairs = per_pair(tmp_path / "churn-ports").sort("server_port")
     assert pairs["server_port"].to_list() == [5000, 5001]
     assert abs(pairs["connections"][0] - pairs["connections"][1]) <= 1  # round-robin
@@ -134,12 +142,8 @@ def test_bind_keeps_one_pool_per_source_and_tw_reuse_does_not_help_it(engine, tm
     record, clients, _ = churn_run(engine, tmp_path, "churn-bind", rate=400, duration=6,
                                    closer="client", tw_reuse=1, server_ports=2,
                                    bind_mode="bind")
-    (row,) = clients.to_dicts()
-    pred = record["churn"]["prediction"]
-    assert not pred["reuse"] and pred["errno"] == "EADDRINUSE"
-    assert row["error"] == "EADDRINUSE" and abs(row["connections"] - pred["stop_after"][0]) <= 3
-    assert 950 <= row["connections"] <= 1000
-    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    row, pred = stopped_as_predicted(record, clients, "EADDRINUSE")
+    assert not pred["reuse"] and 950 <= row["connections"] <= 1000
     record, clients, _ = churn_run(engine, tmp_path, "churn-bnp", rate=400, duration=4,
                                    closer="client", tw_reuse=1, server_ports=2,
                                    bind_mode="bind-no-port")
@@ -155,10 +159,7 @@ def test_source_addresses_multiply_the_pool_with_bind_no_port(engine, tmp_path):
     record, clients, _ = churn_run(engine, tmp_path, "churn-sources", rate=800, duration=6,
                                    closer="client", tw_reuse=0, client_addrs=2,
                                    bind_mode="bind-no-port")
-    (row,) = clients.to_dicts()
-    pred = record["churn"]["prediction"]
+    row, pred = stopped_as_predicted(record, clients, "EADDRNOTAVAIL")
     assert pred["stop_after"] == [2 * (1000 - row["held_ports"])]
-    assert row["error"] == "EADDRNOTAVAIL" and abs(row["connections"] - pred["stop_after"][0]) <= 3
-    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
     pairs = per_pair(tmp_path / "churn-sources")
     assert pairs["source"].n_unique() == 2

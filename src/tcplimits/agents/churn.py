@@ -64,10 +64,6 @@ def timeouts(seconds):
     return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
-# <linux/in.h>; Python's socket module does not name it.
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-
 def open_close(server_addr, request, timeout, source=None, bind_mode="connect"):
     """One connection: connect (from ``source``, its port chosen as ``bind_mode`` says), send
     the request, read the reply, close in the requested order. Returns the time connect()
@@ -79,7 +75,7 @@ def open_close(server_addr, request, timeout, source=None, bind_mode="connect"):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         if bind_mode != "connect":
             if bind_mode == "bind-no-port":
-                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.setsockopt(socket.IPPROTO_IP, common.IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((source, 0))
         t0 = time.monotonic()
         s.connect(server_addr)
@@ -171,7 +167,7 @@ def churn_loop(pairs, *, client, proc, rate, duration, closer, connect_timeout,
     if seconds.opened or seconds.errors or seconds.second * SAMPLE_S < elapsed:
         seconds.flush()  # the last, partial second (a loop that ended on time has none)
     if sources[0] is None and done:  # plain connect(): the route picked this source
-        sources = [route_source(target[0]) for _, target in targets]
+        sources = [common.route_source(target[0]) for _, target in targets]
     rows = [[sources[i], addr, port, counts[i], errors[i]]
             for i, (_, addr, port) in enumerate(pairs)]
     for first in range(0, len(rows), pairs_per_line):
@@ -185,13 +181,6 @@ def churn_loop(pairs, *, client, proc, rate, duration, closer, connect_timeout,
                 message=message, elapsed_s=round(elapsed, 6), started_at=started_at,
                 cpu_s=round(usage.ru_utime + usage.ru_stime - cpu_start, 6))
     return done
-
-
-def route_source(server_addr):
-    """The source address the route picks toward the server (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((server_addr, 9))
-        return sock.getsockname()[0]
 
 
 class TimeWaitSampler:

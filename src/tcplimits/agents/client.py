@@ -45,8 +45,6 @@ except ImportError:  # run as a script inside the container
 BIND_MODES = ("connect", "bind", "bind-no-port")
 # errnos that mean "this pair's port pool is exhausted": drop the pair, go on with the others.
 POOL_ERRNOS = {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
-# <linux/in.h>; Python's socket module does not name it.
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 PAIRS_PER_LINE = 40  # keeps each line under PIPE_BUF, so lines of processes never interleave
 
 
@@ -127,7 +125,7 @@ def make_pairs(args, server_addrs):
     if args.bind_mode == "connect":
         sources = [None]
     else:
-        primary = churn.route_source(server_addrs[0])
+        primary = common.route_source(server_addrs[0])
         sources = [primary] + [a for a in args.sources if a != primary]
     return [(s, a, p) for s in sources for a in server_addrs for p in args.port]
 
@@ -138,7 +136,7 @@ def open_one(args, pair):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         if args.bind_mode == "bind-no-port":
-            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.setsockopt(socket.IPPROTO_IP, common.IP_BIND_ADDRESS_NO_PORT, 1)
         if args.bind_mode != "connect":
             s.bind((source, 0))
         s.settimeout(args.connect_timeout)

@@ -75,6 +75,17 @@ def conntrack_count():
         return None
 
 
+# <linux/in.h>; Python's socket module does not name it.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def route_source(server_addr):
+    """The source address the route picks toward the server (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((server_addr, 9))
+        return sock.getsockname()[0]
+
+
 def listen_drops():
     """SYNs this network namespace dropped at a listener (TcpExt ListenDrops: a full accept
     queue among them), or None where /proc/net/netstat cannot be read. A dropped SYN costs
