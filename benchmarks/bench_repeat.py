@@ -22,10 +22,12 @@ other tenants; idle, nothing else of ours running; benchmarks/results/repeat*.js
   The first half of the range takes 0.22-0.36 s; the second half, where every connect()
   scans the 5,000 taken ports of one parity (25 M lookups of the port and connection hashes,
   a working set about the size of L2), takes the rest and carries the spread.
-- The C loop varies 5-7% back to back in one namespace and 6-13% in fresh ones; the Python
-  agent without Docker (both agents in one fresh namespace) 9% over eight.
+- The C loop varies 5% back to back in one namespace and 6% in fresh ones (eight runs
+  each, nothing else running); inside the benchmark's sets 7.5% in the client's namespace
+  and 7-19% in fresh ones. The Python agents without Docker (both in one fresh namespace)
+  vary 9% over eight.
 - The ratios do not cancel it: the agent's time is not correlated with either C reference's
-  (exhaust_over_c_same_namespace spread 12%, fresh namespace 7-23%), nor with the order of
+  (exhaust_over_c_same_namespace spread 18%, fresh namespace 7-27%), nor with the order of
   the repetitions, nor with pinning the client and the server to a CPU each (13.9%). What
   varies is the agent process's own CPU time per repetition.
 - The one discrete outlier is a dropped SYN (a full accept queue: 1 s retransmit), which
