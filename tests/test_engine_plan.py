@@ -96,13 +96,14 @@ def test_run_facts_record_held_sockets_with_owner_somaxconn_and_workers():
     state.take("server", {"event": "listening", "port": 5000, "backlog": 128, "somaxconn": 512})
     state.take("server", {"event": "result", "worker": 1, "accepted": 997, "errno": 24,
                           "error": "EMFILE", "message": "Too many open files",
-                          "accept_errors": 3})
+                          "accept_errors": 3, "listen_drops": 7})
     facts = run_facts(state)
     assert facts == {
         "held_sockets": {
             "1": [{"addr": "127.0.0.11", "port": 43995, "state": "LISTEN", "owner": "docker-dns"}],
             "2": [{"addr": "10.0.0.9", "port": 40001, "state": "ESTABLISHED", "owner": None}]},
         "somaxconn": 512,
+        "listen_drops": 7,
         "server_workers": [{"worker": 1, "accepted": 997, "errno": 24, "error": "EMFILE",
                             "message": "Too many open files", "accept_errors": 3}],
     }
