@@ -89,6 +89,18 @@ def test_limits_of_the_biggest_run_and_the_sentences_of_those_that_stop_a_point(
     assert "sysctl -w net.netfilter.nf_conntrack_max=" in said and "--network loopback" in said
 
 
+def test_a_rung_that_dropped_syns_is_marked_suspect_and_said_why():
+    reason = model.dropped_syns_reason(1070, model.PORTS)
+    noisy = record("loop-1m", 1_000_000, 44.5, 5200, 0, network="loopback", clients=8,
+                   procs=10, max_connections=12500)
+    noisy.update(noisy=True, noisy_reason=reason)
+    runs = runs_frame([noisy, record("small", 3000, 1.0, 5000, 0, network="loopback",
+                                     clients=1, procs=1, max_connections=3000)])
+    assert findings.ladder_table(runs)["times"].to_list() == ["ok", "suspect"]
+    said = findings.one_million(data(runs)).text()
+    assert "1 point ran noisy" in said and "1,070 SYNs" in said and "the counts stand" in said
+
+
 def test_a_dataset_without_big_runs_says_how_to_get_them():
     small = RUNS.filter(pl.col("run_id") == "seed-like")
     blocks = findings.one_million(data(small))

@@ -1,7 +1,7 @@
 """Predict a churn point (pure, no I/O): the open-close rate a client container can sustain
 toward its destinations, and when and with which errno it stops when asked for more.
 
-Kernel facts behind it, measured on this machine (kernel 6.18; docs/churn.md):
+Kernel facts behind it, measured on this machine (kernel 6.18; README, "Churn"):
 - The end that closes first keeps the connection in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN,
   compiled in, no sysctl). A client's TIME_WAIT socket keeps its port from connect() toward
   the same destination meanwhile: a pool of R ports sustains R / 60 s per destination, and a
@@ -194,9 +194,10 @@ def _fmt_rate(rate: float | None) -> str:
 def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]], *,
             seconds: Sequence[Mapping[str, Any]] = ()) -> ChurnVerdict:
     """Set a finished churn run against the model. ``clients``: its client-process rows
-    (client, proc, connections, error, elapsed_s, held_ports, held_other_addr); ``seconds``: its per-second
-    rows (client, proc, second since the process started, opened), when known. For rate max
-    the run's own loop speed (its fastest second) decides whether the bound is crossed."""
+    (client, proc, connections, error, elapsed_s, held_ports, held_other_addr); ``seconds``:
+    its per-second rows (client, proc, second since the process started, opened), when
+    known. For rate max the run's own loop speed (its fastest second) decides whether the
+    bound is crossed."""
     held = [0] * params.clients
     per_client = [0] * params.clients
     errnos: dict[str, int] = {}

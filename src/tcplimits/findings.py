@@ -532,8 +532,12 @@ def noisy_runs(runs: pl.DataFrame) -> pl.DataFrame:
     return runs.filter(pl.col("noisy").fill_null(False)).select("run_id", "noisy_reason")
 
 
-def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str]) -> str:
-    """A sentence flagging the points among ``run_ids`` whose times are suspect; "" if none."""
+LATENCY_CHART = "drawn dashed above and left out of the medians when quiet points remain"
+
+
+def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str], shown: str = LATENCY_CHART) -> str:
+    """A sentence flagging the points among ``run_ids`` whose times are suspect, and how the
+    section shows them (``shown``); "" if none."""
     noisy = noisy_runs(runs).filter(pl.col("run_id").is_in(list(run_ids)))
     if noisy.is_empty():
         return ""
@@ -541,8 +545,7 @@ def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str]) -> str:
                       for r in noisy.iter_rows(named=True))
     return (f"**{plural(noisy.height, 'point')} ran noisy** (closed sockets of other runs "
             "still in the host's kernel, which slow `connect()`, or SYNs the server dropped, "
-            "which cost a retransmit): their times are suspect, drawn dashed above and left "
-            "out of the medians when quiet points remain.\n\n" + lines)
+            f"which cost a retransmit): their times are suspect, {shown}.\n\n" + lines)
 
 
 def latency_medians(d: Data) -> tuple[float | None, float | None]:
@@ -717,6 +720,7 @@ def ladder_table(runs: pl.DataFrame) -> pl.DataFrame:
             "user B/conn": r.get("user_bytes_per_connection"),
             "conntrack entries": r.get("conntrack_server_namespace"),
             "teardown s": r.get("teardown_s"),
+            "times": "suspect" if r.get("noisy") else "ok",
         })
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
@@ -797,6 +801,10 @@ def one_million(d: Data) -> Blocks:
         return out
     top = biggest(d.runs)
     out.table(table)
+    note = noisy_note(d.runs, ladder_runs(d.runs)["run_id"].to_list(),
+                      "marked suspect in the table: the counts stand")
+    if note:
+        out.md(note)
     if top is not None:
         held = ladder_runs(d.runs).filter(pl.col("connections_total").is_not_null())
         out.chart(charts.held_against_limits(held, limit_rules(top)))
