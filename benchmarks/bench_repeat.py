@@ -14,24 +14,33 @@ namespace on the host (root and unshare needed) and inside client 1's own namesp
 binary mounted read-only, run with the SDK's exec), so that the ratios exhaust_over_c_* can
 cancel the machine's drift and the namespace's hash layout.
 
+The server's backlog is 4096 here, not the runs' default 128: at 128 the server's accept
+queue overflowed in 3 of 10 repetitions (a SYN dropped, connect() waiting a 1 s
+retransmission; those runs are marked noisy), which would measure the accept queue, not the
+repeatability.
+
 What was measured on this machine (2 vCPUs of an AMD EPYC, 1 MB L2 each, 32 MB L3 shared with
-other tenants; idle, nothing else of ours running; benchmarks/results/repeat*.json):
+other tenants; idle, nothing else of ours running; benchmarks/results/repeat*.json,
+bridge-c.json):
 - Nothing of one repetition reaches the next: 0 orphans at every connect and after every
   teardown, the same 112-128 sockets of the host itself, conntrack 32-39.
-- The exhaustion's spread over five repetitions: 11-16% (1.58-1.86 s), CPU time with it.
-  The first half of the range takes 0.22-0.36 s; the second half, where every connect()
-  scans the 5,000 taken ports of one parity (25 M lookups of the port and connection hashes,
-  a working set about the size of L2), takes the rest and carries the spread.
+- The exhaustion's spread over five repetitions: 11-16% (1.55-1.86 s), CPU time with it;
+  over ten, two levels, ~1.57 and ~1.76 s, in no order. The first half of the range takes
+  0.22-0.36 s; the second half, where every connect() scans the 5,000 taken ports of one
+  parity (25 M lookups of the port and connection hashes, a working set about the size of
+  L2), takes the rest and carries the spread.
 - The C loop varies 5% back to back in one namespace and 6% in fresh ones (eight runs
-  each, nothing else running); inside the benchmark's sets 7.5% in the client's namespace
-  and 7-19% in fresh ones. The Python agents without Docker (both in one fresh namespace)
-  vary 9% over eight.
-- The ratios do not cancel it: the agent's time is not correlated with either C reference's
-  (exhaust_over_c_same_namespace spread 18%, fresh namespace 7-27%), nor with the order of
-  the repetitions, nor with pinning the client and the server to a CPU each (13.9%). What
-  varies is the agent process's own CPU time per repetition.
-- The one discrete outlier is a dropped SYN (a full accept queue: 1 s retransmit), which
-  the run now records (facts.listen_drops) and marks noisy.
+  each); inside the benchmark's sets 7.5-14% in the client's namespace and 7-19% in fresh
+  ones; over the same path as the agent (its own client container on a fresh bridge, the
+  server agent, bench_bridge_c.py) 7.7% over eight. The Python agents without Docker (both
+  in one fresh namespace) vary 9% over eight.
+- The ratios do not cancel it: the agent's time is mostly not correlated with either C
+  reference's (exhaust_over_c_same_namespace 4.6% in one set of five, 18.8% over ten), nor
+  with the order of the repetitions, nor with pinning the client and the server to a CPU
+  each (13.9%). What varies is the agent process's own CPU time per repetition.
+- The client connecting with a blocking connect() bounded by SO_SNDTIMEO instead of
+  settimeout() (which adds a poll() per connection) made the exhaustion ~6% faster (median
+  1.60-1.63 s against 1.66-1.74 s), not steadier.
 
 The first exhaustion after the machine boots is slower than the rest (measured on an idle
 machine: 1.97 s, then 1.71, 1.70, 1.61, 1.60 s; the C reference likewise 1.57 s, then 1.37-1.45
@@ -163,12 +172,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1,
                         help="unmeasured repetitions first (cold slab caches)")
+    parser.add_argument("--backlog", type=int, default=4096,
+                        help="the server's listen() backlog (default 4096, not the runs' 128: "
+                             "see the docstring)")
     parser.add_argument("--quiet-host-timeout", type=float, default=60.0)
     parser.add_argument("--quiet-host-sockets", type=int, default=1000)
     parser.add_argument("--out", default="benchmarks/results/repeat.json")
     args = parser.parse_args()
     client = docker.from_env()
     params = RunParams(port_range="40000-49999", nofile=15000, procs=1, clients=1,
+                       backlog=args.backlog,
                        quiet_host_timeout=args.quiet_host_timeout,
                        quiet_host_sockets=args.quiet_host_sockets)
     rows, warmup = [], []

@@ -28,7 +28,6 @@ import resource
 import select
 import signal
 import socket
-import struct
 import time
 
 try:
@@ -56,19 +55,11 @@ def time_wait_count():
     return sum(1 for _, _, state in common.tcp_sockets() if state == "TIME_WAIT")
 
 
-def timeouts(seconds):
-    """SO_SNDTIMEO / SO_RCVTIMEO values: connect() and recv() on a blocking socket give up
-    after them. Cheaper than settimeout(), which makes Python run every call non-blocking
-    with an extra poll() (measured: ~10 us more system time per connection)."""
-    whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
-
-
 def open_close(server_addr, request, timeout, source=None, bind_mode="connect"):
     """One connection: connect (from ``source``, its port chosen as ``bind_mode`` says), send
     the request, read the reply, close in the requested order. Returns the time connect()
-    took; raises OSError on any failure (ETIMEDOUT when ``timeout`` is packed by timeouts()
-    and runs out; EADDRINUSE from bind() when mode bind finds no free port)."""
+    took; raises OSError on any failure (ETIMEDOUT when ``timeout``, a common.timeval, runs
+    out; EADDRINUSE from bind() when mode bind finds no free port)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
@@ -88,7 +79,7 @@ def open_close(server_addr, request, timeout, source=None, bind_mode="connect"):
         return latency
     except OSError as exc:
         # a blocking call cut short by SO_SNDTIMEO/SO_RCVTIMEO: the timeout ran out
-        if exc.errno in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+        if exc.errno in common.TIMED_OUT_ERRNOS:
             raise TimeoutError(errno.ETIMEDOUT, "timed out (client connect timeout)") from None
         raise
     finally:
@@ -127,7 +118,7 @@ def churn_loop(pairs, *, client, proc, rate, duration, closer, connect_timeout,
     errors = [None] * len(targets)
     sources = [source for source, _, _ in pairs]  # the route's choice, once seen
     turn = (proc - 1) % len(targets)
-    timeout = timeouts(connect_timeout)
+    timeout = common.timeval(connect_timeout)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_start = usage.ru_utime + usage.ru_stime
     interval = 1.0 / rate if rate else 0.0

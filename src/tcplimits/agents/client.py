@@ -77,7 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     add_churn_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.connect_timeval = common.timeval(args.connect_timeout)  # SO_SNDTIMEO, packed once
+    return args
 
 
 def add_churn_args(p):
@@ -139,8 +141,8 @@ def open_one(args, pair):
             s.setsockopt(socket.IPPROTO_IP, common.IP_BIND_ADDRESS_NO_PORT, 1)
         if args.bind_mode != "connect":
             s.bind((source, 0))
-        s.settimeout(args.connect_timeout)
-        s.connect((addr, port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, args.connect_timeval)
+        common.connect(s, (addr, port))
     except BaseException:
         s.close()
         raise
