@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,12 +46,26 @@ def stop(proc):
     return events(out)
 
 
-def run_client(port, *args, limit=None, hold=0.5):
+def run_client(port, *args, limit=None, hold=0.5, deadline=30.0):
+    """Run the client agent for ``hold`` seconds, longer if a process has not written its
+    result yet (a cold start on a fresh machine compiles the agents first), up to
+    ``deadline``; then stop it and return its events."""
+    procs = int(args[args.index("--procs") + 1]) if "--procs" in args else 1
     proc = subprocess.Popen([sys.executable, str(AGENTS / "client.py"), "--server", "127.0.0.1",
                              "--port", str(port), *args], stdout=subprocess.PIPE, text=True,
                             preexec_fn=nofile(limit) if limit else None)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
     time.sleep(hold)
-    return stop(proc)
+    end = time.monotonic() + deadline
+    while sum('"event":"result"' in line for line in lines) < procs and time.monotonic() < end:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    reader.join(timeout=20)
+    return events("".join(lines))
 
 
 def test_client_stops_at_max_connections_and_server_counts_them():
