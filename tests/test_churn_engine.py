@@ -163,3 +163,28 @@ def test_source_addresses_multiply_the_pool_with_bind_no_port(engine, tmp_path):
     assert pred["stop_after"] == [2 * (1000 - row["held_ports"])]
     pairs = per_pair(tmp_path / "churn-sources")
     assert pairs["source"].n_unique() == 2
+
+
+# --- churn on network loopback: one shared namespace, tcp_tw_reuse=2 applies
+
+
+def test_on_loopback_the_default_tw_reuse_reuses_and_only_the_closer_keeps_time_wait(
+        engine, tmp_path):
+    # tcp_tw_reuse=2 (the kernel's default) reuses toward loopback addresses: 400/s on 1,000
+    # ports runs through where the bridge stops after 1,000; one parity of the range suffices
+    record, clients, series = churn_run(engine, tmp_path, "churn-lo", rate=400, duration=4,
+                                        closer="client", network="loopback")
+    (row,) = clients.to_dicts()
+    assert record["churn"]["prediction"]["reuse"] and row["error"] == "DURATION"
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+    tw = series.filter(pl.col("time_wait").is_not_null())
+    # the namespace's count, once, as the closer's (all clients together)
+    assert set(tw["role"]) == {"client"} and tw["client"].is_null().all()
+    assert 0.9 * 500 <= peak(series, "client") <= 1000
+    # tcp_tw_reuse=0: both clients stop after their own destination's 1,000 ports
+    record, clients, _ = churn_run(engine, tmp_path, "churn-lo0", rate=400, duration=5,
+                                   closer="client", network="loopback", tw_reuse=0, clients=2)
+    assert clients["error"].to_list() == ["EADDRNOTAVAIL"] * 2
+    for got, want in zip(clients["connections"], record["churn"]["prediction"]["stop_after"]):
+        assert abs(got - want) <= 2
+    assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]

@@ -87,6 +87,8 @@ def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
     label = findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
                                       server_addrs=1))
     assert label == "client closes, tw_reuse 1, 400/s, bind, 2 server ports, 3 client addresses, 10 s"
+    assert findings.churn_label(dict(base, network="loopback")) == (
+        "client closes, tw_reuse 1, 400/s, loopback, 10 s")
 
 
 def test_a_bind_point_is_judged_against_one_pool_per_source(tmp_path):

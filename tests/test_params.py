@@ -110,14 +110,20 @@ def test_churn_fields_coerce():
     ({"rate": 100}, "rate"),                       # churn only
     ({"closer": "server"}, "closer"),              # churn only
     ({"mode": "churn", "duration": 90, "timeout": 60}, "duration"),
-    # churn runs on the bridge only: loopback is refused, never silently ignored
-    ({"mode": "churn", "network": "loopback"}, "network"),
 ])
 def test_bad_churn_values_name_key_and_value(values, key):
     with pytest.raises(ParamError) as err:
         RunParams.from_mapping(values)
     assert err.value.key == key
     assert str(values[key]) in str(err.value)
+
+
+def test_churn_runs_on_loopback_with_one_destination_per_client():
+    from tcplimits import model
+    p = RunParams.from_mapping({"mode": "churn", "network": "loopback", "clients": 2,
+                                "nofile": 15000})
+    assert model.destinations(p) == 1
+    assert model.destinations(RunParams(network="loopback", nofile=15000)) > 1  # hold spreads
 
 
 def test_churn_takes_the_4_tuple_members():

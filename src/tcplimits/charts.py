@@ -361,7 +361,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
     # TIME_WAIT per side: the client containers' counts added up, sample by sample
     tw = (df.filter(pl.col("time_wait").is_not_null() & pl.col("proc").is_null())
           .with_columns(second=pl.col("t_s").round(0))
-          .group_by("run_id", "role", "second").agg(pl.col("time_wait").max())
+          .group_by("run_id", "role", "client", "second").agg(pl.col("time_wait").max())
           .group_by("run_id", "role", "second").agg(pl.col("time_wait").sum().alias("value"))
           .rename({"second": "t_s"})
           .with_columns(series=pl.concat_str(pl.lit("TIME_WAIT, "), pl.col("role")))

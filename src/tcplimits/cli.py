@@ -131,12 +131,15 @@ def _churn_line(run_dir: Path, churn: dict) -> str:
     peaks = {role: max((r["time_wait"] for r in series
                         if r["role"] == role and r["time_wait"] is not None), default=0)
              for role in ("client", "server")}
+    shared = any(r["role"] == "client" and r["client"] is None and r["time_wait"] is not None
+                 for r in series)  # network loopback: one namespace for every client
     verdict = churn.get("verdict") or {}
     rate = verdict.get("rate")
     return (f"clients opened and closed {verdict.get('connections', 0):,} connections"
             + (f" at {rate:,.0f}/s" if rate else "")
-            + f"; TIME_WAIT peak: {peaks['client']:,} on a client, {peaks['server']:,} on "
-            "the server")
+            + f"; TIME_WAIT peak: {peaks['client']:,} on "
+            + ("the clients (one namespace)" if shared else "a client")
+            + f", {peaks['server']:,} on the server")
 
 
 def _valid_id(value: str) -> bool:

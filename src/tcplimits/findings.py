@@ -852,8 +852,9 @@ def churn_label(run: Mapping[str, Any]) -> str:
 
 
 def churn_tuple_words(run: Mapping[str, Any]) -> str:
-    """The 4-tuple members a churn point changed, in words: ", bind, 2 server ports"."""
-    words = []
+    """The network and 4-tuple members a churn point changed, in words: ", bind, 2 server
+    ports"."""
+    words = ["loopback"] if run.get("network") == "loopback" else []
     if (run.get("bind_mode") or fourtuple.CONNECT) != fourtuple.CONNECT:
         words.append(str(run["bind_mode"]))
     for key, name in (("server_ports", "server ports"), ("server_addrs", "server addresses"),

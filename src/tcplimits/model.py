@@ -109,8 +109,9 @@ LOOPBACK_MAX_DESTINATIONS = 255 * 255
 
 def destinations(params: RunParams) -> int:
     """Server addresses each client container spreads over: 1 on a bridge (the server has one
-    address); on loopback, enough that no pool is filled past LOOPBACK_POOL_FILL."""
-    if params.network != "loopback":
+    address); on loopback, enough that no pool is filled past LOOPBACK_POOL_FILL, except in
+    mode churn, whose pool is the point's question: one 127.x address of its own."""
+    if params.network != "loopback" or params.churn:
         return 1
     demand = params.procs * max(0, params.nofile - CLIENT_BASELINE_FDS)
     if params.max_connections is not None:

@@ -149,10 +149,6 @@ FIELDS: dict[str, Field] = {
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
 CHURN_ONLY = ("rate", "duration", "closer")
-# The loopback layout (many 127.x destinations picked for a held count), which the churn loop
-# does not use: refused with mode churn unless left default, never ignored. The 4-tuple's
-# members (server_ports, server_addrs, client_addrs, bind_mode) apply to both modes.
-HOLD_ONLY = ("network",)
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -303,11 +299,6 @@ class RunParams:
                 if getattr(self, name) != FIELDS[name].default:
                     raise ParamError(name, getattr(self, name), "applies to mode churn only "
                                      "(set mode: churn, or leave it out)")
-        else:
-            for name in HOLD_ONLY:
-                if getattr(self, name) != FIELDS[name].default:
-                    raise ParamError(name, getattr(self, name), "mode churn runs on the bridge "
-                                     "network only for now; leave it out or use mode hold")
         if self.churn and self.duration >= self.timeout:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "

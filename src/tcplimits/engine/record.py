@@ -144,9 +144,15 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
     if before and held:
         out.update(footprint.per_connection(before, held, connections))
     return out
-def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[dict]:
+def churn_rows(state: RunState, run_id: str, started_at: float | None,
+               params: RunParams | None = None) -> list[dict]:
     """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
-    since the engine started the clients (``started_at``, wall clock)."""
+    since the engine started the clients (``started_at``, wall clock).
+
+    On network loopback every agent shares the server's namespace, so each one's TIME_WAIT
+    count is the namespace's: only the end that closes first ever enters TIME_WAIT, so the
+    server's samples are kept, as that end's (client: all clients together, client null),
+    and the clients' copies of them dropped."""
     origin = started_at or 0.0
     rows = []
     begun = {key: r.get("started_at") for key, r in state.results.items()}
@@ -156,8 +162,14 @@ def churn_rows(state: RunState, run_id: str, started_at: float | None) -> list[d
                          t_s=round(offset + e["second"], 3), opened=e["opened"],
                          errors=e["errors"], error=e.get("error"),
                          connect_latency_s=e.get("connect_latency_s")))
+    shared = params is not None and params.network == "loopback"
     for e in state.time_wait:
-        rows.append(dict(run_id=run_id, role=e["role"], client=e.get("client"),
+        role, client = e["role"], e.get("client")
+        if shared:
+            if role != "server":
+                continue
+            role, client = params.closer, None
+        rows.append(dict(run_id=run_id, role=role, client=client,
                          t_s=round(e["at"] - origin, 3), time_wait=e["time_wait"]))
     return rows
 

@@ -162,7 +162,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
     write_run(out_dir, record, clients, server, series,
               compose=compose_file(experiment.specs, run_id), destinations=destinations,
               save_logs=experiment.save_logs,
-              churn=churn_rows(state, run_id, experiment.connect_started_at))
+              churn=churn_rows(state, run_id, experiment.connect_started_at, params))
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return record
