@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from report_fixtures import RUN_IDS, synthetic_dataset
-from tcplimits import charts, churn_model, dataset, findings, render
+from tcplimits import charts, churn_findings, churn_model, dataset, findings, render
 from tcplimits.params import RunParams
 from tcplimits.results import write_parquet
 
@@ -48,7 +48,7 @@ def churn_tables():
 
 def test_points_carry_rate_model_and_verdict():
     runs, _, _ = churn_tables()
-    pts = findings.churn_points(runs)
+    pts = churn_findings.churn_points(runs)
     assert pts["point"].to_list() == ["client closes, tw_reuse 0, 400/s, 6 s",
                                       "client closes, tw_reuse 1, 400/s, 5 s",
                                       "server closes, tw_reuse 0, max, 4 s"]
@@ -58,7 +58,7 @@ def test_points_carry_rate_model_and_verdict():
     assert pts["model_bound"][1] == pytest.approx(999.0)
     assert pts["model_bound"][2] is None  # no port bound when the server closes first
     assert pts["sustained"][1] == pytest.approx(400)
-    assert findings.churn_counts(pts) == {"points": 3, "agree": 3, "stopped": 1, "ran": 2}
+    assert churn_findings.churn_counts(pts) == {"points": 3, "agree": 3, "stopped": 1, "ran": 2}
 
 
 def test_hold_sections_leave_churn_runs_out():
@@ -83,11 +83,11 @@ def test_churn_section_without_churn_points_says_how_to_get_them():
 
 def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
     base = dict(closer="client", tw_reuse=1, rate=400, duration=10, clients=1)
-    assert findings.churn_label(base) == "client closes, tw_reuse 1, 400/s, 10 s"
-    label = findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
+    assert churn_findings.churn_label(base) == "client closes, tw_reuse 1, 400/s, 10 s"
+    label = churn_findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
                                       server_addrs=1))
     assert label == "client closes, tw_reuse 1, 400/s, bind, 2 server ports, 3 client addresses, 10 s"
-    assert findings.churn_label(dict(base, network="loopback")) == (
+    assert churn_findings.churn_label(dict(base, network="loopback")) == (
         "client closes, tw_reuse 1, 400/s, loopback, 10 s")
 
 
@@ -105,14 +105,14 @@ def test_a_bind_point_is_judged_against_one_pool_per_source(tmp_path):
 
 def test_churn_charts_draw_every_point():
     runs, _, series = churn_tables()
-    labels = findings.churn_labels(runs)
+    labels = churn_findings.churn_labels(runs)
     timeline = charts.churn_timeline(series, labels).to_dict()
     assert timeline["usermeta"]["tcplimits"]["chart"] == "churn_timeline"
     values = timeline["datasets"][next(iter(timeline["datasets"]))]
     assert {v["series"] for v in values} == {"opened per second", "TIME_WAIT, client",
                                              "TIME_WAIT, server"}
     assert {v["point"] for v in values} == set(labels.values())
-    rate = charts.churn_rate_vs_model(findings.churn_points(runs)).to_dict()
+    rate = charts.churn_rate_vs_model(churn_findings.churn_points(runs)).to_dict()
     assert rate["usermeta"]["tcplimits"]["chart"] == "churn_rate_vs_model"
 
 

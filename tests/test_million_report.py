@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tcplimits import dataset, findings, hostlimits, model
+from tcplimits import dataset, findings, hostlimits, million_findings, model
 from tcplimits.params import RunParams
 
 HOST = {"fs.file-max": 2_466_177, "fs.file-nr": 60_000, "net.netfilter.nf_conntrack_max": 262_144,
@@ -54,8 +54,8 @@ def data(runs):
 
 
 def test_the_ladder_is_the_big_or_loopback_runs_smallest_first():
-    assert findings.ladder_runs(RUNS)["run_id"].to_list() == ["small", "bridge-250k", "loop-1m"]
-    table = findings.ladder_table(RUNS)
+    assert million_findings.ladder_runs(RUNS)["run_id"].to_list() == ["small", "bridge-250k", "loop-1m"]
+    table = million_findings.ladder_table(RUNS)
     top = table.row(-1, named=True)
     assert top["held"] == 1_000_000 and top["per s"] == 5000 and top["conntrack entries"] == 0
     bridge = table.row(1, named=True)
@@ -64,21 +64,21 @@ def test_the_ladder_is_the_big_or_loopback_runs_smallest_first():
 
 
 def test_headline_names_the_most_held_and_the_wall_on_the_bridge():
-    text = findings.million_headline(RUNS)
+    text = million_findings.million_headline(RUNS)
     assert "**1,000,000**" in text and "loopback" in text and "connected in 200 s" in text
     assert "On bridge, net.netfilter.nf_conntrack_max stopped the run at 232,144" in text
 
 
 def test_memory_sentence_takes_medians_over_the_ladder():
-    text = findings.memory_sentence(RUNS)
+    text = million_findings.memory_sentence(RUNS)
     assert "median 5,100 bytes" in text and "60 bytes" in text and "3 runs" in text
     assert "8,800 bytes" in text
 
 
 def test_limits_of_the_biggest_run_and_the_sentences_of_those_that_stop_a_point():
-    top = findings.biggest(RUNS)
+    top = million_findings.biggest(RUNS)
     assert top["run_id"] == "loop-1m"
-    limits = findings.limits_table(top)
+    limits = million_findings.limits_table(top)
     assert "net.netfilter.nf_conntrack_max" not in limits["setting"].to_list()
     fmax = limits.filter(pl.col("setting") == "fs.file-max").row(0, named=True)
     assert fmax["this run needs"] == 60_000 + 2 * 1_000_000
@@ -96,7 +96,7 @@ def test_a_rung_that_dropped_syns_is_marked_suspect_and_said_why():
     noisy.update(noisy=True, noisy_reason=reason)
     runs = runs_frame([noisy, record("small", 3000, 1.0, 5000, 0, network="loopback",
                                      clients=1, procs=1, max_connections=3000)])
-    assert findings.ladder_table(runs)["times"].to_list() == ["ok", "suspect"]
+    assert million_findings.ladder_table(runs)["times"].to_list() == ["ok", "suspect"]
     said = findings.one_million(data(runs)).text()
     assert "1 point ran noisy" in said and "1,070 SYNs" in said and "the counts stand" in said
 

@@ -385,7 +385,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
 def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
     model's sustainable rate (black ticks; none where no port bound applies). ``points``:
-    findings.churn_points()."""
+    churn_findings.churn_points()."""
     df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
                  point=pl.Utf8).filter(pl.col("sustained") > 0)
     y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))

@@ -9,14 +9,14 @@ Each section function takes a ``Data`` (the four tables and the comparisons) and
 ``Blocks``: Markdown, HTML and charts in the order the cell shows them. The smaller functions
 beside them return the rows or numbers a section is made of.
 
-Longer than 400 lines on purpose: it is the report's one counterpart, section by section and
-mostly wording; split, a section's rows and its sentences would sit in different files.
+The rows and sentences of the larger sections live beside it, as pure functions of the
+frames: tcplimits.tuple_findings (sections 9 and 10), million_findings (12), churn_findings
+(13); the section functions here lay them out. Sections 1-8, 11 and 14 share the Data's
+comparisons and the helpers below, and stay here.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,8 +25,12 @@ from typing import Any
 
 import polars as pl
 
-from . import charts, churn_model, fourtuple, hostlimits, model, render, tuple_findings
+from . import charts, hostlimits, model, render, tuple_findings
+from .churn_findings import churn_counts, churn_labels, churn_mechanism, churn_points, is_churn
+from .million_findings import (biggest, ladder_runs, ladder_table, limit_rules, limits_table,
+                               memory_sentence, million_headline)
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
+from .render import plural
 from .results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
 # The seed's claims (the blog post and the book it argues with), set against the data.
@@ -137,10 +141,6 @@ def load(data_dir: str | Path) -> Data:
 
 
 # --- Small helpers ----------------------------------------------------------------------------
-
-def plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
 
 def values(df: pl.DataFrame, column: str) -> list:
     """Distinct non-null values of a column, in order."""
@@ -675,125 +675,6 @@ def rerun(d: Data) -> Blocks:
 # what a connection cost in memory and conntrack entries; then the host's limits as the
 # biggest run met them (tcplimits.hostlimits, recorded with each run).
 
-LADDER_MIN = 100_000  # the first rung of config/million.yaml
-ROOM_IN_CONNECTIONS = {  # host settings whose room is counted in connections, for the chart
-    hostlimits.CONNTRACK_MAX: "conntrack room",
-    hostlimits.FILE_MAX: "fs.file-max room",
-    hostlimits.MEMORY: "memory room",
-}
-LIMIT_EFFECTS = {"stops": "the point stops ({errno})", "refused": "the point is not run",
-                 "teardown": "teardown only"}
-
-
-def ladder_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """The runs of the section, smallest first."""
-    if runs.is_empty() or "network" not in runs.columns:
-        return runs.clear()
-    asked = pl.col("predicted_total").fill_null(0)
-    keep = runs.filter((pl.col("network") == "loopback") | (asked >= LADDER_MIN)
-                       | pl.col("host_limit").is_not_null())
-    return keep.sort("predicted_total", nulls_last=True)
-
-
-def host_limits_of(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The host limits recorded with a run (dataset column host_limits, JSON)."""
-    return json.loads(run["host_limits"]) if run.get("host_limits") else []
-
-
-def ladder_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """One row per run: layout, connections held and predicted, what stopped it, time and
-    rate, bytes and conntrack entries per connection."""
-    rows = []
-    for r in ladder_runs(runs).iter_rows(named=True):
-        held, connect_s, stop = r.get("connections_total"), r.get("connect_s"), r.get("host_limit")
-        rows.append({
-            "network": r["network"],
-            "layout": f"{r['clients']} x {r['procs']} processes, "
-                      f"{r.get('resolved_server_workers') or '?'} server workers",
-            "status": r["status"],
-            "held": held,
-            "predicted": r.get("predicted_total"),
-            "limit": f"{stop} (host)" if stop else r.get("predicted_limit"),
-            "connect s": round(connect_s, 1) if connect_s is not None else None,
-            "per s": round(held / connect_s) if held and connect_s else None,
-            "kernel B/conn": r.get("kernel_bytes_per_connection"),
-            "user B/conn": r.get("user_bytes_per_connection"),
-            "conntrack entries": r.get("conntrack_server_namespace"),
-            "teardown s": r.get("teardown_s"),
-            "times": "suspect" if r.get("noisy") else "ok",
-        })
-    return pl.DataFrame(rows) if rows else pl.DataFrame()
-
-
-def biggest(runs: pl.DataFrame) -> dict[str, Any] | None:
-    """The run of the section that held the most connections (ties: the last asked)."""
-    ladder = ladder_runs(runs).filter(pl.col("connections_total").is_not_null())
-    if ladder.is_empty():
-        return None
-    return ladder.sort(["connections_total", "predicted_total"]).row(-1, named=True)
-
-
-def limits_table(run: Mapping[str, Any]) -> pl.DataFrame:
-    """The host's limits as one run met them."""
-    rows = [{"setting": lim["setting"], "value here": lim["value"],
-             "this run needs": lim["needed"], "room (connections)": lim.get("room"),
-             "when reached": LIMIT_EFFECTS[lim["effect"]].format(errno=lim["errno"]).replace(
-                 " (None)", ""),
-             "how to pass it": (lim["command"] or lim["way_around"] or "") if lim["binds"]
-             else ""}
-            for lim in host_limits_of(run)]
-    return pl.DataFrame(rows) if rows else pl.DataFrame()
-
-
-def memory_sentence(runs: pl.DataFrame) -> str | None:
-    """What one connection costs, from every run of the section that measured it."""
-    ladder = ladder_runs(runs).filter(pl.col("kernel_bytes_per_connection").is_not_null()
-                                      & (pl.col("connections_total") > 0))
-    if ladder.is_empty():
-        return None
-    kernel = statistics.median(ladder["kernel_bytes_per_connection"].to_list())
-    user = statistics.median(ladder["user_bytes_per_connection"].drop_nulls().to_list() or [0])
-    slab = ladder["host_slab_bytes_per_connection"].drop_nulls().to_list()
-    text = (f"Each connection held (both ends on this host) cost a median {kernel:,.0f} bytes "
-            f"of kernel memory charged to the containers' cgroups and {user:,.0f} bytes of "
-            f"the agents' own memory, over {plural(ladder.height, 'run')}.")
-    if slab:
-        text += (f" The host's Slab grew {statistics.median(slab):,.0f} bytes per connection: "
-                 "it also counts the accepted sockets, which the kernel allocates before any "
-                 "process (and cgroup) owns them, and whatever else ran on the host.")
-    return text
-
-
-def million_headline(runs: pl.DataFrame) -> str:
-    """The most connections held, how, and what stopped the runs of each network."""
-    top = biggest(runs)
-    if top is None:
-        return (f"No run of this dataset asked for {LADDER_MIN:,} connections or more; "
-                "`snakemake --cores 4 --configfile config/million.yaml` runs the ladder.")
-    text = (f"The most connections held at once on this host: **{top['connections_total']:,}** "
-            f"({top['network']}, {top['clients']} client containers x {top['procs']} processes, "
-            f"{top.get('resolved_server_workers')} server workers")
-    if top.get("connect_s"):
-        text += f", connected in {top['connect_s']:.0f} s"
-    text += ")."
-    for (net,), group in ladder_runs(runs).group_by("network", maintain_order=True):
-        walls = group.filter(pl.col("host_limit").is_not_null())
-        if walls.height:
-            w = walls.row(0, named=True)
-            text += (f" On {net}, {w['host_limit']} stopped the run at "
-                     f"{w['connections_total'] or 0:,} of {w['predicted_total'] or 0:,} "
-                     "predicted connections (the model predicts that stop from the host's "
-                     "value and what the table already held).")
-    return text
-
-
-def limit_rules(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The host limits of ``run`` that are counted in connections, as the chart's rules."""
-    return [{"limit": f"{ROOM_IN_CONNECTIONS[lim['setting']]} ({lim['setting']})",
-             "connections": lim["room"]} for lim in host_limits_of(run)
-            if lim["setting"] in ROOM_IN_CONNECTIONS and lim.get("room")]
-
-
 def one_million(d: Data) -> Blocks:
     out = Blocks().md(million_headline(d.runs))
     table = ladder_table(d.runs)
@@ -827,109 +708,6 @@ def one_million(d: Data) -> Blocks:
 
 
 # --- 13. Churn --------------------------------------------------------------------------------
-
-def is_churn(runs: pl.DataFrame) -> pl.Series:
-    """Per run: mode churn (a dataset from before mode existed is all hold)."""
-    if "mode" not in runs.columns:
-        return pl.Series([False] * runs.height, dtype=pl.Boolean)
-    return runs["mode"].fill_null("hold") == "churn"
-
-
-def churn_label(run: Mapping[str, Any]) -> str:
-    """A churn point in words: "client closes, tw_reuse 0, 200/s, 20 s"."""
-    rate = run.get("rate")
-    pace = "max" if rate in (None, "max") else f"{int(rate):,}/s"
-    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}"
-    if run.get("tw_reuse_delay") is not None:
-        text += f" after {run['tw_reuse_delay']:,} ms"
-    if run.get("timestamps") is not None:
-        text += f", timestamps {run['timestamps']}"
-    text += f", {pace}"
-    if (run.get("clients") or 1) > 1:
-        text += f", {run['clients']} clients"
-    text += churn_tuple_words(run)
-    return text + (f", {run['duration']:g} s" if run.get("duration") else "")
-
-
-def churn_tuple_words(run: Mapping[str, Any]) -> str:
-    """The network and 4-tuple members a churn point changed, in words: ", bind, 2 server
-    ports"."""
-    words = ["loopback"] if run.get("network") == "loopback" else []
-    if (run.get("bind_mode") or fourtuple.CONNECT) != fourtuple.CONNECT:
-        words.append(str(run["bind_mode"]))
-    for key, name in (("server_ports", "server ports"), ("server_addrs", "server addresses"),
-                      ("client_addrs", "client addresses")):
-        if (run.get(key) or 1) > 1:
-            words.append(f"{int(run[key]):,} {name}")
-    return "".join(f", {w}" for w in words)
-
-
-def churn_labels(churn_runs: pl.DataFrame) -> dict[str, str]:
-    """run id -> point label, for the finished churn runs (repetitions keep their id)."""
-    out: dict[str, str] = {}
-    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
-        text = churn_label(r)
-        out[r["run_id"]] = text if text not in out.values() else f"{text} ({r['run_id']})"
-    return out
-
-
-CHURN_POINTS_SCHEMA = {
-    "run_id": pl.Utf8, "point": pl.Utf8, "asked": pl.Utf8, "sustained": pl.Float64,
-    "model_bound": pl.Float64, "connections": pl.Int64, "outcome": pl.Utf8,
-    "stopped_at_s": pl.Float64, "model_stop_after": pl.Int64, "model_stop_at_s": pl.Float64,
-    "agrees": pl.Boolean, "verdict": pl.Utf8,
-}
-
-
-def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
-    """One row per finished churn point: asked, sustained, the model's bound and stop, and
-    the verdict (``churn_model.verdict``, recorded by the run)."""
-    names = churn_labels(churn_runs)
-    rows = []
-    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
-        stopped = r.get("churn_stopped_at_s") is not None
-        rows.append({
-            "run_id": r["run_id"], "point": names[r["run_id"]],
-            "asked": "max" if r["rate"] in (None, "max") else f"{int(r['rate']):,}/s",
-            "sustained": r.get("churn_rate"), "model_bound": r.get("churn_predicted_rate"),
-            "connections": r.get("churn_connections"),
-            "outcome": (r.get("churn_stop_error") or "error") if stopped else "DURATION",
-            "stopped_at_s": r.get("churn_stopped_at_s"),
-            "model_stop_after": r.get("churn_predicted_stop_after"),
-            "model_stop_at_s": r.get("churn_predicted_stop_at_s"),
-            "agrees": r.get("churn_agrees"), "verdict": r.get("churn_verdict"),
-        })
-    return pl.DataFrame(rows, schema=CHURN_POINTS_SCHEMA, orient="row")
-
-
-def churn_counts(points: pl.DataFrame) -> dict[str, int]:
-    """Points, as predicted, stopped on an error, ran their duration."""
-    return {
-        "points": points.height,
-        "agree": int(points["agrees"].fill_null(False).sum()) if points.height else 0,
-        "stopped": points.filter(pl.col("outcome") != "DURATION").height,
-        "ran": points.filter(pl.col("outcome") == "DURATION").height,
-    }
-
-
-def churn_mechanism() -> str:
-    """What binds a churn point, with the kernel constants the model uses."""
-    tw, delay = churn_model.TIME_WAIT_S, churn_model.TW_REUSE_DELAY_S
-    return (f"On this kernel TIME_WAIT lasts **{tw:g} s** (`TCP_TIMEWAIT_LEN`, compiled in: no "
-            f"sysctl changes it). So a pool of R ports sustains R / {tw:g} connections per second "
-            f"per destination when the client closes first; faster, it stops after R connections "
-            f"with EADDRNOTAVAIL. `net.ipv4.tcp_tw_reuse=1` (per namespace, TCP timestamps "
-            f"needed) lets connect() take a TIME_WAIT port once it is {delay:g} s old "
-            f"(`tcp_tw_reuse_delay`): R / {delay:g} s. When the server closes first, TIME_WAIT "
-            "stays on the server and the client's ports come back at once: nothing in the kernel "
-            "stops the client, its own speed sets the rate. The 4-tuple multiplies R as the "
-            "client's way of getting a port says: plain connect() and bind-no-port pick the "
-            "port per destination, so each server port or address (and with bind-no-port each "
-            "source address) is a pool of R, and tcp_tw_reuse applies to each; bind((addr, 0)) "
-            "picks it before the destination is known and never takes a port a TIME_WAIT "
-            "socket holds: one pool of R per source address, whatever the destinations, "
-            "tcp_tw_reuse no help, and the stop is EADDRINUSE at bind().")
-
 
 def churn(d: Data) -> Blocks:
     out = Blocks().md(churn_mechanism())

@@ -36,6 +36,11 @@ QUARTO_MIN = (1, 4)
 
 # --- The dataset, as the report reads it --------------------------------------------------------
 
+
+def plural(count: int, word: str) -> str:
+    """"1 point", "2 points"."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
 def load_dataset(data_dir: str | Path) -> dict[str, pl.DataFrame]:
     """The four tables; a missing file is an empty table, a missing column a null column."""
     out = {}
