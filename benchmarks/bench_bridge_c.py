@@ -16,9 +16,7 @@ the agents' hardening, and is removed after each repetition.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -27,24 +25,14 @@ from pathlib import Path
 import docker
 from docker.types import Ulimit
 
+import cbuild
+
 from tcplimits import LABEL, RUN_LABEL, results
 from tcplimits.engine.plan import AGENTS, SERVER_PORT, hardening
 from tcplimits.image import ensure_image
 
 HERE = Path(__file__).parent
-SOURCE = HERE / "c" / "connect_loop.c"
 PORT_RANGE = "40000 49999"
-
-
-def build(workdir: Path) -> Path:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        raise SystemExit("bench_bridge_c: needs a C compiler on the host (apt-get install gcc)")
-    binary = workdir / "connect_loop"
-    subprocess.run([cc, "-O2", "-static", "-o", str(binary), str(SOURCE)], check=True)
-    workdir.chmod(0o755)
-    binary.chmod(0o755)
-    return binary
 
 
 def one(client, image: str, bindir: Path) -> dict:
@@ -95,7 +83,7 @@ def main() -> None:
     rows, warmup = [], []
     with tempfile.TemporaryDirectory() as tmp:
         bindir = Path(tmp)
-        build(bindir)
+        cbuild.require(cbuild.compile_static("c/connect_loop.c", bindir), "bench_bridge_c")
         for i in range(1 - args.warmup, args.repeat + 1):
             row = one(client, image, bindir)
             (rows if i > 0 else warmup).append(row)

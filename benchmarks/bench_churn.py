@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,11 +24,12 @@ from pathlib import Path
 
 import docker
 
+import cbuild
+
 from tcplimits import LABEL, RUN_LABEL, results
 from tcplimits.image import ensure_image
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "churn" / "churn_loop.c"
 AGENTS = "/opt/tcplimits/agents"
 PORT = 5000
 HARDENED = dict(cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
@@ -64,16 +63,6 @@ for r in range(1, rounds + 1):
                           error=c["errno"] or "DURATION", elapsed_s=c["elapsed_s"],
                           user_s=c["user_s"], sys_s=c["sys_s"])), flush=True)
 """ % (AGENTS, PORT, PORT)
-
-
-def build(workdir: Path) -> Path:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
-        raise SystemExit("bench_churn: needs a C compiler on the host (apt-get install gcc)")
-    binary = workdir / "churn_loop"
-    subprocess.run([gcc, "-O2", "-static", "-o", str(binary), str(SOURCE)], check=True)
-    binary.chmod(0o755)
-    return binary
 
 
 def slices(client, image: str, network: str, labels: dict, bindir: Path, server_ip: str,
@@ -112,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bindir = Path(tmp)
         bindir.chmod(0o755)
-        build(bindir)
+        cbuild.require(cbuild.compile_static("churn/churn_loop.c", bindir), "bench_churn")
         network = client.networks.create(run, driver="bridge", internal=True, labels=labels)
         server = None
         try:

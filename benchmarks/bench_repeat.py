@@ -64,25 +64,14 @@ from pathlib import Path
 import docker
 import polars as pl
 
+import cbuild
+
 from tcplimits import host, results
 from tcplimits.engine import run_experiment, runner
 from tcplimits.params import RunParams
 
 
-C_LOOP = Path(__file__).parent / "c" / "connect_loop.c"
 BENCH_DIR = "/bench"  # where the client container sees the C loop
-
-
-def build_reference(workdir: Path) -> Path | None:
-    """The C loop, static (it also runs inside the agent image), or None without a compiler."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        return None
-    binary = workdir / "connect_loop"
-    subprocess.run([cc, "-O2", "-static", "-o", str(binary), str(C_LOOP)], check=True)
-    workdir.chmod(0o755)
-    binary.chmod(0o755)
-    return binary
 
 
 def fresh_namespace_s(binary: Path, params: RunParams) -> float | None:
@@ -186,7 +175,8 @@ def main() -> None:
                        quiet_host_sockets=args.quiet_host_sockets)
     rows, warmup = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        Bracketed.binary, Bracketed.params = build_reference(Path(tmp)), params
+        Bracketed.binary = cbuild.compile_static("c/connect_loop.c", Path(tmp))
+        Bracketed.params = params
         runner.Experiment = Bracketed  # the benchmark's runs only
         for i in range(1 - args.warmup, args.repeat + 1):
             name = f"bench-repeat-{i}" if i > 0 else f"bench-repeat-warmup{1 - i}"
