@@ -103,7 +103,8 @@ def summary(run_dir: Path) -> str:
     totals = record.get("totals") or {}
     prediction = record.get("prediction") or {}
     if record.get("churn"):
-        lines.append(_churn_line(run_dir, record["churn"]))
+        lines.append(_churn_line(run_dir, record["churn"],
+                                 shared=record["params"].get("network") == "loopback"))
         if (record["churn"].get("verdict") or {}).get("sentence"):
             lines.append(f"churn model: {record['churn']['verdict']['sentence']}")
     else:
@@ -123,16 +124,15 @@ def summary(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _churn_line(run_dir: Path, churn: dict) -> str:
-    """Mode churn: the rate sustained and the TIME_WAIT peaks on each side."""
+def _churn_line(run_dir: Path, churn: dict, shared: bool = False) -> str:
+    """Mode churn: the rate sustained and the TIME_WAIT peaks on each side (``shared``: on
+    loopback, where every client is in one namespace)."""
     from . import results
 
     series = results.read_table(run_dir, results.CHURN_FILE).to_dicts()
     peaks = {role: max((r["time_wait"] for r in series
                         if r["role"] == role and r["time_wait"] is not None), default=0)
              for role in ("client", "server")}
-    shared = any(r["role"] == "client" and r["client"] is None and r["time_wait"] is not None
-                 for r in series)  # network loopback: one namespace for every client
     verdict = churn.get("verdict") or {}
     rate = verdict.get("rate")
     return (f"clients opened and closed {verdict.get('connections', 0):,} connections"
