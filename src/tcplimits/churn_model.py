@@ -41,7 +41,6 @@ from .params import RunParams
 
 TIME_WAIT_S = 60.0          # TCP_TIMEWAIT_LEN
 TW_REUSE_DELAY_S = 1.0      # net.ipv4.tcp_tw_reuse_delay default (ms in the sysctl)
-EADDRNOTAVAIL = "EADDRNOTAVAIL"
 DURATION = "DURATION"       # the agents' stop reason for a loop that ran its full duration
 
 # What binds a churn point.
