@@ -104,9 +104,15 @@ def test_run_records_host_tcp_state_before_and_after(client, tmp_path):
         assert state["alloc"] >= 1 and state["mem"] >= 0
     assert tcp["before"]["at"] <= tcp["at_connect"]["at"] <= tcp["after"]["at"]
     assert isinstance(record["noisy"], bool) and record["quiet_wait_s"] >= 0
-    # noisy exactly when the host held more closed sockets than allowed after the wait
+    # noisy exactly when the host held more closed sockets than allowed after the wait, or
+    # the server dropped SYNs (backlog 128 here: a slow accept loop can overflow it)
     left = host.leftover_sockets(tcp["at_connect"])
-    assert record["noisy"] == (left > 1000)
+    drops = record["facts"]["listen_drops"]
+    assert isinstance(drops, int) and drops >= 0
+    assert record["noisy"] == (left > 1000 or drops > 0), (left, drops, record["noisy_reason"])
+    if record["noisy"]:
+        assert ("orphaned" in record["noisy_reason"]) == (left > 1000)
+        assert ("dropped" in record["noisy_reason"]) == (drops > 0)
     assert (record["noisy_reason"] is None) == (not record["noisy"])
     # The client's CPU time while connecting: a time that other load does not lengthen.
     row = pl.read_parquet(tmp_path / "host-state" / results.CLIENTS_FILE).row(0, named=True)
