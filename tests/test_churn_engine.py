@@ -1,6 +1,11 @@
 """Mode churn on the real engine: TIME_WAIT, tcp_tw_reuse and who closes first, each with an
 outcome the model states beforehand (1,000-port ranges, a few seconds each)."""
 
+import json
+import re
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
@@ -188,3 +193,24 @@ def test_on_loopback_the_default_tw_reuse_reuses_and_only_the_closer_keeps_time_
     for got, want in zip(clients["connections"], record["churn"]["prediction"]["stop_after"]):
         assert abs(got - want) <= 2
     assert record["churn"]["verdict"]["agrees"], record["churn"]["verdict"]["sentence"]
+
+
+def test_cli_churn_run_says_what_happened_and_counts_time_wait_live(tmp_path):
+    # the issue's own command, shortened: the client stops within a second, the run lasts
+    # its duration, and the log shows the TIME_WAIT count meanwhile
+    out = tmp_path / "churn-demo"
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", "--mode", "churn",
+                           "--port-range", "40000-40999", "--rate", "max", "--duration", "12",
+                           "--closer", "client", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    live = [line for line in proc.stderr.splitlines() if line.startswith("connections ")]
+    assert live and live[-1].endswith("processes stopped 1/1"), live
+    waiting = [re.fullmatch(r"every client process stopped; (\d+) of 12 s: TIME_WAIT clients "
+                            r"([\d,]+), server 0", line)
+               for line in proc.stderr.splitlines() if line.startswith("every client")]
+    assert waiting and all(waiting), proc.stderr
+    assert max(int(m[2].replace(",", "")) for m in waiting) >= 900  # the client's ports
+    assert "churn model: as predicted: stopped with EADDRNOTAVAIL" in proc.stdout, proc.stdout
+    assert "reached (rate max)" in proc.stdout
+    assert json.loads((out / results.RUN_JSON).read_text())["duration_s"] >= 12

@@ -131,6 +131,9 @@ def test_verdict_stop_as_predicted():
     assert v.agrees and v.stopped and v.stopped_at_s == 0.25
     assert v.sentence.startswith("as predicted") and "EADDRNOTAVAIL" in v.sentence
     assert v.prediction.stop_after == [999]
+    assert "against 3,996/s reached (rate max)" in v.sentence  # the loop's own pace, not asked
+    paced = cm.verdict("r", churn(rate=2000), rows((1, 999, "EADDRNOTAVAIL", 0.5, 1)))
+    assert paced.agrees and "against 2,000/s asked" in paced.sentence
 
 
 def test_verdict_stop_far_from_the_pool_differs():

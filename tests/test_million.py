@@ -89,6 +89,8 @@ def test_live_count_shows_the_rate_in_the_job_log(tmp_path):
     assert proc.returncode == 0, proc.stderr
     live = [line for line in proc.stderr.splitlines() if line.startswith("connections ")]
     assert live and all("/s; server accepted" in line for line in live)
+    # the last line is the final count, in a log as on a terminal
+    assert live[-1].startswith("connections 994 ") and live[-1].endswith("stopped 2/2"), live
     assert "clients hold 994 connections" in proc.stdout
 
 

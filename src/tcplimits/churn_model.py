@@ -243,7 +243,8 @@ def verdict(run_id: str, params: RunParams, clients: Sequence[Mapping[str, Any]]
         model = (f"model: stop with {pred.errno} after {sum(pred.stop_after):,}{extra} "
                  f"connections ({_pool_words(params, pred)} sustain "
                  f"{_fmt_rate(sum(pred.sustainable_rate))} against "
-                 f"{_fmt_rate(pred.asked_rate and pred.asked_rate * params.clients)} asked)")
+                 f"{_fmt_rate(pred.asked_rate and pred.asked_rate * params.clients)} "
+                 f"{'asked' if params.rate_per_s is not None else 'reached (rate max)'})")
         seen = (f"stopped with {', '.join(sorted(errnos))} after {total:,} connections at "
                 f"{stopped_at:.2f} s" if stopped else
                 f"did not stop: {total:,} connections at {rate:,.0f}/s")

@@ -236,9 +236,16 @@ class Experiment:
     def wait_for_duration(self) -> None:
         """Mode churn: the run lasts its duration even when every client stopped early, so
         that the TIME_WAIT series shows what the stopped clients left behind."""
-        end = (self._connect_started or time.monotonic()) + self.params.duration
-        while time.monotonic() < min(end, self.deadline):
-            self.drain(min(0.2, max(0.0, end - time.monotonic())))
+        start = self._connect_started or time.monotonic()
+        end = start + self.params.duration
+        tty, last_print = sys.stderr.isatty(), 0.0
+        while (now := time.monotonic()) < min(end, self.deadline):
+            self.drain(min(0.2, max(0.0, end - now)))
+            if self.live and self.state.time_wait and now - last_print >= (0.5 if tty else 10.0):
+                last_print = now
+                self._print_time_wait(now - start, tty)
+        if self.live and tty and last_print:
+            print(file=sys.stderr)
 
     def collect_server(self) -> None:
         """Let the server's count settle, stop it, and wait for each worker's final count."""
@@ -299,9 +306,10 @@ class Experiment:
             if progress and self.live and now - last_print >= (0.5 if tty else 5.0):
                 last_print = now
                 self._print_live(tty)
-        if progress and self.live and tty:
+        if progress and self.live:  # the final count, on a terminal or in a log
             self._print_live(tty)
-            print(file=sys.stderr)
+            if tty:
+                print(file=sys.stderr)
 
     def save_logs(self, out_dir: Path) -> None:
         for role, reader in self.readers.items():
@@ -366,6 +374,21 @@ class Experiment:
         line = (f"connections {count:,} ({parts}) at {rate:,.0f}/s; server accepted "
                 f"{self.state.accepted:,}; processes stopped {done}/"
                 f"{self.params.clients * self.params.procs}")
+        print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def _print_time_wait(self, elapsed: float, tty: bool) -> None:
+        """Mode churn, once every client stopped: the newest TIME_WAIT count per side."""
+        newest: dict[tuple[str, int | None], int] = {}
+        for sample in self.state.time_wait:
+            newest[(sample["role"], sample.get("client"))] = sample["time_wait"]
+        if self.params.network == "loopback":  # one namespace: every agent counts the same
+            counts = f"{newest.get(('server', None), 0):,} in the shared namespace"
+        else:
+            clients = sum(n for (role, _), n in newest.items() if role != "server")
+            counts = f"clients {clients:,}, server {newest.get(('server', None), 0):,}"
+        line = (f"every client process stopped; {elapsed:.0f} of {self.params.duration:g} s: "
+                f"TIME_WAIT {counts}")
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
               file=sys.stderr, flush=True)
 
