@@ -35,6 +35,15 @@ localrules:
     report,
 
 
+# The sweep's summary (points, the model's verdicts, noisy and failed points with their
+# reasons), which the report job wrote beside the page, and where the page is.
+onsuccess:
+    summary = report_outputs()["summary"]
+    if os.path.exists(summary):
+        with open(summary) as text:
+            print(f"\n{text.read()}report: {report_outputs()['page']}")
+
+
 rule all:
     default_target: True
     input:

@@ -57,7 +57,7 @@ POINTS = [
     ("nofile-300", dict(port_range="32768-60999", nofile=300), "ok", None,
      [(1, 1, 297, "EMFILE")], [(297, None)]),
     ("server-1024", dict(port_range="32768-60999", nofile=15000, clients=2, server_nofile=1024,
-                         server_workers=1), "ok", None,
+                         server_workers=1, backlog=128), "ok", None,
      [(1, 1, 575, "ETIMEDOUT"), (2, 1, 576, "ETIMEDOUT")], [(1020, "EMFILE")]),
     ("seed-nofile-100000", dict(port_range="32768-60999", nofile=100000, clients=2),
      "unsupported", "engine allows nofile up to 20000; asked 100000; use more --procs",

@@ -8,6 +8,7 @@ import pytest
 
 from report_fixtures import synthetic_dataset
 from tcplimits import charts, model, render
+from tcplimits.params import FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +113,21 @@ def test_latency_draws_noisy_runs_dashed(ds):
     assert dash["field"] == "host" and dash["scale"]["domain"] == [charts.QUIET, charts.NOISY]
 
 
+DEFAULT_BACKLOG = FIELDS["backlog"].default  # a run without a recorded backlog had it
+
+
 def test_server_gaps_count_the_models_accept_queue():
     runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
                          "server_accepted": [196, 10, 5, 3]})
     gaps = charts.server_gaps(runs)
     assert gaps["gap"].to_list() == [9, 0, 0]  # a run without both counts is left out
     assert gaps["queue"].to_list() == [
-        model.accept_queue(8), model.accept_queue(128), model.accept_queue(10_000)]
+        model.accept_queue(8), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000)]
     measured = charts.server_gaps(runs.with_columns(somaxconn=pl.Series([4, None, 20_000, 1])))
     assert measured["queue"].to_list() == [
-        model.accept_queue(8, 4), model.accept_queue(128), model.accept_queue(10_000, 20_000)]
+        model.accept_queue(8, 4), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000, 20_000)]
     no_backlog = charts.server_gaps(runs.drop("backlog").head(1))
-    assert no_backlog["queue"].to_list() == [model.accept_queue(128)]
+    assert no_backlog["queue"].to_list() == [model.accept_queue(DEFAULT_BACKLOG)]
 
 
 def test_port_count_of_an_unreadable_range_is_null():

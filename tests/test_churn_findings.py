@@ -134,3 +134,13 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
     # the sections about held connections still show only the hold points
     assert page.count('class="tcpl-chart"') == 5 + 2
     assert all(r in page for r in RUN_IDS)
+
+
+def test_sweep_summary_counts_churn_verdicts_apart_from_hold_points():
+    runs, clients, series = churn_tables()
+    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+                          "series": pl.DataFrame(), "churn": series})
+    assert findings.sweep_summary(d).splitlines() == [
+        "3 points: 3 ok",
+        "churn: 3 of 3 finished points as the model predicted (1 stopped on an error, 2 ran "
+        "their full duration)"]

@@ -332,7 +332,7 @@ def test_server_gaps_use_the_models_accept_queue(d):
     accepted = sum(w[0] for w in _workers("server-1024"))
     assert row["clients hold"] == held and row["server accepted"] == accepted
     assert row["gap"] == held - accepted
-    assert row["backlog + 1"] == model.accept_queue(FIELDS["backlog"].default)
+    assert row["backlog + 1"] == model.accept_queue(128)  # the fixture's backlog
     assert row["workers"] == 1 and row["worker nofile"] == 1024
     assert row["server stopped with"] == "EMFILE"
 
@@ -400,3 +400,22 @@ def test_the_report_calls_only_findings_and_charts(data_dir):
         assert hasattr(findings, call.split(".")[1].split("(")[0])
     assert dataset.TABLE_NAMES == ("runs", "clients", "server", "series", "destinations", "churn")
     assert charts.per_client  # the section functions draw with charts
+
+
+def test_sweep_summary_counts_points_and_verdicts_and_names_what_went_wrong(d, empty):
+    lines = findings.sweep_summary(d).splitlines()
+    counts = findings.status_counts(d.runs)
+    assert lines[0] == (f"{d.runs.height} points: {counts['ok']} ok, {counts['failed']} failed, "
+                        f"{counts['unsupported']} unsupported")
+    agree = sum(c.within_tolerance for c in d.comparisons)
+    assert lines[1].startswith(f"hold: {agree} of {len(d.comparisons)} finished points as the "
+                               "model predicted")
+    assert agree < len(d.comparisons)  # the fixture's short-timeout point is beyond tolerance
+    # every point without a measurement is named, with the reason its run recorded
+    for r in d.unfinished.iter_rows(named=True):
+        assert f"  {r['run_id']}: {r['reason']}" in lines
+    assert not any(line.startswith("noisy") for line in lines)
+    flagged = findings.sweep_summary(_flag(d, ["seed-default"])).splitlines()
+    at = flagged.index("noisy: 1 point, counts exact, times suspect:")
+    assert flagged[at + 1].startswith("  seed-default: host not quiet after 60 s")
+    assert findings.sweep_summary(empty) == "no point was run"

@@ -37,7 +37,7 @@ def test_grid_is_the_cartesian_product():
     assert len(combos) == 8
     assert all(p.repetition == 1 for p in points)
     # experiment values reach every point; keys set nowhere keep RunParams' defaults
-    assert all(p.params.timeout == 600.0 and p.params.backlog == 128 for p in points)
+    assert all(p.params.timeout == 600.0 and p.params.backlog == 4096 for p in points)
 
 
 def test_points_repetitions_and_duplicates():

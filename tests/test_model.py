@@ -43,7 +43,7 @@ def test_processes_add_descriptors_not_ports():
 
 
 def test_server_bound_clients_count_the_accept_queue():
-    p = _predict(clients=2, server_nofile=1024, server_workers=1)
+    p = _predict(clients=2, server_nofile=1024, server_workers=1, backlog=128)
     assert (p.limit, p.server_accepted, p.total) == (model.SERVER, 1020, 1020 + 129)
     assert sum(p.per_client) == p.total
 
@@ -231,7 +231,7 @@ def test_emfile_while_port_bound_names_the_process_and_its_room():
     ({"nofile": 300}, model.DESCRIPTORS, "nofile - 3 = 297 sockets"),
     ({"port_range": "40000-40999"}, model.PORTS, "the 1,000 ports of 40000-40999"),
     ({"max_connections": 50}, model.MAX_CONNECTIONS, "at 50 connections"),
-    ({"clients": 2, "server_nofile": 1024, "server_workers": 1}, model.SERVER,
+    ({"clients": 2, "server_nofile": 1024, "server_workers": 1, "backlog": 128}, model.SERVER,
      "accepts 1,020 and queues 129 more"),
 ])
 def test_limit_reason_says_where_the_number_comes_from(values, limit, words):

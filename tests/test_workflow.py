@@ -77,6 +77,7 @@ FAKE_TCPLIMITS = textwrap.dedent(f"""\
 
         render.copy_dataset(Path(args.dataset), Path(args.out) / "data")
         results.write_text("<html></html>", Path(args.out) / "index.html")
+        cli._write_summary(Path(args.dataset), Path(args.out) / results.SUMMARY_FILE)
         if args.browser_check == "yes":
             results.write_text("fake png", Path(args.out) / "screenshot.png")
     else:
@@ -249,7 +250,9 @@ def test_failed_points_are_recorded_and_do_not_stop_the_others(wd):
 
     cfg["points"].pop()
     wd.write_config("sweep.yaml", cfg)
-    wd.snakemake("--configfile", name)
+    proc = wd.snakemake("--configfile", name)
+    # the sweep's summary at the end names the failed point and its reason
+    assert f"failed: 1 point, no measurement:\n  {ids[-2]}: fake failure\n" in proc.stdout
     runs = pl.read_parquet(wd.path / "results/dataset/runs.parquet")
     failed = runs.filter(pl.col("status") == "failed")
     assert failed["run_id"].to_list() == [ids[-2]] and failed["reason"][0] == "fake failure"
@@ -404,8 +407,13 @@ def test_end_to_end_tiny_sweep(tmp_path):
         pytest.skip(reason)
     wd = Workdir(tmp_path, fake=False)
     # The default target: every point, the dataset and the report.
-    wd.snakemake("--configfile", "config/tiny.yaml", timeout=900)
+    proc = wd.snakemake("--configfile", "config/tiny.yaml", timeout=900)
     runs = assert_tiny_dataset(wd.path / "results" / "dataset")
+    # it ends with the sweep's summary, which the report job wrote beside the page
+    summary = (wd.path / "results" / "report" / "summary.txt").read_text()
+    assert summary.startswith("3 points: 3 ok\nhold: 3 of 3 finished points as the model "
+                              "predicted"), summary
+    assert f"{summary}report: results/report/index.html" in proc.stdout, proc.stdout
     # The report names every run, loads nothing from elsewhere and draws every chart.
     from report_fixtures import assert_report
 

@@ -247,9 +247,11 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .render import render_report
+    from .results import SUMMARY_FILE
 
     out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source))
     print(out)
+    _write_summary(Path(args.dataset), out.parent / SUMMARY_FILE)
     if args.browser_check == "no":
         return EXIT_OK
     from .browser import browser_available, check_in_browser
@@ -268,6 +270,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"tcplimits report: browser check: {problem}", file=sys.stderr)
     print(screenshot)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def _write_summary(dataset_dir: Path, target: Path) -> None:
+    """The sweep's summary (``findings.sweep_summary``), printed and written beside the page,
+    where the workflow shows it when it finishes."""
+    from . import findings, results
+
+    text = findings.sweep_summary(findings.load(dataset_dir))
+    results.write_text(text + "\n", target)
+    print(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -799,3 +799,46 @@ def conclusion(d: Data) -> Blocks:
             f"The model predicted {agree:,} of {plural(len(d.comparisons), 'finished point')} "
             "within tolerance; section 6 explains every difference it found."]
     return out.md("\n\n".join(said))
+
+
+# --- The sweep's summary, for the terminal ------------------------------------------------------
+
+def sweep_summary(d: Data) -> str:
+    """A few plain-text lines for the end of a sweep (`tcplimits report` prints them and the
+    workflow shows them when it finishes): how many points ran, how many the model got right,
+    which ran noisy and which produced no measurement, with their reasons."""
+    every = pl.concat([d.runs, d.churn_runs], how="diagonal_relaxed") \
+        if not d.churn_runs.is_empty() else d.runs
+    if every.is_empty():
+        return "no point was run"
+    counts = status_counts(every)
+    lines = [f"{plural(every.height, 'point')}: "
+             + ", ".join(f"{n:,} {status}" for status, n in counts.items() if n)]
+    if d.comparisons:
+        agree = sum(c.within_tolerance for c in d.comparisons)
+        exact = sum(c.deviation == 0 for c in d.comparisons)
+        limits: dict[str, int] = {}
+        for c in d.comparisons:
+            limits[c.limit] = limits.get(c.limit, 0) + 1
+        lines.append(f"hold: {agree:,} of {plural(len(d.comparisons), 'finished point')} as the "
+                     f"model predicted ({exact:,} exactly); limited by "
+                     + ", ".join(f"{k} at {v:,}" for k, v in
+                                 sorted(limits.items(), key=lambda kv: -kv[1])))
+    points = churn_points(d.churn_runs) if not d.churn_runs.is_empty() else pl.DataFrame()
+    if not points.is_empty():
+        c = churn_counts(points)
+        lines.append(f"churn: {c['agree']:,} of {plural(c['points'], 'finished point')} as the "
+                     f"model predicted ({c['stopped']:,} stopped on an error, {c['ran']:,} ran "
+                     "their full duration)")
+    noisy = noisy_runs(every)
+    if not noisy.is_empty():
+        lines.append(f"noisy: {plural(noisy.height, 'point')}, counts exact, times suspect:")
+        lines += [f"  {r['run_id']}: {r['noisy_reason'] or 'no reason recorded'}"
+                  for r in noisy.iter_rows(named=True)]
+    for status in (STATUS_FAILED, STATUS_UNSUPPORTED):
+        gone = every.filter(pl.col("status") == status)
+        if not gone.is_empty():
+            lines.append(f"{status}: {plural(gone.height, 'point')}, no measurement:")
+            lines += [f"  {r['run_id']}: {r['reason'] or 'no reason recorded'}"
+                      for r in gone.iter_rows(named=True)]
+    return "\n".join(lines)

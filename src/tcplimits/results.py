@@ -84,6 +84,8 @@ CHURN_FILE = "churn.parquet"
 DESTINATIONS_FILE = "destinations.parquet"
 COMPOSE_FILE = "compose.yml"
 LOGS_DIR = "logs"
+# Beside the report's index.html: the sweep's summary in plain text (`tcplimits report`).
+SUMMARY_FILE = "summary.txt"
 
 # One row per client process.
 CLIENTS_SCHEMA: dict[str, pl.DataType] = {

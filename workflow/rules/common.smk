@@ -61,10 +61,12 @@ def run_files(point_id):
 
 
 def report_outputs():
-    """The page, the dataset copied beside it and, with the browser check, its screenshot."""
+    """The page, the dataset copied beside it, the sweep's summary and, with the browser
+    check, its screenshot."""
     outputs = {
         "page": f"{REPORT_DIR}/index.html",
         "data": directory(f"{REPORT_DIR}/data"),
+        "summary": f"{REPORT_DIR}/{results.SUMMARY_FILE}",
     }
     if BROWSER_CHECK:
         outputs["screenshot"] = f"{REPORT_DIR}/screenshot.png"

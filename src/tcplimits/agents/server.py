@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--port", type=lambda t: [int(v) for v in t.split(",") if v.strip()],
                    default=[5000], help="port(s) to listen on, comma-separated")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--backlog", type=int, default=4096)
     p.add_argument("--churn", action="store_true",
                    help="answer and close each connection (clients in churn mode)")
     p.add_argument("--check", action="store_true",
