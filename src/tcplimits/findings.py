@@ -436,15 +436,19 @@ def model_terms() -> Blocks:
         "should see.")
 
 
+def limit_counts(comparisons: Iterable[model.Comparison]) -> dict[str, int]:
+    """Points per limiting term, the most frequent first."""
+    limits: dict[str, int] = {}
+    for c in comparisons:
+        limits[c.limit] = limits.get(c.limit, 0) + 1
+    return dict(sorted(limits.items(), key=lambda kv: -kv[1]))
+
+
 def agreement(comparisons: list[model.Comparison]) -> str:
     """How many points agree with the model (and exactly), and which term limited them."""
     agree = sum(c.within_tolerance for c in comparisons)
     exact = sum(c.deviation == 0 for c in comparisons)
-    limits: dict[str, int] = {}
-    for c in comparisons:
-        limits[c.limit] = limits.get(c.limit, 0) + 1
-    named = ", ".join(f"{k} at {plural(v, 'point')}"
-                      for k, v in sorted(limits.items(), key=lambda kv: -kv[1]))
+    named = ", ".join(f"{k} at {plural(v, 'point')}" for k, v in limit_counts(comparisons).items())
     return (f"**{agree:,} of {plural(len(comparisons), 'finished point')}** agree with the "
             f"prediction made before their first connect(), within max({model.TOLERANCE_ABS}, "
             f"{model.TOLERANCE_REL:.1%} of the prediction) connections; {exact:,} match it "
@@ -817,13 +821,9 @@ def sweep_summary(d: Data) -> str:
     if d.comparisons:
         agree = sum(c.within_tolerance for c in d.comparisons)
         exact = sum(c.deviation == 0 for c in d.comparisons)
-        limits: dict[str, int] = {}
-        for c in d.comparisons:
-            limits[c.limit] = limits.get(c.limit, 0) + 1
         lines.append(f"hold: {agree:,} of {plural(len(d.comparisons), 'finished point')} as the "
                      f"model predicted ({exact:,} exactly); limited by "
-                     + ", ".join(f"{k} at {v:,}" for k, v in
-                                 sorted(limits.items(), key=lambda kv: -kv[1])))
+                     + ", ".join(f"{k} at {v:,}" for k, v in limit_counts(d.comparisons).items()))
     points = churn_points(d.churn_runs) if not d.churn_runs.is_empty() else pl.DataFrame()
     if not points.is_empty():
         c = churn_counts(points)
