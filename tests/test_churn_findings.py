@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from report_fixtures import RUN_IDS, synthetic_dataset
+from report_fixtures import ENV, RUN_IDS, synthetic_dataset
 from tcplimits import charts, churn_findings, churn_model, dataset, findings, render
 from tcplimits.params import RunParams
 from tcplimits.results import write_parquet
@@ -31,7 +31,7 @@ def churn_tables():
         row = [dict(client=1, proc=1, connections=n, error=err, elapsed_s=t, held_ports=1)]
         record = {"run_id": run_id, "status": "ok", "params": params.to_dict(),
                   "churn": churn_model.run_record(run_id, params, row, [1], finished=True)}
-        runs.append(dataset.run_row(record, Path(run_id)))
+        runs.append({**dataset.run_row(record, Path(run_id)), **ENV})  # the hold points' host
         clients.append({"run_id": run_id, **row[0], **params.to_dict()})
         for s in range(int(t) + 1):
             series.append(dict(run_id=run_id, role="client", client=1, proc=1, t_s=float(s),
@@ -131,9 +131,15 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
     assert section.count('class="tcpl-chart"') == 2
     assert section.count("as predicted: ") == 3
     assert "3 of 3" in section and "60 s" in section
-    # the sections about held connections still show only the hold points
+    # the sections about held connections still show only the hold points...
     assert page.count('class="tcpl-chart"') == 5 + 2
     assert all(r in page for r in RUN_IDS)
+    # ... while the run set, its host and how to rerun a point count the churn points too
+    points = len(RUN_IDS) + len(CHURN)
+    assert f"This run set has <strong>{points} points</strong>" in page
+    assert "3 of them are churn points (section 13)." in page
+    assert f"All {points} points ran on one host" in page
+    assert f"The {points} points: compose file and command of each" in page
 
 
 def test_sweep_summary_counts_churn_verdicts_apart_from_hold_points():
@@ -144,3 +150,32 @@ def test_sweep_summary_counts_churn_verdicts_apart_from_hold_points():
         "3 points: 3 ok",
         "churn: 3 of 3 finished points as the model predicted (1 stopped on an error, 2 ran "
         "their full duration)"]
+
+
+def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
+    runs, clients, series = churn_tables()
+    runs = runs.with_columns(
+        status=pl.when(pl.col("run_id") == "churn-server").then(pl.lit("failed"))
+        .otherwise(pl.col("status")),
+        reason=pl.when(pl.col("run_id") == "churn-server").then(pl.lit("server container "
+                                                                       "killed")))
+    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+                          "series": pl.DataFrame(), "churn": series})
+    question = findings.question(d).text()
+    assert "**3 points**: 2 finished, 1 failed" in question
+    assert "All of them are churn points (section 13)" in question
+    assert "no runs at all" not in question
+    varied = findings.varied_parameters(d.every)  # what the churn points vary, and why
+    assert {"closer", "tw_reuse", "rate", "duration"} <= set(varied["parameter"])
+    assert varied.filter(pl.col("parameter") == "closer")["values"].to_list() == ["client, server"]
+    assert varied.filter(pl.col("parameter") == "rate")["values"].to_list() == ["400, max"]
+    environment = findings.environment(d)  # the churn runs' own kernel, engine and host
+    assert environment.kinds() == ["html", "markdown", "html"]
+    assert "6.18.0-1-amd64" in environment.text() and "node1" in environment.text()
+    unfinished = findings.unfinished_rows(d.every)
+    assert unfinished["point"].to_list() == ["churn-server"]
+    assert unfinished["reason"].to_list() == ["server container killed"]
+    assert findings.unfinished(d).kinds() == ["markdown", "html"]
+    assert "section 13" in findings.conclusion(d).text()
+    assert "failed: 1 point, no measurement:\n  churn-server: server container killed" in \
+        findings.sweep_summary(d)

@@ -50,6 +50,18 @@ WHAT_IT_TESTS = {
     "backlog": "the accept queue: connections the kernel completes before accept()",
     "max_connections": "a bound the client sets itself",
     "connect_timeout": "how long a dropped SYN is waited for",
+    "network": "a Docker bridge (the host's conntrack sees every connection) or loopback",
+    "server_ports": "the 4-tuple's server port: every port a pool of its own (section 9)",
+    "server_addrs": "the 4-tuple's server address, the book's virtual IPs (sections 9, 10)",
+    "client_addrs": "the 4-tuple's source address: pools only where the bind mode keeps them",
+    "bind_mode": "whether the source port is picked before the destination is known",
+    "mode": "connections held until the first failure, or opened and closed (churn)",
+    "rate": "churn: how fast a client opens and closes, against what TIME_WAIT lets it",
+    "duration": "churn: how long a client keeps going",
+    "closer": "churn: which end closes first and so keeps the TIME_WAIT socket",
+    "tw_reuse": "churn: whether connect() may take a port still in TIME_WAIT",
+    "tw_reuse_delay": "churn: how old a TIME_WAIT socket must be before it is reused",
+    "timestamps": "churn: TCP timestamps, which tcp_tw_reuse needs",
 }
 
 
@@ -126,13 +138,22 @@ class Data:
     def by_id(self) -> dict[str, model.Comparison]:
         return {c.run_id: c for c in self.comparisons}
 
+    @cached_property
+    def every(self) -> pl.DataFrame:
+        """Every point, hold and churn: for what the run set is, where it ran, and which
+        points produced no measurement."""
+        if self.churn_runs.is_empty():
+            return self.runs
+        return pl.concat([self.runs, self.churn_runs], how="diagonal_relaxed")
+
     @property
     def ok(self) -> pl.DataFrame:
         return self.runs.filter(pl.col("status") == STATUS_OK)
 
     @property
     def unfinished(self) -> pl.DataFrame:
-        return self.runs.filter(pl.col("status") != STATUS_OK)
+        """Points of either mode that produced no measurement."""
+        return self.every.filter(pl.col("status") != STATUS_OK)
 
 
 def load(data_dir: str | Path) -> Data:
@@ -143,10 +164,18 @@ def load(data_dir: str | Path) -> Data:
 # --- Small helpers ----------------------------------------------------------------------------
 
 def values(df: pl.DataFrame, column: str) -> list:
-    """Distinct non-null values of a column, in order."""
+    """Distinct non-null values of a column, in order (numbers as numbers where a column mixes
+    them with words: rate 25, 400, max)."""
     if column not in df.columns or df.is_empty():
         return []
-    return sorted(v for v in df[column].unique().to_list() if v is not None)
+    return sorted((v for v in df[column].unique().to_list() if v is not None), key=_in_order)
+
+
+def _in_order(value: Any) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 def span(numbers: Iterable[int]) -> str:
@@ -191,18 +220,29 @@ def varied_parameters(runs: pl.DataFrame) -> pl.DataFrame:
 
 def question(d: Data) -> Blocks:
     out = Blocks()
-    if d.runs.is_empty():
+    if d.every.is_empty():
         return out.md("**This dataset has no runs at all**, so no claim is tested below: every "
                       "section says what it would show. Run the workflow (`snakemake --cores 4`) "
                       "to fill it.")
-    counts = status_counts(d.runs)
-    out.md(f"This run set has **{plural(d.runs.height, 'point')}**: {counts[STATUS_OK]:,} "
+    counts = status_counts(d.every)
+    out.md(f"This run set has **{plural(d.every.height, 'point')}**: {counts[STATUS_OK]:,} "
            f"finished, {counts[STATUS_FAILED]:,} failed and {counts[STATUS_UNSUPPORTED]:,} could "
-           "not run on this engine (section 11). What each varied parameter tests:")
-    varied = varied_parameters(d.runs)
+           "not run on this engine (section 11)."
+           + (churn_share(d.churn_runs.height, d.every.height) if d.churn_runs.height else "")
+           + " What each varied parameter tests:")
+    varied = varied_parameters(d.every)
     if varied.is_empty():
         return out.md("No parameter varies: the run set is a single configuration.")
     return out.table(varied)
+
+
+def churn_share(churn: int, points: int) -> str:
+    """How many of the run set's points are churn points (section 13)."""
+    if churn == points:
+        return (" All of them are churn points (section 13): none holds connections, so "
+                "sections 3–10 have nothing to show.")
+    return (f" {churn:,} of them {'is a churn point' if churn == 1 else 'are churn points'} "
+            "(section 13).")
 
 
 # --- 2. The environment -----------------------------------------------------------------------
@@ -249,11 +289,11 @@ def grid_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 def environment(d: Data) -> Blocks:
     out = Blocks()
-    if d.runs.is_empty():
+    if d.every.is_empty():
         return out.md("No run recorded its environment.")
-    return (out.table(environment_facts(d.runs), classes="kv", header=False)
+    return (out.table(environment_facts(d.every), classes="kv", header=False)
             .md("The grid, parameter by parameter (a point is one combination):")
-            .table(grid_table(d.runs)))
+            .table(grid_table(d.every)))
 
 
 def hosts_table(runs: pl.DataFrame) -> pl.DataFrame:
@@ -276,7 +316,7 @@ def hosts(d: Data) -> Blocks:
     """Where the points ran: one line for one host; for several (a sweep on a cluster), a
     row per host and every finished point against the model, coloured by host."""
     out = Blocks()
-    table = hosts_table(d.runs)
+    table = hosts_table(d.every)
     if table.is_empty():
         return out
     if table.height == 1:
@@ -651,10 +691,10 @@ def unfinished_rows(runs: pl.DataFrame) -> pl.DataFrame:
 def unfinished(d: Data) -> Blocks:
     out = Blocks()
     if d.unfinished.is_empty():
-        return out.md("Every point ran to its end." if not d.runs.is_empty()
+        return out.md("Every point ran to its end." if not d.every.is_empty()
                       else "No point was run.")
     return (out.md("These points produced no measurement; the reason is the one the engine "
-                   "recorded.").table(unfinished_rows(d.runs)))
+                   "recorded.").table(unfinished_rows(d.every)))
 
 
 def rerun_rows(runs: pl.DataFrame) -> pl.DataFrame:
@@ -666,10 +706,10 @@ def rerun_rows(runs: pl.DataFrame) -> pl.DataFrame:
 
 def rerun(d: Data) -> Blocks:
     out = Blocks()
-    if d.runs.is_empty():
+    if d.every.is_empty():
         return out
-    return out.html(f"<details><summary>The {plural(d.runs.height, 'point')}: compose file and "
-                    "command of each</summary>" + render.html_table(rerun_rows(d.runs))
+    return out.html(f"<details><summary>The {plural(d.every.height, 'point')}: compose file and "
+                    "command of each</summary>" + render.html_table(rerun_rows(d.every))
                     + "</details>")
 
 
@@ -796,8 +836,12 @@ def client_answer(d: Data) -> str:
 def conclusion(d: Data) -> Blocks:
     out = Blocks()
     if d.ok.is_empty():
-        return out.md("Without a finished point this run set cannot answer the question; "
-                      "sections 1 and 6 say what the model expects.")
+        churn = ("" if churn_points(d.churn_runs).is_empty() else
+                 " Its churn points answer how fast connections can be opened and closed: "
+                 "section 13.")
+        return out.md("Without a finished point that holds connections this run set cannot "
+                      "answer how many a server holds; sections 1 and 6 say what the model "
+                      f"expects.{churn}")
     agree = sum(c.within_tolerance for c in d.comparisons)
     said = [*server_answer(d), client_answer(d),
             f"The model predicted {agree:,} of {plural(len(d.comparisons), 'finished point')} "
@@ -811,8 +855,7 @@ def sweep_summary(d: Data) -> str:
     """A few plain-text lines for the end of a sweep (`tcplimits report` prints them and the
     workflow shows them when it finishes): how many points ran, how many the model got right,
     which ran noisy and which produced no measurement, with their reasons."""
-    every = pl.concat([d.runs, d.churn_runs], how="diagonal_relaxed") \
-        if not d.churn_runs.is_empty() else d.runs
+    every = d.every
     if every.is_empty():
         return "no point was run"
     counts = status_counts(every)
