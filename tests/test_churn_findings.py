@@ -179,3 +179,19 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
     assert "section 13" in findings.conclusion(d).text()
     assert "failed: 1 point, no measurement:\n  churn-server: server container killed" in \
         findings.sweep_summary(d)
+
+
+def test_the_conclusion_answers_for_churn_from_the_points():
+    runs, clients, series = churn_tables()
+    points = churn_findings.churn_points(runs)
+    text = churn_findings.churn_answer(points)
+    assert "stays 60 s in TIME_WAIT (1 s with tcp_tw_reuse=1)" in text
+    assert "1 point asked for more and stopped: 1 with EADDRNOTAVAIL; 1 of them after the count" \
+        in text
+    # the fastest point that ran its duration: the server closing first, at max
+    assert "2 points ran their full duration, the fastest at 3,500/s (server closes, " in text
+    assert text.endswith("3 of 3 churn points ended as the model said (section 13).")
+    assert churn_findings.churn_answer(points.clear()) == ""
+    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+                          "series": pl.DataFrame(), "churn": series})
+    assert text in findings.conclusion(d).text()

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from . import churn_model, fourtuple
+from .render import plural
 from .results import STATUS_OK
 
 def is_churn(runs: pl.DataFrame) -> pl.Series:
@@ -95,6 +96,35 @@ def churn_counts(points: pl.DataFrame) -> dict[str, int]:
         "stopped": points.filter(pl.col("outcome") != "DURATION").height,
         "ran": points.filter(pl.col("outcome") == "DURATION").height,
     }
+
+
+def churn_answer(points: pl.DataFrame) -> str:
+    """The conclusion's answer for churn, from the finished churn points (``churn_points``):
+    what stopped the points that asked for more than their pool, and the fastest point that
+    ran its duration; "" without churn points."""
+    if points.is_empty():
+        return ""
+    c = churn_counts(points)
+    said = ["**How fast can a client open and close connections?** As fast as its ports come "
+            f"back: a port the client closed first stays {churn_model.TIME_WAIT_S:g} s in "
+            f"TIME_WAIT ({churn_model.TW_REUSE_DELAY_S:g} s with tcp_tw_reuse=1), and every "
+            "destination has a pool of ports of its own unless the client calls bind() first."]
+    stopped = points.filter(pl.col("outcome") != churn_model.DURATION)
+    if not stopped.is_empty():
+        errnos = stopped.group_by("outcome").len().sort(["len", "outcome"],
+                                                         descending=[True, False])
+        said.append(f"{plural(stopped.height, 'point')} asked for more and stopped: "
+                    + ", ".join(f"{n:,} with {e}" for e, n in errnos.iter_rows())
+                    + f"; {int(stopped['agrees'].fill_null(False).sum()):,} of them after the "
+                    "count the model gave.")
+    ran = points.filter(pl.col("outcome") == churn_model.DURATION)
+    if not ran.is_empty():
+        fastest = ran.sort("sustained", descending=True, nulls_last=True).row(0, named=True)
+        said.append(f"{plural(ran.height, 'point')} ran their full duration, the fastest at "
+                    f"{fastest['sustained'] or 0:,.0f}/s ({fastest['point']}).")
+    said.append(f"{c['agree']:,} of {plural(c['points'], 'churn point')} ended as the model "
+                "said (section 13).")
+    return " ".join(said)
 
 
 def churn_mechanism() -> str:

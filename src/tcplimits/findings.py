@@ -26,7 +26,8 @@ from typing import Any
 import polars as pl
 
 from . import charts, hostlimits, model, render, tuple_findings
-from .churn_findings import churn_counts, churn_labels, churn_mechanism, churn_points, is_churn
+from .churn_findings import (churn_answer, churn_counts, churn_labels, churn_mechanism,
+                             churn_points, is_churn)
 from .million_findings import (biggest, ladder_runs, ladder_table, limit_rules, limits_table,
                                memory_sentence, million_headline)
 from .params import FIELDS, KERNEL_DEFAULT_PORT_RANGE, port_count
@@ -835,17 +836,17 @@ def client_answer(d: Data) -> str:
 
 def conclusion(d: Data) -> Blocks:
     out = Blocks()
+    churn = churn_answer(churn_points(d.churn_runs))
     if d.ok.is_empty():
-        churn = ("" if churn_points(d.churn_runs).is_empty() else
-                 " Its churn points answer how fast connections can be opened and closed: "
-                 "section 13.")
-        return out.md("Without a finished point that holds connections this run set cannot "
-                      "answer how many a server holds; sections 1 and 6 say what the model "
-                      f"expects.{churn}")
+        return out.md("\n\n".join(
+            ["Without a finished point that holds connections this run set cannot answer how "
+             "many a server holds; sections 1 and 6 say what the model expects.",
+             *([churn] if churn else [])]))
     agree = sum(c.within_tolerance for c in d.comparisons)
     said = [*server_answer(d), client_answer(d),
             f"The model predicted {agree:,} of {plural(len(d.comparisons), 'finished point')} "
-            "within tolerance; section 6 explains every difference it found."]
+            "within tolerance; section 6 explains every difference it found.",
+            *([churn] if churn else [])]
     return out.md("\n\n".join(said))
 
 
