@@ -260,3 +260,21 @@ def test_listen_drops_reads_this_namespace_counter():
     from tcplimits.agents import common
     drops = common.listen_drops()
     assert isinstance(drops, int) and drops >= 0
+
+
+def test_client_waits_for_its_source_addresses_and_says_which_never_came():
+    # 127.0.0.1 exists: no wait. 192.0.2.1 (TEST-NET-1) is on no interface here: the client
+    # gives up after --wait-sources with the address named, before it connects anywhere.
+    port = free_port()
+    proc = subprocess.run([sys.executable, str(AGENTS / "client.py"), "--server", "127.0.0.1",
+                           "--port", str(port), "--bind-mode", "bind", "--sources",
+                           "127.0.0.1,192.0.2.1", "--wait-sources", "0.5"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "source addresses 192.0.2.1 still missing after 0.5 s" in proc.stderr
+    assert not events(proc.stdout)  # nothing started
+    from tcplimits.agents import client
+
+    t0 = time.monotonic()
+    client.wait_for_sources(["127.0.0.1"], 5)
+    assert time.monotonic() - t0 < 1

@@ -51,13 +51,18 @@ def labelled(client, run_id):
             [n.name for n in client.networks.list(filters={"label": label})])
 
 
-def test_exported_compose_file_reproduces_the_run(tmp_path):
+@pytest.mark.parametrize("params", [
+    RunParams(port_range="40000-40299", nofile=1000, clients=2),
+    # extra addresses: the file pins the run's subnet and adds them with helper services
+    RunParams(port_range="40000-40299", nofile=2000, server_addrs=2, client_addrs=2,
+              bind_mode="bind-no-port"),
+], ids=["two-clients", "extra-addresses"])
+def test_exported_compose_file_reproduces_the_run(tmp_path, params):
     base = compose_command()
     if base is None:
         pytest.skip("no Compose installed (scripts/bootstrap.sh --test installs docker-compose)")
     engine = docker.from_env()
     run_id = f"compose-{uuid.uuid4().hex[:6]}"  # other checkouts run this test at the same time
-    params = RunParams(port_range="40000-40299", nofile=1000, clients=2)
     run_dir = tmp_path / run_id
     record = run_experiment(params, run_dir, run_id=run_id, progress=False, client=engine,
                             log=lambda m: None)
@@ -81,24 +86,37 @@ def test_exported_compose_file_reproduces_the_run(tmp_path):
                     found[i] = events
             time.sleep(1)
         assert len(found) == params.clients, f"results of clients {sorted(found)} only"
+        pairs = params.server_addrs * params.client_addrs  # (source, destination) pools
         for row in run_clients.iter_rows(named=True):
             c = row["client"]
             (ready,), (result,) = found[c]["ready"], found[c]["result"]
             assert result["error"] == row["error"] == "EADDRNOTAVAIL"
-            # Port bound: the pool is the range minus the ports held in that namespace, in
-            # the run and by hand alike.
-            assert result["connections"] == params.port_count - len(ready["held"])
-            assert row["connections"] == params.port_count - held_in_run[c]
-            assert abs(result["connections"] - row["connections"]) <= 1
-        # The hand-made containers run as hardened and labelled as the engine's.
+            # the same destinations and sources as the run's clients had
+            assert len(ready["servers"]) == params.server_addrs
+            assert 1 + len(ready["sources"]) == params.client_addrs
+            # Port bound: each pair's pool is the range minus the ports held in that
+            # namespace, in the run and by hand alike.
+            if pairs == 1:
+                assert result["connections"] == params.port_count - len(ready["held"])
+                assert row["connections"] == params.port_count - held_in_run[c]
+            assert abs(result["connections"] - row["connections"]) <= pairs
+            assert result["connections"] > (pairs - 1) * params.port_count
+        # The hand-made containers run as hardened and labelled as the engine's; the helpers
+        # that added the extra addresses hold NET_ADMIN and nothing else.
         containers = engine.containers.list(all=True, filters={
             "label": f"com.docker.compose.project={compose_project(run_id)}"})
-        assert len(containers) == params.clients + 1
+        helpers = [c for c in containers if c.labels.get("tcplimits.role") == "netadmin"]
+        assert len(helpers) == (params.clients + 1 if pairs > 1 else 0)
+        assert len(containers) == params.clients + 1 + len(helpers)
         for container in containers:
             host, config = container.attrs["HostConfig"], container.attrs["Config"]
             assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] is True
             assert host["SecurityOpt"] == ["no-new-privileges"] and not host["Privileged"]
-            assert config["User"] == "65534:65534" and not host["PortBindings"]
+            assert not host["PortBindings"]
+            if container in helpers:
+                assert host["CapAdd"] == ["NET_ADMIN"] and container.attrs["State"]["ExitCode"] == 0
+            else:
+                assert config["User"] == "65534:65534" and not host["CapAdd"]
             assert config["Labels"]["tcplimits"] == "1"
             assert config["Labels"]["tcplimits.run"] == run_id
     finally:

@@ -70,6 +70,49 @@ def test_compose_file_reproduces_the_run():
     assert doc["services"]["server"]["healthcheck"]["test"][-3:] == ["--check", "--port", "5000"]
 
 
+def test_compose_file_of_a_run_with_extra_addresses_adds_them_as_the_engine_did():
+    from tcplimits import addresses
+
+    params = RunParams(port_range="40000-40999", clients=2, server_addrs=2, client_addrs=2,
+                       bind_mode="bind-no-port")
+    run_specs = container_specs(params, Resolved.of(params, engine_nofile_cap=20000), "r1",
+                                "tcplimits-agent:abc", "net-r1",
+                                {"tcplimits": "1", "tcplimits.run": "r1"})
+    plan = addresses.plan(params, "10.210.0.0")
+    had = {"server": ["10.210.0.2", *plan.extra["server"]],
+           "client1": ["10.210.0.3", *plan.extra["client1"]],
+           "client2": ["10.210.0.4", *plan.extra["client2"]]}
+    doc = yaml.safe_load(compose_file(run_specs, "r1", address_plan=plan, addresses=had,
+                                      bind_mode="bind-no-port"))
+    assert doc["networks"]["testnet"]["ipam"]["config"] == [
+        {"subnet": "10.210.0.0/20", "ip_range": "10.210.0.0/26", "gateway": "10.210.0.1"}]
+    services = doc["services"]
+    assert sorted(services) == ["client1", "client1-addrs", "client2", "client2-addrs",
+                                "server", "server-addrs"]
+    for role, addrs in had.items():
+        assert services[role]["networks"] == {"testnet": {"ipv4_address": addrs[0]}}
+        helper = services[f"{role}-addrs"]  # the engine's helper: NET_ADMIN only, once
+        assert helper["network_mode"] == f"service:{role}"
+        assert helper["command"][-1] == f"{addrs[1]}/20"
+        assert helper["cap_drop"] == ["ALL"] and helper["cap_add"] == ["NET_ADMIN"]
+        assert helper["security_opt"] == ["no-new-privileges"] and helper["read_only"]
+        assert helper["labels"]["tcplimits"] == "1" and helper["labels"]["tcplimits.run"] == "r1"
+    client = services["client1"]["command"]
+    assert client[client.index("--server") + 1] == ",".join(had["server"])
+    assert client[client.index("--sources") + 1] == had["client1"][1]
+    assert "--wait-sources" in client  # its helper adds them after it starts
+    assert services["client1"]["depends_on"]["server-addrs"] == {
+        "condition": "service_completed_successfully"}
+    # plain connect() does not bind the extra sources, so it does not wait for them
+    plain = yaml.safe_load(compose_file(run_specs, "r1", address_plan=plan, addresses=had))
+    assert "--sources" not in plain["services"]["client1"]["command"]
+    # a run that failed before every container had its addresses: the plain file
+    partial = yaml.safe_load(compose_file(run_specs, "r1", address_plan=plan,
+                                          addresses={"server": had["server"]}))
+    assert sorted(partial["services"]) == ["client1", "client2", "server"]
+    assert "ipam" not in partial["networks"]["testnet"]
+
+
 def test_unsupported_reason_says_what_to_do():
     assert unsupported_reason(RunParams(nofile=20000), 20000) is None
     reason = unsupported_reason(RunParams(nofile=100000), 20000)

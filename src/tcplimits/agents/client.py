@@ -74,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=int, default=100, help="connections between samples")
     p.add_argument("--wait-signal", action="store_true",
                    help="wait for SIGUSR1 before connecting (the engine starts all clients at once)")
+    p.add_argument("--wait-sources", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS until every --sources address exists (a compose "
+                        "file's helper service adds them after this container starts)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     add_churn_args(p)
@@ -225,8 +228,33 @@ def worker(args, proc, server_addrs, started):
     return 0
 
 
+def wait_for_sources(sources, seconds):
+    """Return once every address can be bound; exit with a message after ``seconds``."""
+    end = time.monotonic() + seconds
+    missing = list(sources)
+    while True:
+        missing = [a for a in missing if not _bindable(a)]
+        if not missing:
+            return
+        if time.monotonic() >= end:
+            sys.exit(f"client: source addresses {', '.join(missing)} still missing after "
+                     f"{seconds:g} s (--wait-sources)")
+        time.sleep(0.1)
+
+
+def _bindable(addr):
+    with socket.socket() as s:
+        try:
+            s.bind((addr, 0))
+            return True
+        except OSError:  # EADDRNOTAVAIL until the address is on an interface
+            return False
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.wait_sources:
+        wait_for_sources(args.sources, args.wait_sources)
     lo, hi = port_range()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
     server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]

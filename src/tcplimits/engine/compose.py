@@ -2,6 +2,12 @@
 
 The file is valid for Compose v1 (Debian's docker-compose 1.29) and v2 (``docker compose``):
 no top-level ``name:`` (v1 refuses it); the project name is given with ``-p`` instead.
+
+A run with extra addresses (server_addrs, client_addrs) gets the run's subnet and each
+container's address pinned, and, per container with extra addresses, a one-shot helper
+service that adds them as the engine's helper did (NET_ADMIN only, in that container's
+namespace). Clients start once the server's helper has finished, and wait (--wait-sources)
+until their own helper has added their source addresses.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ import re
 
 from typing import Any
 
-from .. import LABEL, RUN_LABEL
+from .. import LABEL, RUN_LABEL, addresses as addrs, fourtuple
 from .plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
+
+# How long a client of a compose file waits for its helper to add its source addresses.
+WAIT_SOURCES_S = 60
 
 
 def compose_project(run_id: str) -> str:
@@ -20,14 +29,24 @@ def compose_project(run_id: str) -> str:
     return "tcplimits-" + re.sub(r"[^a-z0-9_-]", "-", run_id.lower())
 
 
-def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
+def compose_file(specs: dict[str, dict[str, Any]], run_id: str, *,
+                 address_plan: addrs.AddressPlan | None = None,
+                 addresses: dict[str, list[str]] | None = None,
+                 bind_mode: str = fourtuple.CONNECT) -> str:
     """A docker-compose file that reproduces the run by hand, as the seed did. Clients start
-    when the server's health check sees it listening, instead of on the engine's signal."""
+    when the server's health check sees it listening, instead of on the engine's signal.
+    ``address_plan`` and ``addresses`` (role -> [its address, *extra]): a run with extra
+    addresses, reproduced with them (module docstring)."""
     import yaml
 
+    # a run that failed before every container had its addresses gets the plain file
+    pinned = address_plan is not None and all(role in (addresses or {}) for role in specs)
     services = {}
     for role, spec in specs.items():
         command = [c for c in spec["command"] if c != "--wait-signal"]
+        extra = address_plan.extra.get(role, []) if pinned else []
+        if pinned and role != "server":
+            command = _client_command(command, addresses["server"], extra, bind_mode)
         service = {
             "image": spec["image"],
             "command": command,
@@ -45,6 +64,8 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
             service["network_mode"] = "none"
         elif spec.get("network_mode", "").startswith("container:"):
             service["network_mode"] = "service:server"  # the server's namespace, by service
+        elif pinned:
+            service["networks"] = {"testnet": {"ipv4_address": addresses[role][0]}}
         else:
             service["networks"] = ["testnet"]
         if "sysctls" in spec:
@@ -57,11 +78,20 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
             }
         else:
             service["depends_on"] = {"server": {"condition": "service_healthy"}}
+            if pinned and address_plan.extra.get("server"):
+                service["depends_on"]["server-addrs"] = {
+                    "condition": "service_completed_successfully"}
         services[role] = service
+        if extra:
+            services[f"{role}-addrs"] = _helper_service(spec, role, extra, address_plan.prefix)
     doc: dict[str, Any] = {"services": services}
     if any("networks" in s for s in services.values()):
         doc["networks"] = {"testnet": {"internal": True,
                                        "labels": {LABEL: "1", RUN_LABEL: run_id}}}
+        if pinned:
+            doc["networks"]["testnet"]["ipam"] = {"config": [{
+                "subnet": address_plan.subnet, "ip_range": address_plan.ip_range,
+                "gateway": address_plan.gateway}]}
     project = compose_project(run_id)
     header = (f"# Reproduces tcplimits run {run_id} by hand:\n"
               "#   tcplimits image            # builds the image named below if missing\n"
@@ -71,4 +101,34 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str) -> str:
               "# (Compose v1: docker-compose instead of docker compose.) Each client prints\n"
               "# JSON lines; its 'result' line says how many connections it held and the errno\n"
               "# that stopped it; its 'ready' line lists the ports of the range already held.\n")
+    if pinned:
+        header += ("# The run's extra addresses: each <role>-addrs service adds them to <role> and\n"
+                   "# exits (NET_ADMIN only, as the engine's helper); the subnet is the run's, so\n"
+                   "# `down` the run's own network first if it is still there.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
+def _client_command(command: list[str], server: list[str], extra: list[str],
+                    bind_mode: str) -> list[str]:
+    """A client's command with the server's addresses (pinned) and, where the bind mode uses
+    them, its extra source addresses, waited for (the helper adds them after it starts)."""
+    command = list(command)
+    command[command.index("--server") + 1] = ",".join(server)
+    if extra and bind_mode != fourtuple.CONNECT:
+        command += ["--sources", ",".join(extra), "--wait-sources", f"{WAIT_SOURCES_S}"]
+    return command
+
+
+def _helper_service(spec: dict[str, Any], role: str, extra: list[str],
+                    prefix: int) -> dict[str, Any]:
+    """The one-shot service that adds ``role``'s extra addresses in its namespace."""
+    helper = addrs.helper_spec(spec["image"], role, extra, prefix,
+                               {k: v for k, v in spec["labels"].items()
+                                if k not in (OWNER_LABEL, INSTANCE_LABEL)}, f"{role}-addrs")
+    return {
+        "image": helper["image"], "command": helper["command"], "user": helper["user"],
+        "cap_drop": helper["cap_drop"], "cap_add": helper["cap_add"],
+        "security_opt": helper["security_opt"], "read_only": helper["read_only"],
+        "labels": helper["labels"], "network_mode": f"service:{role}",
+        "depends_on": {role: {"condition": "service_started"}},
+    }

@@ -160,7 +160,10 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         record["host_tcp"]["at_connect"] = experiment.quiet.before
     record["host_tcp"]["after"] = host.read_state(local_host)
     write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id), destinations=destinations,
+              compose=compose_file(experiment.specs, run_id,
+                                   address_plan=experiment.address_plan,
+                                   addresses=experiment.addresses, bind_mode=params.bind_mode),
+              destinations=destinations,
               save_logs=experiment.save_logs,
               churn=churn_rows(state, run_id, experiment.connect_started_at, params))
     if interrupted is not None:
