@@ -351,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render the HTML report from a dataset",
                        description="Render report/report.qmd with Quarto when installed, else "
-                       "with jupytext + nbclient + nbconvert; one offline HTML file.")
+                       "with jupytext + nbclient + nbconvert; one offline HTML file. Prints "
+                       "the sweep's summary and writes it beside the page (summary.txt).")
     p.add_argument("--dataset", required=True, help="dataset directory")
-    p.add_argument("--out", required=True, help="report directory (index.html, data/)")
+    p.add_argument("--out", required=True,
+                   help="report directory (index.html, data/, summary.txt)")
     p.add_argument("--source", default="report/report.qmd", help="the .qmd to render")
     p.add_argument("--browser-check", choices=["auto", "yes", "no"], default="auto",
                    help="open the page in headless Chromium with networking off, fail on a "
