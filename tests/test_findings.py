@@ -216,6 +216,11 @@ def test_errno_summary(d):
     assert summary["processes"].to_list() == sorted(summary["processes"], reverse=True)
     assert rows["EMFILE"]["meaning"] == "the process reached its own descriptor limit (nofile - 3)"
     assert findings.errno_meaning("EWHATEVER") == "see the run's logs"
+    # every stop the model can predict has its meaning, the bind pool's included
+    from tcplimits import fourtuple
+
+    for errno_name in set(fourtuple.POOL_ERRNO.values()):
+        assert findings.errno_meaning(errno_name) != "see the run's logs", errno_name
 
 
 def test_outcomes_section(d, empty):

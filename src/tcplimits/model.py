@@ -220,6 +220,8 @@ SYN_RETRANSMIT_S = 1.0
 # Why a client process may stop with an errno the model did not name.
 ERRNO_CAUSES = {
     "EADDRNOTAVAIL": "the namespace's port pool ran out",
+    "EADDRINUSE": "bind((addr, 0)) found no free port on its source address (--bind-mode "
+                  "bind: one pool for every destination)",
     "EMFILE": "the process reached its own descriptor limit (nofile - {base})",
     "ENFILE": "the host's fs.file-max ran out",
     "ETIMEDOUT": "a SYN went unanswered until the connect timeout (accept queue full at a "
