@@ -374,8 +374,7 @@ class Experiment:
         line = (f"connections {count:,} ({parts}) at {rate:,.0f}/s; server accepted "
                 f"{self.state.accepted:,}; processes stopped {done}/"
                 f"{self.params.clients * self.params.procs}")
-        print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
-              file=sys.stderr, flush=True)
+        _show(line, tty)
 
     def _print_time_wait(self, elapsed: float, tty: bool) -> None:
         """Mode churn, once every client stopped: the newest TIME_WAIT count per side."""
@@ -389,8 +388,7 @@ class Experiment:
             counts = f"clients {clients:,}, server {newest.get(('server', None), 0):,}"
         line = (f"every client process stopped; {elapsed:.0f} of {self.params.duration:g} s: "
                 f"TIME_WAIT {counts}")
-        print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
-              file=sys.stderr, flush=True)
+        _show(line, tty)
 
     def _check(self, watch: list[str], what: str) -> None:
         """Fail as soon as a process died or a container the run needs has stopped."""
@@ -523,3 +521,9 @@ class Experiment:
                 time.sleep(0.5)
         self._engine_gone = True
         return False
+
+
+def _show(line: str, tty: bool) -> None:
+    """A live line: rewritten in place on a terminal, one line each time in a log."""
+    print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
+          file=sys.stderr, flush=True)
