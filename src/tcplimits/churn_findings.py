@@ -70,6 +70,8 @@ CHURN_POINTS_SCHEMA = {
 def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
     """One row per finished churn point: asked, sustained, the model's bound and stop, and
     the verdict (``churn_model.verdict``, recorded by the run)."""
+    if churn_runs.is_empty():  # no churn point (or a Data built without the churn tables)
+        return pl.DataFrame(schema=CHURN_POINTS_SCHEMA)
     names = churn_labels(churn_runs)
     rows = []
     for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):

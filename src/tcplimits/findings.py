@@ -868,7 +868,7 @@ def sweep_summary(d: Data) -> str:
         lines.append(f"hold: {agree:,} of {plural(len(d.comparisons), 'finished point')} as the "
                      f"model predicted ({exact:,} exactly); limited by "
                      + ", ".join(f"{k} at {v:,}" for k, v in limit_counts(d.comparisons).items()))
-    points = churn_points(d.churn_runs) if not d.churn_runs.is_empty() else pl.DataFrame()
+    points = churn_points(d.churn_runs)
     if not points.is_empty():
         c = churn_counts(points)
         lines.append(f"churn: {c['agree']:,} of {plural(c['points'], 'finished point')} as the "
