@@ -17,7 +17,7 @@ import polars as pl
 
 from tcplimits import results
 from tcplimits.engine import run_experiment
-from tcplimits.params import RunParams
+from tcplimits.config.params import RunParams
 
 
 def one(params: RunParams, name: str, workdir: Path, client) -> dict:

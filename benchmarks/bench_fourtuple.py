@@ -22,7 +22,7 @@ import polars as pl
 
 from tcplimits import results
 from tcplimits.engine import run_experiment
-from tcplimits.params import RunParams
+from tcplimits.config.params import RunParams
 
 MEMBERS = {  # member -> (parameter, extra settings)
     "server_ports": ("server_ports", {}),

@@ -23,9 +23,10 @@ from pathlib import Path
 import docker
 import polars as pl
 
-from tcplimits import footprint, results
+from tcplimits.engine import footprint
+from tcplimits import results
 from tcplimits.engine import run_experiment
-from tcplimits.grid import load_config, points
+from tcplimits.config.grid import load_config, points
 
 SETTLE_AFTER_S = 10  # orphans and TIME-WAIT are read when the run returns and this later
 

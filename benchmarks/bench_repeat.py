@@ -66,9 +66,10 @@ import polars as pl
 
 import cbuild
 
-from tcplimits import host, results
+from tcplimits.engine import host
+from tcplimits import results
 from tcplimits.engine import run_experiment, runner
-from tcplimits.params import RunParams
+from tcplimits.config.params import RunParams
 
 
 BENCH_DIR = "/bench"  # where the client container sees the C loop

@@ -7,7 +7,7 @@ host kernel once `run_experiment` returns, and how long teardown takes, for
   stop_rst   agents stopped first, every connection reset (SO_LINGER 0) -- the default now
 
 Left sockets are counted exactly in the run's own network namespaces, kept alive past the
-containers by tcplimits.host.NamespaceWatch: orphans (FIN_WAIT1/2, CLOSING, LAST_ACK),
+containers by tcplimits.engine.host.NamespaceWatch: orphans (FIN_WAIT1/2, CLOSING, LAST_ACK),
 TIME_WAIT and CLOSE_WAIT, when the run returns and --after seconds later. (Without the
 watch the namespace goes with its last container: TIME-WAIT entries are purged with it,
 orphans live on until they time out.) Next to them, deltas of the host's kernel-wide
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import docker
 
-from tcplimits import host, results
+from tcplimits.engine import host
+from tcplimits import results
 from tcplimits.engine import experiment as engine, run_experiment
-from tcplimits.params import RunParams
+from tcplimits.config.params import RunParams
 
 VARIANTS = {"kill_fin": (0, "graceful"), "stop_fin": (10, "graceful"),
             "stop_rst": (10, "abort")}

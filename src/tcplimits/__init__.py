@@ -1,4 +1,16 @@
-"""tcplimits: how many TCP connections can a server and its clients hold, and what stops them."""
+"""tcplimits: how many TCP connections can a server and its clients hold, and what stops them.
+
+The package is the pipeline, one subpackage a stage, in the order data flows:
+
+    config/   parameters and sweeps, checked before anything starts
+    model/    what each point should hold and what should stop it (pure)
+    image/    the agent image, built offline from Debian packages
+    engine/   one experiment on the Docker engine -> one run directory
+    agents/   the programs inside the containers (standard library only)
+    results/  the run directory's contract, and the dataset of a sweep
+    report/   the dataset set against the model, as one HTML page
+    cli.py    the `tcplimits` command, one subcommand a stage
+"""
 
 __version__ = "0.1.0"
 

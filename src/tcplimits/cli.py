@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
-from .faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
-from .params import FIELDS, ParamError, RunParams
+from tcplimits import __version__
+from tcplimits.engine.faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
+from tcplimits.config.params import FIELDS, ParamError, RunParams
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,9 +44,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"tcplimits run: --run-id {args.run_id!r}: use letters, digits, '.', '_' and '-'",
               file=sys.stderr)
         return EXIT_USAGE
-    from . import faults, outdir
-    from .engine import run_experiment
-    from .engine.plan import SAMPLES_PER_PROCESS
+    from tcplimits.engine import faults, outdir
+    from tcplimits.engine import run_experiment
+    from tcplimits.engine.plan import SAMPLES_PER_PROCESS
 
     try:  # before any container: a run must not fail at the end for want of a place to write
         outdir.prepare(Path(args.out), force=args.force, need_bytes=outdir.expected_bytes(
@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     status = record["status"]
     if args.exit_zero:
         return EXIT_OK
-    from .results import STATUS_OK, STATUS_UNSUPPORTED
+    from tcplimits.results import STATUS_OK, STATUS_UNSUPPORTED
 
     return {STATUS_OK: EXIT_OK, STATUS_UNSUPPORTED: EXIT_UNSUPPORTED}.get(status, EXIT_FAILED)
 
@@ -78,8 +78,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def summary(run_dir: Path) -> str:
     """The table printed at the end of a run, from its run directory; the explanations are
     the model's (``model.compare_run``), the same the report shows."""
-    from . import model, results
-    from .dataset import run_row
+    from tcplimits import model, results
+    from tcplimits.results.dataset import run_row
 
     record = results.read_run(run_dir)
     clients = results.read_table(run_dir, results.CLIENTS_FILE).to_dicts()
@@ -127,7 +127,7 @@ def summary(run_dir: Path) -> str:
 def _churn_line(run_dir: Path, churn: dict, shared: bool = False) -> str:
     """Mode churn: the rate sustained and the TIME_WAIT peaks on each side (``shared``: on
     loopback, where every client is in one namespace)."""
-    from . import results
+    from tcplimits import results
 
     series = results.read_table(run_dir, results.CHURN_FILE).to_dicts()
     peaks = {role: max((r["time_wait"] for r in series
@@ -152,7 +152,7 @@ def _engine_or_none(command: str):
     """A Docker client, or None after one line saying the engine cannot be reached."""
     import docker
 
-    from . import faults
+    from tcplimits.engine import faults
 
     try:
         return docker.from_env()
@@ -164,7 +164,7 @@ def _engine_or_none(command: str):
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    from .image import ImageError, ensure_image
+    from tcplimits.image import ImageError, ensure_image
 
     client = _engine_or_none("image")
     if client is None:
@@ -178,7 +178,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
     tag = image.tags[0] if image.tags else image.id
     print(tag)
     if args.stamp:
-        from .results import write_text
+        from tcplimits.results import write_text
 
         write_text(f"{tag}\n{image.id}\n", args.stamp)
     return EXIT_OK
@@ -187,9 +187,9 @@ def _cmd_image(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
 
-    from .engine import probe_engine
+    from tcplimits.engine import probe_engine
 
-    from . import footprint, host
+    from tcplimits.engine import footprint, host
 
     client = _engine_or_none("probe")
     if client is None:
@@ -203,7 +203,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from .engine import cleanup
+    from tcplimits.engine import cleanup
 
     client = _engine_or_none("clean")
     if client is None:
@@ -229,7 +229,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _cmd_points(args: argparse.Namespace) -> int:
-    from .grid import load_config, points
+    from tcplimits.config.grid import load_config, points
 
     for point in points(load_config(args.config)):
         print(point.id, " ".join(point.params.to_args()))
@@ -237,7 +237,7 @@ def _cmd_points(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from .dataset import build_dataset
+    from tcplimits.results.dataset import build_dataset
 
     counts = build_dataset([Path(p) for p in args.runs], Path(args.out),
                            report=lambda m: print(f"tcplimits dataset: {m}", file=sys.stderr))
@@ -246,15 +246,15 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .render import render_report
-    from .results import SUMMARY_FILE
+    from tcplimits.report.render import render_report
+    from tcplimits.results import SUMMARY_FILE
 
     out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source))
     print(out)
     _write_summary(Path(args.dataset), out.parent / SUMMARY_FILE)
     if args.browser_check == "no":
         return EXIT_OK
-    from .browser import browser_available, check_in_browser
+    from tcplimits.report.browser import browser_available, check_in_browser
 
     missing = browser_available()
     if missing:
@@ -275,7 +275,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _write_summary(dataset_dir: Path, target: Path) -> None:
     """The sweep's summary (``findings.sweep_summary``), printed and written beside the page,
     where the workflow shows it when it finishes."""
-    from . import findings, results
+    from tcplimits.report import findings
+    from tcplimits import results
 
     text = findings.sweep_summary(findings.load(dataset_dir))
     results.write_text(text + "\n", target)

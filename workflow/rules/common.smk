@@ -1,12 +1,15 @@
 # Parse-time checks and helpers. The config is validated (schema, then the semantic checks
-# of tcplimits.grid.points, such as reversed port ranges) before any job is planned, so a
+# of tcplimits.config.grid.points, such as reversed port ranges) before any job is planned, so a
 # bad config stops the workflow with the key and value named and no container started.
 import os
 import re
 
 from snakemake.utils import validate
 
-from tcplimits import browser, dataset, grid, results
+from tcplimits import results
+from tcplimits.config import grid
+from tcplimits.report import browser
+from tcplimits.results import dataset
 
 # The schema ships inside the package: the workflow and an installed tcplimits read one file.
 validate(config, schema=str(grid.SCHEMA_PATH))
@@ -15,7 +18,7 @@ POINTS = {point.id: point for point in grid.points(config)}
 
 RUNS_DIR = "results/runs"
 DATASET_DIR = "results/dataset"
-# The dataset's tables, as tcplimits.dataset names them.
+# The dataset's tables, as tcplimits.results.dataset names them.
 DATASET_FILES = {name: f"{DATASET_DIR}/{name}.parquet" for name in dataset.TABLE_NAMES}
 REPORT_SOURCE = "report/report.qmd"
 # Quarto's options, which the fallback renderer reads too.

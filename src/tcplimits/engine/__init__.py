@@ -11,12 +11,13 @@ internal bridge network, clients connecting until their first failure.
     runner      run_experiment: parameters -> run directory
 """
 
-from .cleanup import Interrupted, sweep
-from .compose import compose_file, compose_project
-from .experiment import Experiment, RunFailed
-from .plan import HARDENING, Resolved, container_specs, new_run_id, unsupported_reason
-from .probe import probe_engine
-from .runner import run_experiment
+from tcplimits.engine.cleanup import Interrupted, sweep
+from tcplimits.engine.compose import compose_file, compose_project
+from tcplimits.engine.experiment import Experiment, RunFailed
+from tcplimits.engine.plan import (HARDENING, Resolved, container_specs, new_run_id,
+    unsupported_reason)
+from tcplimits.engine.probe import probe_engine
+from tcplimits.engine.runner import run_experiment
 
 __all__ = ["HARDENING", "Experiment", "Interrupted", "Resolved", "RunFailed", "compose_file",
            "compose_project", "container_specs", "new_run_id", "probe_engine", "run_experiment",

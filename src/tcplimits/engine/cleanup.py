@@ -1,4 +1,4 @@
-"""Leftovers and signals: every resource carries its owner's identity (ownership.py), so a run
+"""Leftovers and signals: every resource carries its owner's identity (engine/ownership.py), so a run
 that died (SIGKILL) is swept by the next, and only a provably dead owner's resources are;
 SIGTERM and SIGINT become exceptions so cleanup always runs, and signals that arrive during
 cleanup wait until it is done."""
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, ownership
-from ..ownership import Liveness
-from .plan import INSTANCE_LABEL, OWNER_LABEL
+from tcplimits import LABEL, RUN_LABEL
+from tcplimits.engine import ownership
+from tcplimits.engine.ownership import Liveness
+from tcplimits.engine.plan import INSTANCE_LABEL, OWNER_LABEL
 
 
 def owner() -> str:

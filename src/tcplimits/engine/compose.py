@@ -16,8 +16,10 @@ import re
 
 from typing import Any
 
-from .. import LABEL, RUN_LABEL, addresses as addrs, fourtuple
-from .plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
+from tcplimits import LABEL, RUN_LABEL
+from tcplimits.engine import addresses as addrs
+from tcplimits.model import fourtuple
+from tcplimits.engine.plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
 
 # How long a client of a compose file waits for its helper to add its source addresses.
 WAIT_SOURCES_S = 60

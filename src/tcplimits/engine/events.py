@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import faults
+from tcplimits.engine import faults
 
 Log = Callable[[str], None]
 

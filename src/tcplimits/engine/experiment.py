@@ -7,7 +7,7 @@ in this order by ``run_experiment`` (other steps may go between them):
 
 The address steps do nothing unless the run asks for extra addresses (server_addrs or
 client_addrs > 1): then the network gets an explicit subnet and ip_range, and a NET_ADMIN
-helper adds the addresses in each target's namespace (tcplimits.addresses).
+helper adds the addresses in each target's namespace (tcplimits.engine.addresses).
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
 when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
@@ -28,12 +28,14 @@ from typing import Any, Callable
 
 import docker.errors
 
-from .. import LABEL, RUN_LABEL, addresses, faults, fourtuple, host, results
-from ..faults import RunFailed
-from ..params import RunParams
-from .cleanup import owner, shielded, sweep
-from .events import Log, LogReader, RunState, stderr_log
-from .plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
+from tcplimits import LABEL, RUN_LABEL, results
+from tcplimits.engine import addresses, faults, host
+from tcplimits.model import fourtuple
+from tcplimits.engine.faults import RunFailed
+from tcplimits.config.params import RunParams
+from tcplimits.engine.cleanup import owner, shielded, sweep
+from tcplimits.engine.events import Log, LogReader, RunState, stderr_log
+from tcplimits.engine.plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
 
 LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
@@ -181,7 +183,7 @@ class Experiment:
     def measure(self, moment: str) -> dict | None:
         """The host's counters and each container's memory now (``footprint.snapshot``),
         kept under ``moment``; None when the engine is not on this machine."""
-        from .. import footprint
+        from tcplimits.engine import footprint
 
         if not self.local_host:
             return None
@@ -190,7 +192,7 @@ class Experiment:
         ids = [(role, c.id) for role, c in self.containers.items()]
         snap = footprint.snapshot(ids)
         if moment == "held" and self.params.network == "bridge" and self.server_address:
-            from .plan import SERVER_PORT
+            from tcplimits.engine.plan import SERVER_PORT
 
             snap["host_conntrack_run"] = footprint.conntrack_entries(self.server_address,
                                                                      SERVER_PORT)

@@ -12,8 +12,9 @@ from typing import Any
 
 from docker.types import Ulimit
 
-from .. import fourtuple, hostlimits, model
-from ..params import FIELDS, RunParams
+from tcplimits.model import fourtuple, hostlimits
+from tcplimits import model
+from tcplimits.config.params import FIELDS, RunParams
 
 SERVER_PORT = 5000
 AGENTS = "/opt/tcplimits/agents"

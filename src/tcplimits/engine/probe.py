@@ -12,12 +12,12 @@ from typing import Any
 import docker.errors
 from docker.types import Ulimit
 
-from .. import LABEL, results
-from ..params import NOFILE_MAX
-from .cleanup import owner
-from .events import Log, stderr_log
-from .plan import OWNER_LABEL, hardening
-from .record import now
+from tcplimits import LABEL, results
+from tcplimits.config.params import NOFILE_MAX
+from tcplimits.engine.cleanup import owner
+from tcplimits.engine.events import Log, stderr_log
+from tcplimits.engine.plan import OWNER_LABEL, hardening
+from tcplimits.engine.record import now
 
 
 def _cache_dir() -> Path:
@@ -85,7 +85,7 @@ def probe_engine(client, *, image: str | None = None, refresh: bool = False,
     if cache.exists() and not refresh:
         return json.loads(cache.read_text())
     if image is None:
-        from ..image import ensure_image
+        from tcplimits.image import ensure_image
 
         image = ensure_image(client, log=log).id
     log("measuring the engine's nofile cap (once per engine; cached)...")

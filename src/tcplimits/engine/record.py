@@ -9,9 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__, faults, fourtuple, outdir, results
-from ..params import RunParams
-from .events import RunState
+from tcplimits import __version__, results
+from tcplimits.engine import faults, outdir
+from tcplimits.model import fourtuple
+from tcplimits.config.params import RunParams
+from tcplimits.engine.events import RunState
 
 
 def now() -> str:
@@ -19,7 +21,7 @@ def now() -> str:
 
 
 def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package: a change anywhere in it is "dirty"
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
@@ -129,7 +131,7 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
     """run.json's "footprint": what the held connections cost (footprint.per_connection),
     the conntrack entries they took (the server's namespace as its agent read it, the host's
     for this run's server), and the host before the first connect() and with them held."""
-    from .. import footprint
+    from tcplimits.engine import footprint
 
     before, held = snapshots.get("before"), snapshots.get("held")
     counts = [r.get("conntrack") for r in state.server_results.values()

@@ -10,23 +10,25 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import churn_model, faults, footprint, host, hostlimits, model, results
-from ..params import RunParams
-from .cleanup import Interrupted, signals_raise, sweep
-from .compose import compose_file
-from .events import Log, stderr_log
-from .experiment import Experiment, RunFailed
-from .plan import Resolved, new_run_id, unsupported_reason
-from .probe import probe_engine
-from .record import (churn_rows, client_rows, destination_rows, environment, footprint_record,
-                     now, run_facts, series_rows, server_rows, tuple_record, write_run)
+from tcplimits.model import churn as churn_model, hostlimits
+from tcplimits.engine import faults, footprint, host
+from tcplimits import model, results
+from tcplimits.config.params import RunParams
+from tcplimits.engine.cleanup import Interrupted, signals_raise, sweep
+from tcplimits.engine.compose import compose_file
+from tcplimits.engine.events import Log, stderr_log
+from tcplimits.engine.experiment import Experiment, RunFailed
+from tcplimits.engine.plan import Resolved, new_run_id, unsupported_reason
+from tcplimits.engine.probe import probe_engine
+from tcplimits.engine.record import (churn_rows, client_rows, destination_rows, environment,
+    footprint_record, now, run_facts, series_rows, server_rows, tuple_record, write_run)
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
                    progress: bool = True, client=None, log: Log = stderr_log) -> dict[str, Any]:
     """Run one experiment and write its run directory; returns the run.json record.
     ``progress`` shows a live count on stderr while clients connect."""
-    from ..image import ensure_image
+    from tcplimits.image import ensure_image
 
     run_id = run_id or new_run_id(params)
     out_dir = Path(out_dir)

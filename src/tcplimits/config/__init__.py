@@ -1,0 +1,11 @@
+"""Stage 1, config: what a run and a sweep may ask for, checked before anything starts.
+
+    params   RunParams and FIELDS, the one list of every parameter (type, default, meaning)
+    grid     a sweep's YAML -> the points it runs, validated against schemas/config.schema.yaml
+
+Pure: nothing here touches the engine or the disk beyond reading a config file.
+"""
+
+from tcplimits.config.params import FIELDS, ParamError, RunParams
+
+__all__ = ["FIELDS", "ParamError", "RunParams"]

@@ -1,0 +1,199 @@
+"""The workflow's experiment grid: a config file -> the list of points to run (pure functions).
+
+A config (``config/config.yaml``, schema ``config/schemas/config.schema.yaml`` in this package) holds a
+``grid`` of value lists whose cartesian product gives points, extra explicit ``points``,
+``repetitions`` and the ``experiment`` values every point starts from. Each point is a
+``RunParams`` plus a repetition number, and gets a stable, readable id that names its run
+directory (``results/runs/<id>/``) and its ``--run-id``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tcplimits.config.params import CHURN_ONLY, FIELDS, ParamError, RunParams
+
+# Shipped in the package (package-data), so an installed tcplimits finds it; the workflow's
+# validate() reads this same file.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+# Always part of an id, in this order and with these short names.
+ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "procs": "procs"}
+# Bounds on the run, not on what the kernel allows: left out of ids so that changing them
+# reruns the same point in place (through the rule's params) rather than adding a new one.
+NON_PHYSICAL = frozenset({"timeout", "connect_timeout", "quiet_host_timeout",
+                          "quiet_host_sockets"})
+MAX_ID_LENGTH = 128  # what `tcplimits run --run-id` accepts
+# Wall time a batch job asks for beyond the run's own timeout: building the image on a node
+# that has none (debootstrap, about a minute here), setup and teardown.
+JOB_MARGIN_MINUTES = 10
+
+
+class ConfigError(ParamError):
+    """A bad workflow config: names the key (a dotted path such as grid.nofile[1]) and value."""
+
+    def __str__(self) -> str:
+        return f"config {super().__str__()}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One experiment of the sweep."""
+
+    id: str
+    params: RunParams
+    repetition: int = 1
+
+    @property
+    def flags(self) -> str:
+        """The `tcplimits run` flags, shell-quoted: every parameter, defaults included, so
+        that the rule's params change whenever what the run is asked to do changes."""
+        return shlex.join(self.params.to_args())
+
+    @property
+    def job_minutes(self) -> int:
+        """Wall time to ask a batch scheduler (Slurm) for: the run stops itself at its
+        timeout, so the job never needs much more."""
+        return math.ceil(self.params.timeout / 60) + JOB_MARGIN_MINUTES
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config; an empty file is an empty config."""
+    data = yaml.safe_load(Path(path).read_text())
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", data, "expected a mapping of keys grid, points, "
+                          "repetitions, experiment")
+    return data
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config schema not found at {path}: reinstall tcplimits "
+                                "(pip install -e . in the checkout)")
+    return yaml.safe_load(path.read_text())
+
+
+def _where(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_config(config: dict, schema: dict | None = None) -> None:
+    """Raise ConfigError naming the key and value of the first problem: the JSON schema's
+    checks (types, bounds, unknown keys), then RunParams' (reversed or out-of-range port
+    ranges) on every grid value, point and the experiment defaults."""
+    import jsonschema
+
+    schema = load_schema() if schema is None else schema
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        where = list(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = error.schema.get("properties", {})
+            unknown = [k for k in error.instance if k not in known]
+            key = unknown[0]
+            raise ConfigError(_where(where + [key]), error.instance[key],
+                              f"unknown key (known: {', '.join(known)})")
+        reason = error.message
+        if error.validator in ("oneOf", "pattern") and error.schema.get("description"):
+            reason += f" (expected: {error.schema['description'].strip()})"
+        raise ConfigError(_where(where), error.instance, reason)
+    _semantic_checks(config)
+
+
+def _check(values: dict, where: str) -> RunParams:
+    try:
+        return RunParams.from_mapping(values)
+    except ParamError as err:
+        raise ConfigError(f"{where}{err.key}", err.value, err.reason) from None
+
+
+def _semantic_checks(config: dict) -> None:
+    base = config.get("experiment") or {}
+    _check(base, "experiment.")
+    for key, values in (config.get("grid") or {}).items():
+        for i, value in enumerate(values):
+            # Each value alone; checks across keys (a churn-only key needs mode churn) are
+            # made on each combination by points().
+            alone = {k: v for k, v in base.items() if k not in CHURN_ONLY}
+            alone.update({key: value, **({"mode": "churn"} if key in CHURN_ONLY else {})})
+            try:
+                RunParams.from_mapping(alone)
+            except ParamError as err:
+                raise ConfigError(f"grid.{key}[{i}]", value, err.reason) from None
+    for i, point in enumerate(config.get("points") or []):
+        _check({**base, **point}, f"points[{i}].")
+    if not (config.get("grid") or config.get("points")):
+        raise ConfigError("grid", config.get("grid"), "no points: set grid lists or points")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def point_id(params: RunParams, repetition: int = 1) -> str:
+    """``ports32768-60999_nofile15000_clients2_procs1``, then every other parameter that
+    changes the physics and differs from its default (``_server-nofile200_backlog8``), then
+    ``_rep<n>`` for repetitions after the first. A function of the parameters alone."""
+    values = params.to_dict()
+    parts = [f"{short}{_fmt(values[key])}" for key, short in ID_KEYS.items()]
+    for name, field in FIELDS.items():
+        if name in ID_KEYS or name in NON_PHYSICAL or values[name] == field.default:
+            continue
+        parts.append(f"{name.replace('_', '-')}{_fmt(values[name])}")
+    if repetition > 1:
+        parts.append(f"rep{repetition}")
+    return "_".join(parts)
+
+
+def points(config: dict) -> list[Point]:
+    """Validate ``config`` and expand it: the grid's cartesian product, then the explicit
+    points, each over ``repetitions``; values not set come from ``experiment`` and then from
+    RunParams' defaults. Points with the same id collapse to one (grid and points may
+    overlap); two that share an id but differ in a non-physical key are an error."""
+    validate_config(config)
+    base = dict(config.get("experiment") or {})
+    lists = config.get("grid") or {}
+    combos: list[tuple[str, dict]] = []  # (where it comes from, its values)
+    if lists:
+        combos += [("grid", dict(zip(lists, values)))
+                   for values in itertools.product(*lists.values())]
+    combos += [(f"points[{i}]", dict(p)) for i, p in enumerate(config.get("points") or [])]
+    repetitions = config.get("repetitions", 1)
+
+    by_id: dict[str, tuple[str, Point]] = {}
+    for where, values in combos:
+        params = _check({**base, **values}, f"{where}." if where != "grid" else
+                        "grid (" + ", ".join(f"{k}={v}" for k, v in values.items()) + ") ")
+        for rep in range(1, repetitions + 1):
+            point = Point(point_id(params, rep), params, rep)
+            if len(point.id) > MAX_ID_LENGTH:
+                raise ConfigError(where, values, f"its id is longer than {MAX_ID_LENGTH} "
+                                  f"characters: {point.id}")
+            if point.id not in by_id:
+                by_id[point.id] = (where, point)
+                continue
+            first_where, first = by_id[point.id]
+            if first.params != params:
+                key = next(k for k, v in params.to_dict().items()
+                           if first.params.to_dict()[k] != v)
+                raise ConfigError(f"{where}.{key}", getattr(params, key),
+                                  f"same point as {first_where} (id {point.id}) but for "
+                                  f"{key}, which ids leave out; set it in experiment, or "
+                                  "make the points differ in a parameter of the id")
+    return [point for _, point in by_id.values()]

@@ -1,0 +1,15 @@
+"""The agent image, built offline: a Debian base by debootstrap (no registry), then python3
+and the agent programs on top.
+
+    build         ensure_image: the tag is a hash of the agents, the Dockerfile and the base
+    base          ensure_base: debootstrap into a folder, `docker import` it
+    apt_sources   which Debian mirror and release the host's apt sources name
+    Dockerfile    the agent image's recipe
+"""
+
+from tcplimits.image.base import ImageError, ensure_base
+from tcplimits.image.build import (AGENT_REPO, AGENTS_DIR, DOCKERFILE, agent_files, ensure_image,
+                                   image_tag)
+
+__all__ = ["AGENTS_DIR", "AGENT_REPO", "DOCKERFILE", "ImageError", "agent_files", "ensure_base",
+           "ensure_image", "image_tag"]

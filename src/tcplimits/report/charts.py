@@ -1,0 +1,479 @@
+"""The report's charts: pure functions from dataset frames (polars) to Altair charts.
+
+Charts are drawn offline: ``use_offline_renderer()`` makes every chart display as an inline
+SVG made by vl-convert (no JavaScript, nothing fetched), so the report stays one file that
+opens without a network, in Quarto and in the nbconvert path alike.
+
+Longer than ~400 lines: one pure function per chart of the report (held connections,
+outcomes, model, latency, server gap, hosts, 4-tuple, one million, churn); splitting them
+would scatter the shared colour scales and the offline renderer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+
+import altair as alt
+import polars as pl
+
+from tcplimits import model
+from tcplimits.config.params import FIELDS, ParamError, RunParams
+
+RENDERER = "tcplimits-svg"
+CHART_CLASS = "tcpl-chart"
+
+# One colour per outcome, the same in every chart.
+ERRNO_COLORS = {
+    "EADDRNOTAVAIL": "#4c78a8",   # ports ran out
+    "EMFILE": "#f58518",          # descriptors ran out
+    "ETIMEDOUT": "#e45756",       # SYN dropped: server queue or conntrack full
+    "ECONNREFUSED": "#b279a2",
+    "ENFILE": "#9d755d",
+    "MAX_CONNECTIONS": "#54a24b",
+    "none": "#bab0ac",
+}
+LIMIT_COLORS = {
+    "ports": "#4c78a8",
+    "descriptors": "#f58518",
+    "server": "#e45756",
+    "conntrack": "#72b7b2",
+    "max_connections": "#54a24b",
+}
+# Applied at drawing time, so the chart objects stay composable.
+CONFIG = {
+    "font": "Helvetica, Arial, sans-serif",
+    "axis": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal",
+             "gridColor": "#e6e6e6"},
+    "legend": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal"},
+    "header": {"labelFontSize": 12, "titleFontSize": 12, "titleFontWeight": "normal"},
+    "title": {"fontSize": 13, "fontWeight": "normal", "anchor": "start"},
+    "view": {"stroke": "#ddd"},
+}
+LOG = alt.Scale(type="log")
+COUNT_AXIS = alt.Axis(format="~s")  # 1k, 10k: log axes of counts stay readable
+
+
+def _scale(colors: dict[str, str], present: pl.Series | None = None) -> alt.Scale:
+    """A fixed colour scale; names not in ``colors`` get grey."""
+    names = list(colors)
+    if present is not None:
+        seen = set(present.drop_nulls().to_list())
+        names = [n for n in names if n in seen] + sorted(seen - set(names))
+    return alt.Scale(domain=names, range=[colors.get(n, "#999999") for n in names])
+
+
+def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
+    # usermeta travels with the spec: the renderer names the chart's container after it.
+    return chart.properties(usermeta={"tcplimits": {"chart": name}})
+
+
+def _with_port_count(df: pl.DataFrame) -> pl.DataFrame:
+    """``port_count`` from ``port_range`` where a frame lacks it, counted by the parameters."""
+    if "port_count" in df.columns or "port_range" not in df.columns:
+        return df
+    counts = {}
+    for port_range in df["port_range"].drop_nulls().unique().to_list():
+        try:
+            counts[port_range] = RunParams(port_range=port_range).port_count
+        except ParamError:  # an unreadable range draws as unknown
+            counts[port_range] = None
+    return df.with_columns(port_count=pl.col("port_range").replace_strict(
+        counts, default=None, return_dtype=pl.Int64))
+
+
+def server_gaps(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs whose server and clients both counted, with ``gap`` (connections the clients
+    hold that the server had not accepted) and ``queue``: the accept queue that can hold them
+    (``model.accept_queue`` of the backlog, its default where null, and of the measured
+    somaxconn where the runs record one)."""
+    default = FIELDS["backlog"].default
+    has_somaxconn = "somaxconn" in runs.columns
+
+    def queue(row: dict) -> int:
+        backlog = default if row["backlog"] is None else row["backlog"]
+        if has_somaxconn and row["somaxconn"] is not None:
+            return model.accept_queue(backlog, row["somaxconn"])
+        return model.accept_queue(backlog)
+
+    columns = ["backlog", *(["somaxconn"] if has_somaxconn else [])]
+    return _ensure(runs, backlog=pl.Int64).filter(
+        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
+    ).with_columns(
+        gap=pl.col("connections_total") - pl.col("server_accepted"),
+        queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64),
+    )
+
+
+def _ensure(df: pl.DataFrame, **columns: pl.DataType) -> pl.DataFrame:
+    """Add absent columns as nulls, so a chart of an older or partial dataset still draws."""
+    missing = {k: v for k, v in columns.items() if k not in df.columns}
+    return df.with_columns(pl.lit(None, dtype=v).alias(k) for k, v in missing.items())
+
+
+def per_client(clients: pl.DataFrame) -> pl.DataFrame:
+    """Client-process rows -> one row per client container (its processes' connections summed)."""
+    df = _ensure(_with_port_count(clients), port_count=pl.Int64, nofile=pl.Int64,
+                 procs=pl.Int64, clients=pl.Int64)
+    return (df.group_by("run_id", "client", maintain_order=True)
+            .agg(pl.col("connections").sum(),
+                 pl.col("port_count", "nofile", "procs", "clients").first()))
+
+
+def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
+    """Connections per client container against the port range's size, coloured by nofile,
+    faceted by client containers (columns) and processes per container (rows)."""
+    df = per_client(clients).filter(pl.col("connections") > 0)
+    # The reference line has its own data, so every facet draws it over the whole range.
+    lo, hi = (df["port_count"].min() or 1000), (df["port_count"].max() or 65535)
+    diagonal = pl.DataFrame({"port_count": [lo, hi]})
+    x = alt.X("port_count:Q", scale=LOG, axis=COUNT_AXIS, title="ports in the range")
+    ports = alt.Chart(diagonal).mark_line(strokeDash=[4, 3], color="#888", strokeWidth=1).encode(
+        x=x, y=alt.Y("port_count:Q", scale=LOG))
+    points = alt.Chart().mark_point(filled=True, size=70, opacity=0.9).encode(
+        x=x,
+        y=alt.Y("connections:Q", scale=LOG, axis=COUNT_AXIS, title="connections per client"),
+        color=alt.Color("nofile:O", title="nofile", scale=alt.Scale(scheme="viridis")),
+        tooltip=["run_id", "client", "connections", "port_count", "nofile"],
+    )
+    chart = alt.layer(ports, points, data=df).properties(width=230, height=170).facet(
+        column=alt.Column("clients:O", title="client containers"),
+        row=alt.Row("procs:O", title="processes per client"),
+    ).properties(title=alt.Title("Connections per client against the port range",
+                                 subtitle="dashed: as many connections as ports"))
+    return _named(chart, "connections_vs_range")
+
+
+def outcomes(clients: pl.DataFrame) -> alt.Chart:
+    """Per point, the client processes stacked by the errno (or reason) they stopped with."""
+    df = (_ensure(clients, error=pl.Utf8)
+          .with_columns(pl.col("error").fill_null("none"))
+          .group_by("run_id", "error", maintain_order=True)
+          .agg(processes=pl.len(), connections=pl.col("connections").sum()))
+    chart = alt.Chart(df).mark_bar().encode(
+        y=alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340)),
+        x=alt.X("processes:Q", title="client processes",
+                axis=alt.Axis(tickMinStep=1, format="d")),
+        color=alt.Color("error:N", title="stopped with",
+                        scale=_scale(ERRNO_COLORS, df["error"])),
+        order=alt.Order("error:N"),
+        tooltip=["run_id", "error", "processes", "connections"],
+    ).properties(width=420, height=alt.Step(20),
+                 title="How each client process stopped")
+    return _named(chart, "outcomes")
+
+
+def _limit_color(limits: pl.Series) -> alt.Color:
+    # Legends below: long point names on the right-hand panel leave no room beside it.
+    return alt.Color("limit:N", title="limiting factor", scale=_scale(LIMIT_COLORS, limits),
+                     legend=alt.Legend(orient="bottom"))
+
+
+def _against(base: alt.Chart, x: str, y: str, x_title: str, y_title: str,
+             **encoding) -> alt.LayerChart:
+    """Log-log scatter of y against x, with y = x dashed (where both are positive)."""
+    positive = base.transform_filter(f"datum.{x} > 0 && datum.{y} > 0")
+    diagonal = positive.mark_line(strokeDash=[4, 3], color="#888", strokeWidth=1).encode(
+        x=alt.X(f"{x}:Q", scale=LOG), y=alt.Y(f"{x}:Q", scale=LOG))
+    points = positive.mark_point(filled=True, size=80).encode(
+        x=alt.X(f"{x}:Q", scale=LOG, axis=COUNT_AXIS, title=x_title),
+        y=alt.Y(f"{y}:Q", scale=LOG, axis=COUNT_AXIS, title=y_title), **encoding)
+    return alt.layer(diagonal, points).properties(width=300, height=260)
+
+
+def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
+    """Left: observed against predicted connections (log-log, y = x dashed). Right: the
+    difference per point, with the tolerance as a grey band."""
+    df = _ensure(comparisons, tolerance=pl.Int64, within_tolerance=pl.Boolean).with_columns(
+        deviation=pl.col("observed") - pl.col("predicted"),
+        agrees=pl.when(pl.col("within_tolerance")).then(pl.lit("within tolerance"))
+        .otherwise(pl.lit("beyond tolerance")),
+        tol_lo=-pl.col("tolerance"),
+    )
+    color = _limit_color(df["limit"])
+    base = alt.Chart(df)
+    scatter = _against(
+        base, "predicted", "observed", "predicted connections", "observed connections",
+        color=color,
+        shape=alt.Shape("agrees:N", title=None, legend=alt.Legend(orient="bottom"),
+                        scale=alt.Scale(domain=["within tolerance", "beyond tolerance"],
+                                        range=["circle", "cross"])),
+        tooltip=["run_id", "predicted", "observed", "limit"],
+    ).properties(title="Observed against predicted")
+    y = alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340))
+    # symlog: a gap of one port stays visible next to a tolerance of hundreds.
+    gap_x = alt.X("deviation:Q", scale=alt.Scale(type="symlog"),
+                  title="observed - predicted (grey: tolerance)")
+    band = base.mark_bar(color="#e8e8e8", height=14).encode(
+        y=y, x=alt.X("tol_lo:Q", scale=alt.Scale(type="symlog")), x2="tolerance:Q")
+    bars = base.mark_bar(height=8).encode(
+        y=y, x=gap_x,
+        color=color, tooltip=["run_id", "deviation", "tolerance"])
+    zero = base.mark_rule(color="#555").encode(x=alt.datum(0))
+    gaps = alt.layer(band, bars, zero).properties(width=300, height=alt.Step(20),
+                                                  title="Difference per point")
+    return _named(alt.hconcat(scatter, gaps).resolve_scale(color="shared"),
+                  "observed_vs_predicted")
+
+
+def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
+    """Observed against predicted connections (log-log, y = x dashed), one colour per host:
+    the points of a sweep spread over several machines (a cluster), told apart."""
+    chart = _against(
+        alt.Chart(_ensure(comparisons, host=pl.Utf8)), "predicted", "observed",
+        "predicted connections", "observed connections",
+        color=alt.Color("host:N", title="host", legend=alt.Legend(orient="bottom")),
+        tooltip=["run_id", "host", "predicted", "observed", "limit"],
+    ).properties(title="Observed against predicted, by host")
+    return _named(chart, "by_host")
+
+
+def pool_fill(series: pl.DataFrame) -> pl.DataFrame:
+    """Each progress sample with ``fill``: the share of its container's port range in use.
+
+    The processes of one container share its pool, so a sample counts every process's last
+    count at that time (t_s runs from the common start signal), not only its own."""
+    df = _with_port_count(series)
+    if df.is_empty():
+        return df.with_columns(fill=pl.lit(None, dtype=pl.Float64))
+    keys = ["run_id", "client"]
+    others = (df.select(*keys, pl.col("proc").alias("other"), "t_s",
+                        pl.col("connections").alias("held"))
+              .sort("t_s"))
+    peers = df.select(*keys, pl.col("proc").alias("other")).unique()
+    pooled = (df.with_row_index("_row").join(peers, on=keys).sort("t_s")
+              .join_asof(others, on="t_s", by=[*keys, "other"], strategy="backward",
+                         check_sortedness=False)  # both sides sorted by t_s above
+              .group_by("_row").agg(pl.col("held").fill_null(0).sum().alias("_pool")))
+    return (df.with_row_index("_row").join(pooled, on="_row", how="left").sort("_row")
+            .with_columns(fill=pl.min_horizontal(pl.col("_pool") / pl.col("port_count"),
+                                                 pl.lit(1.0)))
+            .drop("_row", "_pool"))
+
+
+# How a run's host was when it connected (dataset column "noisy"; tcplimits.engine.host).
+QUIET, NOISY = "quiet", "noisy (times suspect)"
+
+
+def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.LayerChart:
+    """Mean connect() time against the share of the port range in use (``pool_fill``), for
+    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent). Runs
+    marked noisy (``runs.noisy``: a noisy host, dropped SYNs) are drawn dashed: their times
+    are suspect."""
+    df = series
+    if runs is not None and "predicted_limit" in runs.columns:
+        bound = runs.filter(pl.col("predicted_limit") == "ports").select("run_id")
+        df = df.join(bound, on="run_id", how="semi")
+    for column in ("port_count", "port_range", "noisy"):
+        if column not in df.columns and runs is not None and column in runs.columns:
+            df = df.join(runs.select("run_id", column), on="run_id", how="left")
+    df = _ensure(pool_fill(df), port_range=pl.Utf8, noisy=pl.Boolean).with_columns(
+        latency_us=pl.col("connect_latency_s") * 1e6,
+        line=pl.concat_str("run_id", "client", "proc", separator="/"),
+        host=pl.when(pl.col("noisy")).then(pl.lit(NOISY)).otherwise(pl.lit(QUIET)),
+    ).filter(pl.col("latency_us") > 0).select(
+        "run_id", "client", "proc", "port_range", "fill", "latency_us", "line", "host")
+    lines = alt.Chart(df).mark_line(strokeWidth=1.2, opacity=0.7).encode(
+        x=alt.X("fill:Q", title="share of the port range in use",
+                scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        y=alt.Y("latency_us:Q", scale=LOG, axis=COUNT_AXIS, title="mean connect() time (µs)"),
+        color=alt.Color("port_range:N", title="port range"),
+        strokeDash=alt.StrokeDash("host:N", title="host when connecting",
+                                  scale=alt.Scale(domain=[QUIET, NOISY],
+                                                  range=[[1, 0], [4, 3]])),
+        detail="line:N",
+        tooltip=["run_id", "client", "proc", "fill", "latency_us", "host"],
+    )
+    half = alt.Chart(pl.DataFrame({"fill": [0.5], "label": ["half the range"]}))
+    rule = half.mark_rule(strokeDash=[2, 2], color="#555").encode(x="fill:Q")
+    text = half.mark_text(align="left", dx=4, dy=-6, color="#555", fontSize=11).encode(
+        x="fill:Q", y=alt.value(0), text="label:N")
+    chart = alt.layer(lines, rule, text).properties(
+        width=560, height=280, title="Connect time as the port range fills")
+    return _named(chart, "latency_vs_fill")
+
+
+def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
+    """Left: connections the server accepted against those the clients hold. Right: the gap
+    per point, with a black tick at the accept queue's size (backlog + 1)."""
+    df = server_gaps(_ensure(runs, predicted_limit=pl.Utf8)).with_columns(
+        limit=pl.col("predicted_limit").fill_null("unknown"),
+    ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
+    color = _limit_color(df["limit"])
+    base = alt.Chart(df)
+    scatter = _against(
+        base, "connections_total", "server_accepted", "established, as the clients count",
+        "accepted by the server", color=color,
+        tooltip=["run_id", "connections_total", "server_accepted"],
+    ).properties(title="Server against clients")
+    y = alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340))
+    bars = base.mark_bar(height=10).encode(
+        y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)"), color=color,
+        tooltip=["run_id", "gap", "queue"])
+    ticks = base.mark_tick(color="black", thickness=2, size=16).encode(y=y, x="queue:Q")
+    gaps = alt.layer(bars, ticks).properties(width=300, height=alt.Step(20),
+                                             title="Not (yet) accepted")
+    return _named(alt.hconcat(scatter, gaps).resolve_scale(color="shared"),
+                  "server_vs_clients")
+
+
+# --- Drawing ----------------------------------------------------------------------------------
+
+def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChart:
+    """Connections held per run (x: what the model asked for, log-log), coloured by network,
+    with each host limit's room in connections as a dashed rule: ``limits`` are
+    {"limit": name, "connections": room}."""
+    points = runs.select("run_id", "network", "predicted_total", "connections_total")
+    base = alt.Chart(points).mark_point(filled=True, size=80).encode(
+        x=alt.X("predicted_total:Q", title="connections asked (model)", scale=LOG,
+                axis=COUNT_AXIS),
+        y=alt.Y("connections_total:Q", title="connections held", scale=LOG, axis=COUNT_AXIS),
+        color=alt.Color("network:N", title="network"),
+        tooltip=["run_id", "network", "predicted_total", "connections_total"])
+    layers = [base]
+    if limits:
+        rules = pl.DataFrame(limits)
+        layers.append(alt.Chart(rules).mark_rule(strokeDash=[4, 3], color="#888").encode(
+            y="connections:Q", tooltip=["limit", "connections"]))
+        layers.append(alt.Chart(rules).mark_text(align="left", dx=4, dy=-6, fontSize=10).encode(
+            y="connections:Q", x=alt.value(4), text="limit:N"))
+    return _named(alt.layer(*layers).properties(
+        width=480, height=300, title="Connections held against the host's limits"),
+        "held_against_limits")
+CHURN_COLORS = {
+    "opened per second": "#4c78a8",
+    "TIME_WAIT, client": "#f58518",
+    "TIME_WAIT, server": "#e45756",
+}
+
+
+def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChart:
+    """Mode churn, one panel per point (``labels``: run id -> point label): connections
+    opened per second (all client processes) and TIME_WAIT sockets on the client side and on
+    the server side, against seconds since the clients started."""
+    df = _ensure(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
+                 t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
+    opened = (df.filter(pl.col("proc").is_not_null())
+              .with_columns(second=pl.col("t_s").floor())
+              .group_by("run_id", "second").agg(pl.col("opened").sum().alias("value"))
+              .rename({"second": "t_s"}).with_columns(series=pl.lit("opened per second")))
+    # TIME_WAIT per side: the client containers' counts added up, sample by sample
+    tw = (df.filter(pl.col("time_wait").is_not_null() & pl.col("proc").is_null())
+          .with_columns(second=pl.col("t_s").round(0))
+          .group_by("run_id", "role", "client", "second").agg(pl.col("time_wait").max())
+          .group_by("run_id", "role", "second").agg(pl.col("time_wait").sum().alias("value"))
+          .rename({"second": "t_s"})
+          .with_columns(series=pl.concat_str(pl.lit("TIME_WAIT, "), pl.col("role")))
+          .drop("role"))
+    cols = ["run_id", "t_s", "value", "series"]
+    long = pl.concat([opened.select(cols), tw.select(cols)]).filter(pl.col("t_s") >= 0)
+    long = long.with_columns(point=pl.col("run_id").replace_strict(labels, default=None))
+    chart = alt.Chart(long).mark_line(strokeWidth=1.5, interpolate="step-after").encode(
+        x=alt.X("t_s:Q", title="seconds since the clients started"),
+        y=alt.Y("value:Q", title="connections per second / sockets"),
+        color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
+        tooltip=["point", "series", "t_s", "value"],
+    ).properties(width=250, height=130).facet(
+        facet=alt.Facet("point:N", title=None), columns=2,
+    ).resolve_scale(y="independent").properties(
+        title=alt.Title("Churn: rate and TIME_WAIT against time",
+                        subtitle="one panel per point; TIME_WAIT sampled about once a second"))
+    return _named(chart, "churn_timeline")
+
+
+def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
+    """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
+    model's sustainable rate (black ticks; none where no port bound applies). ``points``:
+    churn_findings.churn_points()."""
+    df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
+                 point=pl.Utf8).filter(pl.col("sustained") > 0)
+    y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
+    x_scale = alt.Scale(type="log")
+    dots = alt.Chart(df).mark_point(filled=True, size=90).encode(
+        x=alt.X("sustained:Q", scale=x_scale, axis=COUNT_AXIS,
+                title="connections per second (log)"),
+        y=y,
+        color=alt.Color("outcome:N", title="ended with",
+                        scale=_scale({**ERRNO_COLORS, "DURATION": "#54a24b"}, df["outcome"])),
+        tooltip=["point", "sustained", "model_bound", "outcome"],
+    )
+    ticks = alt.Chart(df.filter(pl.col("model_bound").is_not_null())).mark_tick(
+        color="black", thickness=2, size=18).encode(x=alt.X("model_bound:Q", scale=x_scale), y=y)
+    chart = alt.layer(dots, ticks).properties(
+        width=420, height=alt.Step(24),
+        title=alt.Title("Sustained rate against the model",
+                        subtitle="black tick: the model's sustainable rate (ports / time each "
+                                 "is held)"))
+    return _named(chart, "churn_rate_vs_model")
+
+
+BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#54a24b"}
+
+
+def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
+    """Connections per client address against the size of its 4-tuple space (pool x server
+    ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
+    one connection per 4-tuple. ``points``: tuple_findings.chart_frame."""
+    df = _ensure(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
+                 client_addrs=pl.Int64)
+    lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
+    x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,
+              title="4-tuple space (pool x server ports x addrs)")
+    line = alt.Chart(pl.DataFrame({"space": [lo, hi]})).mark_line(
+        strokeDash=[4, 3], color="#888", strokeWidth=1).encode(x=x, y=alt.Y("space:Q", scale=LOG))
+    dots = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
+        x=x,
+        y=alt.Y("per_address:Q", scale=LOG, axis=COUNT_AXIS,
+                title="connections per client address"),
+        color=alt.Color("bind_mode:N", title="bind mode", legend=None,
+                        scale=_scale(BIND_MODE_COLORS, df["bind_mode"])),
+        shape=alt.Shape("client_addrs:O", title="client addresses"),
+        tooltip=["run_id", "bind_mode", "server_ports", "server_addrs", "client_addrs",
+                 "space", "per_address", "errno"],
+    )
+    chart = alt.layer(line, dots, data=df).properties(width=190, height=200).facet(
+        column=alt.Column("bind_mode:N", title="bind mode", sort=list(BIND_MODE_COLORS)),
+    ).properties(title=alt.Title("Connections per client address against its 4-tuple space",
+                                 subtitle="dashed: one connection per 4-tuple"))
+    return _named(chart, "tuple_space")
+
+
+def _vl_version() -> str:
+    # vl-convert names Vega-Lite versions like "v6_4"; Altair's schema is "v6.4.1".
+    return "_".join(alt.SCHEMA_VERSION.split(".")[:2])
+
+
+def _unique_ids(svg: str) -> str:
+    """Prefix the SVG's ids (clip paths, gradients) so several charts inline in one page
+    never resolve each other's url(#id)."""
+    prefix = "c" + hashlib.sha1(svg.encode()).hexdigest()[:8] + "-"
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m[1]}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m[1]})", svg)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m[1]}"', svg)
+
+
+def spec_to_html(spec: dict) -> str:
+    """A Vega-Lite spec -> ``<div class="tcpl-chart">`` holding the chart as inline SVG."""
+    import vl_convert as vlc
+
+    svg = vlc.vegalite_to_svg(spec, vl_version=_vl_version(), config=CONFIG)
+    name = (spec.get("usermeta") or {}).get("tcplimits", {}).get("chart", "chart")
+    return (f'<div class="{CHART_CLASS}" data-chart="{html.escape(name)}">'
+            f"{_unique_ids(svg)}</div>")
+
+
+def to_html(chart: alt.TopLevelMixin) -> str:
+    return spec_to_html(chart.to_dict())
+
+
+def _render(spec: dict, **metadata) -> dict:
+    return {"text/html": spec_to_html(spec)}
+
+
+def use_offline_renderer() -> None:
+    """Display every Altair chart as inline SVG (no CDN, no JavaScript) and lift Altair's
+    5,000-row guard: the series of a big grid is longer, and it is drawn once, offline."""
+    alt.renderers.register(RENDERER, _render)
+    alt.renderers.enable(RENDERER)
+    alt.data_transformers.disable_max_rows()

@@ -1,0 +1,148 @@
+"""The report's section "Churn" (pure functions of the dataset's frames): each finished churn
+point in words, against the model, and what binds a churn point. The model and its verdict
+are tcplimits.model.churn's, recorded by each run; findings.churn lays the section out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from tcplimits.model import churn as churn_model, fourtuple
+from tcplimits.report.render import plural
+from tcplimits.results import STATUS_OK
+
+def is_churn(runs: pl.DataFrame) -> pl.Series:
+    """Per run: mode churn (a dataset from before mode existed is all hold)."""
+    if "mode" not in runs.columns:
+        return pl.Series([False] * runs.height, dtype=pl.Boolean)
+    return runs["mode"].fill_null("hold") == "churn"
+
+
+def churn_label(run: Mapping[str, Any]) -> str:
+    """A churn point in words: "client closes, tw_reuse 0, 200/s, 20 s"."""
+    rate = run.get("rate")
+    pace = "max" if rate in (None, "max") else f"{int(rate):,}/s"
+    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}"
+    if run.get("tw_reuse_delay") is not None:
+        text += f" after {run['tw_reuse_delay']:,} ms"
+    if run.get("timestamps") is not None:
+        text += f", timestamps {run['timestamps']}"
+    text += f", {pace}"
+    if (run.get("clients") or 1) > 1:
+        text += f", {run['clients']} clients"
+    text += churn_tuple_words(run)
+    return text + (f", {run['duration']:g} s" if run.get("duration") else "")
+
+
+def churn_tuple_words(run: Mapping[str, Any]) -> str:
+    """The network and 4-tuple members a churn point changed, in words: ", bind, 2 server
+    ports"."""
+    words = ["loopback"] if run.get("network") == "loopback" else []
+    if (run.get("bind_mode") or fourtuple.CONNECT) != fourtuple.CONNECT:
+        words.append(str(run["bind_mode"]))
+    for key, name in (("server_ports", "server ports"), ("server_addrs", "server addresses"),
+                      ("client_addrs", "client addresses")):
+        if (run.get(key) or 1) > 1:
+            words.append(f"{int(run[key]):,} {name}")
+    return "".join(f", {w}" for w in words)
+
+
+def churn_labels(churn_runs: pl.DataFrame) -> dict[str, str]:
+    """run id -> point label, for the finished churn runs (repetitions keep their id)."""
+    out: dict[str, str] = {}
+    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
+        text = churn_label(r)
+        out[r["run_id"]] = text if text not in out.values() else f"{text} ({r['run_id']})"
+    return out
+
+
+CHURN_POINTS_SCHEMA = {
+    "run_id": pl.Utf8, "point": pl.Utf8, "asked": pl.Utf8, "sustained": pl.Float64,
+    "model_bound": pl.Float64, "connections": pl.Int64, "outcome": pl.Utf8,
+    "stopped_at_s": pl.Float64, "model_stop_after": pl.Int64, "model_stop_at_s": pl.Float64,
+    "agrees": pl.Boolean, "verdict": pl.Utf8,
+}
+
+
+def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per finished churn point: asked, sustained, the model's bound and stop, and
+    the verdict (``churn_model.verdict``, recorded by the run)."""
+    if churn_runs.is_empty():  # no churn point (or a Data built without the churn tables)
+        return pl.DataFrame(schema=CHURN_POINTS_SCHEMA)
+    names = churn_labels(churn_runs)
+    rows = []
+    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
+        stopped = r.get("churn_stopped_at_s") is not None
+        rows.append({
+            "run_id": r["run_id"], "point": names[r["run_id"]],
+            "asked": "max" if r["rate"] in (None, "max") else f"{int(r['rate']):,}/s",
+            "sustained": r.get("churn_rate"), "model_bound": r.get("churn_predicted_rate"),
+            "connections": r.get("churn_connections"),
+            "outcome": (r.get("churn_stop_error") or "error") if stopped else "DURATION",
+            "stopped_at_s": r.get("churn_stopped_at_s"),
+            "model_stop_after": r.get("churn_predicted_stop_after"),
+            "model_stop_at_s": r.get("churn_predicted_stop_at_s"),
+            "agrees": r.get("churn_agrees"), "verdict": r.get("churn_verdict"),
+        })
+    return pl.DataFrame(rows, schema=CHURN_POINTS_SCHEMA, orient="row")
+
+
+def churn_counts(points: pl.DataFrame) -> dict[str, int]:
+    """Points, as predicted, stopped on an error, ran their duration."""
+    return {
+        "points": points.height,
+        "agree": int(points["agrees"].fill_null(False).sum()) if points.height else 0,
+        "stopped": points.filter(pl.col("outcome") != "DURATION").height,
+        "ran": points.filter(pl.col("outcome") == "DURATION").height,
+    }
+
+
+def churn_answer(points: pl.DataFrame) -> str:
+    """The conclusion's answer for churn, from the finished churn points (``churn_points``):
+    what stopped the points that asked for more than their pool, and the fastest point that
+    ran its duration; "" without churn points."""
+    if points.is_empty():
+        return ""
+    c = churn_counts(points)
+    said = ["**How fast can a client open and close connections?** As fast as its ports come "
+            f"back: a port the client closed first stays {churn_model.TIME_WAIT_S:g} s in "
+            f"TIME_WAIT ({churn_model.TW_REUSE_DELAY_S:g} s with tcp_tw_reuse=1), and every "
+            "destination has a pool of ports of its own unless the client calls bind() first."]
+    stopped = points.filter(pl.col("outcome") != churn_model.DURATION)
+    if not stopped.is_empty():
+        errnos = stopped.group_by("outcome").len().sort(["len", "outcome"],
+                                                         descending=[True, False])
+        said.append(f"{plural(stopped.height, 'point')} asked for more and stopped: "
+                    + ", ".join(f"{n:,} with {e}" for e, n in errnos.iter_rows())
+                    + f"; {int(stopped['agrees'].fill_null(False).sum()):,} of them after the "
+                    "count the model gave.")
+    ran = points.filter(pl.col("outcome") == churn_model.DURATION)
+    if not ran.is_empty():
+        fastest = ran.sort("sustained", descending=True, nulls_last=True).row(0, named=True)
+        said.append(f"{plural(ran.height, 'point')} ran their full duration, the fastest at "
+                    f"{fastest['sustained'] or 0:,.0f}/s ({fastest['point']}).")
+    said.append(f"{c['agree']:,} of {plural(c['points'], 'churn point')} ended as the model "
+                "said (section 13).")
+    return " ".join(said)
+
+
+def churn_mechanism() -> str:
+    """What binds a churn point, with the kernel constants the model uses."""
+    tw, delay = churn_model.TIME_WAIT_S, churn_model.TW_REUSE_DELAY_S
+    return (f"On this kernel TIME_WAIT lasts **{tw:g} s** (`TCP_TIMEWAIT_LEN`, compiled in: no "
+            f"sysctl changes it). So a pool of R ports sustains R / {tw:g} connections per second "
+            f"per destination when the client closes first; faster, it stops after R connections "
+            f"with EADDRNOTAVAIL. `net.ipv4.tcp_tw_reuse=1` (per namespace, TCP timestamps "
+            f"needed) lets connect() take a TIME_WAIT port once it is {delay:g} s old "
+            f"(`tcp_tw_reuse_delay`): R / {delay:g} s. When the server closes first, TIME_WAIT "
+            "stays on the server and the client's ports come back at once: nothing in the kernel "
+            "stops the client, its own speed sets the rate. The 4-tuple multiplies R as the "
+            "client's way of getting a port says: plain connect() and bind-no-port pick the "
+            "port per destination, so each server port or address (and with bind-no-port each "
+            "source address) is a pool of R, and tcp_tw_reuse applies to each; bind((addr, 0)) "
+            "picks it before the destination is known and never takes a port a TIME_WAIT "
+            "socket holds: one pool of R per source address, whatever the destinations, "
+            "tcp_tw_reuse no help, and the stop is EADDRINUSE at bind().")

@@ -1,0 +1,209 @@
+"""The run directory: the contract between one experiment, the workflow and the report.
+
+One place documents every file and column. Every file is written atomically (a temp file in
+the same directory, then rename), so a reader never sees half a file and an interrupted run
+leaves no partial result behind.
+
+    <run dir>/
+      run.json          run id, parameters, status + reason, times, environment, facts
+      clients.parquet   one row per client process (CLIENTS_SCHEMA)
+      server.parquet    one row per server worker  (SERVER_SCHEMA)
+      series.parquet    progress samples            (SERIES_SCHEMA)
+      churn.parquet     per-second churn series     (CHURN_SCHEMA; empty for mode hold)
+      destinations.parquet  connections per client process and (source address, server
+                        address, server port) pair (DESTINATIONS_SCHEMA)
+      compose.yml       a docker-compose file that reproduces the run by hand
+      logs/<container>.log   each container's output
+
+run.json keys:
+    run_id        the run's id (the workflow passes its point id; `tcplimits run` makes one)
+    status        "ok" | "failed" | "unsupported"; reason: why, when not ok (else null)
+    fault         what kind of fault failed the run (engine/faults.py: engine_unreachable,
+                  engine_lost, container_exited, oom, worker_died, out_unwritable), else null
+    params        RunParams.to_dict(): what was asked, never changed
+    resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
+    prediction    model.predict(...) as a dict: from the parameters, the engine facts and the
+                  ports the agents found held before their first connect()
+    started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, quiet_wait_s, connect_s,
+                  teardown_s
+    host_tcp      the host's TCP state (tcplimits.engine.host.read_state) before the run, when it
+                  started connecting (at_connect) and after it returned
+    noisy         true when its times are suspect: the host was not quiet when connecting,
+                  or the server dropped SYNs (facts.listen_drops) where the model does not
+                  make the server the limit; noisy_reason says why ("; " between reasons);
+                  null when the run never got to connect
+    environment   kernel, docker_version, storage_driver, engine_nofile_cap, nf_conntrack_max,
+                  image_id, image_tag, tcplimits_version, git_sha, cgroup_version, hostname
+    totals        connections (sum over client processes), server_accepted (sum over workers)
+    held_ports    {client number: [ports in the range held in its namespace at start]}
+    addresses     network: the experiment network's IPAM (subnet, ip_range, gateway);
+                  plan: the extra addresses planned per role (null when none);
+                  containers: {role: every IPv4 address it had, Docker's first}
+    privileges    agents: {role: cap_drop, cap_add, user, capabilities (the client agents'
+                  own capability sets, hex)}; helpers: one entry per NET_ADMIN helper that
+                  added addresses (target, helper, user, cap_add, cap_drop, network_mode,
+                  added, addresses_after, duration_s)
+    facts         what the engine measured, from which tcplimits.model explains the outcome
+                  (explanations are made by the model, never stored):
+                    held_sockets   {client number: [{addr, port, state, owner}]}: sockets with
+                                   a port in the range, held before the first connect(); owner
+                                   "docker-dns" for 127.0.0.11, else null (unknown)
+                    somaxconn      net.core.somaxconn read in the server container (null if
+                                   the server never listened)
+                    listen_drops   SYNs the server's namespace dropped at its listeners during
+                                   the run (TcpExt ListenDrops; null if not read)
+                    server_workers [{worker, accepted, errno, error, message, accept_errors}]:
+                                   each server worker's outcome
+    churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
+                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)}
+
+In mode churn, clients.parquet's ``connections`` counts the connections each process opened
+and closed, ``error`` is DURATION for a process that churned to the end, else the errno
+that stopped it, and ``elapsed_s`` is when it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_UNSUPPORTED = "unsupported"
+
+RUN_JSON = "run.json"
+CLIENTS_FILE = "clients.parquet"
+SERVER_FILE = "server.parquet"
+SERIES_FILE = "series.parquet"
+CHURN_FILE = "churn.parquet"
+DESTINATIONS_FILE = "destinations.parquet"
+COMPOSE_FILE = "compose.yml"
+LOGS_DIR = "logs"
+# Beside the report's index.html: the sweep's summary in plain text (`tcplimits report`).
+SUMMARY_FILE = "summary.txt"
+
+# One row per client process.
+CLIENTS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,        # client container, 1-based
+    "proc": pl.Int32,          # process within the container, 1-based
+    "client_ip": pl.Utf8,
+    "connections": pl.Int64,   # connections established (and held) when it stopped
+    "errno": pl.Int32,         # errno of the connect/socket call that stopped it; null if none
+    "error": pl.Utf8,          # errno name (EADDRNOTAVAIL, EMFILE, ETIMEDOUT, ...) or a stop reason
+    "message": pl.Utf8,        # strerror or the exception text
+    "elapsed_s": pl.Float64,   # from the process's start to its stop
+    "cpu_s": pl.Float64,       # CPU (user + system) the process used meanwhile: unlike elapsed_s,
+                               # not lengthened by other load on the machine
+    "held_ports": pl.Int32,    # ports in the range already held in the container's namespace at start
+    "held_other_addr": pl.Int32,  # of those, bound to a specific address the client never
+                                  # leaves from (127.0.0.11): bind((source, 0)) may take them
+}
+
+# One row per client process and (source, destination) pair it spread over; round-robin in
+# this order (see tcplimits.model.fourtuple). Runs before the 4-tuple parameters have no file.
+DESTINATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,
+    "proc": pl.Int32,
+    "source": pl.Utf8,         # source address the pair's connections left from (null if none)
+    "server_addr": pl.Utf8,
+    "server_port": pl.Int32,
+    "connections": pl.Int64,   # connections of this pair held when the process stopped (churn: opened)
+    "error": pl.Utf8,          # errno name that ended the pair (its pool ran out), or null
+}
+
+# One row per server worker.
+SERVER_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "worker": pl.Int32,        # 1-based
+    "accepted": pl.Int64,      # connections accepted and held
+    "errno": pl.Int32,         # first accept() error (EMFILE when out of descriptors); null if none
+    "error": pl.Utf8,
+    "message": pl.Utf8,
+    "accept_errors": pl.Int64, # how many accept() calls failed
+}
+
+# Progress samples: one per 0.5% of the expected count, plus the last connection.
+SERIES_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "client": pl.Int32,
+    "proc": pl.Int32,
+    "connections": pl.Int64,          # connections held at this sample
+    "t_s": pl.Float64,                # seconds since the process started connecting
+    "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
+}
+
+# Mode churn: one row per second of each client process (role "client", proc set: opened,
+# errors, error, connect_latency_s) and one per second-ish sample of each container's
+# TIME_WAIT count (role "client" with proc null, or role "server": time_wait).
+CHURN_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "role": pl.Utf8,                  # "client" or "server"
+    "client": pl.Int32,               # client container; null for the server
+    "proc": pl.Int32,                 # process of a per-second row; null for a TIME_WAIT row
+    "t_s": pl.Float64,                # seconds since the engine started the clients
+    "opened": pl.Int64,               # connections opened (and closed) in this second
+    "errors": pl.Int64,               # failed attempts in this second (the loop stops at one)
+    "error": pl.Utf8,                 # errno name of that failure
+    "connect_latency_s": pl.Float64,  # mean connect() time over the second's connections
+    "time_wait": pl.Int64,            # TIME_WAIT sockets in the container's namespace
+}
+
+SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
+           DESTINATIONS_FILE: DESTINATIONS_SCHEMA, CHURN_FILE: CHURN_SCHEMA}
+# Tables that run directories written before they existed lack: their absence is not damage
+# (read_table gives an empty frame of the schema).
+LATER_FILES = frozenset({DESTINATIONS_FILE, CHURN_FILE})
+
+
+def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows (dicts) -> a frame with exactly the schema's columns and types."""
+    rows = [{k: r.get(k) for k in schema} for r in rows]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: df.write_parquet(tmp))
+
+
+def write_text(text: str, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", path)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RUN_JSON).read_text())
+
+
+def read_table(run_dir: str | Path, name: str) -> pl.DataFrame:
+    """One of the run's Parquet files; an empty frame of the right schema when absent."""
+    path = Path(run_dir) / name
+    if path.exists():
+        return pl.read_parquet(path)
+    return pl.DataFrame(schema=SCHEMAS[name])

@@ -1,0 +1,110 @@
+"""Owner identity: what the sweep may judge dead, and what it must leave alone."""
+
+import os
+import subprocess
+import sys
+
+from tcplimits.engine import ownership
+from tcplimits.engine.ownership import Liveness, Owner
+
+
+def test_label_round_trips_and_names_this_process():
+    me = ownership.current()
+    assert me.pid == os.getpid()
+    assert Owner.parse(me.label()) == me
+    assert ownership.liveness(me.label()) is Liveness.ALIVE
+
+
+def test_a_finished_process_is_dead_and_a_reused_pid_is_not_its_owner():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    me = ownership.current()
+    label = Owner(me.boot_id, me.pid_ns, child.pid, ownership.start_time(child.pid)).label()
+    assert ownership.liveness(label) is Liveness.ALIVE
+    # The same pid with another start time is another process: the owner is gone.
+    reused = Owner(me.boot_id, me.pid_ns, child.pid, ownership.start_time(child.pid) + 1)
+    assert ownership.liveness(reused.label()) is Liveness.DEAD
+    child.communicate(b"")
+    assert ownership.liveness(label) is Liveness.DEAD
+
+
+def test_owners_that_cannot_be_judged_are_unknown_never_dead():
+    me = ownership.current()
+    for label in (None, "", "somehost:1", "v2:garbled",
+                  Owner("another-boot", me.pid_ns, 999999999, 1).label(),
+                  Owner(me.boot_id, "4:1", 999999999, 1).label()):
+        assert ownership.liveness(label) is Liveness.UNKNOWN, label
+
+
+def test_another_pid_namespace_sees_our_live_run_as_unknown():
+    """unshare --pid --fork --mount-proc: pids there mean other processes than here."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare")
+    me = ownership.current()
+    code = ("import sys; from tcplimits.engine import ownership as o; "
+            "print(o.liveness(sys.argv[1]).value, o.current().label())")
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                           code, me.label()], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    verdict, their_label = proc.stdout.split()
+    assert verdict == "unknown"
+    theirs = Owner.parse(their_label)
+    assert theirs.pid_ns != me.pid_ns and theirs.boot_id == me.boot_id
+    # Their process is gone now, but it lived in another namespace: not provably dead here.
+    assert ownership.liveness(their_label) is Liveness.UNKNOWN
+
+
+class _Resource:
+    def __init__(self, name, owner):
+        self.attrs = {"Names": [f"/{name}"], "Labels": {"tcplimits": "1", "tcplimits.run": name,
+                                                        "tcplimits.owner": owner}}
+        self.removed = False
+
+    def remove(self, **_):
+        self.removed = True
+
+
+def _fake_engine(monkeypatch, resources):
+    import docker
+
+    class Listing:
+        def __init__(self, items):
+            self.items = items
+
+        def list(self, **_):
+            return [r for r in self.items if not r.removed]
+
+    class Engine:
+        containers, networks = Listing(resources), Listing([])
+
+    monkeypatch.setattr(docker, "from_env", lambda: Engine())
+
+
+def test_clean_all_lists_and_needs_yes(monkeypatch, capsys):
+    from tcplimits.cli import main
+
+    me = ownership.current()
+    live = _Resource("live-run", me.label())
+    foreign = _Resource("other-namespace", Owner(me.boot_id, "4:1", 5, 6).label())
+    dead = _Resource("dead-run", Owner(me.boot_id, me.pid_ns, 999999999, 1).label())
+    _fake_engine(monkeypatch, [live, foreign, dead])
+
+    assert main(["clean", "--all"]) == 2
+    out, err = capsys.readouterr()
+    for name, owner in (("live-run", "alive"), ("other-namespace", "unknown"),
+                        ("dead-run", "dead")):
+        assert f"container {name} (run {name}, owner {owner})" in out
+    assert "add --yes to remove these" in err
+    assert not any(r.removed for r in (live, foreign, dead))
+
+    assert main(["clean"]) == 0  # only the provably dead, and says what it kept
+    out = capsys.readouterr().out
+    assert dead.removed and not (live.removed or foreign.removed)
+    assert "kept 2 resource(s) whose owner is alive or cannot be proven dead" in out
+
+    assert main(["clean", "--all", "--yes"]) == 0
+    assert live.removed and foreign.removed

@@ -1,0 +1,136 @@
+"""Charts: valid Vega-Lite from small frames, drawn offline as inline SVG."""
+
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+import pytest
+
+from tests.report.fixtures import synthetic_dataset
+from tcplimits.report import charts, render
+from tcplimits import model
+from tcplimits.config.params import FIELDS
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return render.load_dataset(synthetic_dataset(tmp_path_factory.mktemp("ds")))
+
+
+def _comparisons(ds):
+    return render.comparison_frame(
+        model.compare_runs(ds["runs"].to_dicts(), ds["clients"].to_dicts()))
+
+
+BUILDERS = {
+    "connections_vs_range": lambda ds: charts.connections_vs_range(ds["clients"]),
+    "outcomes": lambda ds: charts.outcomes(ds["clients"]),
+    "observed_vs_predicted": lambda ds: charts.observed_vs_predicted(_comparisons(ds)),
+    "latency_vs_fill": lambda ds: charts.latency_vs_fill(ds["series"], ds["runs"]),
+    "server_vs_clients": lambda ds: charts.server_vs_clients(ds["runs"]),
+}
+
+
+def _empty(ds):
+    return {name: df.clear() for name, df in ds.items()}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_chart_is_valid_vega_lite(ds, name):
+    chart = BUILDERS[name](ds)
+    assert isinstance(chart, alt.TopLevelMixin)
+    spec = chart.to_dict()  # validates against the Vega-Lite schema
+    assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+    assert spec["usermeta"] == {"tcplimits": {"chart": name}}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_chart_draws_offline(ds, name):
+    page = charts.to_html(BUILDERS[name](ds))
+    assert page.startswith(f'<div class="tcpl-chart" data-chart="{name}"><svg')
+    assert page.count("<svg") == 1
+    assert "<script" not in page and "https://" not in page and "cdn" not in page.lower()
+    assert render.external_references(page) == []
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_chart_of_empty_frames_still_validates(ds, name):
+    chart = BUILDERS[name](_empty(ds))
+    chart.to_dict()
+    assert "<svg" in charts.to_html(chart)
+
+
+def test_per_client_sums_processes(ds):
+    seed = charts.per_client(ds["clients"].filter(pl.col("run_id") == "seed-default"))
+    assert sorted(seed["connections"].to_list()) == [28231, 28231]
+
+
+def test_port_count_derived_from_range_when_absent(ds):
+    chart = charts.connections_vs_range(ds["clients"].drop("port_count"))
+    values = chart.to_dict()["datasets"]
+    assert any(row.get("port_count") == 64512 for rows in values.values() for row in rows)
+
+
+def test_latency_only_for_port_bound_runs(ds):
+    spec = charts.latency_vs_fill(ds["series"], ds["runs"]).to_dict()
+    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
+    assert {r["run_id"] for r in rows} == {"seed-default", "seed-wide-range", "range-1000",
+                                           "shared-pool", "short-timeout"}
+    assert all(0 <= r["fill"] <= 1 for r in rows)
+
+
+def test_errno_colours_are_fixed_and_unknown_names_grey():
+    df = pl.DataFrame({"run_id": ["a", "a"], "error": ["EMFILE", "EWEIRD"],
+                       "connections": [1, 2]})
+    scale = charts.outcomes(df).to_dict()["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["EMFILE", "EWEIRD"]
+    assert scale["range"] == [charts.ERRNO_COLORS["EMFILE"], "#999999"]
+
+
+def test_svg_ids_are_made_unique():
+    svg = ('<svg><defs><clipPath id="clip1"><rect/></clipPath></defs>'
+           '<g clip-path="url(#clip1)"><use href="#clip1"/></g></svg>')
+    out = charts._unique_ids(svg)
+    prefix = out.split('id="')[1].split("clip1")[0]
+    assert prefix and f'url(#{prefix}clip1)' in out and f'href="#{prefix}clip1"' in out
+
+
+def test_offline_renderer_displays_inline_svg(ds):
+    charts.use_offline_renderer()
+    assert alt.renderers.active == charts.RENDERER
+    bundle = BUILDERS["outcomes"](ds)._repr_mimebundle_()
+    bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert list(bundle) == ["text/html"] and "<svg" in bundle["text/html"]
+
+
+def test_latency_draws_noisy_runs_dashed(ds):
+    runs = ds["runs"].with_columns(noisy=pl.col("run_id") == "range-1000")
+    spec = charts.latency_vs_fill(ds["series"], runs).to_dict()
+    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
+    hosts = {r["run_id"]: r["host"] for r in rows}
+    assert hosts.pop("range-1000") == charts.NOISY
+    assert set(hosts.values()) == {charts.QUIET}
+    dash = spec["layer"][0]["encoding"]["strokeDash"]
+    assert dash["field"] == "host" and dash["scale"]["domain"] == [charts.QUIET, charts.NOISY]
+
+
+DEFAULT_BACKLOG = FIELDS["backlog"].default  # a run without a recorded backlog had it
+
+
+def test_server_gaps_count_the_models_accept_queue():
+    runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
+                         "server_accepted": [196, 10, 5, 3]})
+    gaps = charts.server_gaps(runs)
+    assert gaps["gap"].to_list() == [9, 0, 0]  # a run without both counts is left out
+    assert gaps["queue"].to_list() == [
+        model.accept_queue(8), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000)]
+    measured = charts.server_gaps(runs.with_columns(somaxconn=pl.Series([4, None, 20_000, 1])))
+    assert measured["queue"].to_list() == [
+        model.accept_queue(8, 4), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000, 20_000)]
+    no_backlog = charts.server_gaps(runs.drop("backlog").head(1))
+    assert no_backlog["queue"].to_list() == [model.accept_queue(DEFAULT_BACKLOG)]
+
+
+def test_port_count_of_an_unreadable_range_is_null():
+    df = charts._with_port_count(pl.DataFrame({"port_range": ["40000-40999", "nonsense", None]}))
+    assert df["port_count"].to_list() == [1000, None, None]
