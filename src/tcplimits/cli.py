@@ -116,7 +116,8 @@ def summary(run_dir: Path) -> str:
         lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
                      f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
                                                    if errors else ""))
-    comparison = model.compare_run(run_row(record, Path(run_dir)), clients, server)
+    comparison = (model.compare_run(run_row(record, Path(run_dir)), clients, server)
+                  if record["status"] == results.STATUS_OK else None)  # finished runs only
     if comparison is not None:
         params = model.params_of(record["params"])
         lines.append(f"model: {model.limit_reason(params, prediction)}")

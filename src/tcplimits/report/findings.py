@@ -135,7 +135,7 @@ class Data:
 
     @cached_property
     def comparisons(self) -> list[model.Comparison]:
-        return model.compare_runs(self.runs.to_dicts(), self.clients.to_dicts(),
+        return model.compare_runs(self.ok.to_dicts(), self.clients.to_dicts(),
                                   self.server.to_dicts())
 
     @cached_property
