@@ -17,3 +17,8 @@ __version__ = "0.1.0"
 # Every container, network and image the project creates carries this label.
 LABEL = "tcplimits"
 RUN_LABEL = "tcplimits.run"
+OWNER_LABEL = "tcplimits.owner"  # engine.ownership.Owner.label() of the process that created it
+# One execution of a run: run ids repeat (the workflow's point ids), names must not.
+INSTANCE_LABEL = "tcplimits.instance"
+ROLE_LABEL = "tcplimits.role"  # server, client, netadmin, probe, watch
+CLIENT_LABEL = "tcplimits.client"  # a client container's number, from 1

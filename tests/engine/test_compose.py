@@ -13,7 +13,7 @@ import docker
 import polars as pl
 import pytest
 
-from tcplimits import results
+from tcplimits import ROLE_LABEL, results
 from tcplimits.engine import compose_project, run_experiment
 from tcplimits.config.params import RunParams
 
@@ -105,7 +105,7 @@ def test_exported_compose_file_reproduces_the_run(tmp_path, params):
         # that added the extra addresses hold NET_ADMIN and nothing else.
         containers = engine.containers.list(all=True, filters={
             "label": f"com.docker.compose.project={compose_project(run_id)}"})
-        helpers = [c for c in containers if c.labels.get("tcplimits.role") == "netadmin"]
+        helpers = [c for c in containers if c.labels.get(ROLE_LABEL) == "netadmin"]
         assert len(helpers) == (params.clients + 1 if pairs > 1 else 0)
         assert len(containers) == params.clients + 1 + len(helpers)
         for container in containers:

@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from tests.engine.test_runner import labelled  # the run's labelled containers and networks
-from tcplimits import results
+from tcplimits import CLIENT_LABEL, ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine.faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_USAGE
 
 pytestmark = pytest.mark.docker
@@ -73,8 +73,8 @@ def connecting(engine, run_id: str, timeout: float = 300):
     """Wait until the run's client is connecting (its first progress line); its containers."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        found = {c.labels.get("tcplimits.role") + c.labels.get("tcplimits.client", ""): c
-                 for c in engine.containers.list(filters={"label": f"tcplimits.run={run_id}"})}
+        found = {c.labels.get(ROLE_LABEL) + c.labels.get(CLIENT_LABEL, ""): c
+                 for c in engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})}
         client = found.get("client1")
         if client is not None and b'"progress"' in client.logs():
             return found

@@ -11,7 +11,7 @@ import docker
 import polars as pl
 import pytest
 
-from tcplimits import results
+from tcplimits import ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine import probe_engine, run_experiment
 from tcplimits.config.params import RunParams
 
@@ -175,7 +175,7 @@ def _start_and_wait_for_containers(engine, tmp_path, run_id):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         clients = engine.containers.list(all=True, sparse=True, filters={"label": [
-            f"tcplimits.run={run_id}", "tcplimits.role=client"]})
+            f"{RUN_LABEL}={run_id}", f"{ROLE_LABEL}=client"]})
         if clients:
             return proc
         time.sleep(0.2)

@@ -213,3 +213,11 @@ def test_loopback_refuses_extra_addresses_which_need_a_bridge():
                                              port_range="20000-20999"))[1]["ports"]
                 for n in (1, 2))
     assert two == 2 * one
+
+
+def test_sysctl_names_give_their_proc_files():
+    assert hostlimits.proc_sys(hostlimits.FILE_MAX) == "fs/file-max"
+    assert (hostlimits.proc_sys(hostlimits.BRIDGE_NF)
+            == "net/bridge/bridge-nf-call-iptables")
+    assert hostlimits.HOST_SYSCTLS[:3] == ("fs.file-max", "fs.nr_open",
+                                           "net.netfilter.nf_conntrack_max")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
+from tcplimits import ROLE_LABEL
 from tcplimits.config.params import RunParams
 
 # Candidate subnets: 10.210.0.0/20, 10.210.16.0/20, ... (160 of them); a /20 holds the
@@ -128,7 +129,7 @@ def helper_spec(image: str, target_id: str, addrs: list[str], prefix: int,
         command=["python3", NETADDR, "add", IFACE, *[f"{a}/{prefix}" for a in addrs]],
         network_mode=f"container:{target_id}", user=HELPER_USER,
         cap_drop=["ALL"], cap_add=[HELPER_CAPABILITY], security_opt=["no-new-privileges"],
-        read_only=True, detach=True, labels={**labels, "tcplimits.role": "netadmin"},
+        read_only=True, detach=True, labels={**labels, ROLE_LABEL: "netadmin"},
     )
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from tcplimits import LABEL, RUN_LABEL
+from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL
 from tcplimits.engine import ownership
 from tcplimits.engine.ownership import Liveness
-from tcplimits.engine.plan import INSTANCE_LABEL, OWNER_LABEL
 
 
 def owner() -> str:

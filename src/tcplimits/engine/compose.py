@@ -16,10 +16,10 @@ import re
 
 from typing import Any
 
-from tcplimits import LABEL, RUN_LABEL
+from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL
 from tcplimits.engine import addresses as addrs
 from tcplimits.model import fourtuple
-from tcplimits.engine.plan import AGENTS, HARDENING, INSTANCE_LABEL, OWNER_LABEL, SERVER_PORT
+from tcplimits.engine.plan import AGENTS, HARDENING, SERVER_PORT
 
 # How long a client of a compose file waits for its helper to add its source addresses.
 WAIT_SOURCES_S = 60

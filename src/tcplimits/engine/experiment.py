@@ -28,14 +28,14 @@ from typing import Any, Callable
 
 import docker.errors
 
-from tcplimits import LABEL, RUN_LABEL, results
+from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, results
 from tcplimits.engine import addresses, faults, host
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
 from tcplimits.engine.cleanup import owner, shielded, sweep
 from tcplimits.engine.events import Log, LogReader, RunState, stderr_log
-from tcplimits.engine.plan import INSTANCE_LABEL, OWNER_LABEL, Resolved, container_specs
+from tcplimits.engine.plan import Resolved, container_specs
 
 LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60

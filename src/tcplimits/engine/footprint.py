@@ -22,20 +22,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tcplimits.engine.host import parse_sockstat
+from tcplimits.model import hostlimits
 
 PROC = Path("/proc")
 CGROUP = Path("/sys/fs/cgroup")
 
-# sysctl name -> (file under /proc/sys, how to read it)
-SYSCTLS = {
-    "fs.file-max": "fs/file-max",
-    "fs.nr_open": "fs/nr_open",
-    "net.netfilter.nf_conntrack_max": "net/netfilter/nf_conntrack_max",
-    "net.netfilter.nf_conntrack_count": "net/netfilter/nf_conntrack_count",
-    "net.bridge.bridge-nf-call-iptables": "net/bridge/bridge-nf-call-iptables",
-    "net.ipv4.tcp_max_orphans": "net/ipv4/tcp_max_orphans",
-    "net.ipv4.tcp_mem": "net/ipv4/tcp_mem",
-}
+# The host sysctls host_facts records (their names are the model's: hostlimits).
+SYSCTLS = hostlimits.HOST_SYSCTLS
 
 
 def _read(path: Path) -> str | None:
@@ -56,7 +49,7 @@ def _ints(text: str | None) -> list[int] | None:
 
 def read_sysctl(name: str, proc: Path = PROC) -> int | list[int] | None:
     """One host sysctl as an int (or a list for several values); None when absent."""
-    values = _ints(_read(proc / "sys" / SYSCTLS.get(name, name.replace(".", "/"))))
+    values = _ints(_read(proc / "sys" / hostlimits.proc_sys(name)))
     if not values:
         return None
     return values[0] if len(values) == 1 else values
@@ -76,8 +69,8 @@ def parse_meminfo(text: str) -> dict[str, int]:
 def host_facts(proc: Path = PROC) -> dict[str, Any]:
     """The host settings and counters a point of many connections depends on."""
     facts: dict[str, Any] = {name: read_sysctl(name, proc) for name in SYSCTLS}
-    file_nr = _ints(_read(proc / "sys/fs/file-nr"))
-    facts["fs.file-nr"] = file_nr[0] if file_nr else None
+    file_nr = _ints(_read(proc / "sys" / hostlimits.proc_sys(hostlimits.FILE_NR)))
+    facts[hostlimits.FILE_NR] = file_nr[0] if file_nr else None
     meminfo = parse_meminfo(_read(proc / "meminfo") or "")
     facts["MemTotal"] = meminfo.get("MemTotal")
     facts["MemAvailable"] = meminfo.get("MemAvailable")
@@ -164,8 +157,7 @@ def per_connection(before: dict[str, Any], held: dict[str, Any],
     out["host_sockets_per_connection"] = (
         round((th["alloc"] - tb["alloc"]) / connections, 3)
         if connections and "alloc" in th and "alloc" in tb else None)
-    cb, ch = (hb.get("net.netfilter.nf_conntrack_count"),
-              hh.get("net.netfilter.nf_conntrack_count"))
+    cb, ch = hb.get(hostlimits.CONNTRACK_COUNT), hh.get(hostlimits.CONNTRACK_COUNT)
     out["host_conntrack_count"] = ch
     out["host_conntrack_per_connection"] = (round((ch - cb) / connections, 3)
                                             if connections and cb is not None and ch is not None

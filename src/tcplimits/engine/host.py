@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from tcplimits.model.hostlimits import CONNTRACK_COUNT as CONNTRACK_COUNT_SYSCTL, proc_sys
+
 SOCKSTAT = Path("/proc/net/sockstat")
 SLABINFO = Path("/proc/slabinfo")
-CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
+CONNTRACK_COUNT = Path("/proc/sys") / proc_sys(CONNTRACK_COUNT_SYSCTL)
 SOCKSTAT_KEYS = ("inuse", "orphan", "tw", "alloc", "mem")
 POLL_S = 1.0
 
@@ -160,11 +162,11 @@ class NamespaceWatch:
     benchmarks of teardown; remove() when done."""
 
     def __init__(self, client, image: str, containers: dict[str, Any], run_id: str):
-        from tcplimits import LABEL, RUN_LABEL
+        from tcplimits import LABEL, ROLE_LABEL, RUN_LABEL
 
         # Not the run instance's labels: the engine's teardown sweeps those, and the watch
         # must outlive it.
-        labels = {LABEL: "1", RUN_LABEL: run_id, "tcplimits.role": "watch"}
+        labels = {LABEL: "1", RUN_LABEL: run_id, ROLE_LABEL: "watch"}
         self.watchers: dict[str, Any] = {}
         for role, container in containers.items():
             self.watchers[role] = client.containers.run(

@@ -13,15 +13,12 @@ from typing import Any
 from docker.types import Ulimit
 
 from tcplimits.model import fourtuple, hostlimits
-from tcplimits import model
+from tcplimits import CLIENT_LABEL, ROLE_LABEL, model
 from tcplimits.config.params import FIELDS, RunParams
 
-SERVER_PORT = 5000
+SERVER_PORT = fourtuple.FIRST_SERVER_PORT
 AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
-OWNER_LABEL = "tcplimits.owner"  # ownership.Owner.label() of the process that created it
-# One execution of a run: run ids repeat (the workflow's point ids), names must not.
-INSTANCE_LABEL = "tcplimits.instance"
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count
 
 # Least privilege, once for every container: agents, probes and the exported compose.yml.
@@ -108,7 +105,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
                             hard=resolved.server_nofile)],
             pids_limit=resolved.server_workers + 8,
             mem_limit=memory_limit(per_client * params.clients, resolved.server_workers),
-            labels={**labels, "tcplimits.role": "server"},
+            labels={**labels, ROLE_LABEL: "server"},
         )
     }
     for i in range(1, params.clients + 1):
@@ -135,7 +132,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
             pids_limit=params.procs + 8,
             mem_limit=memory_limit(per_client, params.procs),
-            labels={**labels, "tcplimits.role": "client", "tcplimits.client": str(i)},
+            labels={**labels, ROLE_LABEL: "client", CLIENT_LABEL: str(i)},
         )
     return specs
 

@@ -12,12 +12,13 @@ from typing import Any
 import docker.errors
 from docker.types import Ulimit
 
-from tcplimits import LABEL, results
+from tcplimits import LABEL, OWNER_LABEL, ROLE_LABEL, results
 from tcplimits.config.params import NOFILE_MAX
 from tcplimits.engine.cleanup import owner
 from tcplimits.engine.events import Log, stderr_log
-from tcplimits.engine.plan import OWNER_LABEL, hardening
+from tcplimits.engine.plan import hardening
 from tcplimits.engine.record import now
+from tcplimits.model.hostlimits import CONNTRACK_MAX, proc_sys
 
 
 def _cache_dir() -> Path:
@@ -27,7 +28,7 @@ def _cache_dir() -> Path:
 
 def _probe_container(client, image: str, nofile: int | None, command: list[str]):
     kwargs = dict(hardening(), network_disabled=True,
-                  labels={LABEL: "1", "tcplimits.role": "probe", OWNER_LABEL: owner()})
+                  labels={LABEL: "1", ROLE_LABEL: "probe", OWNER_LABEL: owner()})
     if nofile is not None:
         kwargs["ulimits"] = [Ulimit(name="nofile", soft=nofile, hard=nofile)]
     return client.containers.create(image, command, **kwargs)
@@ -89,7 +90,7 @@ def probe_engine(client, *, image: str | None = None, refresh: bool = False,
 
         image = ensure_image(client, log=log).id
     log("measuring the engine's nofile cap (once per engine; cached)...")
-    conntrack = _read_in_container(client, image, "/proc/sys/net/netfilter/nf_conntrack_max")
+    conntrack = _read_in_container(client, image, f"/proc/sys/{proc_sys(CONNTRACK_MAX)}")
     facts = {
         "kernel": info.get("KernelVersion"),
         "docker_version": version.get("Version"),

@@ -153,7 +153,7 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         record["churn"] = churn_model.run_record(
             run_id, params, clients,
             [held.get(str(c), []) for c in range(1, params.clients + 1)],
-            finished=status == "ok", seconds=state.churn)
+            finished=status == results.STATUS_OK, seconds=state.churn)
     if experiment.quiet is not None:  # it got as far as connecting
         reasons = [experiment.quiet.reason] if experiment.quiet.noisy else []
         reasons += [r for r in [model.dropped_syns_reason(facts["listen_drops"],

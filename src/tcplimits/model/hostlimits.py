@@ -53,12 +53,23 @@ MEMORY_HEADROOM = 0.1
 DESCRIPTORS_PER_CONNECTION = 2
 CONNTRACK_ENTRIES_PER_CONNECTION = 1  # per namespace that tracks (measured)
 
+# The host's sysctls, by their sysctl(8) names (engine.footprint.host_facts reads them).
 CONNTRACK_MAX = "net.netfilter.nf_conntrack_max"
+CONNTRACK_COUNT = "net.netfilter.nf_conntrack_count"
 FILE_MAX = "fs.file-max"
+FILE_NR = "fs.file-nr"  # descriptors allocated (its first value)
+NR_OPEN = "fs.nr_open"
 TCP_MEM = "net.ipv4.tcp_mem"
 MAX_ORPHANS = "net.ipv4.tcp_max_orphans"
 BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
+# The settings host_facts records, in run.json's order.
+HOST_SYSCTLS = (FILE_MAX, NR_OPEN, CONNTRACK_MAX, CONNTRACK_COUNT, BRIDGE_NF, MAX_ORPHANS, TCP_MEM)
 MEMORY = "MemAvailable"
+
+
+def proc_sys(name: str) -> str:
+    """A sysctl's file under /proc/sys: its name with the dots as slashes."""
+    return name.replace(".", "/")
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
     """Every host setting ``demand`` connections depend on, with what the point needs and
     where (if anywhere) it stops it. ``facts``: footprint.host_facts() keys."""
     out: list[HostLimit] = []
-    ct_max, ct_count = facts.get(CONNTRACK_MAX), facts.get("net.netfilter.nf_conntrack_count")
+    ct_max, ct_count = facts.get(CONNTRACK_MAX), facts.get(CONNTRACK_COUNT)
     tracked = conntrack_namespaces(params, facts)
     if ct_max is not None and tracked:
         # The host namespace's table already holds what else runs on the host.
@@ -142,7 +153,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
             f"{where} track{'s' if len(tracked) == 1 else ''} one entry per connection"
             + (f", {used:,} already used by the host" if "host" in tracked else "")
             + "; a full table drops SYNs", room))
-    file_max, file_nr = facts.get(FILE_MAX), facts.get("fs.file-nr")
+    file_max, file_nr = facts.get(FILE_MAX), facts.get(FILE_NR)
     if file_max is not None:
         used = file_nr or 0
         needed = used + demand * DESCRIPTORS_PER_CONNECTION
