@@ -30,7 +30,7 @@ import docker
 
 from tcplimits.engine import host
 from tcplimits import results
-from tcplimits.engine import experiment as engine, run_experiment
+from tcplimits.engine import experiment as engine, run_experiment, teardown
 from tcplimits.config.params import RunParams
 
 VARIANTS = {"kill_fin": (0, "graceful"), "stop_fin": (10, "graceful"),
@@ -48,9 +48,9 @@ def _with_close(specs_fn, mode):
 
 def one(variant: str, params: RunParams, workdir: Path, client, after_s: float) -> dict:
     stop_s, mode = VARIANTS[variant]
-    original = (engine.AGENT_STOP_S, engine.container_specs, engine.Experiment.__exit__,
+    original = (teardown.AGENT_STOP_S, engine.container_specs, engine.Experiment.__exit__,
                 engine.Experiment.wait_quiet)
-    engine.AGENT_STOP_S, engine.container_specs = stop_s, _with_close(original[1], mode)
+    teardown.AGENT_STOP_S, engine.container_specs = stop_s, _with_close(original[1], mode)
     states, watch = {}, []
 
     def watched_wait_quiet(self):
@@ -75,7 +75,7 @@ def one(variant: str, params: RunParams, workdir: Path, client, after_s: float) 
         later = host.read_state()
         left_later = watch[0].lingering()
     finally:
-        (engine.AGENT_STOP_S, engine.container_specs, engine.Experiment.__exit__,
+        (teardown.AGENT_STOP_S, engine.container_specs, engine.Experiment.__exit__,
          engine.Experiment.wait_quiet) = original
         for w in watch:
             w.remove()

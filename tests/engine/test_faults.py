@@ -182,8 +182,8 @@ def test_engine_lost_mid_run_then_back(engine, tmp_path):
 def _start_with_short_wait(run_id: str, out: Path, env: dict, engine_return_s: float):
     """`tcplimits run` that waits only ``engine_return_s`` for a lost engine to come back."""
     code = ("import sys\n"
-            "from tcplimits.engine import experiment\n"
-            f"experiment.ENGINE_RETURN_S = {engine_return_s}\n"
+            "from tcplimits.engine import teardown\n"
+            f"teardown.ENGINE_RETURN_S = {engine_return_s}\n"
             "from tcplimits import cli\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")
     return subprocess.Popen([sys.executable, "-c", code, "run", *SLOW, "--run-id", run_id,

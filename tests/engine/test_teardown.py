@@ -16,7 +16,7 @@ import pytest
 from tcplimits.results import dataset
 from tcplimits.engine import host
 from tcplimits import results
-from tcplimits.engine import experiment
+from tcplimits.engine import experiment, teardown
 from tcplimits.cli import summary
 from tcplimits.engine import run_experiment
 from tcplimits.config.params import RunParams
@@ -86,7 +86,7 @@ def test_the_check_sees_what_an_abrupt_teardown_leaves(client, tmp_path, watched
             spec["command"] = [*spec["command"], "--close", "graceful"]
         return out
 
-    monkeypatch.setattr(experiment, "AGENT_STOP_S", 0)
+    monkeypatch.setattr(teardown, "AGENT_STOP_S", 0)
     monkeypatch.setattr(experiment, "container_specs", graceful)
     _run(client, tmp_path, "teardown-abrupt")
     (watch,) = watched

@@ -10,11 +10,8 @@ client_addrs > 1): then the network gets an explicit subnet and ip_range, and a 
 helper adds the addresses in each target's namespace (tcplimits.engine.addresses).
 
 Used as a context manager, ``Experiment`` removes every container and the network it created
-when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM).
-
-Longer than ~400 lines: every step of one run's lifecycle (network or loopback layout, extra
-addresses, quiet-host wait, hold or churn, agents' stop) lives here so that the order of the
-steps and the cleanup they need are read in one file.
+when the block ends, whatever happened inside (success, error, timeout, SIGINT, SIGTERM): that
+part is ``engine.teardown.Teardown``.
 """
 
 from __future__ import annotations
@@ -33,27 +30,18 @@ from tcplimits.engine import addresses, faults, host
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
-from tcplimits.engine.cleanup import owner, shielded, sweep
+from tcplimits.engine.cleanup import owner
 from tcplimits.engine.events import Log, LogReader, RunState, stderr_log
 from tcplimits.engine.plan import Resolved, container_specs
+from tcplimits.engine.teardown import Teardown
 
 LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 60
 SETTLE_S = 1.0  # the server's count is final once unchanged this long
 STOP_TIMEOUT_S = 30
-ENGINE_RETURN_S = 30  # how long teardown waits for a lost engine to answer again
-# Teardown asks every agent to stop (SIGTERM: each resets its connections, SO_LINGER 0) and
-# waits this long for them to exit before removing the containers: connections of a
-# container removed while they are open linger in the host kernel for minutes, as orphans
-# and TIME-WAIT entries that slow the next run's connect() (benchmarks/bench_teardown.py).
-AGENT_STOP_S = 10
-# Resetting a connection costs both ends some CPU (the agent's close, the peer's RST): a
-# million held took ~17 s of teardown on 2 cores. Waits for agents that close connections grow
-# by this much per connection held (measured: bench_million).
-CLOSE_S_PER_CONNECTION = 25e-6
 
 
-class Experiment:
+class Experiment(Teardown):
     """One run's resources and timeline. Use as a context manager: leaving it removes every
     container and the network, whatever happened inside."""
 
@@ -94,11 +82,7 @@ class Experiment:
         return self
 
     def __exit__(self, *exc) -> None:
-        t0 = time.monotonic()
-        with shielded():
-            self.stop_agents()
-            self._remove_all()
-        self.timeline["teardown_s"] = time.monotonic() - t0
+        self.teardown()
 
     @property
     def client_roles(self) -> list[str]:
@@ -258,11 +242,6 @@ class Experiment:
                         watch=["server"])
 
     # -- what the steps share
-
-    def close_wait(self, base: float) -> float:
-        """Seconds to wait for agents that reset the connections they hold: ``base``, plus
-        CLOSE_S_PER_CONNECTION for each connection held."""
-        return base + CLOSE_S_PER_CONNECTION * max(self.state.connections, self.state.accepted)
 
     def address(self, role: str) -> str:
         """The container's address on the run's network (on loopback, the server's lo)."""
@@ -440,90 +419,6 @@ class Experiment:
                 if line.strip() and not line.startswith(("{", "[tcplimits:"))] \
             if role in self.readers else []
         return reason + (f" (last output: {'; '.join(said[-2:])[:200]})" if said else ""), fault
-
-    def stop_agents(self) -> None:
-        """SIGTERM every container still running and wait (at most AGENT_STOP_S) for each to
-        exit: the agents reset their connections, so nothing of the run stays in the host's
-        kernel once its containers are removed."""
-        if AGENT_STOP_S <= 0:
-            return
-        limit = self.close_wait(AGENT_STOP_S)
-        stopping = []
-        for role, container in self.containers.items():
-            try:
-                container.kill(signal="SIGTERM")
-                stopping.append((role, container))
-            except Exception:  # not running, or the engine is gone: removal decides
-                pass
-        end = time.monotonic() + limit
-        for role, container in stopping:
-            try:
-                container.wait(timeout=max(0.1, end - time.monotonic()))
-            except Exception as err:  # a timeout or an engine error: removal kills it anyway
-                self.log(f"warning: {role} did not stop within {limit:.0f} s ({err}); "
-                         "its connections may linger in the host kernel")
-
-    def _remove_all(self) -> None:
-        # Clients first: the server must outlive them so the network empties cleanly.
-        for role in sorted(self.containers, key=lambda r: r == "server"):
-            self._removing(f"container {self.containers[role].name}",
-                           lambda c=self.containers[role]: c.remove(force=True))
-        for reader in self.readers.values():
-            reader.join(timeout=5)
-        if self.network is not None:
-            self._removing(f"network {self.network_name}", self._remove_network)
-        # Anything of this run that escaped the bookkeeping above.
-        self._removing(f"resources of run instance {self.instance}",
-                       lambda: sweep(self.client, instance=self.instance))
-
-    def _remove_network(self) -> None:
-        for attempt in range(3):  # endpoints of just-removed containers linger a moment
-            try:
-                self.network.remove()
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError as err:
-                if attempt == 2:
-                    self.log(f"warning: could not remove the network: {err}")
-                time.sleep(1)
-
-    def _removing(self, what: str, remove: Callable[[], Any]) -> None:
-        """One removal. When the engine does not answer, wait (bounded) for it to come back
-        and retry; if it never does, remember what is left for the next run's sweep."""
-        while True:
-            try:
-                remove()
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError as err:
-                self.log(f"warning: could not remove {what}: {err}")
-                return
-            except Exception as err:
-                if not faults.is_engine_gone(err):
-                    raise
-                if not self._engine_back():
-                    self.left_behind.append(what)
-                    return
-
-    def _engine_back(self) -> bool:
-        if self._engine_gone:
-            return False
-        self.log(f"the Docker engine does not answer; waiting up to {ENGINE_RETURN_S} s for it "
-                 "to come back to remove the run's containers")
-        end = time.monotonic() + ENGINE_RETURN_S
-        while time.monotonic() < end:
-            try:
-                self.client.ping()
-                return True
-            except Exception as err:
-                if not faults.is_engine_gone(err):
-                    raise
-                time.sleep(0.5)
-        self._engine_gone = True
-        return False
-
 
 def _show(line: str, tty: bool) -> None:
     """A live line: rewritten in place on a terminal, one line each time in a log."""

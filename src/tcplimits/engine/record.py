@@ -1,23 +1,106 @@
-"""The run record: the rows of the run's tables, the environment block of run.json, and the
-run directory written atomically (run.json last: its presence means the directory is done)."""
+"""The run record: run.json from its empty skeleton to the finished run (``new_record``,
+``assemble``), the rows of the run's tables, and the run directory written atomically (run.json
+last: its presence means the directory is done)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import socket
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tcplimits import __version__, results
-from tcplimits.engine import faults, outdir
-from tcplimits.model import fourtuple
+from tcplimits import __version__, model, results
 from tcplimits.config.params import RunParams
+from tcplimits.engine import faults, host, outdir
 from tcplimits.engine.events import RunState
+from tcplimits.model import churn as churn_model, fourtuple
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_record(run_id: str, params: RunParams) -> dict[str, Any]:
+    """run.json as a run starts: every key in its place (the file's order), nothing known."""
+    return {
+        "run_id": run_id, "status": None, "reason": None, "fault": None,
+        "params": params.to_dict(), "resolved": None, "prediction": None,
+        "started_at": now(), "ended_at": None, "duration_s": None, "setup_s": None,
+        "quiet_wait_s": None, "connect_s": None, "teardown_s": None, "noisy": None,
+        "noisy_reason": None, "environment": None, "totals": None, "held_ports": None,
+        "facts": {},  # what the engine measured; tcplimits.model explains from it
+        "host_tcp": None,
+    }
+
+
+def close_record(record: dict[str, Any], started: float, **outcome: Any) -> dict[str, Any]:
+    """A run that stopped before its containers (engine gone, refused): its outcome, the end
+    time and the duration since ``started`` (time.monotonic)."""
+    record.update(**outcome, ended_at=now(), duration_s=round(time.monotonic() - started, 3))
+    return record
+
+
+@dataclass
+class RunTables:
+    """The rows of a run's tables, as results' schemas name them."""
+
+    clients: list[dict] = field(default_factory=list)
+    server: list[dict] = field(default_factory=list)
+    series: list[dict] = field(default_factory=list)
+    destinations: list[dict] = field(default_factory=list)
+    churn: list[dict] = field(default_factory=list)
+
+
+def assemble(record: dict[str, Any], experiment, *, engine: dict, host_facts: dict | None,
+             status: str, reason: str | None, fault: str | None, addresses: dict[int, str],
+             started: float) -> RunTables:
+    """Complete ``record`` from what ``experiment`` (engine.experiment.Experiment, torn down)
+    measured: the timeline, the facts, the model's prediction with the ports found held, the
+    totals, the footprint, the outcome; and return the run's tables. ``engine``: the engine's
+    facts (probe); ``started``: time.monotonic() when the run began."""
+    params, resolved, run_id = experiment.params, experiment.resolved, experiment.run_id
+    state = experiment.state
+    record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
+    facts = run_facts(state)
+    held = facts["held_sockets"]
+    held_by_client = [held.get(str(c), []) for c in range(1, params.clients + 1)]
+    prediction = model.predict(
+        params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
+        held_ports=held_by_client, conntrack_max=engine.get("nf_conntrack_max"),
+        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host_facts)
+    own = {int(role[len("client"):]): addrs for role, addrs in experiment.addresses.items()
+           if role.startswith("client")}
+    tables = RunTables(clients=client_rows(state, params, run_id, addresses, own),
+                       server=server_rows(state, run_id), series=series_rows(state, run_id),
+                       destinations=destination_rows(state, run_id),
+                       churn=churn_rows(state, run_id, experiment.connect_started_at, params))
+    connections = sum(r["connections"] or 0 for r in tables.clients)
+    record["facts"].update(facts)
+    record.update(
+        status=status, reason=reason, prediction=prediction.to_dict(),
+        held_ports={c: [s["port"] for s in sockets] for c, sockets in held.items()},
+        totals={"connections": connections,
+                "server_accepted": (sum(r["accepted"] or 0 for r in tables.server)
+                                    if tables.server else None)},
+        footprint=footprint_record(experiment.snapshots, state, connections),
+        fault=fault, ended_at=now(), duration_s=round(time.monotonic() - started, 3),
+        **tuple_record(experiment, state),
+    )
+    if params.churn:  # judged by the churn model, not by the hold model's prediction
+        record["churn"] = churn_model.run_record(
+            run_id, params, tables.clients, held_by_client,
+            finished=status == results.STATUS_OK, seconds=state.churn)
+    if experiment.quiet is not None:  # it got as far as connecting
+        reasons = [experiment.quiet.reason] if experiment.quiet.noisy else []
+        reasons += [r for r in [model.dropped_syns_reason(facts["listen_drops"],
+                                                          prediction.limit)] if r]
+        record.update(noisy=bool(reasons), noisy_reason="; ".join(reasons) or None)
+        record["host_tcp"]["at_connect"] = experiment.quiet.before
+    record["host_tcp"]["after"] = host.read_state(experiment.local_host)
+    return tables
 
 
 def git_sha() -> str | None:
@@ -146,6 +229,8 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
     if before and held:
         out.update(footprint.per_connection(before, held, connections))
     return out
+
+
 def churn_rows(state: RunState, run_id: str, started_at: float | None,
                params: RunParams | None = None) -> list[dict]:
     """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds

@@ -1,107 +1,133 @@
-"""run_experiment: one experiment from parameters to a complete run directory."""
+"""run_experiment: one experiment from parameters to a complete run directory, in five steps:
+the engine's preflight, the refusals (a point the engine or the host cannot run), the
+lifecycle on the engine, the record's assembly (engine.record), and the writing."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from tcplimits.model import churn as churn_model, hostlimits
-from tcplimits.engine import faults, footprint, host
 from tcplimits import model, results
 from tcplimits.config.params import RunParams
+from tcplimits.engine import faults, footprint, host
 from tcplimits.engine.cleanup import Interrupted, signals_raise, sweep
 from tcplimits.engine.compose import compose_file
 from tcplimits.engine.events import Log, stderr_log
 from tcplimits.engine.experiment import Experiment, RunFailed
 from tcplimits.engine.plan import Resolved, new_run_id, unsupported_reason
 from tcplimits.engine.probe import probe_engine
-from tcplimits.engine.record import (churn_rows, client_rows, destination_rows, environment,
-    footprint_record, now, run_facts, series_rows, server_rows, tuple_record, write_run)
+from tcplimits.engine.record import (RunTables, assemble, close_record, environment, new_record,
+                                     write_run)
+from tcplimits.model import hostlimits
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the run needs of the engine before its first container."""
+
+    client: Any                 # docker.DockerClient
+    image: Any                  # the agent image (docker Image)
+    facts: dict[str, Any]       # the engine's facts (probe_engine)
+    local_host: bool            # the engine's host is this machine: its /proc is read
+    removed: dict[str, int]     # leftovers of earlier runs swept away
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the lifecycle on the engine ended."""
+
+    status: str
+    reason: str | None
+    fault: str | None
+    addresses: dict[int, str]   # client number -> its address, for the clients that existed
+    interrupted: BaseException | None
 
 
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
                    progress: bool = True, client=None, log: Log = stderr_log) -> dict[str, Any]:
     """Run one experiment and write its run directory; returns the run.json record.
     ``progress`` shows a live count on stderr while clients connect."""
-    from tcplimits.image import ensure_image
-
     run_id = run_id or new_run_id(params)
     out_dir = Path(out_dir)
-    started = now()
-    t0 = time.monotonic()
-    record: dict[str, Any] = {
-        "run_id": run_id, "status": None, "reason": None, "fault": None,
-        "params": params.to_dict(), "resolved": None, "prediction": None,
-        "started_at": started, "ended_at": None, "duration_s": None, "setup_s": None,
-        "quiet_wait_s": None, "connect_s": None, "teardown_s": None, "noisy": None,
-        "noisy_reason": None, "environment": None, "totals": None, "held_ports": None,
-        "facts": {},  # what the engine measured; tcplimits.model explains from it
-        "host_tcp": None,
-    }
+    record = new_record(run_id, params)
+    started = time.monotonic()
     try:
-        client = client or docker.from_env()
-        image = ensure_image(client, log=log)
-        engine = probe_engine(client, image=image.id, log=log)
-        local_host = host.engine_is_local(client.api.base_url)
-        removed = sweep(client)
+        pre = preflight(client, log)
     except Exception as err:
         if not faults.is_engine_gone(err):
             raise
-        record.update(status=results.STATUS_FAILED, reason=faults.unreachable_reason(err),
-                      fault=faults.ENGINE_UNREACHABLE, ended_at=now(),
-                      duration_s=round(time.monotonic() - t0, 3))
-        write_run(out_dir, record, [], [], [], compose=None)
-        return record
-    record["environment"] = environment(engine, image)
-    record["host_tcp"] = {"before": host.read_state(local_host)}
-    cap = engine["engine_nofile_cap"]
+        return _write_stopped(out_dir, close_record(
+            record, started, status=results.STATUS_FAILED,
+            reason=faults.unreachable_reason(err), fault=faults.ENGINE_UNREACHABLE))
+    resolved, host_facts, refused = plan_on_host(params, record, pre)
+    if refused:
+        return _write_stopped(out_dir, close_record(
+            record, started, status=results.STATUS_UNSUPPORTED, reason=refused))
+    if any(pre.removed.values()):
+        log(f"removed leftovers of earlier runs: {pre.removed['containers']} container(s), "
+            f"{pre.removed['networks']} network(s)")
+    log(f"run {run_id}: {params.clients} client(s) x {params.procs} process(es), port range "
+        f"{params.port_range} ({params.port_count:,} ports), nofile {params.nofile:,}; server "
+        f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
+    experiment = Experiment(pre.client, params, resolved, run_id, pre.image.tags[0], log=log,
+                            live=progress, local_host=pre.local_host)
+    outcome = lifecycle(experiment)
+    tables = assemble(record, experiment, engine=pre.facts, host_facts=host_facts,
+                      status=outcome.status, reason=outcome.reason, fault=outcome.fault,
+                      addresses=outcome.addresses, started=started)
+    _write_run(out_dir, record, experiment, tables)
+    if outcome.interrupted is not None:
+        raise KeyboardInterrupt from outcome.interrupted
+    return record
+
+
+def preflight(client, log: Log) -> Preflight:
+    """The engine, the agent image (built if missing), the engine's facts, and no leftovers
+    of earlier runs. An unreachable engine raises (faults.is_engine_gone says so)."""
+    from tcplimits.image import ensure_image
+
+    client = client or docker.from_env()
+    image = ensure_image(client, log=log)
+    facts = probe_engine(client, image=image.id, log=log)
+    local_host = host.engine_is_local(client.api.base_url)
+    return Preflight(client, image, facts, local_host, sweep(client))
+
+
+def plan_on_host(params: RunParams, record: dict[str, Any],
+                 pre: Preflight) -> tuple[Resolved, dict | None, str | None]:
+    """The server's resolved size on this engine, the host's facts, and why the point cannot
+    run here (None: it can); what they are goes into ``record``."""
+    record["environment"] = environment(pre.facts, pre.image)
+    record["host_tcp"] = {"before": host.read_state(pre.local_host)}
+    cap = pre.facts["engine_nofile_cap"]
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
-    host_facts = footprint.host_facts() if local_host else None
+    host_facts = footprint.host_facts() if pre.local_host else None
     demand = model.predict(params, server_nofile=resolved.server_nofile,
                            server_workers=resolved.server_workers).total
     limits = (hostlimits.host_limits(params, host_facts, demand, resolved.server_workers)
               if host_facts else [])
     record.update(host=host_facts, host_limits=[lim.to_dict() for lim in limits])
-    reason = unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits)
-    if reason:
-        record.update(status=results.STATUS_UNSUPPORTED, reason=reason, ended_at=now(),
-                      duration_s=round(time.monotonic() - t0, 3))
-        write_run(out_dir, record, [], [], [], compose=None)
-        return record
-    if any(removed.values()):
-        log(f"removed leftovers of earlier runs: {removed['containers']} container(s), "
-            f"{removed['networks']} network(s)")
-    log(f"run {run_id}: {params.clients} client(s) x {params.procs} process(es), port range "
-        f"{params.port_range} ({params.port_count:,} ports), nofile {params.nofile:,}; server "
-        f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
+    return (resolved, host_facts,
+            unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits))
+
+
+def lifecycle(experiment: Experiment) -> Outcome:
+    """Every step of the run on the engine, then the teardown (the context manager's exit),
+    whatever happened: the outcome, never an exception of the run's own (an interruption is
+    kept in the outcome, to raise once the run directory is written)."""
     interrupted: BaseException | None = None
-    experiment = Experiment(client, params, resolved, run_id, image.tags[0], log=log,
-                            live=progress, local_host=local_host)
     addresses: dict[int, str] = {}
     fault: str | None = None
     try:
         with signals_raise(), experiment:
             try:
-                experiment.create_network()
-                experiment.start_server()
-                experiment.add_server_addresses()
-                experiment.start_clients()
-                experiment.add_client_addresses()
-                experiment.wait_quiet()
-                experiment.measure("before")
-                experiment.start_connecting()
-                experiment.wait_for_clients()
-                if params.churn:
-                    experiment.wait_for_duration()
-                else:
-                    experiment.measure("held")
-                experiment.collect_server()
+                _steps(experiment)
                 status, reason = results.STATUS_OK, None
             except RunFailed as err:
                 status, reason, fault = results.STATUS_FAILED, str(err), err.fault
@@ -123,51 +149,40 @@ def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = Non
         reason = (f"{reason}; the engine did not come back, so "
                   f"{len(experiment.left_behind)} resource(s) of the run are still on it: the "
                   "next run or `tcplimits clean` removes them")
-    state = experiment.state
-    record.update({k: round(v, 3) for k, v in experiment.timeline.items()})
-    facts = run_facts(state)
-    held = facts["held_sockets"]
-    prediction = model.predict(
-        params, server_nofile=resolved.server_nofile, server_workers=resolved.server_workers,
-        held_ports=[held.get(str(c), []) for c in range(1, params.clients + 1)],
-        conntrack_max=engine.get("nf_conntrack_max"),
-        somaxconn=facts["somaxconn"] or model.SOMAXCONN, host_facts=host_facts)
-    own = {int(role[len("client"):]): addrs for role, addrs in experiment.addresses.items()
-           if role.startswith("client")}
-    clients = client_rows(state, params, run_id, addresses, own)
-    destinations = destination_rows(state, run_id)
-    server = server_rows(state, run_id)
-    series = series_rows(state, run_id)
-    record["facts"].update(facts)
-    record.update(
-        status=status, reason=reason, prediction=prediction.to_dict(),
-        held_ports={c: [s["port"] for s in sockets] for c, sockets in held.items()},
-        totals={"connections": sum(r["connections"] or 0 for r in clients),
-                "server_accepted": sum(r["accepted"] or 0 for r in server) if server else None},
-        footprint=footprint_record(experiment.snapshots, state,
-                                   sum(r["connections"] or 0 for r in clients)),
-        fault=fault, ended_at=now(), duration_s=round(time.monotonic() - t0, 3),
-        **tuple_record(experiment, state),
-    )
-    if params.churn:  # judged by the churn model, not by the hold model's prediction
-        record["churn"] = churn_model.run_record(
-            run_id, params, clients,
-            [held.get(str(c), []) for c in range(1, params.clients + 1)],
-            finished=status == results.STATUS_OK, seconds=state.churn)
-    if experiment.quiet is not None:  # it got as far as connecting
-        reasons = [experiment.quiet.reason] if experiment.quiet.noisy else []
-        reasons += [r for r in [model.dropped_syns_reason(facts["listen_drops"],
-                                                          prediction.limit)] if r]
-        record.update(noisy=bool(reasons), noisy_reason="; ".join(reasons) or None)
-        record["host_tcp"]["at_connect"] = experiment.quiet.before
-    record["host_tcp"]["after"] = host.read_state(local_host)
-    write_run(out_dir, record, clients, server, series,
-              compose=compose_file(experiment.specs, run_id,
-                                   address_plan=experiment.address_plan,
-                                   addresses=experiment.addresses, bind_mode=params.bind_mode),
-              destinations=destinations,
-              save_logs=experiment.save_logs,
-              churn=churn_rows(state, run_id, experiment.connect_started_at, params))
-    if interrupted is not None:
-        raise KeyboardInterrupt from interrupted
+    return Outcome(status, reason, fault, addresses, interrupted)
+
+
+def _steps(experiment: Experiment) -> None:
+    """The run's steps in order, the footprint measured before connecting and once held."""
+    experiment.create_network()
+    experiment.start_server()
+    experiment.add_server_addresses()
+    experiment.start_clients()
+    experiment.add_client_addresses()
+    experiment.wait_quiet()
+    experiment.measure("before")
+    experiment.start_connecting()
+    experiment.wait_for_clients()
+    if experiment.params.churn:
+        experiment.wait_for_duration()
+    else:
+        experiment.measure("held")
+    experiment.collect_server()
+
+
+def _write_stopped(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The run directory of a run that never started its containers: run.json, empty tables."""
+    write_run(out_dir, record, [], [], [], compose=None)
     return record
+
+
+def _write_run(out_dir: Path, record: dict[str, Any], experiment: Experiment,
+               tables: RunTables) -> None:
+    """The run directory: the tables, the compose file of what ran, the logs, run.json."""
+    write_run(out_dir, record, tables.clients, tables.server, tables.series,
+              compose=compose_file(experiment.specs, experiment.run_id,
+                                   address_plan=experiment.address_plan,
+                                   addresses=experiment.addresses,
+                                   bind_mode=experiment.params.bind_mode),
+              destinations=tables.destinations, save_logs=experiment.save_logs,
+              churn=tables.churn)
