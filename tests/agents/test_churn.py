@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agents.test_client import AGENTS, events, free_port, start_server, stop
+from tests.agents.processes import AGENTS, events, free_port, start_server, stop
 
 from tcplimits.agents import churn
 

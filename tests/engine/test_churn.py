@@ -12,7 +12,7 @@ import pytest
 from tcplimits import results
 from tcplimits.engine import run_experiment
 from tcplimits.config.params import RunParams
-from tests.engine.test_runner import engine, labelled  # noqa: F401  (the fixture)
+from tests.engine.helpers import labelled
 
 pytestmark = pytest.mark.docker
 

@@ -20,10 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-import docker
 import pytest
 
-from tests.engine.test_runner import labelled  # the run's labelled containers and networks
+from tests.engine.helpers import labelled  # the run's labelled containers and networks
 from tcplimits import CLIENT_LABEL, ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine.faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_USAGE
 
@@ -32,13 +31,6 @@ pytestmark = pytest.mark.docker
 SLOW = ["--port-range", "40000-40299", "--nofile", "1000", "--server-nofile", "100",
         "--server-workers", "2", "--backlog", "8", "--connect-timeout", "10"]
 QUICK = ["--port-range", "40000-40199", "--nofile", "1000"]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.from_env()
-    client.ping()
-    return client
 
 
 def new_id(name: str) -> str:

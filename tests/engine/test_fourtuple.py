@@ -9,22 +9,13 @@ import pytest
 from tcplimits import results
 from tcplimits.engine import container_specs, Resolved, run_experiment
 from tcplimits.config.params import RunParams
-from tests.engine.test_runner import labelled
+from tests.engine.helpers import labelled
 
 pytestmark = pytest.mark.docker
 
 R = 500
 RANGE = "40000-40499"
 ERRNO = {"connect": "EADDRNOTAVAIL", "bind": "EADDRINUSE", "bind-no-port": "EADDRNOTAVAIL"}
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import docker
-
-    client = docker.from_env()
-    client.ping()
-    return client
 
 
 def run(engine, tmp_path, name, **values):

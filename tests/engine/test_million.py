@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.engine.test_runner import engine, labelled  # noqa: F401  (the engine fixture, shared)
+from tests.engine.helpers import labelled
 
 from tcplimits.engine import run_experiment
 from tcplimits.config.params import RunParams

@@ -7,33 +7,18 @@ import subprocess
 import sys
 import time
 
-import docker
 import polars as pl
 import pytest
 
 from tcplimits import ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine import probe_engine, run_experiment
 from tcplimits.config.params import RunParams
+from tests.engine.helpers import labelled
 
 pytestmark = pytest.mark.docker
 
 # Docker's embedded DNS listens on 127.0.0.11 inside each container on a user-defined network,
 # on a port bound from the ephemeral range: that port is one connection fewer when in range.
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.from_env()
-    client.ping()
-    return client
-
-
-def labelled(engine, run_id=None):
-    label = ["tcplimits=1"] + ([f"tcplimits.run={run_id}"] if run_id else [])
-    # sparse: listing must not inspect containers that a run is removing meanwhile.
-    return ([c.id for c in engine.containers.list(all=True, sparse=True,
-                                                  filters={"label": label})],
-            [n.id for n in engine.networks.list(filters={"label": label})])
 
 
 def run(engine, tmp_path, name, **values):

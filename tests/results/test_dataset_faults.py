@@ -7,7 +7,7 @@ import json
 
 import polars as pl
 
-from tests.results.test_dataset import write_ok_run
+from tests.results.rundirs import write_ok_run
 from tcplimits.report import charts
 from tcplimits.results import dataset
 from tcplimits import results

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow.test_workflow import ROOT, Workdir, _engine_ready, assert_tiny_dataset
+from tests.workflow.harness import ROOT, Workdir, assert_tiny_dataset, engine_ready
 
 from tcplimits.config import grid
 
@@ -100,7 +100,7 @@ def test_lint_with_the_slurm_profile(tmp_path):
 @pytest.mark.docker
 @pytest.mark.slow
 def test_tiny_sweep_through_slurm(cluster, tmp_path):
-    reason = _engine_ready()
+    reason = engine_ready()
     if reason:
         pytest.skip(reason)
     wd = Workdir(tmp_path, fake=False)
