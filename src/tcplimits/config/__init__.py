@@ -1,7 +1,8 @@
 """Stage 1, config: what a run and a sweep may ask for, checked before anything starts.
 
     params   RunParams and FIELDS, the one list of every parameter (type, default, meaning)
-    grid     a sweep's YAML -> the points it runs, validated against schemas/config.schema.yaml
+    schema   the config's JSON schema, built from FIELDS (committed as schemas/config.schema.yaml)
+    grid     a sweep's YAML -> the points it runs, validated against that schema
 
 Pure: nothing here touches the engine or the disk beyond reading a config file.
 """

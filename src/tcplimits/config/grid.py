@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from tcplimits.config.params import CHURN_ONLY, FIELDS, ParamError, RunParams
-
-# Shipped in the package (package-data), so an installed tcplimits finds it; the workflow's
-# validate() reads this same file.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+# The schema ships in the package (package-data), so an installed tcplimits finds it; the
+# workflow's validate() reads this same file.
+from tcplimits.config.schema import SCHEMA_PATH
 
 # Always part of an id, in this order and with these short names.
 ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "procs": "procs"}
