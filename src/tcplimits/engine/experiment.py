@@ -90,20 +90,6 @@ class Experiment(Teardown):
 
     # -- the lifecycle, step by step
 
-    def run(self) -> None:
-        """Every step in order, nothing between them."""
-        self.create_network()
-        self.start_server()
-        self.add_server_addresses()
-        self.start_clients()
-        self.add_client_addresses()
-        self.wait_quiet()
-        self.start_connecting()
-        self.wait_for_clients()
-        if self.params.churn:
-            self.wait_for_duration()
-        self.collect_server()
-
     def create_network(self) -> None:
         """The run's internal bridge network; setup time counts from here. On loopback there
         is none: the server's own namespace is the network."""
