@@ -1,6 +1,14 @@
 """Helpers shared by the engine's tests."""
 
+import uuid
+
 from tcplimits import LABEL, RUN_LABEL
+
+
+def unique_id(name: str) -> str:
+    """A run id of its own: other checkouts may run the same test on this engine at once, and
+    a run's containers are named after its id."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
 def labelled(engine, run_id=None):

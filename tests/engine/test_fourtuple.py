@@ -9,7 +9,7 @@ import pytest
 from tcplimits import results
 from tcplimits.engine import container_specs, Resolved, run_experiment
 from tcplimits.config.params import RunParams
-from tests.engine.helpers import labelled
+from tests.engine.helpers import labelled, unique_id
 
 pytestmark = pytest.mark.docker
 
@@ -20,10 +20,10 @@ ERRNO = {"connect": "EADDRNOTAVAIL", "bind": "EADDRINUSE", "bind-no-port": "EADD
 
 def run(engine, tmp_path, name, **values):
     values = {"port_range": RANGE, "nofile": 5000, **values}
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=name,
+    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
                             progress=False, client=engine, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, name) == ([], []), "the run left containers or its network behind"
+    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
     clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
     pairs = pl.read_parquet(tmp_path / name / results.DESTINATIONS_FILE)
     return record, clients, pairs
@@ -187,10 +187,11 @@ def test_bad_tuple_flags_exit_2_naming_the_flag_before_any_container(engine, tmp
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", "t9-bad",
+    run_id = unique_id("t9-bad")
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", run_id,
                            "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
     assert not (tmp_path / "bad").exists()
-    assert labelled(engine, "t9-bad") == ([], [])
+    assert labelled(engine, run_id) == ([], [])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tests.engine.helpers import labelled
+from tests.engine.helpers import labelled, unique_id
 
 from tcplimits.engine import run_experiment
 from tcplimits.config.params import RunParams
@@ -19,10 +19,10 @@ LADDER = [600, 1800, 3000]
 
 
 def run(engine, tmp_path, name, **values):
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=name,
+    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
                             progress=False, client=engine, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, name) == ([], []), "the run left containers or its network behind"
+    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
     return record
 
 

@@ -13,7 +13,7 @@ import pytest
 from tcplimits import ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine import probe_engine, run_experiment
 from tcplimits.config.params import RunParams
-from tests.engine.helpers import labelled
+from tests.engine.helpers import labelled, unique_id
 
 pytestmark = pytest.mark.docker
 
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.docker
 
 def run(engine, tmp_path, name, **values):
     values.setdefault("quiet_host_timeout", 5)  # a shared engine is seldom quiet: mark, don't wait
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=name,
+    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
                             progress=False, client=engine, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, name) == ([], []), "the run left containers or its network behind"
+    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
     clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
     server = pl.read_parquet(tmp_path / name / results.SERVER_FILE)
     return record, clients, server

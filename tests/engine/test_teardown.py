@@ -20,6 +20,7 @@ from tcplimits.engine import experiment, teardown
 from tcplimits.cli import summary
 from tcplimits.engine import run_experiment
 from tcplimits.config.params import RunParams
+from tests.engine.helpers import unique_id
 
 pytestmark = pytest.mark.docker
 
@@ -53,7 +54,7 @@ def watched(monkeypatch):
 def _run(client, tmp_path, name, **values):
     params = RunParams.from_mapping({"port_range": PORTS, "nofile": 15000, "quiet_host_timeout": 5,
                                      **values})
-    record = run_experiment(params, tmp_path / name, run_id=name, progress=False,
+    record = run_experiment(params, tmp_path / name, run_id=unique_id(name), progress=False,
                             client=client, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]
     return record
@@ -159,7 +160,7 @@ def test_syns_dropped_at_a_full_accept_queue_mark_a_port_bound_run_noisy(client,
 
     monkeypatch.setattr(runner, "Experiment", FrozenServer)
     params = RunParams(port_range="40000-40499", nofile=15000, backlog=1)
-    record = run_experiment(params, tmp_path / "drops", run_id="drops", progress=False,
+    record = run_experiment(params, tmp_path / "drops", run_id=unique_id("drops"), progress=False,
                             client=client, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]
     assert record["prediction"]["limit"] == "ports"
@@ -175,7 +176,7 @@ def test_syns_dropped_at_a_full_accept_queue_mark_a_port_bound_run_noisy(client,
 
 def test_a_run_without_drops_records_zero_and_stays_quiet(client, tmp_path):
     record = run_experiment(RunParams(port_range="40000-40499", nofile=15000, backlog=4096),
-                            tmp_path / "nodrops", run_id="nodrops", progress=False,
+                            tmp_path / "nodrops", run_id=unique_id("nodrops"), progress=False,
                             client=client, log=lambda m: None)
     assert record["status"] == "ok" and record["facts"]["listen_drops"] == 0
     assert record["noisy"] is False or "SYN" not in (record["noisy_reason"] or "")
