@@ -163,6 +163,42 @@ def synthetic_dataset(out: Path, kind: str = "full") -> Path:
 RUN_IDS = [p[0] for p in POINTS]
 
 
+# --- POINTS and the loaded dataset, for the report's tests --------------------------------------
+
+def procs_of(run_id: str) -> list[tuple]:
+    """A point's client processes: (client, proc, connections, error)."""
+    return next(p[4] for p in POINTS if p[0] == run_id)
+
+
+def workers_of(run_id: str) -> list[tuple]:
+    """A point's server workers: (accepted, error)."""
+    return next(p[5] for p in POINTS if p[0] == run_id)
+
+
+def per_client_of(run_id: str) -> dict[int, int]:
+    """Connections per client container of a point, its processes summed."""
+    out: dict[int, int] = {}
+    for client, _, n, _ in procs_of(run_id):
+        out[client] = out.get(client, 0) + n
+    return out
+
+
+def tables_of(d) -> dict[str, pl.DataFrame]:
+    """The four hold tables of a loaded ``Data``, to build a changed one from."""
+    return {"runs": d.runs, "clients": d.clients, "server": d.server, "series": d.series}
+
+
+def flag_noisy(d, noisy_ids, reason="host not quiet after 60 s: 9,000 orphaned and 0 TIME-WAIT "
+                                    "sockets (threshold 1,000)"):
+    """``d`` with the runs ``noisy_ids`` marked noisy, for ``reason``."""
+    from tcplimits.report.data import Data
+
+    runs = d.runs.with_columns(
+        noisy=pl.col("run_id").is_in(noisy_ids),
+        noisy_reason=pl.when(pl.col("run_id").is_in(noisy_ids)).then(pl.lit(reason)))
+    return Data(runs, d.clients, d.server, d.series)
+
+
 def browser_available() -> str | None:
     """None when headless Chromium can be driven here, else the reason it cannot."""
     import importlib.util

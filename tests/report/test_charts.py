@@ -9,7 +9,6 @@ import pytest
 from tests.report.fixtures import synthetic_dataset
 from tcplimits.report import charts, render
 from tcplimits import model
-from tcplimits.config.params import FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +59,6 @@ def test_chart_of_empty_frames_still_validates(ds, name):
     assert "<svg" in charts.to_html(chart)
 
 
-def test_per_client_sums_processes(ds):
-    seed = charts.per_client(ds["clients"].filter(pl.col("run_id") == "seed-default"))
-    assert sorted(seed["connections"].to_list()) == [28231, 28231]
-
-
 def test_port_count_derived_from_range_when_absent(ds):
     chart = charts.connections_vs_range(ds["clients"].drop("port_count"))
     values = chart.to_dict()["datasets"]
@@ -112,25 +106,3 @@ def test_latency_draws_noisy_runs_dashed(ds):
     assert set(hosts.values()) == {charts.QUIET}
     dash = spec["layer"][0]["encoding"]["strokeDash"]
     assert dash["field"] == "host" and dash["scale"]["domain"] == [charts.QUIET, charts.NOISY]
-
-
-DEFAULT_BACKLOG = FIELDS["backlog"].default  # a run without a recorded backlog had it
-
-
-def test_server_gaps_count_the_models_accept_queue():
-    runs = pl.DataFrame({"backlog": [8, None, 10_000, 8], "connections_total": [205, 10, 5, None],
-                         "server_accepted": [196, 10, 5, 3]})
-    gaps = charts.server_gaps(runs)
-    assert gaps["gap"].to_list() == [9, 0, 0]  # a run without both counts is left out
-    assert gaps["queue"].to_list() == [
-        model.accept_queue(8), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000)]
-    measured = charts.server_gaps(runs.with_columns(somaxconn=pl.Series([4, None, 20_000, 1])))
-    assert measured["queue"].to_list() == [
-        model.accept_queue(8, 4), model.accept_queue(DEFAULT_BACKLOG), model.accept_queue(10_000, 20_000)]
-    no_backlog = charts.server_gaps(runs.drop("backlog").head(1))
-    assert no_backlog["queue"].to_list() == [model.accept_queue(DEFAULT_BACKLOG)]
-
-
-def test_port_count_of_an_unreadable_range_is_null():
-    df = charts._with_port_count(pl.DataFrame({"port_range": ["40000-40999", "nonsense", None]}))
-    assert df["port_count"].to_list() == [1000, None, None]

@@ -77,11 +77,12 @@ def test_failed_runs_are_listed_never_measured(tmp_path):
 def test_the_report_lists_damaged_and_failed_runs_with_their_reasons(tmp_path):
     """Every report section runs over a dataset holding them; only 'good' is compared."""
     from tcplimits.report import findings, render
+    from tcplimits.report.sections.runset import unfinished_rows
 
     dataset.build_dataset(_sweep(tmp_path), tmp_path / "ds")
     d = findings.Data.of(render.load_dataset(tmp_path / "ds"))
     assert [c.run_id for c in d.comparisons] == ["good"]
-    listed = {r["point"]: r["reason"] for r in findings.unfinished_rows(d.runs).to_dicts()}
+    listed = {r["point"]: r["reason"] for r in unfinished_rows(d.runs).to_dicts()}
     assert sorted(listed) == ["failed", "mixed", "partial", "unreadable"]
     assert "SIGKILL" in listed["failed"] and "unreadable" in listed["unreadable"]
     for section in (findings.question, findings.environment, findings.seed,

@@ -3,6 +3,7 @@
     findings   the face report/report.qmd calls: one function per block of the page
     data       the dataset loaded (``Data``) and the frames the sections and charts share
     sections/  one module per section: runset, hold, fourtuple, million, churn, conclusion
+    blocks     what a cell shows (``Blocks``) and the report's one way to word a count
     charts     Altair charts, rendered offline (vl-convert)
     render     .qmd -> HTML with Quarto, or without it (jupytext, nbclient, nbconvert)
     browser    the page opened in headless Chromium: every chart drawn, no request made

@@ -4,9 +4,9 @@ Charts are drawn offline: ``use_offline_renderer()`` makes every chart display a
 SVG made by vl-convert (no JavaScript, nothing fetched), so the report stays one file that
 opens without a network, in Quarto and in the nbconvert path alike.
 
-Longer than ~400 lines: one pure function per chart of the report (held connections,
-outcomes, model, latency, server gap, hosts, 4-tuple, one million, churn); splitting them
-would scatter the shared colour scales and the offline renderer.
+One pure function per chart of the report (held connections, outcomes, model, latency,
+server gap, hosts, 4-tuple, one million, churn), beside the shared colour scales; the frames
+they draw are shaped in tcplimits.report.data.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import re
 import altair as alt
 import polars as pl
 
-from tcplimits import model
-from tcplimits.config.params import FIELDS, ParamError, RunParams
+from tcplimits.report.data import ensure_columns, per_client, pool_fill, server_gaps
 
 RENDERER = "tcplimits-svg"
 CHART_CLASS = "tcpl-chart"
@@ -69,58 +68,6 @@ def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
     return chart.properties(usermeta={"tcplimits": {"chart": name}})
 
 
-def _with_port_count(df: pl.DataFrame) -> pl.DataFrame:
-    """``port_count`` from ``port_range`` where a frame lacks it, counted by the parameters."""
-    if "port_count" in df.columns or "port_range" not in df.columns:
-        return df
-    counts = {}
-    for port_range in df["port_range"].drop_nulls().unique().to_list():
-        try:
-            counts[port_range] = RunParams(port_range=port_range).port_count
-        except ParamError:  # an unreadable range draws as unknown
-            counts[port_range] = None
-    return df.with_columns(port_count=pl.col("port_range").replace_strict(
-        counts, default=None, return_dtype=pl.Int64))
-
-
-def server_gaps(runs: pl.DataFrame) -> pl.DataFrame:
-    """The runs whose server and clients both counted, with ``gap`` (connections the clients
-    hold that the server had not accepted) and ``queue``: the accept queue that can hold them
-    (``model.accept_queue`` of the backlog, its default where null, and of the measured
-    somaxconn where the runs record one)."""
-    default = FIELDS["backlog"].default
-    has_somaxconn = "somaxconn" in runs.columns
-
-    def queue(row: dict) -> int:
-        backlog = default if row["backlog"] is None else row["backlog"]
-        if has_somaxconn and row["somaxconn"] is not None:
-            return model.accept_queue(backlog, row["somaxconn"])
-        return model.accept_queue(backlog)
-
-    columns = ["backlog", *(["somaxconn"] if has_somaxconn else [])]
-    return _ensure(runs, backlog=pl.Int64).filter(
-        pl.col("connections_total").is_not_null() & pl.col("server_accepted").is_not_null()
-    ).with_columns(
-        gap=pl.col("connections_total") - pl.col("server_accepted"),
-        queue=pl.struct(columns).map_elements(queue, return_dtype=pl.Int64),
-    )
-
-
-def _ensure(df: pl.DataFrame, **columns: pl.DataType) -> pl.DataFrame:
-    """Add absent columns as nulls, so a chart of an older or partial dataset still draws."""
-    missing = {k: v for k, v in columns.items() if k not in df.columns}
-    return df.with_columns(pl.lit(None, dtype=v).alias(k) for k, v in missing.items())
-
-
-def per_client(clients: pl.DataFrame) -> pl.DataFrame:
-    """Client-process rows -> one row per client container (its processes' connections summed)."""
-    df = _ensure(_with_port_count(clients), port_count=pl.Int64, nofile=pl.Int64,
-                 procs=pl.Int64, clients=pl.Int64)
-    return (df.group_by("run_id", "client", maintain_order=True)
-            .agg(pl.col("connections").sum(),
-                 pl.col("port_count", "nofile", "procs", "clients").first()))
-
-
 def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
     """Connections per client container against the port range's size, coloured by nofile,
     faceted by client containers (columns) and processes per container (rows)."""
@@ -147,7 +94,7 @@ def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
 
 def outcomes(clients: pl.DataFrame) -> alt.Chart:
     """Per point, the client processes stacked by the errno (or reason) they stopped with."""
-    df = (_ensure(clients, error=pl.Utf8)
+    df = (ensure_columns(clients, error=pl.Utf8)
           .with_columns(pl.col("error").fill_null("none"))
           .group_by("run_id", "error", maintain_order=True)
           .agg(processes=pl.len(), connections=pl.col("connections").sum()))
@@ -185,7 +132,7 @@ def _against(base: alt.Chart, x: str, y: str, x_title: str, y_title: str,
 def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
     """Left: observed against predicted connections (log-log, y = x dashed). Right: the
     difference per point, with the tolerance as a grey band."""
-    df = _ensure(comparisons, tolerance=pl.Int64, within_tolerance=pl.Boolean).with_columns(
+    df = ensure_columns(comparisons, tolerance=pl.Int64, within_tolerance=pl.Boolean).with_columns(
         deviation=pl.col("observed") - pl.col("predicted"),
         agrees=pl.when(pl.col("within_tolerance")).then(pl.lit("within tolerance"))
         .otherwise(pl.lit("beyond tolerance")),
@@ -221,35 +168,12 @@ def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
     """Observed against predicted connections (log-log, y = x dashed), one colour per host:
     the points of a sweep spread over several machines (a cluster), told apart."""
     chart = _against(
-        alt.Chart(_ensure(comparisons, host=pl.Utf8)), "predicted", "observed",
+        alt.Chart(ensure_columns(comparisons, host=pl.Utf8)), "predicted", "observed",
         "predicted connections", "observed connections",
         color=alt.Color("host:N", title="host", legend=alt.Legend(orient="bottom")),
         tooltip=["run_id", "host", "predicted", "observed", "limit"],
     ).properties(title="Observed against predicted, by host")
     return _named(chart, "by_host")
-
-
-def pool_fill(series: pl.DataFrame) -> pl.DataFrame:
-    """Each progress sample with ``fill``: the share of its container's port range in use.
-
-    The processes of one container share its pool, so a sample counts every process's last
-    count at that time (t_s runs from the common start signal), not only its own."""
-    df = _with_port_count(series)
-    if df.is_empty():
-        return df.with_columns(fill=pl.lit(None, dtype=pl.Float64))
-    keys = ["run_id", "client"]
-    others = (df.select(*keys, pl.col("proc").alias("other"), "t_s",
-                        pl.col("connections").alias("held"))
-              .sort("t_s"))
-    peers = df.select(*keys, pl.col("proc").alias("other")).unique()
-    pooled = (df.with_row_index("_row").join(peers, on=keys).sort("t_s")
-              .join_asof(others, on="t_s", by=[*keys, "other"], strategy="backward",
-                         check_sortedness=False)  # both sides sorted by t_s above
-              .group_by("_row").agg(pl.col("held").fill_null(0).sum().alias("_pool")))
-    return (df.with_row_index("_row").join(pooled, on="_row", how="left").sort("_row")
-            .with_columns(fill=pl.min_horizontal(pl.col("_pool") / pl.col("port_count"),
-                                                 pl.lit(1.0)))
-            .drop("_row", "_pool"))
 
 
 # How a run's host was when it connected (dataset column "noisy"; tcplimits.engine.host).
@@ -268,7 +192,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
     for column in ("port_count", "port_range", "noisy"):
         if column not in df.columns and runs is not None and column in runs.columns:
             df = df.join(runs.select("run_id", column), on="run_id", how="left")
-    df = _ensure(pool_fill(df), port_range=pl.Utf8, noisy=pl.Boolean).with_columns(
+    df = ensure_columns(pool_fill(df), port_range=pl.Utf8, noisy=pl.Boolean).with_columns(
         latency_us=pl.col("connect_latency_s") * 1e6,
         line=pl.concat_str("run_id", "client", "proc", separator="/"),
         host=pl.when(pl.col("noisy")).then(pl.lit(NOISY)).otherwise(pl.lit(QUIET)),
@@ -297,7 +221,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
 def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
     """Left: connections the server accepted against those the clients hold. Right: the gap
     per point, with a black tick at the accept queue's size (backlog + 1)."""
-    df = server_gaps(_ensure(runs, predicted_limit=pl.Utf8)).with_columns(
+    df = server_gaps(ensure_columns(runs, predicted_limit=pl.Utf8)).with_columns(
         limit=pl.col("predicted_limit").fill_null("unknown"),
     ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
     color = _limit_color(df["limit"])
@@ -341,6 +265,8 @@ def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChar
     return _named(alt.layer(*layers).properties(
         width=480, height=300, title="Connections held against the host's limits"),
         "held_against_limits")
+
+
 CHURN_COLORS = {
     "opened per second": "#4c78a8",
     "TIME_WAIT, client": "#f58518",
@@ -352,7 +278,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
     """Mode churn, one panel per point (``labels``: run id -> point label): connections
     opened per second (all client processes) and TIME_WAIT sockets on the client side and on
     the server side, against seconds since the clients started."""
-    df = _ensure(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
+    df = ensure_columns(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
                  t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
     opened = (df.filter(pl.col("proc").is_not_null())
               .with_columns(second=pl.col("t_s").floor())
@@ -385,8 +311,8 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
 def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     """Mode churn: the rate each point sustained (dots, coloured by how it ended) against the
     model's sustainable rate (black ticks; none where no port bound applies). ``points``:
-    churn_findings.churn_points()."""
-    df = _ensure(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
+    sections.churn.churn_points()."""
+    df = ensure_columns(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
                  point=pl.Utf8).filter(pl.col("sustained") > 0)
     y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
     x_scale = alt.Scale(type="log")
@@ -414,8 +340,8 @@ BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#5
 def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
     """Connections per client address against the size of its 4-tuple space (pool x server
     ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
-    one connection per 4-tuple. ``points``: tuple_findings.chart_frame."""
-    df = _ensure(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
+    one connection per 4-tuple. ``points``: sections.fourtuple.chart_frame."""
+    df = ensure_columns(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
                  client_addrs=pl.Int64)
     lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
     x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,

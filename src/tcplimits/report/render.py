@@ -7,8 +7,8 @@ options become notebook tags; nbclient executes the notebook, nbconvert exports 
 template in ``report/template/`` (no script, style or font from a CDN; code hidden where the
 .qmd says ``echo: false``). Charts are inline SVG (see ``charts.use_offline_renderer``).
 
-Also here: the helpers report/findings.py uses to read the dataset and show tables. The check of the
-finished page in a browser is in report/browser.py.
+Also here: reading the dataset and showing a table (the report's sections use them). The
+check of the finished page in a browser is in report/browser.py.
 """
 
 from __future__ import annotations
@@ -35,11 +35,6 @@ QUARTO_MIN = (1, 4)
 
 
 # --- The dataset, as the report reads it --------------------------------------------------------
-
-
-def plural(count: int, word: str) -> str:
-    """"1 point", "2 points"."""
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 def load_dataset(data_dir: str | Path) -> dict[str, pl.DataFrame]:
     """The four tables; a missing file is an empty table, a missing column a null column."""

@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 
 from tests.report.fixtures import ENV, RUN_IDS, synthetic_dataset
-from tcplimits.report import charts, findings, render
-from tcplimits.report.sections import churn as churn_findings
+from tcplimits.report import charts, render
+from tcplimits.report.data import Data
+from tcplimits.report.sections import churn as churn_findings, conclusion, runset
 from tcplimits.model import churn as churn_model
 from tcplimits.results import dataset
 from tcplimits.config.params import RunParams
@@ -67,21 +68,21 @@ def test_points_carry_rate_model_and_verdict():
 def test_hold_sections_leave_churn_runs_out():
     runs, clients, series = churn_tables()
     hold = dataset.conform(pl.DataFrame({"run_id": ["h"], "status": ["ok"]}), dataset.RUNS_SCHEMA)
-    d = findings.Data.of({"runs": pl.concat([runs, hold]), "clients": clients,
+    d = Data.of({"runs": pl.concat([runs, hold]), "clients": clients,
                           "server": pl.DataFrame(), "series": pl.DataFrame(), "churn": series})
     assert d.runs["run_id"].to_list() == ["h"] and d.clients.is_empty()
     assert d.churn_runs.height == 3 and d.churn.height == series.height
     assert d.comparisons == []  # the hold model never judges a churn point
-    section = findings.churn(d)
+    section = churn_findings.churn(d)
     assert section.kinds() == ["markdown", "markdown", "chart", "chart", "html"]
     assert "3 of 3" in section.text() and "60 s" in section.text()
 
 
 def test_churn_section_without_churn_points_says_how_to_get_them():
-    d = findings.Data.of({"runs": pl.DataFrame({"run_id": ["h"], "status": ["ok"]}),
+    d = Data.of({"runs": pl.DataFrame({"run_id": ["h"], "status": ["ok"]}),
                           "clients": pl.DataFrame(), "server": pl.DataFrame(),
                           "series": pl.DataFrame()})
-    assert "config/churn.yaml" in findings.churn(d).text()
+    assert "config/churn.yaml" in churn_findings.churn(d).text()
 
 
 def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
@@ -147,9 +148,9 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
 
 def test_sweep_summary_counts_churn_verdicts_apart_from_hold_points():
     runs, clients, series = churn_tables()
-    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+    d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
                           "series": pl.DataFrame(), "churn": series})
-    assert findings.sweep_summary(d).splitlines() == [
+    assert conclusion.sweep_summary(d).splitlines() == [
         "3 points: 3 ok",
         "churn: 3 of 3 finished points as the model predicted (1 stopped on an error, 2 ran "
         "their full duration)"]
@@ -162,26 +163,26 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
         .otherwise(pl.col("status")),
         reason=pl.when(pl.col("run_id") == "churn-server").then(pl.lit("server container "
                                                                        "killed")))
-    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+    d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
                           "series": pl.DataFrame(), "churn": series})
-    question = findings.question(d).text()
+    question = runset.question(d).text()
     assert "**3 points**: 2 finished, 1 failed" in question
     assert "All of them are churn points (section 13)" in question
     assert "no runs at all" not in question
-    varied = findings.varied_parameters(d.every)  # what the churn points vary, and why
+    varied = runset.varied_parameters(d.every)  # what the churn points vary, and why
     assert {"closer", "tw_reuse", "rate", "duration"} <= set(varied["parameter"])
     assert varied.filter(pl.col("parameter") == "closer")["values"].to_list() == ["client, server"]
     assert varied.filter(pl.col("parameter") == "rate")["values"].to_list() == ["400, max"]
-    environment = findings.environment(d)  # the churn runs' own kernel, engine and host
+    environment = runset.environment(d)  # the churn runs' own kernel, engine and host
     assert environment.kinds() == ["html", "markdown", "html"]
     assert "6.18.0-1-amd64" in environment.text() and "node1" in environment.text()
-    unfinished = findings.unfinished_rows(d.every)
+    unfinished = runset.unfinished_rows(d.every)
     assert unfinished["point"].to_list() == ["churn-server"]
     assert unfinished["reason"].to_list() == ["server container killed"]
-    assert findings.unfinished(d).kinds() == ["markdown", "html"]
-    assert "section 13" in findings.conclusion(d).text()
+    assert runset.unfinished(d).kinds() == ["markdown", "html"]
+    assert "section 13" in conclusion.conclusion(d).text()
     assert "failed: 1 point, no measurement:\n  churn-server: server container killed" in \
-        findings.sweep_summary(d)
+        conclusion.sweep_summary(d)
 
 
 def test_the_conclusion_answers_for_churn_from_the_points():
@@ -195,6 +196,6 @@ def test_the_conclusion_answers_for_churn_from_the_points():
     assert "2 points ran their full duration, the fastest at 3,500/s (server closes, " in text
     assert text.endswith("3 of 3 churn points ended as the model said (section 13).")
     assert churn_findings.churn_answer(points.clear()) == ""
-    d = findings.Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
+    d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
                           "series": pl.DataFrame(), "churn": series})
-    assert text in findings.conclusion(d).text()
+    assert text in conclusion.conclusion(d).text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from tcplimits.report import charts
+from tcplimits.report.data import Data
 from tcplimits.report.sections import fourtuple as tf
 
 POOL = 1000
@@ -60,7 +61,7 @@ def test_member_sentences_carry_the_measured_numbers():
 
 
 def test_book_claim_from_the_data():
-    claim = tf.book_claim(tf.tuple_points(RUNS, CLIENTS), RUNS)
+    claim = tf.claim_sentences(tf.tuple_points(RUNS, CLIENTS), RUNS)
     text = "\n".join(claim)
     assert "2 server addresses lift it to 1,998, 2.0 times" in text
     assert "4 server ports on one address give 3,996" in text
@@ -72,8 +73,8 @@ def test_book_claim_from_the_data():
 
 def test_book_claim_leaves_out_what_was_not_measured():
     only_base = RUNS.filter(pl.col("run_id") == "base")
-    assert tf.book_claim(tf.tuple_points(only_base, CLIENTS), only_base) == []
-    assert tf.book_claim(pl.DataFrame()) == []
+    assert tf.claim_sentences(tf.tuple_points(only_base, CLIENTS), only_base) == []
+    assert tf.claim_sentences(pl.DataFrame()) == []
 
 
 def test_chart_draws_from_the_points():
@@ -84,15 +85,13 @@ def test_chart_draws_from_the_points():
     assert "<svg" in html
 
 
-def test_report_sections_through_findings():
-    from tcplimits.report import findings
-
+def test_the_sections_lay_out_the_points():
     empty = pl.DataFrame()
-    d = findings.Data(RUNS, CLIENTS, empty, empty)
-    members = findings.tuple_members(d)
+    d = Data(RUNS, CLIENTS, empty, empty)
+    members = tf.tuple_members(d)
     assert members.kinds()[0] == "chart" and "4 server ports: 3,996" in members.text()
-    assert "2 server addresses lift it to 1,998" in findings.book_claim(d).text()
+    assert "2 server addresses lift it to 1,998" in tf.book_claim(d).text()
     base_only = RUNS.filter(pl.col("run_id") == "base")
-    d = findings.Data(base_only, CLIENTS, empty, empty)
-    assert "No point of this sweep varies the 4-tuple" in findings.tuple_members(d).text()
-    assert "no point that tests the claim" in findings.book_claim(d).text()
+    d = Data(base_only, CLIENTS, empty, empty)
+    assert "No point of this sweep varies the 4-tuple" in tf.tuple_members(d).text()
+    assert "no point that tests the claim" in tf.book_claim(d).text()

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 
 from tcplimits.results import dataset
-from tcplimits.report import findings
+from tcplimits.report.data import Data
 from tcplimits.model import hostlimits
 from tcplimits.report.sections import million as million_findings
 from tcplimits import model
@@ -54,7 +54,7 @@ RUNS = runs_frame([
 
 def data(runs):
     empty = pl.DataFrame()
-    return findings.Data(runs, empty, empty, empty)
+    return Data(runs, empty, empty, empty)
 
 
 def test_the_ladder_is_the_big_or_loopback_runs_smallest_first():
@@ -87,7 +87,7 @@ def test_limits_of_the_biggest_run_and_the_sentences_of_those_that_stop_a_point(
     fmax = limits.filter(pl.col("setting") == "fs.file-max").row(0, named=True)
     assert fmax["this run needs"] == 60_000 + 2 * 1_000_000
     assert fmax["room (connections)"] == (2_466_177 - 60_000) // 2
-    blocks = findings.one_million(data(RUNS))
+    blocks = million_findings.one_million(data(RUNS))
     assert blocks.kinds()[:3] == ["markdown", "html", "chart"]
     said = blocks.text()
     assert "sysctl -w net.netfilter.nf_conntrack_max=" in said and "--network loopback" in said
@@ -101,13 +101,13 @@ def test_a_rung_that_dropped_syns_is_marked_suspect_and_said_why():
     runs = runs_frame([noisy, record("small", 3000, 1.0, 5000, 0, network="loopback",
                                      clients=1, procs=1, max_connections=3000)])
     assert million_findings.ladder_table(runs)["times"].to_list() == ["ok", "suspect"]
-    said = findings.one_million(data(runs)).text()
+    said = million_findings.one_million(data(runs)).text()
     assert "1 point ran noisy" in said and "1,070 SYNs" in said and "the counts stand" in said
 
 
 def test_a_dataset_without_big_runs_says_how_to_get_them():
     small = RUNS.filter(pl.col("run_id") == "seed-like")
-    blocks = findings.one_million(data(small))
+    blocks = million_findings.one_million(data(small))
     assert blocks.kinds() == ["markdown"] and "config/million.yaml" in blocks.text()
 
 

@@ -1,6 +1,6 @@
-"""The report's section "Churn" (pure functions of the dataset's frames): each finished churn
-point in words, against the model, and what binds a churn point. The model and its verdict
-are tcplimits.model.churn's, recorded by each run; findings.churn lays the section out.
+"""Section 13, "Churn": each finished churn point in words, against the model, and what
+binds a churn point (pure functions of the dataset's frames); ``churn`` lays the section out.
+The model and its verdict are tcplimits.model.churn's, recorded by each run.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import churn as churn_model, fourtuple
-from tcplimits.report.render import plural
+from tcplimits.report import charts
+from tcplimits.report.blocks import Blocks, plural
+from tcplimits.report.data import Data
 from tcplimits.results import STATUS_OK
-
-def is_churn(runs: pl.DataFrame) -> pl.Series:
-    """Per run: mode churn (a dataset from before mode existed is all hold)."""
-    if "mode" not in runs.columns:
-        return pl.Series([False] * runs.height, dtype=pl.Boolean)
-    return runs["mode"].fill_null("hold") == "churn"
 
 
 def churn_label(run: Mapping[str, Any]) -> str:
@@ -146,3 +142,20 @@ def churn_mechanism() -> str:
             "picks it before the destination is known and never takes a port a TIME_WAIT "
             "socket holds: one pool of R per source address, whatever the destinations, "
             "tcp_tw_reuse no help, and the stop is EADDRINUSE at bind().")
+
+
+def churn(d: Data) -> Blocks:
+    out = Blocks().md(churn_mechanism())
+    points = churn_points(d.churn_runs)
+    if points.is_empty():
+        return out.md("This run set has no finished churn point. `snakemake --cores 4 "
+                      "--configfile config/churn.yaml` sweeps who closes first × "
+                      "`tcp_tw_reuse` × rate on a 1,000-port range.")
+    c = churn_counts(points)
+    out.md(f"**{plural(c['points'], 'churn point')}** finished: {c['stopped']:,} stopped on an "
+           f"error, {c['ran']:,} ran their full duration; **{c['agree']:,} of {c['points']:,}** "
+           "ended as the model said.")
+    out.chart(charts.churn_timeline(d.churn, churn_labels(d.churn_runs)))
+    out.chart(charts.churn_rate_vs_model(points))
+    return out.table(points.select("point", "asked", "sustained", "model_bound", "connections",
+                                   "outcome", "stopped_at_s", "model_stop_at_s", "verdict"))

@@ -1,6 +1,7 @@
-"""The report's 4-tuple sections (pure functions of the dataset's frames): "The 4-tuple,
-member by member" and "The book's claim". Every number a sentence states is read from the
-measured points; a sentence whose points the dataset lacks is left out, never guessed.
+"""Sections 9 and 10, "The 4-tuple, member by member" and "The book's claim" (pure functions
+of the dataset's frames); ``tuple_members`` and ``book_claim`` lay them out. Every number a
+sentence states is read from the measured points; a sentence whose points the dataset lacks
+is left out, never guessed.
 
 The formulas (what each member buys per bind mode) are tcplimits.model.fourtuple's; this module
 selects points, counts and words them.
@@ -13,11 +14,16 @@ from typing import Any
 
 import polars as pl
 
-from tcplimits.model import fourtuple
+from tcplimits import model
 from tcplimits.config.params import FIELDS
+from tcplimits.model import fourtuple
+from tcplimits.report import charts
+from tcplimits.report.blocks import Blocks, bullets, number
+from tcplimits.report.data import Data
+from tcplimits.results import STATUS_OK
 
 TUPLE_KEYS = ("server_ports", "server_addrs", "client_addrs", "bind_mode")
-BOOK_PORTS = 64_511  # "1024-65535" as Release It! counts it
+BOOK_PORTS = 64_511  # "1024-65535" as Release It! counts it (one short of its 64,512 ports)
 
 
 def _defaults(df: pl.DataFrame) -> pl.DataFrame:
@@ -33,8 +39,8 @@ def tuple_points(runs: pl.DataFrame, clients: pl.DataFrame) -> pl.DataFrame:
     per client address, the errno(s) it stopped with, and the model's prediction."""
     if runs.is_empty():
         return pl.DataFrame()
-    ok = _defaults(runs).filter((pl.col("status") == "ok") & (pl.col("clients") == 1)
-                                & (pl.col("predicted_limit") == "ports"))
+    ok = _defaults(runs).filter((pl.col("status") == STATUS_OK) & (pl.col("clients") == 1)
+                                & (pl.col("predicted_limit") == model.PORTS))
     errors = (clients.group_by("run_id")
               .agg(pl.col("error").drop_nulls().unique().sort().str.join(", ").alias("errno"))
               if not clients.is_empty() else pl.DataFrame({"run_id": [], "errno": []},
@@ -68,10 +74,6 @@ def find(points: pl.DataFrame, **shape: Any) -> dict | None:
     if "port_count" in shape:
         rows = rows.filter(pl.col("port_count") == shape["port_count"])
     return rows.row(0, named=True) if rows.height else None
-
-
-def _n(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.1f}"
 
 
 def member_table(points: pl.DataFrame) -> pl.DataFrame:
@@ -116,7 +118,7 @@ def member_sentences(points: pl.DataFrame) -> list[str]:
     out = []
     if base:
         out.append(f"One client address, one server address and port, plain connect(): "
-                   f"{_n(base['connections_total'])} connections of a {pool:,}-port pool, "
+                   f"{number(base['connections_total'])} connections of a {pool:,}-port pool, "
                    f"stopped by {base['errno']}.")
     for mode in (fourtuple.CONNECT, fourtuple.BIND, fourtuple.BIND_NO_PORT):
         parts, errnos = [], []
@@ -126,11 +128,11 @@ def member_sentences(points: pl.DataFrame) -> list[str]:
         for key, label in zip(MEMBERS, ("server ports", "server addresses",
                                          "client addresses")):
             for row in alone(at, mode, key).iter_rows(named=True):
-                parts.append(f"{row[key]} {label}: {_n(row['connections_total'])}")
+                parts.append(f"{row[key]} {label}: {number(row['connections_total'])}")
                 errnos.append(row["errno"])
         if not parts and not one:
             continue
-        head = f"With {mode}" + (f" (one destination: {_n(one['connections_total'])})"
+        head = f"With {mode}" + (f" (one destination: {number(one['connections_total'])})"
                                  if one else "")
         stopped = ", ".join(dict.fromkeys(e for e in errnos if e)) or "nothing recorded"
         out.append(f"{head}: " + ("; ".join(parts) or "no other point")
@@ -138,7 +140,7 @@ def member_sentences(points: pl.DataFrame) -> list[str]:
     return out
 
 
-def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[str]:
+def claim_sentences(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[str]:
     """The verdict on Release It!'s "several virtual IPs to pass 64,511 connections", from
     the measured points (``runs``: every run, for the several-client case)."""
     if points.is_empty():
@@ -150,9 +152,9 @@ def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[s
         row = addrs.row(-1, named=True)
         out.append(
             f"Needed, in one case: a single client address talking to a single server "
-            f"address and port is capped at its port pool ({_n(base['connections_total'])} "
+            f"address and port is capped at its port pool ({number(base['connections_total'])} "
             f"here, {base['errno']}); {row['server_addrs']} server addresses lift it to "
-            f"{_n(row['connections_total'])}, "
+            f"{number(row['connections_total'])}, "
             f"{row['connections_total'] / base['connections_total']:.1f} times — the book's "
             "advice is right for a proxy, load balancer or connection pool with one source "
             "address.")
@@ -160,18 +162,19 @@ def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[s
     if ports.height:
         row = ports.row(-1, named=True)
         out.append(f"Not the only way: {row['server_ports']} server ports on one address give "
-                   f"{_n(row['connections_total'])} just the same — the kernel needs a unique "
+                   f"{number(row['connections_total'])} just the same — the kernel needs a unique "
                    "4-tuple, not a unique port or address.")
     sources = alone(at, fourtuple.BIND_NO_PORT, "client_addrs")
     if sources.height:
         row = sources.row(-1, named=True)
         out.append(f"More client addresses work too, when the client binds them with "
                    f"IP_BIND_ADDRESS_NO_PORT: {row['client_addrs']} source addresses, "
-                   f"{_n(row['connections_total'])} connections toward one server port.")
+                   f"{number(row['connections_total'])} connections toward one server port.")
     plain = find(at, port_count=pool, client_addrs=2)
     if plain:
         out.append(f"Extra client addresses do nothing for plain connect(): with 2 the client "
-                   f"still holds {_n(plain['connections_total'])} (the route picks one source).")
+                   f"still holds {number(plain['connections_total'])} "
+                   "(the route picks one source).")
     bound = at.filter((pl.col("bind_mode") == fourtuple.BIND) & (pl.col("client_addrs") == 1)
                       & ((pl.col("server_addrs") > 1) | (pl.col("server_ports") > 1)))
     if bound.height:
@@ -180,13 +183,13 @@ def book_claim(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[s
             f"Not enough, in another: a client that calls bind((addr, 0)) before connect() "
             f"gets its port before the destination is known, so {row['server_addrs']} server "
             f"address(es) x {row['server_ports']} port(s) still give "
-            f"{_n(row['connections_total'])}, stopped by {row['errno']} at bind(): there "
+            f"{number(row['connections_total'])}, stopped by {row['errno']} at bind(): there "
             "only more source addresses (or IP_BIND_ADDRESS_NO_PORT) help.")
     many = most_on_one_server_port(runs)
     if many:
         out.append(f"Not needed for the server to hold many connections: every client address "
                    f"brings its own pool toward the same server address and port — "
-                   f"{many['clients']} client containers held {_n(many['connections_total'])} "
+                   f"{many['clients']} client containers held {number(many['connections_total'])} "
                    f"on one server port here ({many['run_id']}); the book's {BOOK_PORTS:,} is "
                    "a limit per client address, not per server.")
     return out
@@ -198,7 +201,7 @@ def most_on_one_server_port(runs: pl.DataFrame | None) -> dict | None:
     if runs is None or runs.is_empty():
         return None
     rows = (_defaults(runs)
-            .filter((pl.col("status") == "ok") & (pl.col("clients") > 1)
+            .filter((pl.col("status") == STATUS_OK) & (pl.col("clients") > 1)
                     & (pl.col("server_addrs") == 1) & (pl.col("server_ports") == 1))
             .sort("connections_total", descending=True))
     return rows.row(0, named=True) if rows.height else None
@@ -210,3 +213,24 @@ def chart_frame(points: pl.DataFrame) -> pl.DataFrame:
         return points
     return points.select("run_id", "bind_mode", "space", "per_address", "server_ports",
                          "server_addrs", "client_addrs", "errno")
+
+
+# --- The sections -----------------------------------------------------------------------------
+
+def tuple_members(d: Data) -> Blocks:
+    out = Blocks()
+    points = tuple_points(d.runs, d.clients)
+    if not varies_tuple(points):
+        return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
+                      "has them all.")
+    out.chart(charts.tuple_space(chart_frame(points)))
+    for sentence in member_sentences(points):
+        out.md(sentence)
+    return out.table(member_table(points))
+
+
+def book_claim(d: Data) -> Blocks:
+    claim = claim_sentences(tuple_points(d.runs, d.clients), d.runs)
+    return Blocks().md(bullets(claim) if claim else
+                       "This sweep has no point that tests the claim; "
+                       "`config/fourtuple.yaml` has them.")

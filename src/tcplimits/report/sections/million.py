@@ -1,7 +1,9 @@
-"""The report's section "One host, one million" (pure functions of the dataset's runs table):
-the runs of 100,000 connections or more, or on loopback, set against the model and the host's
-limits. Every number a sentence states is read from the runs; the limits' formulas are
-tcplimits.model.hostlimits', recorded with each run. findings.one_million lays the section out.
+"""Section 12, "One host, one million" (issue 10; pure functions of the dataset's runs table):
+the runs of 100,000 connections or more, or on loopback: connections held against the model,
+what stopped each (the model's term, or the host setting), how long connecting took, and what
+a connection cost in memory and conntrack entries; then the host's limits as the biggest run
+met them. Every number a sentence states is read from the runs; the limits' formulas are
+tcplimits.model.hostlimits', recorded with each run. ``one_million`` lays the section out.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import hostlimits
-from tcplimits.report.render import plural
+from tcplimits.report import charts
+from tcplimits.report.blocks import Blocks, plural
+from tcplimits.report.data import Data
+from tcplimits.report.sections.hold import noisy_note
 
 LADDER_MIN = 100_000  # the first rung of config/million.yaml
 ROOM_IN_CONNECTIONS = {  # host settings whose room is counted in connections, for the chart
@@ -133,3 +138,35 @@ def limit_rules(run: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"limit": f"{ROOM_IN_CONNECTIONS[lim['setting']]} ({lim['setting']})",
              "connections": lim["room"]} for lim in host_limits_of(run)
             if lim["setting"] in ROOM_IN_CONNECTIONS and lim.get("room")]
+
+
+def one_million(d: Data) -> Blocks:
+    out = Blocks().md(million_headline(d.runs))
+    table = ladder_table(d.runs)
+    if table.is_empty():
+        return out
+    top = biggest(d.runs)
+    out.table(table)
+    note = noisy_note(d.runs, ladder_runs(d.runs)["run_id"].to_list(),
+                      "marked suspect in the table: the counts stand")
+    if note:
+        out.md(note)
+    if top is not None:
+        held = ladder_runs(d.runs).filter(pl.col("connections_total").is_not_null())
+        out.chart(charts.held_against_limits(held, limit_rules(top)))
+    memory = memory_sentence(d.runs)
+    if memory:
+        out.md(memory)
+    limits = limits_table(top) if top else pl.DataFrame()
+    if not limits.is_empty():
+        out.md(f"The host's limits as the biggest run ({top['run_id']}) met them. tcplimits "
+               "changes none of them; where one stops a point the run says so, with the "
+               "command that would raise it:")
+        out.table(limits)
+    said: set[str] = set()
+    for r in ladder_runs(d.runs).iter_rows(named=True):
+        for lim in hostlimits.from_record(r.get("host_limits")):
+            if lim.binds and lim.sentence() not in said:
+                said.add(lim.sentence())
+                out.md(lim.sentence())
+    return out
