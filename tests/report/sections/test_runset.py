@@ -89,3 +89,14 @@ def test_unfinished_and_rerun(d, empty):
     assert row["tcplimits run"].startswith("tcplimits run --port-range 40000-40999 --nofile 15000")
     assert "<details><summary>The 9 points" in runset.rerun(d).text()
     assert runset.rerun(empty) == []
+
+
+def test_what_it_tests_names_every_parameter_a_sweep_can_vary():
+    from tcplimits.config.grid import load_schema
+
+    can_vary = set(load_schema()["properties"]["grid"]["properties"])
+    assert set(runset.WHAT_IT_TESTS) == can_vary == set(FIELDS)  # none missing
+    assert set(runset.SWEEP_TESTS) <= can_vary                   # no stale key
+    for name, said in runset.WHAT_IT_TESTS.items():   # one text each: the sweep's or the help
+        assert said == runset.SWEEP_TESTS.get(name, FIELDS[name].help)
+        assert said != FIELDS[name].help or name not in runset.SWEEP_TESTS

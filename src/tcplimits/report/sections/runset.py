@@ -17,30 +17,24 @@ from tcplimits.report.blocks import Blocks, plural
 from tcplimits.report.data import Data, status_counts, values
 from tcplimits.results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
-# What varying each parameter tests (section 1).
-WHAT_IT_TESTS = {
+# What a sweep over a parameter tests, where that says more than what the parameter is (a
+# claim of the seed, a section's question). Every other parameter shows its help text
+# (config.params.FIELDS), which already says it.
+SWEEP_TESTS = {
     "port_range": "connections per client follow the port range (the 28,232 and 64,512 claims)",
     "nofile": "descriptors per process: the RLIMIT_NOFILE explanation",
     "procs": "processes add descriptors to a container, never ports",
     "clients": "every client address brings its own ports; the server holds their sum",
-    "server_nofile": "the server's own descriptor limit",
-    "server_workers": "server processes sharing one listening socket",
     "backlog": "the accept queue: connections the kernel completes before accept()",
-    "max_connections": "a bound the client sets itself",
-    "connect_timeout": "how long a dropped SYN is waited for",
-    "network": "a Docker bridge (the host's conntrack sees every connection) or loopback",
     "server_ports": "the 4-tuple's server port: every port a pool of its own (section 9)",
     "server_addrs": "the 4-tuple's server address, the book's virtual IPs (sections 9, 10)",
     "client_addrs": "the 4-tuple's source address: pools only where the bind mode keeps them",
     "bind_mode": "whether the source port is picked before the destination is known",
-    "mode": "connections held until the first failure, or opened and closed (churn)",
     "rate": "churn: how fast a client opens and closes, against what TIME_WAIT lets it",
-    "duration": "churn: how long a client keeps going",
-    "closer": "churn: which end closes first and so keeps the TIME_WAIT socket",
     "tw_reuse": "churn: whether connect() may take a port still in TIME_WAIT",
-    "tw_reuse_delay": "churn: how old a TIME_WAIT socket must be before it is reused",
-    "timestamps": "churn: TCP timestamps, which tcp_tw_reuse needs",
 }
+# What varying each parameter tests (section 1): every parameter a sweep can vary, in order.
+WHAT_IT_TESTS = {name: SWEEP_TESTS.get(name, field.help) for name, field in FIELDS.items()}
 
 
 # --- 1. The question --------------------------------------------------------------------------
