@@ -77,7 +77,7 @@ def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
             "asked": "max" if r["rate"] in (None, "max") else f"{int(r['rate']):,}/s",
             "sustained": r.get("churn_rate"), "model_bound": r.get("churn_predicted_rate"),
             "connections": r.get("churn_connections"),
-            "outcome": (r.get("churn_stop_error") or "error") if stopped else "DURATION",
+            "outcome": (r.get("churn_stop_error") or "error") if stopped else churn_model.DURATION,
             "stopped_at_s": r.get("churn_stopped_at_s"),
             "model_stop_after": r.get("churn_predicted_stop_after"),
             "model_stop_at_s": r.get("churn_predicted_stop_at_s"),
@@ -91,8 +91,8 @@ def churn_counts(points: pl.DataFrame) -> dict[str, int]:
     return {
         "points": points.height,
         "agree": int(points["agrees"].fill_null(False).sum()) if points.height else 0,
-        "stopped": points.filter(pl.col("outcome") != "DURATION").height,
-        "ran": points.filter(pl.col("outcome") == "DURATION").height,
+        "stopped": points.filter(pl.col("outcome") != churn_model.DURATION).height,
+        "ran": points.filter(pl.col("outcome") == churn_model.DURATION).height,
     }
 
 
@@ -113,7 +113,7 @@ def churn_answer(points: pl.DataFrame) -> str:
                                                          descending=[True, False])
         said.append(f"{plural(stopped.height, 'point')} asked for more and stopped: "
                     + ", ".join(f"{n:,} with {e}" for e, n in errnos.iter_rows())
-                    + f"; {int(stopped['agrees'].fill_null(False).sum()):,} of them after the "
+                    + f"; {churn_counts(stopped)['agree']:,} of them after the "
                     "count the model gave.")
     ran = points.filter(pl.col("outcome") == churn_model.DURATION)
     if not ran.is_empty():
