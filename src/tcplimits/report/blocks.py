@@ -1,7 +1,9 @@
 """What a report cell shows (``Blocks``) and the few ways the report words a count.
 
 Every section function returns ``Blocks``; ``plural``, ``number`` and ``bullets`` are the
-report's one way of putting a count, a measured number or a list into a sentence.
+report's one way of putting a count, a measured number or a list into a sentence (``plural``
+is the model's, ``tcplimits.model.plural``, so that the model's and the report's sentences
+count alike).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from typing import Any
 
 import polars as pl
 
+from tcplimits.model import plural
 from tcplimits.report import render
+
+__all__ = ["Blocks", "bullets", "number", "plural"]
 
 
 class Blocks(list):
@@ -47,13 +52,6 @@ class Blocks(list):
         for kind, item in self:
             display(Markdown(item) if kind == "markdown" else HTML(item) if kind == "html"
                     else item)
-
-
-def plural(count: int, word: str) -> str:
-    """"1 point", "2 points", "2 client processes"."""
-    if count == 1:
-        return f"{count:,} {word}"
-    return f"{count:,} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def number(value: float) -> str:
