@@ -279,7 +279,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
     opened per second (all client processes) and TIME_WAIT sockets on the client side and on
     the server side, against seconds since the clients started."""
     df = ensure_columns(churn, role=pl.Utf8, proc=pl.Int32, opened=pl.Int64, time_wait=pl.Int64,
-                 t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
+                        t_s=pl.Float64).filter(pl.col("run_id").is_in(list(labels)))
     opened = (df.filter(pl.col("proc").is_not_null())
               .with_columns(second=pl.col("t_s").floor())
               .group_by("run_id", "second").agg(pl.col("opened").sum().alias("value"))
@@ -293,7 +293,9 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
           .with_columns(series=pl.concat_str(pl.lit("TIME_WAIT, "), pl.col("role")))
           .drop("role"))
     cols = ["run_id", "t_s", "value", "series"]
-    long = pl.concat([opened.select(cols), tw.select(cols)]).filter(pl.col("t_s") >= 0)
+    # sorted: group_by's order is not stable, and the same data must draw the same chart
+    long = (pl.concat([opened.select(cols), tw.select(cols)]).filter(pl.col("t_s") >= 0)
+            .sort(cols))
     long = long.with_columns(point=pl.col("run_id").replace_strict(labels, default=None))
     chart = alt.Chart(long).mark_line(strokeWidth=1.5, interpolate="step-after").encode(
         x=alt.X("t_s:Q", title="seconds since the clients started"),
@@ -313,7 +315,7 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
     model's sustainable rate (black ticks; none where no port bound applies). ``points``:
     sections.churn.churn_points()."""
     df = ensure_columns(points, sustained=pl.Float64, model_bound=pl.Float64, outcome=pl.Utf8,
-                 point=pl.Utf8).filter(pl.col("sustained") > 0)
+                        point=pl.Utf8).filter(pl.col("sustained") > 0)
     y = alt.Y("point:N", title=None, sort=None, axis=alt.Axis(labelLimit=320))
     x_scale = alt.Scale(type="log")
     dots = alt.Chart(df).mark_point(filled=True, size=90).encode(
@@ -342,7 +344,7 @@ def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
     ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
     one connection per 4-tuple. ``points``: sections.fourtuple.chart_frame."""
     df = ensure_columns(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
-                 client_addrs=pl.Int64)
+                        client_addrs=pl.Int64)
     lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
     x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,
               title="4-tuple space (pool x server ports x addrs)")
