@@ -10,19 +10,14 @@ import polars as pl
 import pytest
 
 from tcplimits import results
-from tcplimits.engine import run_experiment
-from tcplimits.config.params import RunParams
-from tests.engine.helpers import labelled, unique_id
+from tests.engine.helpers import run_ok
 
 pytestmark = pytest.mark.docker
 
 
 def churn_run(engine, tmp_path, name, **values):
-    params = RunParams.from_mapping({"mode": "churn", "port_range": "40000-40999", **values})
-    record = run_experiment(params, tmp_path / name, run_id=unique_id(name), progress=False, client=engine,
-                            log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
+    record = run_ok(engine, tmp_path / name, **{"mode": "churn", "port_range": "40000-40999",
+                                                 **values})
     run_dir = tmp_path / name
     clients = pl.read_parquet(run_dir / results.CLIENTS_FILE)
     series = pl.read_parquet(run_dir / results.CHURN_FILE)

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 
 from tcplimits import results
-from tcplimits.engine import container_specs, Resolved, run_experiment
+from tcplimits.engine import container_specs, Resolved
 from tcplimits.config.params import RunParams
-from tests.engine.helpers import labelled, unique_id
+from tests.engine.helpers import run_ok
 
 pytestmark = pytest.mark.docker
 
@@ -20,10 +20,7 @@ ERRNO = {"connect": "EADDRNOTAVAIL", "bind": "EADDRINUSE", "bind-no-port": "EADD
 
 def run(engine, tmp_path, name, **values):
     values = {"port_range": RANGE, "nofile": 5000, **values}
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
-                            progress=False, client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
+    record = run_ok(engine, tmp_path / name, **values)
     clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
     pairs = pl.read_parquet(tmp_path / name / results.DESTINATIONS_FILE)
     return record, clients, pairs
@@ -170,28 +167,3 @@ def test_docker_dns_port_costs_connect_one_port_and_bind_none(engine, tmp_path):
         # One process may reach its own nofile first; the other takes the rest of the pool.
         assert ERRNO[mode] in set(clients["error"]) <= {ERRNO[mode], "EMFILE"}
     assert got == {"connect": 28232 - 1, "bind": 28232}
-
-
-@pytest.mark.parametrize("args, flag", [
-    (["--server-ports", "0"], "--server-ports"),
-    (["--server-ports", "65"], "--server-ports"),
-    (["--server-addrs", "two"], "--server-addrs"),
-    (["--server-addrs", "0"], "--server-addrs"),
-    (["--client-addrs", "-1"], "--client-addrs"),
-    (["--client-addrs", "1.5"], "--client-addrs"),
-    (["--bind-mode", "listen"], "--bind-mode"),
-    (["--bind-mode", "BIND_NO_PORT"], "--bind-mode"),
-])
-def test_bad_tuple_flags_exit_2_naming_the_flag_before_any_container(engine, tmp_path, args,
-                                                                      flag):
-    import subprocess
-    import sys
-
-    run_id = unique_id("t9-bad")
-    proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", run_id,
-                           "--out", str(tmp_path / "bad")], capture_output=True, text=True)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and flag in lines[0] and args[1] in lines[0]
-    assert not (tmp_path / "bad").exists()
-    assert labelled(engine, run_id) == ([], [])

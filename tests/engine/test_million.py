@@ -7,10 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from tests.engine.helpers import labelled, unique_id
+from tests.engine.helpers import run_ok
 
-from tcplimits.engine import run_experiment
-from tcplimits.config.params import RunParams
 
 pytestmark = pytest.mark.docker
 
@@ -19,11 +17,7 @@ LADDER = [600, 1800, 3000]
 
 
 def run(engine, tmp_path, name, **values):
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
-                            progress=False, client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
-    return record
+    return run_ok(engine, tmp_path / name, **values)
 
 
 @pytest.fixture(scope="module")

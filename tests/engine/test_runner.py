@@ -11,9 +11,8 @@ import polars as pl
 import pytest
 
 from tcplimits import ROLE_LABEL, RUN_LABEL, results
-from tcplimits.engine import probe_engine, run_experiment
-from tcplimits.config.params import RunParams
-from tests.engine.helpers import labelled, unique_id
+from tcplimits.engine import probe_engine
+from tests.engine.helpers import labelled, run_ok, unique_id
 
 pytestmark = pytest.mark.docker
 
@@ -23,10 +22,7 @@ pytestmark = pytest.mark.docker
 
 def run(engine, tmp_path, name, **values):
     values.setdefault("quiet_host_timeout", 5)  # a shared engine is seldom quiet: mark, don't wait
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=unique_id(name),
-                            progress=False, client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, record["run_id"]) == ([], []), "the run left containers or its network behind"
+    record = run_ok(engine, tmp_path / name, **values)
     clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
     server = pl.read_parquet(tmp_path / name / results.SERVER_FILE)
     return record, clients, server
@@ -139,10 +135,19 @@ def test_unsupported_nofile_is_refused_and_recorded(engine, tmp_path):
     (["--clients", "0"], "--clients"),
     (["--procs", "-2"], "--procs"),
     (["--procs", "1.5"], "--procs"),
+    # the 4-tuple's flags
+    (["--server-ports", "0"], "--server-ports"),
+    (["--server-ports", "65"], "--server-ports"),
+    (["--server-addrs", "two"], "--server-addrs"),
+    (["--server-addrs", "0"], "--server-addrs"),
+    (["--client-addrs", "-1"], "--client-addrs"),
+    (["--client-addrs", "1.5"], "--client-addrs"),
+    (["--bind-mode", "listen"], "--bind-mode"),
+    (["--bind-mode", "BIND_NO_PORT"], "--bind-mode"),
 ])
 def test_bad_input_exits_2_naming_the_flag_before_any_container(engine, tmp_path, args, flag):
     # Other checkouts run containers meanwhile: count only this run's.
-    run_id = f"bad-{os.getpid()}-{time.monotonic_ns()}"
+    run_id = unique_id("bad")
     proc = subprocess.run([sys.executable, "-m", "tcplimits", "run", *args, "--run-id", run_id,
                            "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert proc.returncode == 2
