@@ -108,3 +108,54 @@ def test_clean_all_lists_and_needs_yes(monkeypatch, capsys):
 
     assert main(["clean", "--all", "--yes"]) == 0
     assert live.removed and foreign.removed
+
+
+_HIDEPID_SCRIPT = r"""
+set -eu
+mount -t proc -o hidepid=2 proc /proc
+sleep 300 &
+live=$!
+python3 - "$live" <<'PY'
+import os, subprocess, sys
+from tcplimits.engine import ownership as o
+me = o.current()
+live = int(sys.argv[1])
+dead = subprocess.Popen(["true"]); dead.wait()
+labels = [o.Owner(me.boot_id, me.pid_ns, live, o.start_time(live)).label(),
+          o.Owner(me.boot_id, me.pid_ns, dead.pid, 1).label()]
+user = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                       sys.executable, "-I", "-c",
+                       # the module alone: the other user may not read this site-packages
+                       "import sys, importlib.util as u; "
+                       "s = u.spec_from_file_location('o', sys.argv[1]); "
+                       "o = sys.modules['o'] = u.module_from_spec(s); s.loader.exec_module(o); "
+                       "print(' '.join(o.liveness(l).value for l in sys.argv[2:]))",
+                       o.__file__, *labels],
+                      capture_output=True, text=True)
+hidden = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                         "test", "-e", f"/proc/{live}"]).returncode != 0
+print(user.stdout.strip() or user.stderr.strip(), "hidden" if hidden else "visible")
+PY
+kill $live
+"""
+
+
+def test_hidepid_hides_a_live_owner_from_another_user_and_it_is_kept():
+    """/proc with hidepid=2, in a private mount and PID namespace (never the host's /proc): a
+    non-root user cannot see root's live process, which must not be judged dead; a pid the
+    kernel says is gone (ESRCH) still is."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare and setpriv")
+    proc = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+                           "sh", "-c", _HIDEPID_SCRIPT], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              p for p in sys.path if p)})
+    assert proc.returncode == 0, proc.stderr
+    live, dead, seen = proc.stdout.split()
+    assert seen == "hidden"  # hidepid took effect: the old /proc-only check said "dead"
+    assert live == "unknown"
+    assert dead == "dead"

@@ -17,6 +17,10 @@ An owner is dead only if it ran on our kernel, since this boot, in our PID names
 process with its pid and start time exists there now. Anything else (another namespace,
 another kernel or boot, an old-style or missing label, /proc unreadable) is ``UNKNOWN`` and
 is never removed by the automatic sweep; ``tcplimits clean --all --yes`` removes it by hand.
+
+A pid missing from /proc is not proof of death: /proc mounted with ``hidepid=1/2`` (a common
+hardening of shared hosts) hides other users' processes. ``kill(pid, 0)`` tells the two
+apart: ESRCH is no such process, EPERM is a process we may not signal (alive, someone else's).
 """
 
 from __future__ import annotations
@@ -102,8 +106,24 @@ def liveness(label: str | None, proc: str = "/proc") -> Liveness:
     try:
         started = start_time(owner.pid, proc)
     except FileNotFoundError:
-        return Liveness.DEAD  # no such pid in the owner's namespace, which is ours
+        # Absent, or hidden by hidepid: only the kernel's own answer proves it gone.
+        return Liveness.DEAD if _no_such_process(owner.pid) else Liveness.UNKNOWN
     except (OSError, ValueError, IndexError):
         return Liveness.UNKNOWN
     # Same pid, later start: the owner died and its pid was reused.
     return Liveness.ALIVE if started == owner.start_time else Liveness.DEAD
+
+
+def _no_such_process(pid: int) -> bool:
+    """True only when the kernel says no process has ``pid`` in our namespace (ESRCH). A
+    process we may not signal (EPERM), or that we can signal but not see in /proc, exists:
+    its start time cannot be checked, so it is not provably a different, later process."""
+    if pid <= 0:
+        return False  # 0 and negatives name process groups, not a process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists
+        return False
+    return False
