@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from tcplimits import results
 
 # What a run directory may hold: anything else means --out points somewhere that is not a
-# run directory, and --force does not clear it.
-RUN_ENTRIES = {results.RUN_JSON, *results.SCHEMAS, results.COMPOSE_FILE, results.LOGS_DIR}
+# run directory, and --force does not clear it: files by name, and logs/ (of <role>.log).
+RUN_FILES = {results.RUN_JSON, *results.SCHEMAS, results.COMPOSE_FILE}
+# Temp files of an interrupted atomic write (results._atomic: ".<name>.<random>.tmp") and of
+# the writability probe below (".probe.<random>.tmp").
+_TMP = re.compile(r"^\.(?:probe|" + "|".join(re.escape(n) for n in sorted(RUN_FILES))
+                  + r")\.[A-Za-z0-9_]+\.tmp$")
+# logs/ holds one <role>.log per container (Experiment.save_logs), or its temp file.
+_LOG = re.compile(r"^\.?(?:server|client[0-9]+)\.log(?:\.[A-Za-z0-9_]+\.tmp)?$")
 
 BYTES_FIXED = 256 * 2**10   # run.json, compose.yml, three Parquet footers, log headers
 BYTES_PER_SAMPLE = 400      # one progress line in a log (~150 B) and its Parquet row, twice over
@@ -36,9 +44,43 @@ def expected_bytes(processes: int, samples_per_process: int) -> int:
     return BYTES_FIXED + processes * (samples_per_process + 2) * BYTES_PER_SAMPLE
 
 
-def _is_run_entry(name: str) -> bool:
-    # Temp files of an interrupted atomic write (".<name>.<random>.tmp") too.
-    return name in RUN_ENTRIES or (name.startswith(".") and name.endswith(".tmp"))
+def _is_file(path: Path) -> bool:
+    """A regular file, not a symlink (lstat: a planted link is a stranger)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_run_entry(out: Path, name: str) -> bool:
+    """Is ``out/name`` something a run writes, of the kind it writes? Names alone are not
+    enough: a directory called logs/ holding anything, or a directory named like a temp
+    file, is not a run's."""
+    path = out / name
+    if name in RUN_FILES or _TMP.match(name):
+        return _is_file(path)
+    if name == results.LOGS_DIR:
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+            return all(_LOG.match(e) and _is_file(path / e) for e in os.listdir(path))
+        except OSError:
+            return False
+    return False
+
+
+def _remove_run_entries(out: Path, entries: list[str]) -> None:
+    """Unlink what a run writes, file by file; never a recursive removal (rmdir of logs/
+    fails rather than follow anything put there meanwhile)."""
+    for entry in entries:
+        path = out / entry
+        if entry == results.LOGS_DIR and not path.is_symlink() and path.is_dir():
+            for log in os.listdir(path):
+                if _LOG.match(log) and _is_file(path / log):
+                    (path / log).unlink()
+            path.rmdir()
+        elif _is_file(path):
+            path.unlink()
 
 
 def prepare(out: Path, *, force: bool, need_bytes: int) -> None:
@@ -50,7 +92,7 @@ def prepare(out: Path, *, force: bool, need_bytes: int) -> None:
         raise OutDirError(f"--out {out}: exists and is not a directory")
     entries = sorted(os.listdir(out)) if out.is_dir() else []
     if entries:
-        strangers = [e for e in entries if not _is_run_entry(e)]
+        strangers = [e for e in entries if not _is_run_entry(out, e)]
         if strangers:
             raise OutDirError(f"--out {out}: not empty and not a run directory (holds "
                               f"{', '.join(strangers[:3])}); choose an empty or new directory")
@@ -59,9 +101,7 @@ def prepare(out: Path, *, force: bool, need_bytes: int) -> None:
             raise OutDirError(f"--out {out}: already holds "
                               + (f"run {earlier}" if earlier else "an earlier run's files")
                               + "; pass --force to replace it, or choose another directory")
-        for entry in entries:
-            path = out / entry
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        _remove_run_entries(out, entries)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".probe.", suffix=".tmp") as probe:
@@ -92,9 +132,9 @@ def clear(out: Path) -> None:
     if not out.is_dir():
         return
     for entry in os.listdir(out):
-        if _is_run_entry(entry):
-            path = out / entry
+        # Our own logs go even from a logs/ that holds something else too (it stays).
+        if _is_run_entry(out, entry) or entry == results.LOGS_DIR:
             try:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                _remove_run_entries(out, [entry])
             except OSError:
                 pass
