@@ -322,3 +322,40 @@ def test_the_schema_ships_in_the_package(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         shipped = z.read("tcplimits/config/schemas/config.schema.yaml").decode()
     assert shipped == grid.SCHEMA_PATH.read_text()
+
+
+@pytest.mark.parametrize("text", [".nan", ".NaN", ".inf", "-.inf"])
+@pytest.mark.parametrize("where", ["experiment: {{timeout: {v}}}\ngrid: {{nofile: [10]}}",
+                                   "grid: {{quiet_host_timeout: [1, {v}]}}",
+                                   "points: [{{connect_timeout: {v}}}]",
+                                   "grid: {{mode: [churn], duration: [{v}]}}"])
+def test_yaml_nan_and_infinity_are_refused_by_the_schema_and_points(where, text):
+    config = yaml.safe_load(where.format(v=text))
+    for check in (grid.validate_config, grid.points):
+        with pytest.raises(grid.ConfigError, match="expected a finite number"):
+            check(config)
+
+
+def test_a_grid_too_big_is_refused_before_it_is_expanded(monkeypatch):
+    import itertools
+
+    config = {"grid": {k: v for k, v in {
+        "nofile": list(range(100, 110)), "procs": list(range(1, 11)),
+        "clients": list(range(1, 11)), "backlog": list(range(10, 20)),
+        "tw_reuse": [0, 1, 2], "connect_timeout": [1.0, 2.0, 3.0]}.items()}}
+    monkeypatch.setattr(itertools, "product", lambda *a: pytest.fail("expanded the grid"))
+    with pytest.raises(grid.ConfigError) as err:
+        grid.points(config)
+    assert str(err.value) == ("config grid='10 nofile x 10 procs x 10 clients x 10 backlog x "
+                              "3 tw_reuse x 3 connect_timeout, 0 points, 1 repetition(s)': "
+                              "90,000 runs; at most 10,000: split the sweep into several "
+                              "configs")
+
+
+def test_repetitions_count_against_the_cap():
+    config = {"grid": {"nofile": list(range(100, 200))}, "points": [{"nofile": 7}],
+              "repetitions": 99}
+    assert len(grid.points({**config, "repetitions": 2})) == 202
+    assert len(grid.points({**config, "repetitions": 99})) == 9_999  # 101 x 99
+    with pytest.raises(grid.ConfigError, match="10,098 runs; at most 10,000"):
+        grid.points({**config, "repetitions": 99, "grid": {"nofile": list(range(100, 201))}})

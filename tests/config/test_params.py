@@ -168,3 +168,34 @@ def test_port_count_is_counted_once_both_ends_included():
     assert port_count((40000, 40000)) == 1
     with pytest.raises(ParamError):
         port_count("60999-32768")
+
+
+FLOAT_FIELDS = [name for name, f in FIELDS.items() if f.kind == "float"]
+
+
+@pytest.mark.parametrize("key", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999",
+                                   float("nan"), float("inf")])
+def test_nan_and_infinity_are_refused_for_every_float(key, value):
+    """NaN passes every bound (each comparison is false): --timeout nan disabled every
+    deadline, --quiet-host-timeout nan busy-looped forever."""
+    with pytest.raises(ParamError) as err:
+        RunParams.from_mapping({key: value, **({"mode": "churn"} if key == "duration" else {})},
+                               flag_names=True)
+    assert err.value.key == FIELDS[key].flag
+    assert "finite" in err.value.reason
+
+
+@pytest.mark.parametrize("flag", [FIELDS[k].flag for k in FLOAT_FIELDS])
+def test_cli_refuses_nan_before_any_container(flag, tmp_path, capsys, monkeypatch):
+    import docker
+
+    from tcplimits.cli import main
+
+    monkeypatch.setattr(docker, "from_env", lambda: pytest.fail("reached the engine"))
+    churn = ["--mode", "churn"] if flag == "--duration" else []
+    assert main(["run", flag, "nan", *churn, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tcplimits run: {flag} 'nan': expected a finite number (not NaN or "
+                   "infinity)")
+    assert not (tmp_path / "run").exists()

@@ -30,6 +30,10 @@ ID_KEYS = {"port_range": "ports", "nofile": "nofile", "clients": "clients", "pro
 NON_PHYSICAL = frozenset({"timeout", "connect_timeout", "quiet_host_timeout",
                           "quiet_host_sockets"})
 MAX_ID_LENGTH = 128  # what `tcplimits run --run-id` accepts
+# Runs one config may ask for (grid combinations and points, times repetitions), counted
+# before anything is expanded: a few lists of ten values multiply into millions of points
+# (gigabytes in memory), and at seconds to minutes a run, 10,000 runs is already weeks.
+MAX_RUNS = 10_000
 # Wall time a batch job asks for beyond the run's own timeout: building the image on a node
 # that has none (debootstrap, about a minute here), setup and teardown.
 JOB_MARGIN_MINUTES = 10
@@ -89,14 +93,26 @@ def _where(path) -> str:
     return out or "(top level)"
 
 
+def _validator_class():
+    """Draft 2020-12 where a "number" is finite: YAML's .nan passes every minimum and
+    maximum (each comparison is false), and .inf is no number of seconds."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "number", lambda checker, value: base.TYPE_CHECKER.is_type(value, "number")
+        and not (isinstance(value, float) and not math.isfinite(value)))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
 def validate_config(config: dict, schema: dict | None = None) -> None:
     """Raise ConfigError naming the key and value of the first problem: the JSON schema's
-    checks (types, bounds, unknown keys), then RunParams' (reversed or out-of-range port
-    ranges) on every grid value, point and the experiment defaults."""
+    checks (types, finite numbers, bounds, unknown keys), then RunParams' (reversed or
+    out-of-range port ranges) on every grid value, point and the experiment defaults."""
     import jsonschema
 
     schema = load_schema() if schema is None else schema
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator_class()(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         where = list(error.absolute_path)
@@ -107,7 +123,9 @@ def validate_config(config: dict, schema: dict | None = None) -> None:
             raise ConfigError(_where(where + [key]), error.instance[key],
                               f"unknown key (known: {', '.join(known)})")
         reason = error.message
-        if error.validator in ("oneOf", "pattern") and error.schema.get("description"):
+        if isinstance(error.instance, float) and not math.isfinite(error.instance):
+            reason = "expected a finite number (not NaN or infinity)"
+        elif error.validator in ("oneOf", "pattern") and error.schema.get("description"):
             reason += f" (expected: {error.schema['description'].strip()})"
         raise ConfigError(_where(where), error.instance, reason)
     _semantic_checks(config)
@@ -168,12 +186,20 @@ def points(config: dict) -> list[Point]:
     validate_config(config)
     base = dict(config.get("experiment") or {})
     lists = config.get("grid") or {}
+    repetitions = config.get("repetitions", 1)
+    asked = (math.prod(len(v) for v in lists.values()) if lists else 0) \
+        + len(config.get("points") or [])
+    if asked * repetitions > MAX_RUNS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in lists.items())
+        raise ConfigError("grid", f"{sizes or 'no lists'}, {len(config.get('points') or [])} "
+                          f"points, {repetitions} repetition(s)",
+                          f"{asked * repetitions:,} runs; at most {MAX_RUNS:,}: split the "
+                          "sweep into several configs")
     combos: list[tuple[str, dict]] = []  # (where it comes from, its values)
     if lists:
         combos += [("grid", dict(zip(lists, values)))
                    for values in itertools.product(*lists.values())]
     combos += [(f"points[{i}]", dict(p)) for i, p in enumerate(config.get("points") or [])]
-    repetitions = config.get("repetitions", 1)
 
     by_id: dict[str, tuple[str, Point]] = {}
     for where, values in combos:

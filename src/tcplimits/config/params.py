@@ -9,6 +9,7 @@ the point ids follow from them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +219,7 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
         if not isinstance(value, int):
             raise ParamError(key, value, "expected an integer")
     else:  # float
+        given = value
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -226,6 +228,10 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
         if not isinstance(value, (int, float)):
             raise ParamError(key, value, "expected a number")
         value = float(value)
+        # NaN passes every bound (each comparison is false): --timeout nan would disable
+        # every deadline. Infinity is no number of seconds either.
+        if not math.isfinite(value):
+            raise ParamError(key, given, "expected a finite number (not NaN or infinity)")
     if field.minimum is not None and value < field.minimum:
         raise ParamError(key, value, f"must be at least {field.minimum:g}")
     if field.maximum is not None and value > field.maximum:
