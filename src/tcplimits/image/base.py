@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -36,6 +37,14 @@ BASE_ENV = "TCPLIMITS_BASE_IMAGE"
 # one must not cost a long network timeout before we fall back to the Debian base.
 PULL_ANSWER_SECONDS = 10.0
 
+# Bounds on the base build's commands: debootstrap took about a minute here (a slow mirror may
+# take several); past these, something hangs, and the run says so rather than wait forever.
+DEBOOTSTRAP_TIMEOUT_S = 1800
+TAR_TIMEOUT_S = 600
+# Release files are checked against Debian's archive keys (package debian-archive-keyring):
+# an unsigned or wrongly signed mirror fails the build instead of passing with a warning.
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
 # Dockerfile instructions applied to the imported debootstrap tree: a plain import has
 # no environment, so PATH must be set for `python3` to be found.
 DEBIAN_BASE_CHANGES = [
@@ -57,6 +66,22 @@ def local_image(client: docker.DockerClient, ref: str) -> docker.models.images.I
         return client.images.get(ref)
     except docker.errors.ImageNotFound:
         return None
+
+
+def local_base(client: docker.DockerClient) -> str | None:
+    """The base ensure_base would pick, if it is already in the engine's cache (no pull, no
+    build: nothing that needs the build lock); None otherwise."""
+    chosen = os.environ.get(BASE_ENV)
+    if chosen:
+        return chosen if local_image(client, chosen) is not None else None
+    if local_image(client, DEFAULT_BASE) is not None:
+        return DEFAULT_BASE
+    try:
+        _, suite = mirror_from_apt_sources(codename=host_codename())
+    except NoDebianArchive:
+        return None
+    tag = f"{BASE_REPO}:debian-{suite}"
+    return tag if local_image(client, tag) is not None else None
 
 
 def ensure_base(client: docker.DockerClient, *, base: str | None = None,
@@ -147,19 +172,25 @@ def build_debian_base(client: docker.DockerClient, mirror: str, suite: str, tag:
                          f"`tcplimits image` once as root, or set {BASE_ENV} to a local "
                          f"image that has python3")
     debootstrap = debootstrap_path()
+    if not DEBIAN_KEYRING.is_file():
+        raise ImageError(f"Debian's archive keyring {DEBIAN_KEYRING} is missing, so the mirror's "
+                         "signatures cannot be checked: install it (as root: `apt-get install "
+                         f"debian-archive-keyring`), or set {BASE_ENV} to a local image that "
+                         "has python3")
     log(f"building Debian base from {mirror} ({suite}), takes a few minutes once")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tcplimits-base-"))
     try:
         root = workdir / "root"
-        _run([debootstrap, "--variant=minbase", "--include=python3", suite, str(root), mirror],
-             what="debootstrap")
+        _run([debootstrap, "--variant=minbase", "--include=python3",
+              f"--keyring={DEBIAN_KEYRING}", "--force-check-gpg", suite, str(root), mirror],
+             what="debootstrap", timeout=DEBOOTSTRAP_TIMEOUT_S, log=log)
         _trim_tree(root)
         tarball = workdir / "rootfs.tar"
         # /dev is left empty: the engine mounts its own, and device nodes in a layer
         # are refused by some storage drivers.
         _run(["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root),
-              "-cf", str(tarball), "."], what="tar")
+              "-cf", str(tarball), "."], what="tar", timeout=TAR_TIMEOUT_S, log=log)
         log(f"importing {tag}")
         repository, name = parse_repository_tag(tag)
         try:
@@ -192,12 +223,33 @@ def _which_debootstrap() -> str | None:
     return shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
 
 
-def _run(cmd: list[str], *, what: str) -> None:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace")
+def _run(cmd: list[str], *, what: str, timeout: float, log: Log = print) -> None:
+    """Run a command in its own process group, within ``timeout`` seconds. Its warnings
+    (debootstrap's "W:" lines) are shown; on a timeout, an error or an interruption (SIGTERM
+    raised as an exception), the whole group is killed: debootstrap's chroot and dpkg too."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except BaseException as err:
+        _kill_group(proc)
+        if isinstance(err, subprocess.TimeoutExpired):
+            raise ImageError(f"{what} did not finish within {timeout:.0f} s; stopped it") from None
+        raise
+    for line in output.splitlines():
+        if line.startswith("W:"):
+            log(f"{what}: {line}")
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.rstrip().splitlines()[-20:])
+        tail = "\n".join(output.rstrip().splitlines()[-20:])
         raise ImageError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _trim_tree(root: Path) -> None:
@@ -225,9 +277,13 @@ def _remove_tree(path: Path, log: Log) -> None:
     A killed debootstrap can leave /proc, /sys or bind-mounted /dev nodes mounted inside
     the tree; those are unmounted first, and --one-file-system keeps rm on the tree itself.
     """
-    for mount in sorted(_mounts_under(path), reverse=True):
-        subprocess.run(["umount", "-l", mount], capture_output=True)
-    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)
+    try:
+        for mount in sorted(_mounts_under(path), reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, timeout=60)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True,
+                       timeout=TAR_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass  # said below
     if path.exists():
         log(f"could not delete {path} completely; remove it by hand")
 

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import docker
 import docker.errors
 
 from tcplimits import LABEL
-from tcplimits.image.base import ImageError, Log, ensure_base, local_image
+from tcplimits.image.base import ImageError, Log, ensure_base, local_base, local_image
 
 __all__ = ["AGENT_REPO", "ImageError", "agent_files", "ensure_base", "ensure_image", "image_tag"]
 
@@ -30,6 +31,10 @@ AGENTS_DIR = PACKAGE_DIR / "agents"
 DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 
 AGENT_REPO = "tcplimits-agent"
+# A Debian base takes minutes to build once; a lock held far longer is a stuck holder, and a
+# run should say so and whom rather than hang.
+LOCK_TIMEOUT_S = 1800.0
+LOCK_POLL_S = 0.5
 
 
 def agent_files() -> list[Path]:
@@ -64,6 +69,11 @@ def ensure_image(client: docker.DockerClient, *, rebuild: bool = False,
     files = agent_files()
     if not files:
         raise ImageError(f"no agent programs (*.py) in {AGENTS_DIR}: reinstall tcplimits")
+    if not rebuild:  # the usual case, the image exists: no lock to take
+        base = local_base(client)
+        found = local_image(client, image_tag(client.images.get(base).id)) if base else None
+        if found is not None:
+            return found
     with _build_lock(log):
         return _ensure_image_locked(client, files, rebuild, log)
 
@@ -96,25 +106,68 @@ def _ensure_image_locked(client: docker.DockerClient, files: list[Path], rebuild
     return image
 
 
+def lock_dir() -> Path:
+    """A directory of this user's alone for the build lock: $XDG_RUNTIME_DIR/tcplimits, else
+    /tmp/tcplimits-<uid>. Per user, so that no other user can hold our lock (and hang our
+    runs) or plant a link at its path. Refused unless it is a real directory, ours, that
+    nobody else may write."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = (Path(runtime) / "tcplimits" if runtime
+            else Path(tempfile.gettempdir()) / f"tcplimits-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise ImageError(f"cannot make the build lock's directory {path}: "
+                         f"{err.strerror or err}") from err
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                "not a directory" if not stat.S_ISDIR(st.st_mode) else
+                f"owned by uid {st.st_uid}" if st.st_uid != os.geteuid() else
+                f"writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+        raise ImageError(f"the build lock's directory {path} is {what}: not this user's own; "
+                         "remove it, or set XDG_RUNTIME_DIR to a private directory")
+    return path
+
+
 @contextmanager
-def _build_lock(log: Log) -> Iterator[None]:
-    """Serialise builds across processes: parallel runs must not build the same image twice."""
-    path = Path(tempfile.gettempdir()) / "tcplimits-image.lock"
+def _build_lock(log: Log, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialise this user's builds: parallel runs must not build the same image twice. The
+    holder writes who it is into the lock file, so that a waiter past ``timeout`` names it."""
+    path = lock_dir() / "image.lock"
+    # O_NOFOLLOW: a link planted at the path is refused, never followed.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        # Someone else's lock file we may not open: building unlocked beats failing.
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another tcplimits process building the image ({path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise ImageError(f"the build lock {path} is not this user's: remove it")
+        end, waiting = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    log(f"waiting for {_holder(fd)}, building the image ({path})")
+                    waiting = True
+                if time.monotonic() >= end:
+                    raise ImageError(f"gave up after {timeout:.0f} s waiting for the build lock "
+                                     f"{path}, held by {_holder(fd)}; if that process is stuck, "
+                                     "stop it") from None
+                time.sleep(LOCK_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+                  .encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as the holder wrote it into the file."""
+    said = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    return f"tcplimits process {said}" if said else "another tcplimits process"
 
 
 def _write_context(context: Path, files: Iterable[Path]) -> None:
