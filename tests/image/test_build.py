@@ -81,6 +81,17 @@ def test_codename_is_preferred_over_an_earlier_plain_suite(tmp_path):
     assert mirror_from_apt_sources([third_party, debian], codename="bookworm") == (MIRROR, "bookworm")
 
 
+def test_debian_main_is_preferred_over_dockers_own_repository(tmp_path):
+    """A standard Docker-on-Debian install: Docker's repository, same suite, listed first."""
+    docker = write(tmp_path / "docker.list", "deb [arch=amd64 signed-by=/etc/apt/keyrings/"
+                   f"docker.asc] {OTHER}/linux/debian bookworm stable\n")
+    debian = write(tmp_path / "debian.sources", f"Types: deb\nURIs: {MIRROR}\n"
+                   "Suites: bookworm bookworm-updates\nComponents: main\n")
+    for codename in (None, "bookworm"):
+        assert mirror_from_apt_sources([docker, debian], codename=codename) == (MIRROR,
+                                                                                 "bookworm")
+
+
 def test_one_line_and_deb822_files_mix(tmp_path):
     empty = write(tmp_path / "sources.list", "# moved to sources.list.d\n")
     deb822 = write(tmp_path / "debian.sources",

@@ -26,34 +26,35 @@ def mirror_from_apt_sources(paths: Iterable[Path | str] | None = None,
 
     Reads one-line `.list` files and deb822 `.sources` files (default: the host's). The
     main archive is a `deb` entry whose suite is a plain codename such as `bookworm`, not
-    `bookworm-security` or `bookworm-updates`; one whose suite is `codename` is preferred.
+    `bookworm-security` or `bookworm-updates`. Preferred: one with the `main` component
+    (Debian's; a standard Docker-on-Debian install lists Docker's own repository, component
+    `stable`, with the same suite), then one whose suite is `codename`.
     """
     if paths is None:
         paths = [APT_SOURCES, *sorted(APT_SOURCES_DIR.glob("*.list")),
                  *sorted(APT_SOURCES_DIR.glob("*.sources"))]
     paths = [Path(p) for p in paths]
-    candidates: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str, list[str]]] = []
     for path in paths:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
         entries = _deb822_entries(text) if path.suffix == ".sources" else _one_line_entries(text)
-        for uri, suite in entries:
+        for uri, suite, components in entries:
             if _PLAIN_SUITE.fullmatch(suite) and uri.startswith(_MIRROR_SCHEMES):
-                candidates.append((uri, suite))
+                candidates.append((uri, suite, components))
     if not candidates:
         shown = ", ".join(str(p) for p in paths) or "no files"
         raise NoDebianArchive(f"no Debian archive entry (a `deb` line with a plain codename "
                               f"suite) in the apt sources ({shown})")
-    for uri, suite in candidates:
-        if suite == codename:
-            return uri, suite
-    return candidates[0]
+    # sorted() is stable: among equals, the sources' own order decides.
+    uri, suite, _ = sorted(candidates, key=lambda c: ("main" not in c[2], c[1] != codename))[0]
+    return uri, suite
 
 
-def _one_line_entries(text: str) -> list[tuple[str, str]]:
-    """(uri, suite) of each `deb` line: `deb [options] uri suite components...`."""
+def _one_line_entries(text: str) -> list[tuple[str, str, list[str]]]:
+    """(uri, suite, components) of each `deb` line: `deb [options] uri suite components...`."""
     entries = []
     for line in text.splitlines():
         words = line.split("#", 1)[0].split()
@@ -66,12 +67,12 @@ def _one_line_entries(text: str) -> list[tuple[str, str]]:
                 rest = rest[1:]
             rest = rest[1:]
         if len(rest) >= 2:
-            entries.append((rest[0], rest[1]))
+            entries.append((rest[0], rest[1], rest[2:]))
     return entries
 
 
-def _deb822_entries(text: str) -> list[tuple[str, str]]:
-    """(uri, suite) for each URI and suite of each enabled `deb` stanza."""
+def _deb822_entries(text: str) -> list[tuple[str, str, list[str]]]:
+    """(uri, suite, components) for each URI and suite of each enabled `deb` stanza."""
     entries = []
     for stanza in _deb822_stanzas(text):
         if stanza.get("enabled", "yes").lower() == "no":
@@ -79,7 +80,9 @@ def _deb822_entries(text: str) -> list[tuple[str, str]]:
         if "deb" not in stanza.get("types", "").split():
             continue
         for uri in stanza.get("uris", "").split():
-            entries.extend((uri, suite) for suite in stanza.get("suites", "").split())
+            components = stanza.get("components", "").split()
+            entries.extend((uri, suite, components)
+                           for suite in stanza.get("suites", "").split())
     return entries
 
 
