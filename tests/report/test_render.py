@@ -174,17 +174,22 @@ def test_failing_cell_fails_the_render(tmp_path):
 
 # --- helpers the .qmd uses --------------------------------------------------------------------
 
-def test_copy_dataset_fills_gaps_and_drops_stale(tmp_path):
+def test_copy_dataset_fills_gaps_and_deletes_only_what_it_wrote(tmp_path):
     src = tmp_path / "ds"
     src.mkdir()
     pl.DataFrame({"run_id": ["a"], "status": ["ok"]}).write_parquet(src / "runs.parquet")
+    pl.DataFrame({"x": [1]}).write_parquet(src / "extra.parquet")
     data = tmp_path / "out" / "data"
     data.mkdir(parents=True)
-    pl.DataFrame({"x": [1]}).write_parquet(data / "old.parquet")
+    pl.DataFrame({"x": [1]}).write_parquet(data / "theirs.parquet")
     render.copy_dataset(src, data)
-    assert sorted(p.name for p in data.iterdir()) == sorted(
-        f"{name}.parquet" for name in dataset.TABLE_NAMES)
+    tables = sorted(f"{name}.parquet" for name in dataset.TABLE_NAMES)
+    assert sorted(p.name for p in data.glob("*.parquet")) == sorted(
+        [*tables, "extra.parquet", "theirs.parquet"])
     assert pl.read_parquet(data / "clients.parquet").is_empty()
+    (src / "extra.parquet").unlink()  # the next copy drops its own stale copy, not theirs
+    render.copy_dataset(src, data)
+    assert sorted(p.name for p in data.glob("*.parquet")) == sorted([*tables, "theirs.parquet"])
 
 
 def test_load_dataset_adds_missing_columns(tmp_path):
@@ -258,3 +263,18 @@ def test_auto_engine_without_quarto_uses_nbconvert(tmp_path, monkeypatch):
     index = render.render_report(synthetic_dataset(tmp_path / "ds", "empty"), tmp_path / "out",
                                  tmp_path / "r.qmd")
     assert "ran-here" in index.read_text()
+
+
+def test_a_hanging_quarto_is_stopped(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    fake = tmp_path / "bin" / "quarto"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    source = tmp_path / "r.qmd"
+    source.write_text("# r\n")
+    with pytest.raises(subprocess.TimeoutExpired):
+        render.render_with_quarto(source, tmp_path, timeout=1)

@@ -49,18 +49,27 @@ def load_dataset(data_dir: str | Path) -> dict[str, pl.DataFrame]:
 
 def copy_dataset(dataset_dir: Path, data_dir: Path) -> Path:
     """Copy the dataset's Parquet files into ``data_dir``, each written atomically. A table
-    the dataset lacks is written empty and any other old file removed, so ``data_dir`` holds
-    exactly what the report was built from."""
+    the dataset lacks is written empty. What an earlier copy wrote and this one does not is
+    removed, and only that: the copies are listed in ``data_dir/.tcplimits-copied``, so a
+    file someone else put in ``data_dir`` is never deleted."""
+    manifest = data_dir / ".tcplimits-copied"
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        before = set(manifest.read_text().split())
+    except OSError:
+        before = set()
     sources = {p.name: p for p in sorted(Path(dataset_dir).glob("*.parquet"))}
+    written = set(sources)
     for name in dataset.TABLE_NAMES:
         if f"{name}.parquet" not in sources:
             write_parquet(pl.DataFrame(schema=dataset.SCHEMAS[name]), data_dir / f"{name}.parquet")
+            written.add(f"{name}.parquet")
     for name, path in sources.items():
         write_parquet(pl.read_parquet(path), data_dir / name)
-    for stale in data_dir.glob("*.parquet"):
-        if stale.name not in sources and stale.stem not in dataset.TABLE_NAMES:
-            stale.unlink()
+    write_text("".join(f"{name}\n" for name in sorted(written)), manifest)
+    for stale in sorted(before - written):
+        if Path(stale).name == stale and stale.endswith(".parquet"):  # a plain name of ours
+            (data_dir / stale).unlink(missing_ok=True)
     return data_dir
 
 
@@ -150,15 +159,16 @@ def quarto_version() -> tuple[int, ...]:
     exe = shutil.which("quarto")
     if not exe:
         return ()
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
     return tuple(int(n) for n in re.findall(r"\d+", out)[:2])
 
 
-def render_with_quarto(source: Path, data_dir: Path) -> str:
-    """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV."""
+def render_with_quarto(source: Path, data_dir: Path, *, timeout: int = 1800) -> str:
+    """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV;
+    stopped after ``timeout`` seconds (subprocess.TimeoutExpired) rather than hang."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
         subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp],
-                       check=True, env={**os.environ, DATA_ENV: str(data_dir)})
+                       check=True, env={**os.environ, DATA_ENV: str(data_dir)}, timeout=timeout)
         # --output-dir is honoured for projects; a lone file may still land beside its source.
         for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
             if page.exists():
