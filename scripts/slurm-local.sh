@@ -21,7 +21,10 @@
 # Why slurmdbd and MariaDB: snakemake-executor-plugin-slurm asks `sacct` for the state of
 # its jobs (its default, and what real clusters offer); sacct needs the accounting daemon,
 # which needs a database. The node's CPUs and memory are the machine's (`slurmd -C`).
-# Needs root (slurmd runs jobs as their user; the daemons run as root here).
+# Needs root (slurmd runs jobs as their user; the daemons run as root here). The state
+# directory and the munge key must be root's own: start, stop and status refuse anything
+# else (in /var/tmp, which every user may write, another user could make them first and so
+# hold the key that root's cluster trusts).
 set -euo pipefail
 
 state=${TCPLIMITS_SLURM_STATE:-/var/tmp/tcplimits-slurm}
@@ -66,6 +69,46 @@ running_pid() {
   return 0
 }
 
+# refuse PATH WHY: unless PATH is root's own and nobody else may write it
+root_only() {
+  local path=$1 owner mode
+  [[ -L $path ]] && die "$path is a symbolic link; it must be root's own: remove it and start again"
+  read -r owner mode < <(stat -c '%u %a' -- "$path")
+  [[ $owner == 0 ]] || die "$path belongs to uid $owner, not root: another user may have made" \
+    "it to forge the cluster's credentials; remove it and start again"
+  (( (8#$mode & 8#022) == 0 )) || die "$path is writable by others (mode $mode); remove it and" \
+    "start again"
+}
+
+# The state directory, its folders and the munge key: root's own, or nothing is started.
+check_state() {
+  local parent entry key=$state/munge/munge.key mode powner pmode
+  if [[ ! -e $state && ! -L $state ]]; then
+    [[ ${1:-} == create ]] || return 0
+    parent=$(dirname -- "$state")
+    read -r powner pmode < <(stat -c '%u %a' -- "$parent")
+    # Its parent may be writable by others only when sticky (/var/tmp): then nobody else can
+    # rename or replace what root makes in it.
+    if [[ $powner != 0 ]] || (( (8#$pmode & 8#022) != 0 && (8#$pmode & 8#1000) == 0 )); then
+      die "$parent is not root's own, or others may replace entries in it (mode $pmode):" \
+        "choose another TCPLIMITS_SLURM_STATE"
+    fi
+    mkdir -m 700 -- "$state"
+  fi
+  root_only "$state"
+  for entry in "$state"/*; do
+    [[ -e $entry || -L $entry ]] || continue
+    root_only "$entry"
+  done
+  if [[ -e $key || -L $key ]]; then
+    root_only "$key"
+    [[ -f $key ]] || die "$key is not a regular file: remove it and start again"
+    mode=$(stat -c %a -- "$key")
+    [[ $mode == 600 || $mode == 400 ]] || die "$key has mode $mode, readable by others:" \
+      "whoever read it can forge credentials; remove it and start again"
+  fi
+}
+
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND until it succeeds
   local seconds=$1 what=$2 i
   shift 2
@@ -77,7 +120,8 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND until it succeeds
 }
 
 write_config() {
-  mkdir -p "$state"/{etc,run,log,ctld,slurmd,munge,mysql}
+  # 755 whatever the umask: check_state refuses folders others may write
+  mkdir -p -m 755 "$state"/{etc,run,log,ctld,slurmd,munge,mysql}
   # Other users reach the munge socket (jobs run as their submitter); the key stays 0600.
   chmod 755 "$state" "$state/munge"
   local cpus memory
@@ -305,9 +349,9 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
+  start) check_state create; start ;;
+  stop) check_state; stop ;;
+  status) check_state; status ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
