@@ -1,5 +1,11 @@
 """Engine facts every run records: versions, kernel, conntrack room, and the highest nofile
-the engine gives a container (measured once per engine by bisection, then cached)."""
+the engine gives a container.
+
+Only the nofile cap is cached (measured by bisection over ~20 container starts, once per
+engine id, version and kernel: none of it can change without changing the key). Everything
+an operator can change between two runs (nf_conntrack_max above all: the report tells them
+how) is read again for each run; a cache that cannot be read or does not hold a plausible
+cap for this engine is measured again."""
 
 from __future__ import annotations
 
@@ -75,32 +81,64 @@ def _read_in_container(client, image: str, path: str) -> str | None:
         container.remove(force=True)
 
 
+def _cached_cap(cache: Path, key: str) -> dict | None:
+    """The cache's entry if it is this engine's and holds a plausible cap, else None."""
+    try:
+        entry = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None  # another engine's, or written before the key was kept in it
+    cap = entry.get("engine_nofile_cap")
+    if not isinstance(cap, int) or isinstance(cap, bool) or not 1024 <= cap <= NOFILE_MAX:
+        return None
+    return entry
+
+
+def conntrack_max(client, image: str | None, local: bool) -> int | None:
+    """nf_conntrack_max now: the host's /proc when the engine is on this machine (one global
+    value, which every namespace shows), else as a container reads it."""
+    if local:
+        from tcplimits.engine.footprint import read_sysctl
+
+        value = read_sysctl(CONNTRACK_MAX)
+        return value if isinstance(value, int) else None
+    text = _read_in_container(client, image, f"/proc/sys/{proc_sys(CONNTRACK_MAX)}")
+    return int(text) if text and text.isdigit() else None
+
+
 def probe_engine(client, *, image: str | None = None, refresh: bool = False,
-                 log: Log = stderr_log) -> dict[str, Any]:
-    """Engine facts every run records. The nofile cap takes ~20 container starts to measure,
-    so it is cached per engine (id, version, kernel); `tcplimits probe --refresh` redoes it."""
+                 log: Log = stderr_log, local: bool | None = None) -> dict[str, Any]:
+    """Engine facts every run records, read now; the nofile cap from the cache (``refresh``,
+    `tcplimits probe --refresh`, measures it again). ``local``: the engine runs on this
+    machine (default: judged from the client's address)."""
+    from tcplimits.engine.host import engine_is_local
+
     info = client.info()
     version = client.version()
     key = f"{info.get('ID', '')}-{version.get('Version')}-{info.get('KernelVersion')}"
-    cache = _cache_dir() / f"engine-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
-    if cache.exists() and not refresh:
-        return json.loads(cache.read_text())
-    if image is None:
+    # Not the engine-*.json of earlier versions (all facts): their readers would take this.
+    cache = _cache_dir() / f"nofile-cap-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    local = engine_is_local(client.api.base_url) if local is None else local
+    entry = None if refresh else _cached_cap(cache, key)
+    if image is None and (entry is None or not local):
         from tcplimits.image import ensure_image
 
         image = ensure_image(client, log=log).id
-    log("measuring the engine's nofile cap (once per engine; cached)...")
-    conntrack = _read_in_container(client, image, f"/proc/sys/{proc_sys(CONNTRACK_MAX)}")
-    facts = {
+    if entry is None:
+        log("measuring the engine's nofile cap (once per engine; cached)...")
+        entry = {"key": key, "engine_nofile_cap": measure_nofile_cap(client, image),
+                 "measured_at": now()}
+        results.write_json(entry, cache)
+    return {
         "kernel": info.get("KernelVersion"),
         "docker_version": version.get("Version"),
         "api_version": version.get("ApiVersion"),
         "storage_driver": info.get("Driver"),
         "cgroup_version": info.get("CgroupVersion"),
         "engine_id": info.get("ID"),
-        "engine_nofile_cap": measure_nofile_cap(client, image),
-        "nf_conntrack_max": int(conntrack) if conntrack and conntrack.isdigit() else None,
-        "measured_at": now(),
+        "engine_nofile_cap": entry["engine_nofile_cap"],
+        "nofile_cap_measured_at": entry.get("measured_at"),
+        "nf_conntrack_max": conntrack_max(client, image, local),
+        "read_at": now(),
     }
-    results.write_json(facts, cache)
-    return facts
