@@ -204,6 +204,23 @@ def test_conntrack_entries_counts_only_the_runs_original_direction(tmp_path):
     assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path / "missing") is None
 
 
+def test_conntrack_entries_reads_the_table_without_holding_it(tmp_path):
+    """A million-connection table is ~300 MB of text: it is streamed, not read whole."""
+    import tracemalloc
+
+    line = ("ipv4     2 tcp      6 431999 ESTABLISHED src=172.18.0.3 dst=172.18.0.2 "
+            "sport=40000 dport=5000 src=172.18.0.2 dst=172.18.0.3 sport=5000 dport=40000 "
+            "[ASSURED] mark=0 zone=0 use=2\n")
+    write(tmp_path / "net/nf_conntrack", line * 50_000)  # 8 MB
+    tracemalloc.start()
+    try:
+        assert footprint.conntrack_entries("172.18.0.2", 5000, tmp_path) == 50_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
 def test_loopback_refuses_extra_addresses_which_need_a_bridge():
     for name in ("server_addrs", "client_addrs"):
         with pytest.raises(ParamError, match=name):

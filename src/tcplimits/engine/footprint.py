@@ -168,16 +168,17 @@ def per_connection(before: dict[str, Any], held: dict[str, Any],
 def conntrack_entries(server_ip: str, port: int, proc: Path = PROC) -> int | None:
     """Entries of the host's conntrack table for connections to ``server_ip``:``port`` (the
     run's own, whatever else the host tracks), or None when /proc/net/nf_conntrack cannot be
-    read (root only)."""
-    text = _read(proc / "net/nf_conntrack")
-    if text is None:
-        return None
+    read (root only). Read line by line: the table may hold millions of entries (~300 bytes
+    each), never to be taken into memory at once."""
     needle, dport = f" dst={server_ip} ", f" dport={port} "
     count = 0
-    for line in text.splitlines():
-        first = line.find(" src=", line.find(" src=") + 1)  # the reply tuple starts here
-        head = (line if first < 0 else line[:first]) + " "
-        if needle in head and dport in head:
-            count += 1
+    try:
+        with open(proc / "net/nf_conntrack", errors="replace") as table:
+            for line in table:
+                first = line.find(" src=", line.find(" src=") + 1)  # the reply tuple's start
+                head = (line if first < 0 else line[:first]) + " "
+                if needle in head and dport in head:
+                    count += 1
+    except OSError:
+        return None
     return count
-
