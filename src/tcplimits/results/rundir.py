@@ -168,8 +168,17 @@ def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process's umask, read without setting it: os.umask(0) then back would leave a
+    moment in which another thread creates files open to everyone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # no /proc (or a kernel before 4.7): the usual default
 
 
 def _atomic(path: Path, write) -> None:
@@ -178,7 +187,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
