@@ -90,3 +90,47 @@ def test_the_report_lists_damaged_and_failed_runs_with_their_reasons(tmp_path):
                     findings.comparison_table, findings.latency, findings.server_side,
                     findings.unfinished, findings.rerun, findings.conclusion):
         section(d)  # none of them fails on a sweep with damaged runs
+
+
+BAD_RECORDS = {  # what a hand edit or another version may leave in run.json
+    "params-text": lambda r: r.update(params="port_range=1-2"),
+    "prediction-list": lambda r: r.update(prediction=[1, 2]),
+    "status-unknown": lambda r: r.update(status="great"),
+    "nan-total": lambda r: r["totals"].update(connections=float("nan")),
+    "held-list": lambda r: r.update(held_ports=[1, 2]),
+    "limits-text": lambda r: r.update(host_limits=["conntrack"]),
+    "at-connect-list": lambda r: r.update(host_tcp={"at_connect": [1]}),
+    "churn-verdict-list": lambda r: r.update(churn={"verdict": [1]}),
+    "top-level-list": lambda r: (r.clear(), r.update({"_": None})),
+}
+
+
+def test_a_bad_run_json_is_a_failed_run_with_its_reason_not_a_failed_report(tmp_path, capsys):
+    root = tmp_path / "runs"
+    params = RunParams(port_range="40000-40999")
+    dirs = []
+    for name, damage in {"good": lambda r: None, **BAD_RECORDS}.items():
+        write_ok_run(root / name, name, params, held=[[]], per_proc=[1000], error="EADDRNOTAVAIL")
+        record = json.loads((root / name / results.RUN_JSON).read_text())
+        damage(record)
+        text = json.dumps(record if name != "top-level-list" else [record])
+        (root / name / results.RUN_JSON).write_text(text)  # NaN as json writes it
+        dirs.append(root / name)
+    assert main(["dataset", *map(str, dirs), "--out", str(tmp_path / "ds")]) == 0
+    err = capsys.readouterr().err
+    runs = {r["run_dir"]: r for r in
+            pl.read_parquet(tmp_path / "ds" / "runs.parquet").iter_rows(named=True)}
+    assert runs[str(root / "good")]["status"] == "ok"
+    for name in BAD_RECORDS:
+        row = runs[str(root / name)]
+        assert row["status"] == "failed", name
+        assert row["reason"].startswith(f"no readable run.json in {root / name}: "), row
+        assert f"{root / name}: no readable run.json" in err
+    assert "NaN is not a number JSON allows" in runs[str(root / "nan-total")]["reason"]
+    assert "status 'great' is none of ok, failed, unsupported" in \
+        runs[str(root / "status-unknown")]["reason"]
+    report = tmp_path / "report"
+    assert main(["report", "--dataset", str(tmp_path / "ds"), "--out", str(report),
+                 "--browser-check", "no"]) == 0
+    page = (report / "index.html").read_text()
+    assert "status &#x27;great&#x27; is none of" in page or "status 'great' is none of" in page

@@ -326,9 +326,7 @@ def _port_bounds(value: Any) -> tuple[int, int] | None:
 def _read_record(run_dir: Path) -> dict:
     """run.json, or a failed record that says why it could not be read."""
     try:
-        record = results.read_run(run_dir)
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
+        record = results.read_record(run_dir)
     except (OSError, ValueError) as err:
         present = sorted(p.name for p in run_dir.glob("*.parquet")) if run_dir.is_dir() else []
         return {"run_id": run_dir.name, "status": results.STATUS_FAILED,
@@ -385,9 +383,16 @@ def runs_frame(run_dirs: Iterable[Path], report=lambda message: None) -> pl.Data
                       "params": record.get("params"),
                       "reason": f"run id {record['run_id']!r} is also the id of "
                                 f"{seen[record['run_id']]}: a copy, or two runs in one place"}
+        try:
+            row = run_row(record, run_dir)
+        except Exception as err:  # a block of the right type holding what no version wrote
+            record = {"run_id": str(record.get("run_id") or run_dir.name),
+                      "status": results.STATUS_FAILED,
+                      "reason": f"no readable {results.RUN_JSON} in {run_dir}: "
+                                f"{type(err).__name__}: {str(err)[:200]}"}
+            row = run_row(record, run_dir)
         if str(record.get("reason") or "").startswith(("no readable", "corrupt", "run id")):
             report(f"{run_dir}: {record['reason']}; recorded as failed")
-        row = run_row(record, run_dir)
         if row["status"] != results.STATUS_OK:  # partial counts are not measurements
             row.update(connections_total=None, server_accepted=None)
         seen[row["run_id"]] = run_dir

@@ -210,6 +210,46 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / RUN_JSON).read_text())
 
 
+# run.json's keys and the JSON type each must have (null allowed): a record of another
+# version, or edited by hand, must be a failed run with the reason, never a failed dataset.
+RECORD_TYPES: dict[str, type] = {
+    "run_id": str, "status": str, "reason": str, "params": dict, "resolved": dict,
+    "prediction": dict, "totals": dict, "facts": dict, "environment": dict, "host_tcp": dict,
+    "footprint": dict, "churn": dict, "held_ports": dict, "host_limits": list, "host": dict,
+    "noisy": bool, "noisy_reason": str,
+}
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes ``record`` no run.json this version reads, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key, kind in RECORD_TYPES.items():
+        value = record.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"{key} is {type(value).__name__} {str(value)[:60]!r}, not {kind.__name__}"
+    statuses = (STATUS_OK, STATUS_FAILED, STATUS_UNSUPPORTED)
+    if record.get("status") not in statuses:
+        return f"status {record.get('status')!r} is none of {', '.join(statuses)}"
+    if not all(isinstance(v, dict) for v in record.get("host_limits") or []):
+        return "host_limits holds something other than objects"
+    return None
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """run.json, checked: ValueError saying what is wrong (NaN or Infinity, which Python's
+    json would take, a key of the wrong type, an unknown status); OSError when unreadable."""
+    record = json.loads((Path(run_dir) / RUN_JSON).read_text(), parse_constant=_refuse_constant)
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(problem)
+    return record
+
+
 def read_table(run_dir: str | Path, name: str) -> pl.DataFrame:
     """One of the run's Parquet files; an empty frame of the right schema when absent."""
     path = Path(run_dir) / name
