@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 LABEL = "tcplimits"
 RUN_LABEL = "tcplimits.run"
 OWNER_LABEL = "tcplimits.owner"  # engine.ownership.Owner.label() of the process that created it
+# The uid of the user who created it: `tcplimits clean --all` removes that user's own only.
+USER_LABEL = "tcplimits.uid"
 # One execution of a run: run ids repeat (the workflow's point ids), names must not.
 INSTANCE_LABEL = "tcplimits.instance"
 ROLE_LABEL = "tcplimits.role"  # server, client, netadmin, probe, watch

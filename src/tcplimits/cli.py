@@ -15,6 +15,7 @@ from pathlib import Path
 from tcplimits import __version__
 from tcplimits.engine.faults import EXIT_FAILED, EXIT_MACHINE, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
 from tcplimits.config.params import FIELDS, ParamError, RunParams
+from tcplimits.terminal import printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     if record.get("fault") in faults.MACHINE_FAULTS:
-        print(f"tcplimits run: {record['reason']}", file=sys.stderr)
+        print(printable(f"tcplimits run: {record['reason']}"), file=sys.stderr)
         return EXIT_MACHINE
     print(summary(Path(args.out)), flush=True)
     status = record["status"]
@@ -95,7 +96,7 @@ def summary(run_dir: Path) -> str:
     if record.get("noisy"):
         lines.append(f"noisy: {record.get('noisy_reason')} (its times are suspect)")
     if not clients:
-        return "\n".join(lines)
+        return printable("\n".join(lines))
     lines.append(f"{'client':>6} {'proc':>4} {'connections':>12}  {'errno':<16} {'seconds':>8}")
     for r in clients:
         lines.append(f"{r['client']:>6} {r['proc']:>4} {r['connections'] or 0:>12,}  "
@@ -122,7 +123,7 @@ def summary(run_dir: Path) -> str:
         params = model.params_of(record["params"])
         lines.append(f"model: {model.limit_reason(params, prediction)}")
         lines += [f"note: {why}" for why in comparison.explanations]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # reasons and errors hold what containers said
 
 
 def _churn_line(run_dir: Path, churn: dict, shared: bool = False) -> str:
@@ -210,22 +211,33 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     if client is None:
         return EXIT_MACHINE
     found = cleanup.find_leftovers(client)
-    doomed = found if args.all else cleanup.dead(found)
+    if args.everyone and not args.all:
+        print("tcplimits clean: --everyone goes with --all", file=sys.stderr)
+        return EXIT_USAGE
+    # --all takes this user's own (by the uid label) unless --everyone says every user's.
+    doomed = ([item for item in found if args.everyone or item.mine] if args.all
+              else cleanup.dead(found))
     kept = [item for item in found if item not in doomed]
     if args.all and doomed and not args.yes:
-        print("tcplimits clean --all would remove, whether or not their runs are alive:")
+        whose = "every user's" if args.everyone else "yours"
+        print(f"tcplimits clean --all would remove ({whose}), whether or not their runs are "
+              "alive:")
         for item in doomed:
-            print(f"  {item.describe()}")
+            print(printable(f"  {item.describe()}"))
         print("nothing removed: add --yes to remove these", file=sys.stderr)
         return EXIT_USAGE
     for item in doomed:
-        print(f"removing {item.describe()}")
+        print(printable(f"removing {item.describe()}"))
     removed = cleanup.remove(doomed)
     print(f"removed {removed['containers']} container(s) and {removed['networks']} network(s)")
-    if kept:
+    others = [item for item in kept if not item.mine]
+    if args.all and others:
+        print(f"kept {len(others)} resource(s) of other users or of an older tcplimits; "
+              "`tcplimits clean --all --everyone --yes` removes them too")
+    elif kept:
         print(f"kept {len(kept)} resource(s) whose owner is alive or cannot be proven dead "
               "(another PID namespace, host or boot, or an older tcplimits); "
-              "`tcplimits clean --all --yes` removes them")
+              "`tcplimits clean --all --yes` removes yours")
     return EXIT_OK
 
 
@@ -241,7 +253,8 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     from tcplimits.results.dataset import build_dataset
 
     counts = build_dataset([Path(p) for p in args.runs], Path(args.out),
-                           report=lambda m: print(f"tcplimits dataset: {m}", file=sys.stderr))
+                           report=lambda m: print(printable(f"tcplimits dataset: {m}"),
+                                                  file=sys.stderr))
     print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
     return EXIT_OK
 
@@ -281,7 +294,7 @@ def _write_summary(dataset_dir: Path, target: Path) -> None:
 
     text = findings.sweep_summary(findings.load(dataset_dir))
     results.write_text(text + "\n", target)
-    print(text)
+    print(printable(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,22 +333,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="measure what the engine allows (nofile cap, versions) "
                        "and read the host's limits",
-                       description="Find the highest nofile the engine can give a container, "
-                       "and read kernel, Docker and conntrack facts (cached per engine); then "
+                       description="Find the highest nofile the engine can give a container "
+                       "(measured once per engine, then cached), read kernel, Docker and "
+                       "conntrack facts; then "
                        "the host settings a big point depends on (fs.file-max, fs.nr_open, "
                        "nf_conntrack_max and count, bridge-nf-call-iptables, tcp_mem, "
                        "tcp_max_orphans, MemAvailable, sockstat), read fresh each time.")
-    p.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    p.add_argument("--refresh", action="store_true",
+                   help="measure the nofile cap again, ignoring the cache")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("clean", help="remove leftover containers and networks of dead runs",
                        description="Remove containers and networks labelled tcplimits=1 whose "
                        "owning process is provably dead: same kernel boot and PID namespace, "
                        "and no process with its pid and start time. Others are kept and "
-                       "listed; --all --yes removes every one.")
+                       "listed; --all --yes removes every one of yours, --all --everyone --yes "
+                       "every user's.")
     p.add_argument("--all", action="store_true",
-                   help="every labelled container and network, also those of live runs and "
-                   "those whose owner cannot be checked: lists them, removes them with --yes")
+                   help="every labelled container and network of yours, also those of live "
+                   "runs and those whose owner cannot be checked: lists them, removes them "
+                   "with --yes")
+    p.add_argument("--everyone", action="store_true",
+                   help="with --all: every user's, and those of an older tcplimits that "
+                   "recorded no user")
     p.add_argument("--yes", action="store_true", help="confirm --all")
     p.set_defaults(func=_cmd_clean)
 
@@ -368,8 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tcplimits.engine.cleanup import Interrupted, signals_raise
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:  # SIGTERM or SIGHUP while building the image or probing: its cleanup runs too
+        with signals_raise():
+            return args.func(args)
+    except Interrupted as err:
+        print(f"\ntcplimits {args.command}: interrupted ({err})", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

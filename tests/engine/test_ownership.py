@@ -59,9 +59,11 @@ def test_another_pid_namespace_sees_our_live_run_as_unknown():
 
 
 class _Resource:
-    def __init__(self, name, owner):
+    def __init__(self, name, owner, uid=os.getuid()):
         self.attrs = {"Names": [f"/{name}"], "Labels": {"tcplimits": "1", "tcplimits.run": name,
                                                         "tcplimits.owner": owner}}
+        if uid is not None:
+            self.attrs["Labels"]["tcplimits.uid"] = str(uid)
         self.removed = False
 
     def remove(self, **_):
@@ -91,23 +93,36 @@ def test_clean_all_lists_and_needs_yes(monkeypatch, capsys):
     live = _Resource("live-run", me.label())
     foreign = _Resource("other-namespace", Owner(me.boot_id, "4:1", 5, 6).label())
     dead = _Resource("dead-run", Owner(me.boot_id, me.pid_ns, 999999999, 1).label())
-    _fake_engine(monkeypatch, [live, foreign, dead])
+
+    users = _Resource("another-user", Owner(me.boot_id, "4:1", 7, 8).label(), uid=4242)
+    older = _Resource("no-user-label", Owner(me.boot_id, "4:1", 9, 9).label(), uid=None)
+    _fake_engine(monkeypatch, [live, foreign, dead, users, older])
 
     assert main(["clean", "--all"]) == 2
     out, err = capsys.readouterr()
     for name, owner in (("live-run", "alive"), ("other-namespace", "unknown"),
                         ("dead-run", "dead")):
         assert f"container {name} (run {name}, owner {owner})" in out
+    assert "another-user" not in out and "no-user-label" not in out
     assert "add --yes to remove these" in err
-    assert not any(r.removed for r in (live, foreign, dead))
+    assert not any(r.removed for r in (live, foreign, dead, users, older))
 
     assert main(["clean"]) == 0  # only the provably dead, and says what it kept
     out = capsys.readouterr().out
     assert dead.removed and not (live.removed or foreign.removed)
-    assert "kept 2 resource(s) whose owner is alive or cannot be proven dead" in out
+    assert "kept 4 resource(s) whose owner is alive or cannot be proven dead" in out
 
-    assert main(["clean", "--all", "--yes"]) == 0
+    assert main(["clean", "--all", "--yes"]) == 0  # this user's own
     assert live.removed and foreign.removed
+    assert not (users.removed or older.removed)
+    assert "kept 2 resource(s) of other users or of an older tcplimits" in capsys.readouterr().out
+
+    assert main(["clean", "--everyone", "--yes"]) == 2  # only with --all
+    assert main(["clean", "--all", "--everyone"]) == 2
+    assert "container another-user (run another-user, owner unknown, uid 4242)" in \
+        capsys.readouterr().out
+    assert main(["clean", "--all", "--everyone", "--yes"]) == 0
+    assert users.removed and older.removed
 
 
 _HIDEPID_SCRIPT = r"""

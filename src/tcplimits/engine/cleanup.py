@@ -1,10 +1,12 @@
-"""Leftovers and signals: every resource carries its owner's identity (engine/ownership.py), so a run
-that died (SIGKILL) is swept by the next, and only a provably dead owner's resources are;
-SIGTERM and SIGINT become exceptions so cleanup always runs, and signals that arrive during
-cleanup wait until it is done."""
+"""Leftovers and signals: every resource carries its owner's identity (engine/ownership.py) and
+uid, so a run that died (SIGKILL) is swept by the next, only a provably dead owner's resources
+are, and `tcplimits clean --all` takes the user's own; SIGTERM, SIGHUP and SIGINT become
+exceptions so cleanup always runs, and signals that arrive during cleanup wait until it is
+done."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -12,14 +14,22 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL
+from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, USER_LABEL
 from tcplimits.engine import ownership
 from tcplimits.engine.ownership import Liveness
+
+# Signals that end a run: each is turned into an exception, so that cleanup runs.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def owner() -> str:
     """The OWNER_LABEL value of resources this process creates."""
     return ownership.current().label()
+
+
+def owner_labels() -> dict[str, str]:
+    """The labels naming who created a resource: the process, and the user."""
+    return {OWNER_LABEL: owner(), USER_LABEL: str(os.getuid())}
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,16 @@ class Leftover:
     name: str
     run_id: str | None
     owner: Liveness
+    uid: int | None = None  # who created it (USER_LABEL); None for an older tcplimits
 
     def describe(self) -> str:
-        return f"{self.kind} {self.name} (run {self.run_id or '?'}, owner {self.owner.value})"
+        user = f", uid {self.uid}" if self.uid is not None and self.uid != os.getuid() else ""
+        return (f"{self.kind} {self.name} (run {self.run_id or '?'}, owner "
+                f"{self.owner.value}{user})")
+
+    @property
+    def mine(self) -> bool:
+        return self.uid == os.getuid()
 
 
 def find_leftovers(client, *, instance: str | None = None) -> list[Leftover]:
@@ -49,8 +66,10 @@ def find_leftovers(client, *, instance: str | None = None) -> list[Leftover]:
             attrs = resource.attrs
             labels = attrs.get("Labels") or attrs.get("Config", {}).get("Labels") or {}
             names = attrs.get("Names") or [attrs.get("Name") or getattr(resource, "id", "?")[:12]]
+            uid = labels.get(USER_LABEL)
             found.append(Leftover(kind, resource, names[0].lstrip("/"), labels.get(RUN_LABEL),
-                                  ownership.liveness(labels.get(OWNER_LABEL))))
+                                  ownership.liveness(labels.get(OWNER_LABEL)),
+                                  int(uid) if str(uid).isdigit() else None))
     return found
 
 
@@ -82,12 +101,13 @@ def sweep(client, *, everything: bool = False, instance: str | None = None) -> d
 
 
 class Interrupted(BaseException):
-    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+    """SIGTERM or SIGHUP, turned into an exception so that cleanup runs as for Ctrl-C."""
 
 
 @contextmanager
 def signals_raise():
-    """SIGTERM raises Interrupted, as SIGINT raises KeyboardInterrupt."""
+    """SIGTERM and SIGHUP (a closed terminal or ssh session) raise Interrupted, as SIGINT
+    raises KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -95,8 +115,10 @@ def signals_raise():
     def raise_interrupted(signum, _frame):
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     signal.signal(signal.SIGTERM, raise_interrupted)
+    if previous[signal.SIGHUP] is not signal.SIG_IGN:  # under nohup it stays ignored
+        signal.signal(signal.SIGHUP, raise_interrupted)
     try:
         yield
     finally:
@@ -106,15 +128,15 @@ def signals_raise():
 
 @contextmanager
 def shielded():
-    """Record SIGINT/SIGTERM while cleaning up and raise afterwards, so a second Ctrl-C cannot
-    leave containers behind. (Masking would not do: the kernel hands the signal to another
+    """Record SIGINT/SIGTERM/SIGHUP while cleaning up and raise afterwards, so a second Ctrl-C
+    cannot leave containers behind. (Masking would not do: the kernel hands the signal to another
     thread, and Python still runs its handler in this one.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
     previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+                for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ import re
 
 from typing import Any
 
-from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL
+from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, USER_LABEL
 from tcplimits.engine import addresses as addrs
 from tcplimits.model import fourtuple
 from tcplimits.engine.plan import AGENTS, HARDENING, SERVER_PORT
@@ -58,7 +58,7 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str, *,
             "pids_limit": spec["pids_limit"],
             "mem_limit": spec["mem_limit"],
             "labels": {k: v for k, v in spec["labels"].items()
-                       if k not in (OWNER_LABEL, INSTANCE_LABEL)},
+                       if k not in (OWNER_LABEL, INSTANCE_LABEL, USER_LABEL)},
         }
         if "hostname" in spec:
             service["hostname"] = spec["hostname"]
@@ -124,9 +124,9 @@ def _client_command(command: list[str], server: list[str], extra: list[str],
 def _helper_service(spec: dict[str, Any], role: str, extra: list[str],
                     prefix: int) -> dict[str, Any]:
     """The one-shot service that adds ``role``'s extra addresses in its namespace."""
-    helper = addrs.helper_spec(spec["image"], role, extra, prefix,
-                               {k: v for k, v in spec["labels"].items()
-                                if k not in (OWNER_LABEL, INSTANCE_LABEL)}, f"{role}-addrs")
+    labels = {k: v for k, v in spec["labels"].items()
+              if k not in (OWNER_LABEL, INSTANCE_LABEL, USER_LABEL)}
+    helper = addrs.helper_spec(spec["image"], role, extra, prefix, labels, f"{role}-addrs")
     return {
         "image": helper["image"], "command": helper["command"], "user": helper["user"],
         "cap_drop": helper["cap_drop"], "cap_add": helper["cap_add"],

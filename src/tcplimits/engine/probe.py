@@ -18,9 +18,9 @@ from typing import Any
 import docker.errors
 from docker.types import Ulimit
 
-from tcplimits import LABEL, OWNER_LABEL, ROLE_LABEL, results
+from tcplimits import LABEL, ROLE_LABEL, results
 from tcplimits.config.params import NOFILE_MAX
-from tcplimits.engine.cleanup import owner
+from tcplimits.engine.cleanup import owner_labels
 from tcplimits.engine.events import Log, stderr_log
 from tcplimits.engine.plan import hardening
 from tcplimits.engine.record import now
@@ -34,10 +34,25 @@ def _cache_dir() -> Path:
 
 def _probe_container(client, image: str, nofile: int | None, command: list[str]):
     kwargs = dict(hardening(), network_disabled=True,
-                  labels={LABEL: "1", ROLE_LABEL: "probe", OWNER_LABEL: owner()})
+                  labels={LABEL: "1", ROLE_LABEL: "probe", **owner_labels()})
     if nofile is not None:
         kwargs["ulimits"] = [Ulimit(name="nofile", soft=nofile, hard=nofile)]
     return client.containers.create(image, command, **kwargs)
+
+
+def _remove_own_probes(client) -> None:
+    """Every probe container this process created (by its owner label), best effort."""
+    from tcplimits import OWNER_LABEL
+    from tcplimits.engine.cleanup import owner, shielded
+
+    mine = [f"{ROLE_LABEL}=probe", f"{OWNER_LABEL}={owner()}"]
+    with shielded():
+        try:
+            for container in client.containers.list(all=True, sparse=True,
+                                                    filters={"label": mine}):
+                container.remove(force=True)
+        except docker.errors.APIError:
+            pass
 
 
 def _nofile_allowed(client, image: str, nofile: int) -> bool:
@@ -127,8 +142,12 @@ def probe_engine(client, *, image: str | None = None, refresh: bool = False,
         image = ensure_image(client, log=log).id
     if entry is None:
         log("measuring the engine's nofile cap (once per engine; cached)...")
-        entry = {"key": key, "engine_nofile_cap": measure_nofile_cap(client, image),
-                 "measured_at": now()}
+        try:
+            cap = measure_nofile_cap(client, image)
+        except BaseException:  # SIGTERM or SIGHUP raised mid-create: the engine may hold one
+            _remove_own_probes(client)
+            raise
+        entry = {"key": key, "engine_nofile_cap": cap, "measured_at": now()}
         results.write_json(entry, cache)
     return {
         "kernel": info.get("KernelVersion"),
