@@ -29,7 +29,19 @@ def test_every_container_runs_with_least_privilege():
         assert "ports" not in spec and "privileged" not in spec
         assert spec["labels"]["tcplimits"] == "1" and spec["labels"]["tcplimits.run"] == "r1"
         assert spec["pids_limit"] <= 64 and spec["mem_limit"] > 0
+        assert spec["memswap_limit"] == spec["mem_limit"]  # no swap on top
         assert spec["network"] == "net-r1"
+
+
+def test_helpers_and_probes_are_bounded_too():
+    from tcplimits.engine import addresses, compose, plan
+
+    helper = addresses.helper_spec("img", "target", ["10.210.0.70"], 20, {}, "h")
+    assert (helper["pids_limit"], helper["mem_limit"], helper["memswap_limit"]) == (
+        16, 64 * 2**20, 64 * 2**20)
+    assert helper["cap_drop"] == ["ALL"] and helper["cap_add"] == ["NET_ADMIN"]
+    service = compose._helper_service({"image": "img", "labels": {}}, "server", ["10.0.0.9"], 20)
+    assert {k: service[k] for k in plan.HELPER_LIMITS} == plan.HELPER_LIMITS
 
 
 def test_clients_get_the_range_and_nofile_asked_for():

@@ -96,3 +96,18 @@ def test_a_changed_nf_conntrack_max_reaches_the_next_runs_record_and_prediction(
     assert second["environment"]["nf_conntrack_max"] == raised
     assert second["host"]["net.netfilter.nf_conntrack_max"] == raised
     assert asked[-1] == raised
+
+
+@pytest.mark.docker
+def test_probe_containers_are_created_with_limits():
+    client = docker.from_env()
+    from tcplimits.image import ensure_image
+
+    image = ensure_image(client, log=lambda m: None).id
+    container = probe._probe_container(client, image, 1024, ["true"])
+    try:
+        host = container.attrs["HostConfig"]
+        assert (host["PidsLimit"], host["Memory"], host["MemorySwap"]) == (16, 2**26, 2**26)
+        assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] is True
+    finally:
+        container.remove(force=True)

@@ -27,6 +27,7 @@ from docker.types import IPAMConfig, IPAMPool
 
 from tcplimits import ROLE_LABEL
 from tcplimits.config.params import RunParams
+from tcplimits.engine.plan import HELPER_LIMITS
 
 # Candidate subnets: 10.210.0.0/20, 10.210.16.0/20, ... (160 of them); a /20 holds the
 # ip_range /26 plus 4,030 extra addresses, more than 32 clients x 63 + 63 need.
@@ -35,7 +36,10 @@ IP_RANGE_PREFIX = 26
 CANDIDATE_BASES = [f"10.{second}.{third}.0" for second in range(210, 220)
                    for third in range(0, 256, 16)]
 HELPER_CAPABILITY = "NET_ADMIN"
-HELPER_USER = "0:0"  # capabilities only take effect for root without ambient capabilities
+# Root, but with NET_ADMIN as its only capability: a non-root user gets no effective
+# capability from cap_add (the engine sets no ambient capabilities: CapEff 0 as uid 65534 on
+# Docker 20.10), and no-new-privileges rules out file capabilities on python3.
+HELPER_USER = "0:0"
 HELPER_TIMEOUT_S = 60
 NETADDR = "/opt/tcplimits/agents/netaddr.py"
 IFACE = "eth0"
@@ -130,6 +134,7 @@ def helper_spec(image: str, target_id: str, addrs: list[str], prefix: int,
         network_mode=f"container:{target_id}", user=HELPER_USER,
         cap_drop=["ALL"], cap_add=[HELPER_CAPABILITY], security_opt=["no-new-privileges"],
         read_only=True, detach=True, labels={**labels, ROLE_LABEL: "netadmin"},
+        **HELPER_LIMITS,
     )
 
 

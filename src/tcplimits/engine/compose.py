@@ -19,7 +19,7 @@ from typing import Any
 from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, USER_LABEL
 from tcplimits.engine import addresses as addrs
 from tcplimits.model import fourtuple
-from tcplimits.engine.plan import AGENTS, HARDENING, SERVER_PORT
+from tcplimits.engine.plan import AGENTS, HARDENING, HELPER_LIMITS, SERVER_PORT
 
 # How long a client of a compose file waits for its helper to add its source addresses.
 WAIT_SOURCES_S = 60
@@ -57,6 +57,7 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str, *,
                         for u in spec["ulimits"]},
             "pids_limit": spec["pids_limit"],
             "mem_limit": spec["mem_limit"],
+            "memswap_limit": spec["memswap_limit"],
             "labels": {k: v for k, v in spec["labels"].items()
                        if k not in (OWNER_LABEL, INSTANCE_LABEL, USER_LABEL)},
         }
@@ -131,6 +132,6 @@ def _helper_service(spec: dict[str, Any], role: str, extra: list[str],
         "image": helper["image"], "command": helper["command"], "user": helper["user"],
         "cap_drop": helper["cap_drop"], "cap_add": helper["cap_add"],
         "security_opt": helper["security_opt"], "read_only": helper["read_only"],
-        "labels": helper["labels"], "network_mode": f"service:{role}",
+        **{key: helper[key] for key in HELPER_LIMITS}, "labels": helper["labels"], "network_mode": f"service:{role}",
         "depends_on": {role: {"condition": "service_started"}},
     }

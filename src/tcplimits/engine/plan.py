@@ -36,6 +36,14 @@ def hardening() -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in HARDENING.items()}
 
 
+# The short-lived containers (engine probes, the NET_ADMIN address helper) run one small
+# Python program: bounded like the agents, so that none can fork or grow without limit.
+# memswap_limit equal to mem_limit: no swap on top of the memory limit, for every container.
+HELPER_MEMORY = 64 * 2**20
+HELPER_LIMITS: dict[str, Any] = {"pids_limit": 16, "mem_limit": HELPER_MEMORY,
+                                 "memswap_limit": HELPER_MEMORY}
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What defaults and "auto" became for one run: recorded, never hidden."""
@@ -104,7 +112,9 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
                             hard=resolved.server_nofile)],
             pids_limit=resolved.server_workers + 8,
-            mem_limit=memory_limit(per_client * params.clients, resolved.server_workers),
+            mem_limit=(server_memory := memory_limit(per_client * params.clients,
+                                                     resolved.server_workers)),
+            memswap_limit=server_memory,  # no swap beyond the limit
             labels={**labels, ROLE_LABEL: "server"},
         )
     }
@@ -132,6 +142,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             ulimits=[Ulimit(name="nofile", soft=params.nofile, hard=params.nofile)],
             pids_limit=params.procs + 8,
             mem_limit=memory_limit(per_client, params.procs),
+            memswap_limit=memory_limit(per_client, params.procs),
             labels={**labels, ROLE_LABEL: "client", CLIENT_LABEL: str(i)},
         )
     return specs

@@ -22,7 +22,7 @@ from tcplimits import LABEL, ROLE_LABEL, results
 from tcplimits.config.params import NOFILE_MAX
 from tcplimits.engine.cleanup import owner_labels
 from tcplimits.engine.events import Log, stderr_log
-from tcplimits.engine.plan import hardening
+from tcplimits.engine.plan import HELPER_LIMITS, hardening
 from tcplimits.engine.record import now
 from tcplimits.model.hostlimits import CONNTRACK_MAX, proc_sys
 
@@ -33,7 +33,7 @@ def _cache_dir() -> Path:
 
 
 def _probe_container(client, image: str, nofile: int | None, command: list[str]):
-    kwargs = dict(hardening(), network_disabled=True,
+    kwargs = dict(hardening(), **HELPER_LIMITS, network_disabled=True,
                   labels={LABEL: "1", ROLE_LABEL: "probe", **owner_labels()})
     if nofile is not None:
         kwargs["ulimits"] = [Ulimit(name="nofile", soft=nofile, hard=nofile)]
