@@ -22,3 +22,23 @@ def test_files_follow_the_umask_and_importing_never_sets_it(tmp_path):
                               capture_output=True, text=True, env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert oct(target.stat().st_mode & 0o777) == oct(mode)
+
+
+def test_rows_are_written_in_chunks_with_the_schema(tmp_path):
+    import polars as pl
+
+    from tcplimits import results
+
+    rows = ({"run_id": "r", "role": "client", "client": i % 3, "proc": 1, "t_s": i / 10,
+             "opened": i} for i in range(25_000))
+    path = tmp_path / "run" / results.CHURN_FILE
+    path.parent.mkdir()
+    assert results.write_parquet_rows(rows, results.CHURN_SCHEMA, path, chunk_rows=10_000) \
+        == 25_000
+    df = pl.read_parquet(path)
+    assert df.schema == pl.Schema(results.CHURN_SCHEMA) and df.height == 25_000
+    assert df["opened"].to_list() == list(range(25_000))  # in order
+    assert sorted(p.name for p in path.parent.iterdir()) == [results.CHURN_FILE]
+    empty = tmp_path / "run" / "empty.parquet"
+    assert results.write_parquet_rows([], results.CHURN_SCHEMA, empty) == 0
+    assert pl.read_parquet(empty).schema == pl.Schema(results.CHURN_SCHEMA)

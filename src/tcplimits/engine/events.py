@@ -1,16 +1,33 @@
 """What the agents say: each container's output followed in a thread, its JSON lines queued as
-events, and the run's state as the engine has heard it so far."""
+events, and the run's state as the engine has heard it so far.
+
+The controller's memory stays bounded whatever a run's size or a container's output: a
+container's log goes to a temporary file as it comes (its first LOG_KEEP_BYTES, then only its
+last TAIL_LINES lines), a line is cut at MAX_LINE_BYTES, and mode churn's per-second events
+(32 clients x 64 processes x 3,600 s is 7.4 million) are spooled to a temporary file, not
+kept as dicts (about 1 KB each: 7 GiB).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import shutil
+import struct
 import sys
+import tempfile
 import threading
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from tcplimits.engine import faults
+from tcplimits.engine import faults, protocol
+
+MAX_LINE_BYTES = 8 * 2**20  # a ready line lists the ports held at start: up to ~3 MB
+LOG_KEEP_BYTES = 64 * 2**20  # of each container's log, on disk; then its tail only
+TAIL_LINES = 200
 
 Log = Callable[[str], None]
 
@@ -20,34 +37,121 @@ def stderr_log(message: str) -> None:
 
 
 class LogReader(threading.Thread):
-    """Follows one container's output: keeps the text, queues each JSON event."""
+    """Follows one container's output: spools the text to a temporary file (bounded), keeps
+    its last lines in memory, queues each JSON event."""
 
     def __init__(self, container, role: str, events: queue.Queue):
         super().__init__(daemon=True, name=f"logs-{role}")
         self.container, self.role, self.events = container, role, events
-        self.lines: list[str] = []
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)  # the newest, for exit reasons
+        self._spool = tempfile.TemporaryFile(prefix="tcplimits-log-")
+        self._spooled = 0
+        self._dropped = 0  # lines past LOG_KEEP_BYTES: only the tail keeps them
 
     def run(self) -> None:
-        buffer = b""
+        buffer, cut = bytearray(), False
         try:
             for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
                 buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    self._line(raw.decode(errors="replace"))
+                while (end := buffer.find(b"\n")) >= 0:
+                    if not cut:
+                        self._line(bytes(buffer[:end]).decode(errors="replace"))
+                    cut = False
+                    del buffer[:end + 1]
+                if len(buffer) > MAX_LINE_BYTES:  # no newline in sight: cut it here
+                    if not cut:
+                        self._line(bytes(buffer[:200]).decode(errors="replace")
+                                   + f"... [tcplimits: line cut at {MAX_LINE_BYTES:,} bytes]")
+                    buffer.clear()
+                    cut = True
         except Exception as err:  # the container was removed under us: end quietly
-            self.lines.append(f"[tcplimits: log stream ended: {err}]")
-        if buffer:
-            self._line(buffer.decode(errors="replace"))
+            self._keep(f"[tcplimits: log stream ended: {err}]")
+        if buffer and not cut:
+            self._line(bytes(buffer).decode(errors="replace"))
         self.events.put((self.role, {"event": "_closed"}))
 
     def _line(self, line: str) -> None:
-        self.lines.append(line)
+        self._keep(line)
         if line.startswith("{"):
             try:
-                self.events.put((self.role, json.loads(line)))
-            except json.JSONDecodeError:
-                pass
+                event = json.loads(line)  # NaN parses: protocol.problem refuses it
+            except ValueError:
+                return
+            if isinstance(event, dict):
+                self.events.put((self.role, event))
+
+    def _keep(self, line: str) -> None:
+        self.lines.append(line)
+        data = (line + "\n").encode(errors="replace")
+        if self._spooled + len(data) <= LOG_KEEP_BYTES:
+            self._spool.write(data)
+            self._spooled += len(data)
+        else:
+            self._dropped += 1
+
+    def save(self, path: Path) -> None:
+        """The log as a file: what was spooled, then (past LOG_KEEP_BYTES) a note and the
+        newest lines. Call once the reader has ended."""
+        from tcplimits import results
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                self._spool.seek(0)
+                shutil.copyfileobj(self._spool, out)
+                if self._dropped:
+                    tail = list(self.lines)[-min(self._dropped, TAIL_LINES):]
+                    out.write(f"[tcplimits: {self._dropped - len(tail):,} lines not kept "
+                              f"(the log is bounded at {LOG_KEEP_BYTES:,} bytes); the last "
+                              f"{len(tail)}:]\n".encode())
+                    out.write("".join(f"{line}\n" for line in tail).encode(errors="replace"))
+
+        results.rundir._atomic(Path(path), write)
+
+
+class ChurnSpool:
+    """Mode churn's per-second events, spooled to a temporary file in a fixed binary layout
+    (40 bytes each); iterating reads them back as dicts, again on every pass."""
+
+    _ROW = struct.Struct("<iidqqd")  # client, proc, second, opened, errors, latency (NaN: none)
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="tcplimits-churn-")
+        self._errors: dict[int, str] = {}  # row -> errno name (a process stops at its first)
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def append(self, event: dict) -> None:
+        latency = event.get("connect_latency_s")
+        with self._lock:
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(self._ROW.pack(event["client"], event["proc"],
+                                            float(event["second"]), event["opened"],
+                                            event["errors"],
+                                            float("nan") if latency is None else latency))
+            if event.get("error") is not None:
+                self._errors[self._rows] = str(event["error"])
+            self._rows += 1
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __bool__(self) -> bool:
+        return self._rows > 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        size, row = self._ROW.size, 0
+        with self._lock:
+            self._file.flush()
+            reader = open(os.dup(self._file.fileno()), "rb", closefd=True)
+        with reader:
+            reader.seek(0)
+            while row < self._rows and (block := reader.read(size * 4096)):
+                for values in self._ROW.iter_unpack(block[:len(block) // size * size]):
+                    client, proc, second, opened, errors, latency = values
+                    yield {"client": client, "proc": proc, "second": second,
+                           "opened": opened, "errors": errors, "error": self._errors.get(row),
+                           "connect_latency_s": None if latency != latency else latency}
+                    row += 1
 
 
 @dataclass
@@ -64,11 +168,16 @@ class RunState:
     server_results: dict[int, dict] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
     died: list[str] = field(default_factory=list)
-    churn: list[dict] = field(default_factory=list)       # mode churn: per-second counts
+    churn: ChurnSpool = field(default_factory=ChurnSpool)  # mode churn: per-second counts
     time_wait: list[dict] = field(default_factory=list)   # mode churn: TIME_WAIT samples
+    bad: list[str] = field(default_factory=list)  # events refused (engine/protocol.py)
 
     def take(self, role: str, event: dict) -> None:
         kind = event.get("event")
+        if kind != "_closed" and (why := protocol.problem(role, event)) is not None:
+            if len(self.bad) < 10:  # the first few say enough; the run fails on the first
+                self.bad.append(f"{role}: {why}")
+            return
         if kind == "_closed":
             self.closed.add(role)
         elif kind == "time_wait":  # either role, mode churn

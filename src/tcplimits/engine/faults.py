@@ -22,6 +22,7 @@ ENGINE_LOST = "engine_lost"                # the engine stopped answering mid-ru
 CONTAINER_EXITED = "container_exited"      # a container exited or was killed mid-run
 OOM = "oom"                                # a container was killed by its memory limit
 WORKER_DIED = "worker_died"                # a client process or server worker died
+AGENT_OUTPUT = "agent_output"              # an agent said what no agent says (protocol.py)
 OUT_UNWRITABLE = "out_unwritable"          # the run directory could not be written (disk full)
 
 MACHINE_FAULTS = {ENGINE_UNREACHABLE, ENGINE_LOST, OUT_UNWRITABLE}

@@ -10,11 +10,11 @@ from tcplimits.results.rundir import (
     CHURN_FILE, CHURN_SCHEMA, CLIENTS_FILE, CLIENTS_SCHEMA, COMPOSE_FILE, DESTINATIONS_FILE,
     DESTINATIONS_SCHEMA, LATER_FILES, LOGS_DIR, RUN_JSON, SCHEMAS, SERIES_FILE, SERIES_SCHEMA,
     SERVER_FILE, SERVER_SCHEMA, STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED, SUMMARY_FILE, frame,
-    read_record, read_run, read_table, write_json, write_parquet, write_text)
+    read_record, read_run, read_table, write_json, write_parquet, write_parquet_rows, write_text)
 
 __all__ = [
     "CHURN_FILE", "CHURN_SCHEMA", "CLIENTS_FILE", "CLIENTS_SCHEMA", "COMPOSE_FILE",
     "DESTINATIONS_FILE", "DESTINATIONS_SCHEMA", "LATER_FILES", "LOGS_DIR", "RUN_JSON", "SCHEMAS",
     "SERIES_FILE", "SERIES_SCHEMA", "SERVER_FILE", "SERVER_SCHEMA", "STATUS_FAILED", "STATUS_OK",
     "STATUS_UNSUPPORTED", "SUMMARY_FILE", "frame", "read_record", "read_run", "read_table",
-    "write_json", "write_parquet", "write_text"]
+    "write_json", "write_parquet", "write_parquet_rows", "write_text"]

@@ -19,7 +19,8 @@ run.json keys:
     run_id        the run's id (the workflow passes its point id; `tcplimits run` makes one)
     status        "ok" | "failed" | "unsupported"; reason: why, when not ok (else null)
     fault         what kind of fault failed the run (engine/faults.py: engine_unreachable,
-                  engine_lost, container_exited, oom, worker_died, out_unwritable), else null
+                  engine_lost, container_exited, oom, worker_died, agent_output,
+                  out_unwritable), else null
     params        RunParams.to_dict(): what was asked, never changed
     resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
     prediction    model.predict(...) as a dict: from the parameters, the engine facts and the
@@ -196,6 +197,33 @@ def _atomic(path: Path, write) -> None:
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: df.write_parquet(tmp))
+
+
+def write_parquet_rows(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType],
+                       path: str | Path, chunk_rows: int = 100_000) -> int:
+    """Rows (dicts, from any iterable) to one Parquet file with exactly ``schema``, holding at
+    most ``chunk_rows`` of them in memory at a time (mode churn's seconds may be millions);
+    returns the number of rows."""
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="tcplimits-parts-") as parts:
+        batch: list[dict[str, Any]] = []
+        names = []
+
+        def flush() -> None:
+            names.append(f"{parts}/{len(names):06d}.parquet")
+            frame(batch, schema).write_parquet(names[-1])
+            batch.clear()
+
+        for row in rows:
+            batch.append(row)
+            count += 1
+            if len(batch) >= chunk_rows:
+                flush()
+        if batch or not names:
+            flush()
+        # The streaming engine reads the parts a batch at a time into the one file.
+        _atomic(Path(path), lambda tmp: pl.scan_parquet(names).sink_parquet(tmp))
+    return count
 
 
 def write_text(text: str, path: str | Path) -> None:
