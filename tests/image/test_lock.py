@@ -138,3 +138,31 @@ def test_no_keyring_no_debootstrap(tmp_path, monkeypatch):
     with pytest.raises(ImageError, match="apt-get install debian-archive-keyring"):
         base_image.build_debian_base(object(), "http://mirror.invalid/debian", "bookworm",
                                      "tcplimits-base:test", log=lambda line: None)
+
+
+def test_sigterm_during_debootstrap_stops_it_and_removes_the_tree(tmp_path, monkeypatch):
+    """The signal arrives while debootstrap runs (it sends it to us itself): its process
+    group is killed and the tcplimits-base-* tree removed, then the interruption goes on."""
+    from tcplimits.engine.cleanup import Interrupted, signals_raise
+
+    fake = tmp_path / "debootstrap"
+    fake.write_text("#!/bin/sh\nmkdir -p \"$6/proc\"; sleep 300 &\necho $! > "
+                    f"{tmp_path}/child\nkill -TERM $PPID\nwait\n")
+    fake.chmod(0o755)
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(base_image.tempfile, "tempdir", str(work))
+    monkeypatch.setattr(base_image, "debootstrap_path", lambda: str(fake))
+    monkeypatch.setattr(base_image.os, "geteuid", lambda: 0)
+    with pytest.raises(Interrupted):
+        with signals_raise():
+            base_image.build_debian_base(object(), "http://mirror.invalid/debian", "bookworm",
+                                         "tcplimits-base:test", log=lambda m: None)
+    assert os.listdir(work) == []
+    child = int((tmp_path / "child").read_text())
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{child}") or " Z " in open(f"/proc/{child}/stat").read():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("debootstrap's child outlived the interruption")

@@ -200,7 +200,10 @@ def build_debian_base(client: docker.DockerClient, mirror: str, suite: str, tag:
             raise ImageError(f"importing {tag} failed: {err.explanation or err}") from err
         _raise_for_import_error(result, tag)
     finally:
-        _remove_tree(workdir, log)
+        from tcplimits.engine.cleanup import shielded
+
+        with shielded():  # a second SIGTERM must not leave the tree (proc mounted in it)
+            _remove_tree(workdir, log)
     image = local_image(client, tag)
     if image is None:
         raise ImageError(f"importing {tag} reported success but the image is missing")
