@@ -173,7 +173,7 @@ def _start_and_wait_for_containers(engine, tmp_path, run_id):
     pytest.fail("the run never started its containers")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupted_run_removes_everything(engine, tmp_path, signum):
     run_id = f"interrupt-{signum.name.lower()}"
     proc = _start_and_wait_for_containers(engine, tmp_path, run_id)

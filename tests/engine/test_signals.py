@@ -23,7 +23,7 @@ def test_printable_strips_escapes_and_controls_but_keeps_lines():
 
 
 def test_a_runs_reason_is_printed_without_escapes(tmp_path):
-    from tests.results.test_dataset import write_ok_run
+    from tests.results.rundirs import write_ok_run
     from tcplimits.cli import summary
     from tcplimits.config.params import RunParams
 

@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import docker.errors
 
-from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, results
+from tcplimits import INSTANCE_LABEL, LABEL, RUN_LABEL, results
 from tcplimits.engine import addresses, faults, host
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
-from tcplimits.engine.cleanup import owner
+from tcplimits.engine.cleanup import owner_labels
 from tcplimits.engine.events import Log, LogReader, RunState, stderr_log
 from tcplimits.engine.plan import Resolved, container_specs
 from tcplimits.engine.teardown import Teardown
@@ -52,7 +52,7 @@ class Experiment(Teardown):
         self.quiet: host.Quiet | None = None
         self.run_id, self.image, self.log, self.live = run_id, image, log, live
         self.instance = uuid.uuid4().hex[:8]
-        self.labels = {LABEL: "1", RUN_LABEL: run_id, OWNER_LABEL: owner(),
+        self.labels = {LABEL: "1", RUN_LABEL: run_id, **owner_labels(),
                        INSTANCE_LABEL: self.instance}
         self.network_name = f"tcplimits-{run_id}-{self.instance}"
         self.specs = container_specs(params, resolved, run_id, image, self.network_name,
@@ -281,8 +281,7 @@ class Experiment(Teardown):
     def save_logs(self, out_dir: Path) -> None:
         for role, reader in self.readers.items():
             reader.join(timeout=2)
-            results.write_text("\n".join(reader.lines) + "\n",
-                               out_dir / results.LOGS_DIR / f"{role}.log")
+            reader.save(out_dir / results.LOGS_DIR / f"{role}.log")
 
     # -- internals
 
@@ -366,6 +365,8 @@ class Experiment(Teardown):
                 raise RunFailed("; ".join(faults.oom_reason(role, self.specs[role].get(
                     "mem_limit")) for role in oom) + f": {died}", faults.OOM)
             raise RunFailed(died, faults.WORKER_DIED)
+        if self.state.bad:  # an agent broke the protocol: its numbers cannot be trusted
+            raise RunFailed(bad_output_reason(self.state.bad), faults.AGENT_OUTPUT)
         for role in watch:
             if role in self.state.closed:
                 reason, fault = self._exit_reason(role)
@@ -410,3 +411,9 @@ def _show(line: str, tty: bool) -> None:
     """A live line: rewritten in place on a terminal, one line each time in a log."""
     print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n",
           file=sys.stderr, flush=True)
+
+
+def bad_output_reason(bad: list[str]) -> str:
+    """A run's reason when agents' events were refused (engine/protocol.py)."""
+    return (f"an agent said what no agent says ({len(bad)} event(s) refused): "
+            + "; ".join(bad[:3]))

@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from tcplimits import __version__, model, results
 from tcplimits.config.params import RunParams
@@ -51,7 +51,7 @@ class RunTables:
     server: list[dict] = field(default_factory=list)
     series: list[dict] = field(default_factory=list)
     destinations: list[dict] = field(default_factory=list)
-    churn: list[dict] = field(default_factory=list)
+    churn: Iterable[dict] = ()  # churn_rows: a generator over the spooled seconds, read once
 
 
 def assemble(record: dict[str, Any], experiment, *, engine: dict, host_facts: dict | None,
@@ -232,23 +232,23 @@ def footprint_record(snapshots: dict[str, dict], state: RunState,
 
 
 def churn_rows(state: RunState, run_id: str, started_at: float | None,
-               params: RunParams | None = None) -> list[dict]:
+               params: RunParams | None = None) -> Iterator[dict]:
     """Mode churn's per-second series (results.CHURN_SCHEMA), on the run's time axis: seconds
     since the engine started the clients (``started_at``, wall clock).
 
     On network loopback every agent shares the server's namespace, so each one's TIME_WAIT
     count is the namespace's: only the end that closes first ever enters TIME_WAIT, so the
     server's samples are kept, as that end's (client: all clients together, client null),
-    and the clients' copies of them dropped."""
+    and the clients' copies of them dropped. A generator: the seconds are read from the
+    state's spool as they are written (there may be millions)."""
     origin = started_at or 0.0
-    rows = []
     begun = {key: r.get("started_at") for key, r in state.results.items()}
     for e in state.churn:
         offset = (begun.get((e["client"], e["proc"])) or origin) - origin
-        rows.append(dict(run_id=run_id, role="client", client=e["client"], proc=e["proc"],
-                         t_s=round(offset + e["second"], 3), opened=e["opened"],
-                         errors=e["errors"], error=e.get("error"),
-                         connect_latency_s=e.get("connect_latency_s")))
+        yield dict(run_id=run_id, role="client", client=e["client"], proc=e["proc"],
+                   t_s=round(offset + e["second"], 3), opened=e["opened"],
+                   errors=e["errors"], error=e.get("error"),
+                   connect_latency_s=e.get("connect_latency_s"))
     shared = params is not None and params.network == "loopback"
     for e in state.time_wait:
         role, client = e["role"], e.get("client")
@@ -256,9 +256,8 @@ def churn_rows(state: RunState, run_id: str, started_at: float | None,
             if role != "server":
                 continue
             role, client = params.closer, None
-        rows.append(dict(run_id=run_id, role=role, client=client,
-                         t_s=round(e["at"] - origin, 3), time_wait=e["time_wait"]))
-    return rows
+        yield dict(run_id=run_id, role=role, client=client, t_s=round(e["at"] - origin, 3),
+                   time_wait=e["time_wait"])
 
 
 def destination_rows(state: RunState, run_id: str) -> list[dict]:
@@ -292,7 +291,8 @@ def tuple_record(experiment, state: RunState) -> dict[str, Any]:
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
               series: list[dict], compose: str | None,
               destinations: list[dict] | None = None,
-              save_logs: Callable[[Path], None] | None = None, churn: list[dict] = ()) -> None:
+              save_logs: Callable[[Path], None] | None = None,
+              churn: Iterable[dict] = ()) -> None:
     """Write the run directory. When the disk fills up (or the directory goes away) the
     partial files are removed and run.json alone says why, if even that can be written."""
     try:
@@ -314,7 +314,7 @@ def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dic
 def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
                  series: list[dict], compose: str | None,
                  destinations: list[dict] | None,
-                 save_logs: Callable[[Path], None] | None, churn: list[dict] = ()) -> None:
+                 save_logs: Callable[[Path], None] | None, churn: Iterable[dict] = ()) -> None:
     if save_logs is not None:
         save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
@@ -323,8 +323,7 @@ def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[
                           out_dir / results.SERVER_FILE)
     results.write_parquet(results.frame(series, results.SERIES_SCHEMA),
                           out_dir / results.SERIES_FILE)
-    results.write_parquet(results.frame(churn, results.CHURN_SCHEMA),
-                          out_dir / results.CHURN_FILE)
+    results.write_parquet_rows(churn, results.CHURN_SCHEMA, out_dir / results.CHURN_FILE)
     results.write_parquet(results.frame(destinations or [], results.DESTINATIONS_SCHEMA),
                           out_dir / results.DESTINATIONS_FILE)
     if compose:

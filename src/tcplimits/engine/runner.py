@@ -18,7 +18,7 @@ from tcplimits.engine import faults, footprint, host
 from tcplimits.engine.cleanup import Interrupted, signals_raise, sweep
 from tcplimits.engine.compose import compose_file
 from tcplimits.engine.events import Log, stderr_log
-from tcplimits.engine.experiment import Experiment, RunFailed
+from tcplimits.engine.experiment import Experiment, RunFailed, bad_output_reason
 from tcplimits.engine.plan import Resolved, new_run_id, unsupported_reason
 from tcplimits.engine.probe import probe_engine
 from tcplimits.engine.record import (RunTables, assemble, close_record, environment, new_record,
@@ -51,7 +51,14 @@ class Outcome:
 def run_experiment(params: RunParams, out_dir: Path, *, run_id: str | None = None,
                    progress: bool = True, client=None, log: Log = stderr_log) -> dict[str, Any]:
     """Run one experiment and write its run directory; returns the run.json record.
-    ``progress`` shows a live count on stderr while clients connect."""
+    ``progress`` shows a live count on stderr while clients connect. SIGTERM and SIGHUP
+    raise from the start (image build, probe, sweep), not only inside the experiment."""
+    with signals_raise():
+        return _run(params, Path(out_dir), run_id, progress, client, log)
+
+
+def _run(params: RunParams, out_dir: Path, run_id: str | None, progress: bool, client,
+         log: Log) -> dict[str, Any]:
     run_id = run_id or new_run_id(params)
     out_dir = Path(out_dir)
     record = new_record(run_id, params)
@@ -145,6 +152,9 @@ def lifecycle(experiment: Experiment) -> Outcome:
     except (KeyboardInterrupt, Interrupted) as err:
         interrupted = err
         status, reason = results.STATUS_FAILED, f"interrupted ({type(err).__name__} {err})".strip()
+    if experiment.state.bad and status == results.STATUS_OK:  # refused after the last check
+        status, reason, fault = (results.STATUS_FAILED, bad_output_reason(experiment.state.bad),
+                                 faults.AGENT_OUTPUT)
     if experiment.left_behind:
         reason = (f"{reason}; the engine did not come back, so "
                   f"{len(experiment.left_behind)} resource(s) of the run are still on it: the "
