@@ -132,6 +132,7 @@ def _helper_service(spec: dict[str, Any], role: str, extra: list[str],
         "image": helper["image"], "command": helper["command"], "user": helper["user"],
         "cap_drop": helper["cap_drop"], "cap_add": helper["cap_add"],
         "security_opt": helper["security_opt"], "read_only": helper["read_only"],
-        **{key: helper[key] for key in HELPER_LIMITS}, "labels": helper["labels"], "network_mode": f"service:{role}",
+        **{key: helper[key] for key in HELPER_LIMITS}, "labels": helper["labels"],
+        "network_mode": f"service:{role}",
         "depends_on": {role: {"condition": "service_started"}},
     }
