@@ -22,6 +22,8 @@ PY
 packages=()
 bare_packages=()  # installed with --no-install-recommends
 command -v debootstrap >/dev/null || packages+=(debootstrap)
+# the Debian archive's keys: the base build checks the mirror's signatures against them
+[[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || packages+=(debian-archive-keyring)
 if $test_tools; then
   command -v chromium >/dev/null || packages+=(chromium)
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
