@@ -148,7 +148,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
         out.append(HostLimit(
             CONNTRACK_MAX, ct_max, needed,
             room if room < demand else None, "ETIMEDOUT", "stops",
-            f"sysctl -w {CONNTRACK_MAX}={_round_up(needed)}",
+            f"sysctl -w {CONNTRACK_MAX}={round_up(needed)}",
             "--network loopback (no bridge, no netfilter rules: no conntrack entries)",
             f"{where} track{'s' if len(tracked) == 1 else ''} one entry per connection"
             + (f", {used:,} already used by the host" if "host" in tracked else "")
@@ -160,7 +160,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
         room = max(0, (file_max - used) // DESCRIPTORS_PER_CONNECTION)
         out.append(HostLimit(
             FILE_MAX, file_max, needed, room if room < demand else None, "ENFILE", "refused",
-            f"sysctl -w {FILE_MAX}={_round_up(needed)}", None,
+            f"sysctl -w {FILE_MAX}={round_up(needed)}", None,
             f"two descriptors per connection, both ends on this host, {used:,} already open; "
             "at the limit every process on the host gets ENFILE", room))
     available = facts.get(MEMORY)
@@ -214,7 +214,7 @@ def refusal(limits: list[HostLimit]) -> str | None:
     return "; ".join(lim.sentence() for lim in refused) or None
 
 
-def _round_up(value: int) -> int:
+def round_up(value: int) -> int:
     """A value an operator would type: the need rounded up to two significant digits."""
     if value <= 0:
         return 0

@@ -37,6 +37,7 @@ from tcplimits.config.params import FIELDS, port_count
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8,  # server_workers may be "auto"
                  "rate": pl.Utf8,  # rate may be "max"
+                 "connections": pl.Int64,  # as resolved: "ceiling" becomes the number
                  "choice": pl.Utf8}
 
 # Every RunParams field is a column (a field added to params.FIELDS appears by itself).
