@@ -112,6 +112,8 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "host_limits": pl.Utf8,                     # run.json host_limits as JSON
     "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
     "host_limit_stops_at": pl.Int64,
+    "ceiling": pl.Utf8,                         # run.json ceiling as JSON: connections asked
+                                                # (a number or "ceiling") resolved (issue 22)
     **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
         "connections": pl.Int64,            # measured: opened and closed, all processes
         "rate": pl.Float64,                 # measured: connections per second sustained
@@ -273,6 +275,7 @@ def _footprint_columns(record: dict) -> dict[str, Any]:
         "host_limits": json.dumps(limits) if limits else None,
         "host_limit": stop.setting if stop else None,
         "host_limit_stops_at": stop.stops_at if stop else None,
+        "ceiling": json.dumps(record["ceiling"]) if record.get("ceiling") else None,
     }
 
 
