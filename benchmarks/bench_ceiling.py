@@ -66,13 +66,16 @@ def agents(client, params: RunParams, workdir: Path) -> dict:
     # The agents' own loop time, from each process's first connect() to its last (as the C
     # pair measures it); the controller's connect_s adds signalling every client container
     # and reading every result through the engine's log streams.
-    loop_s = (pl.read_parquet(table)["elapsed_s"].max() if table.exists() else None)
+    rows = pl.read_parquet(table) if table.exists() else None
+    loop_s = rows["elapsed_s"].max() if rows is not None else None
+    cpu = rows["cpu_s"].sum() if rows is not None else None
     return {"impl": "agents", "status": record["status"], "reason": record.get("reason"),
             "connections": held, "connect_s": loop_s, "controller_connect_s":
             record.get("connect_s"),
             "rate": round(held / loop_s) if held and loop_s else None,
             "controller_rate": (round(held / record["connect_s"])
                                 if held and record.get("connect_s") else None),
+            "client_cpu_us_per_connection": round(1e6 * cpu / held, 1) if held and cpu else None,
             "server_workers": (record.get("resolved") or {}).get("server_workers"),
             "setup_s": record.get("setup_s"), "teardown_s": record.get("teardown_s"),
             "noisy": record.get("noisy_reason"),
@@ -82,13 +85,14 @@ def agents(client, params: RunParams, workdir: Path) -> dict:
             "mem_available_before": before.get("MemAvailable")}
 
 
-def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int) -> dict:
+def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
+           spread: str = "shared") -> dict:
     run_id = f"bench-ceiling-c-{uuid.uuid4().hex[:8]}"
     n = params.clients * params.procs * params.max_connections
     procs = params.clients * params.procs
     container = client.containers.run(
-        image, ["/bench/hold_pair", str(n), str(procs), str(workers),
-                str(model.destinations(params))],
+        image, ["/bench/hold_pair", str(n), str(params.clients), str(params.procs),
+                str(workers), str(model.destinations(params)), spread],
         name=run_id, network_mode="none", labels={LABEL: "1", RUN_LABEL: run_id},
         sysctls={"net.ipv4.ip_local_port_range": f"{params.port_lo} {params.port_hi}"},
         ulimits=[Ulimit(name="nofile", soft=20_000, hard=20_000)], pids_limit=procs + workers + 8,
@@ -98,11 +102,13 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int) ->
         words = container.logs(stdout=True, stderr=False).decode().split()
     finally:
         container.remove(force=True)
-    if code != 0 or len(words) < 3:
+    if code != 0 or len(words) < 4:
         raise SystemExit(f"bench_ceiling: the C pair failed ({code}): {' '.join(words)}")
-    held, seconds = int(words[0]), float(words[1])
-    return {"impl": "c", "connections": held, "connect_s": round(seconds, 3),
-            "rate": round(held / seconds) if seconds else None, "error": " ".join(words[2:]),
+    held, seconds, cpu = int(words[0]), float(words[1]), float(words[2])
+    return {"impl": "c" if spread == "shared" else f"c-{spread}", "connections": held,
+            "connect_s": round(seconds, 3),
+            "rate": round(held / seconds) if seconds else None, "error": " ".join(words[3:]),
+            "client_cpu_us_per_connection": round(1e6 * cpu / held, 1) if held else None,
             "server_workers": workers}
 
 
@@ -145,7 +151,8 @@ def main() -> int:
             for row in (a, c):
                 rows.append({"round": r, **row})
                 print(f"round {r} {row['impl']:>6}: {row['connections']:,} in "
-                      f"{row['connect_s'] or 0:.2f} s, {row['rate'] or 0:,}/s"
+                      f"{row['connect_s'] or 0:.2f} s, {row['rate'] or 0:,}/s, client CPU "
+                      f"{row['client_cpu_us_per_connection']} us per connection"
                       + (f" (controller: {row['controller_connect_s']:.2f} s, "
                          f"{row['controller_rate']:,}/s)" if row.get("controller_rate") else ""),
                       flush=True)
@@ -155,10 +162,14 @@ def main() -> int:
     ratios = [a["rate"] / c["rate"] for a, c in zip(rows[::2], rows[1::2])
               if a["rate"] and c["rate"]]
     controller = [r["controller_rate"] for r in rows if r.get("controller_rate")]
+    cpu = {impl: statistics.median([r["client_cpu_us_per_connection"] for r in rows
+                                    if r["impl"] == impl and r["client_cpu_us_per_connection"]]
+                                   or [0]) for impl in ("agents", "c")}
     summary = {"connections": n, "rate_agents_controller": (statistics.median(controller)
                                                              if controller else None), "layout": {"clients": params.clients, "procs": params.procs,
                                             "per_process": params.max_connections},
                "rate_agents": rate["agents"], "rate_c": rate["c"],
+               "client_cpu_us_per_connection": cpu,
                "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
                "ratios": [round(x, 3) for x in ratios], "ceiling": found.to_dict()}
     results.write_json({"host": facts, "rounds": rows, "summary": summary}, Path(args.out))
