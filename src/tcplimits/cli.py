@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and read kernel, Docker and conntrack facts (cached per engine); then "
                        "the host settings a big point depends on (fs.file-max, fs.nr_open, "
                        "nf_conntrack_max and count, bridge-nf-call-iptables, tcp_mem, "
-                       "tcp_max_orphans, MemAvailable, sockstat), read fresh each time.")
+                       "tcp_max_orphans, MemAvailable, sockstat), read fresh each time, and the "
+                       "host's ceiling per network mode (as `tcplimits ceiling --json`).")
     p.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
     p.set_defaults(func=_cmd_probe)
 
