@@ -116,6 +116,9 @@ def summary(run_dir: Path) -> str:
         lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
                      f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
                                                    if errors else ""))
+    from tcplimits.engine.hostceiling import summary_line
+
+    lines += [line for line in [summary_line(record)] if line]
     comparison = (model.compare_run(run_row(record, Path(run_dir)), clients, server)
                   if record["status"] == results.STATUS_OK else None)  # finished runs only
     if comparison is not None:

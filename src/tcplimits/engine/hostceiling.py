@@ -56,3 +56,21 @@ def table(found: Mapping[str, model.Ceiling], nofile_cap: int) -> str:
                      f"{lay['clients']} --procs {lay['procs']} --nofile {lay['nofile']} "
                      f"--port-range {model.PORT_RANGE} --out results/runs/ceiling-{network}")
     return "\n".join(lines)
+
+
+def summary_line(record: Mapping[str, Any]) -> str | None:
+    """`tcplimits run`'s line for a run asked for a total or the host's ceiling (run.json's
+    "ceiling" block), or None."""
+    res = record.get("ceiling")
+    if not res:
+        return None
+    pred = res.get("predicted") or {}
+    binding, nxt = pred.get("binding") or {}, pred.get("next")
+    text = (f"connections: {res['asked']} resolved here to {res['connections']:,}"
+            + (f", each client process stopping at its share, {res['per_process']:,}"
+               if res.get("held_by") == "share" else ", ended by the limit itself"))
+    if binding:
+        text += f"; the ceiling's binding limit: {binding['name']}"
+    if nxt:
+        text += f", the next: {nxt['name']} at {nxt['connections']:,} ({pred['margin']:+,})"
+    return text

@@ -43,10 +43,11 @@ from tcplimits.config.params import RunParams
 # per connection, plus bind buckets and hash entries; a conntrack entry (bridge) is 256 bytes
 # per tracking namespace. Rounded up for sizing.
 KERNEL_BYTES_PER_CONNECTION = 9 * 1024
-# The agents' own memory: a Python interpreter per process (~8 MiB rss measured) and a few
-# dozen bytes per held descriptor.
+# The agents' own memory: a Python interpreter per process (~8 MiB rss measured) and what a
+# held descriptor costs them: measured 172-191 bytes per connection (the containers' rss,
+# benchmarks/results/million*.json), rounded up.
 PROCESS_BYTES = 16 * 2**20
-USER_BYTES_PER_CONNECTION = 64
+USER_BYTES_PER_CONNECTION = 192
 # Keep this share of MemAvailable for everything else on the host.
 MEMORY_HEADROOM = 0.1
 # A connection's descriptors: the client's socket and the server's accepted socket.

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import ceiling as model
+from tcplimits.report.render import plural
 from tcplimits.report.sections.million import ladder_runs
 
 REACH = {model.STOPS: "ends the run ({errno})", model.REFUSED: "never reached: held below it"}
@@ -40,8 +41,8 @@ def ceiling_sentence(run: Mapping[str, Any]) -> str:
     res = resolution(run) or {}
     pred = res.get("predicted") or {}
     binding, nxt = pred.get("binding") or {}, pred.get("next")
-    text = (f"The ceiling rung ({run['network']}, {run['clients']} client containers x "
-            f"{run['procs']} processes) asked for the host's ceiling where it ran: "
+    text = (f"The ceiling rung ({run['network']}, {plural(run['clients'], 'client container')}"
+            f" x {run['procs']:,} process{'' if run['procs'] == 1 else 'es'}) asked for the host's ceiling where it ran: "
             f"**{res.get('connections') or 0:,}** connections, bound by "
             f"`{binding.get('name')}` ({binding.get('value') or 0:,} here)")
     if nxt:
@@ -56,7 +57,7 @@ def ceiling_sentence(run: Mapping[str, Any]) -> str:
              f"the limit itself ended it, as predicted ({binding.get('errno')})")
     text += (f"It held **{held:,}** ({held / res['connections']:.2%} of the ceiling): {share}")
     if run.get("connect_s"):
-        text += f"; connected in {run['connect_s']:.0f} s ({held / run['connect_s']:,.0f}/s)"
+        text += f"; connected in {run['connect_s']:.1f} s ({held / run['connect_s']:,.0f}/s)"
     return text + "."
 
 
