@@ -5,13 +5,19 @@
  * them as the client agent does: the processes of client k share its DESTS addresses
  * 127.<k>.<hi>.<lo> (model.loopback_destinations), each process going round-robin from its
  * own offset; "own" gives every process DESTS addresses of its own. Prints
- * "<connections> <seconds> <client cpu seconds> <first errno name or OK>" once every client
- * process is done (seconds: from the first connect() to the last; cpu: user + system time of
- * the client processes, as the client agent reports its cpu_s), then kills everything: every socket has
+ * "<connections> <seconds> <client cpu seconds> <first errno name or OK> <server cpu seconds>"
+ * once every client process is done (seconds: from the first connect() to the last; cpu: user
+ * + system time of the client processes, as the client agent reports its cpu_s, and of the
+ * accept workers, from /proc/<pid>/stat), then kills everything: every socket has
  * SO_LINGER 0, so nothing is left behind. Every process stays under RLIMIT_NOFILE 20,000,
  * the engine's cap per container.
+ * "server" and "client" split the pair over two containers as the agents are (the server's
+ * container, and the clients' joining its network namespace): the server prints its workers'
+ * cpu seconds when sent SIGTERM; the client prints the line above with 0 as server cpu.
  * Build: cc -O2 -static -o hold_pair hold_pair.c
- * Usage: hold_pair N CLIENTS PROCS WORKERS DESTS shared|own */
+ * Usage: hold_pair both N CLIENTS PROCS WORKERS DESTS shared|own
+ *        hold_pair server WORKERS
+ *        hold_pair client N CLIENTS PROCS DESTS shared|own */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -28,36 +34,35 @@
 
 #define PORT 5000
 
+static double proc_cpu(pid_t pid) {  /* utime + stime of a process, seconds */
+    char path[64];
+    unsigned long ut = 0, st = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        ut = st = 0;
+    fclose(f);
+    return (double)(ut + st) / sysconf(_SC_CLK_TCK);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: hold_pair N CLIENTS PROCS WORKERS DESTS shared|own\n");
-        return 2;
-    }
-    long n = atol(argv[1]);
-    int per_client = atoi(argv[3]), procs = atoi(argv[2]) * per_client;
-    int workers = atoi(argv[4]), dests = atoi(argv[5]), own = strcmp(argv[6], "own") == 0;
-    struct rlimit lim = {20000, 20000};
-    setrlimit(RLIMIT_NOFILE, &lim);
-    struct linger abort_close = {1, 0};
-    /* per client process: connections made, errno, end time (shared with the parent) */
-    long *made = mmap(NULL, 4096 * 4, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    int *errs = (int *)(made + 512);
-    double *ends = (double *)(made + 1024), *cpus = ends + 512;
-    if (made == MAP_FAILED) return 2;
+static struct linger abort_close = {1, 0};
+
+/* Listen on 0.0.0.0:5000 and fork WORKERS processes that accept and hold; their pids. */
+static int serve(int workers, pid_t *pids) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(PORT)};
     int one = 1, listener = socket(AF_INET, SOCK_STREAM, 0);
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(listener, (struct sockaddr *)&addr, sizeof addr) || listen(listener, 4096)) {
         perror("listen");
-        return 2;
+        exit(2);
     }
-    pid_t pids[1024];
     int np = 0;
     for (int w = 0; w < workers; w++) {
         pid_t p = fork();
@@ -71,8 +76,26 @@ int main(int argc, char **argv) {
         pids[np++] = p;
     }
     close(listener);
+    return np;
+}
+
+static double workers_cpu(const pid_t *pids, int np) {
+    double cpu = 0;
+    for (int w = 0; w < np; w++) cpu += proc_cpu(pids[w]);
+    return cpu;
+}
+
+/* Fork CLIENTS x PROCS processes that connect their share and hold it; wait until every one
+ * is done. Fills the totals; the processes' pids in ``clients``. */
+static void connect_all(long n, int nclients, int per_client, int dests, int own,
+                        pid_t *clients, long *total, double *seconds, double *cpu, int *first) {
+    int procs = nclients * per_client;
+    /* per client process: connections made, errno, cpu, end time (shared with the parent) */
+    long *made = mmap(NULL, 4096 * 4, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (made == MAP_FAILED) exit(2);
+    int *errs = (int *)(made + 512);
+    double *ends = (double *)(made + 1024), *cpus = ends + 512;
     double t0 = now();
-    pid_t clients[512];
     for (int c = 0; c < procs; c++) {
         pid_t p = fork();
         if (p == 0) {
@@ -103,20 +126,58 @@ int main(int argc, char **argv) {
         }
         clients[c] = p;
     }
-    long total = 0;
-    int first = 0;
-    double cpu = 0;
     double last = t0;
+    *total = 0, *cpu = 0, *first = 0;
     for (int c = 0; c < procs; c++) {
         while (ends[c] == 0) usleep(2000);
-        total += made[c];
-        cpu += cpus[c];
-        if (errs[c] && !first) first = errs[c];
+        *total += made[c];
+        *cpu += cpus[c];
+        if (errs[c] && !*first) *first = errs[c];
         if (ends[c] > last) last = ends[c];
     }
-    printf("%ld %.6f %.6f %s\n", total, last - t0, cpu, first ? strerror(first) : "OK");
+    *seconds = last - t0;
+}
+
+int main(int argc, char **argv) {
+    const char *role = argc > 1 ? argv[1] : "";
+    int both = !strcmp(role, "both"), server = !strcmp(role, "server");
+    int client = !strcmp(role, "client");
+    if (!((both && argc == 8) || (server && argc == 3) || (client && argc == 7))) {
+        fprintf(stderr, "usage: hold_pair both N CLIENTS PROCS WORKERS DESTS shared|own\n"
+                        "       hold_pair server WORKERS\n"
+                        "       hold_pair client N CLIENTS PROCS DESTS shared|own\n");
+        return 2;
+    }
+    struct rlimit lim = {20000, 20000};
+    setrlimit(RLIMIT_NOFILE, &lim);
+    pid_t pids[1024], clients[2048];
+    int np = 0;
+    if (server || both) np = serve(atoi(argv[server ? 2 : 5]), pids);
+    if (server) {  /* hold until SIGTERM, then say what the workers cost */
+        sigset_t term;
+        int sig;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        sigprocmask(SIG_BLOCK, &term, NULL);
+        printf("listening\n");
+        fflush(stdout);
+        sigwait(&term, &sig);
+        printf("%.3f\n", workers_cpu(pids, np));
+        fflush(stdout);
+        for (int w = 0; w < np; w++) kill(pids[w], SIGKILL);
+        while (wait(NULL) > 0) {}
+        return 0;
+    }
+    long total;
+    double seconds, cpu;
+    int first, nclients = atoi(argv[3]), per_client = atoi(argv[4]);
+    connect_all(atol(argv[2]), nclients, per_client, atoi(argv[both ? 6 : 5]),
+                !strcmp(argv[both ? 7 : 6], "own"), clients, &total, &seconds, &cpu, &first);
+    usleep(200000);  /* the workers accept what is still queued */
+    printf("%ld %.6f %.6f %s %.3f\n", total, seconds, cpu, first ? strerror(first) : "OK",
+           workers_cpu(pids, np));
     fflush(stdout);
-    for (int c = 0; c < procs; c++) kill(clients[c], SIGKILL);
+    for (int c = 0; c < nclients * per_client; c++) kill(clients[c], SIGKILL);
     for (int w = 0; w < np; w++) kill(pids[w], SIGKILL);
     while (wait(NULL) > 0) {}
     return 0;
