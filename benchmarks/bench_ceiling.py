@@ -1,9 +1,9 @@
 """Benchmark the top rung's connect rate (not a test, issue 22): the agents holding N
 connections over loopback (a tcplimits run, the layout of config/million.yaml: 12,500 per
 client process, 10 processes per client container, server workers auto) against a C server
-and C clients holding the same N over loopback in one container (benchmarks/c/hold_pair.c:
-the same numbers of processes and workers, the same 127.x destinations), alternating, so that
-both see the same moments of a machine shared with other work.
+and C clients holding the same N over loopback (benchmarks/c/hold_pair.c: the same numbers of
+processes and workers, the same 127.x destinations), alternating, so that both see the same
+moments of a machine shared with other work.
 
     python benchmarks/bench_ceiling.py                        # 60,000 connections, 3 rounds
     python benchmarks/bench_ceiling.py --connections ceiling --machine-to-myself
@@ -15,9 +15,9 @@ pair in one container, which shows what the split itself costs.
 Written per round: connections held, seconds from the first connect() to the last (for the
 agents the slowest process's own loop time, and the controller's connect_s beside it: that
 also counts signalling each client container and reading each result through the engine's
-log streams), the rate, CPU per connection of the client processes (both) and of the accept workers (C),
-for the agents also setup and teardown, kernel and user bytes per connection and the host's
-Slab growth (the peak memory the rung takes). The summary is the median rate of each and the
+log streams), the rate, CPU per connection of the client processes (both) and of the accept
+workers (C), for the agents also setup and teardown, kernel and user bytes per connection and
+the host's Slab growth (the peak memory the rung takes). The summary is the median rate of each and the
 agents' ratio to the C pair (issue 22 asks for at least 0.9). Above MOST_SHARED connections
 (the host's ceiling is ~1.2 M here: 11 GB and two descriptors per connection) it refuses to
 run unless told the machine is its own.
