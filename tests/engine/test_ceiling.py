@@ -4,11 +4,9 @@ the one that stopped it. No host setting is changed: the first limit is the engi
 cap seen through two client processes; the second is a host-wide limit (MemAvailable) made
 small in the facts the run reads, so that the share path is held at a few ten thousand."""
 
-import uuid
-
 import polars as pl
 import pytest
-from tests.engine.test_runner import engine, labelled  # noqa: F401  (the engine fixture, shared)
+from tests.engine.helpers import labelled, unique_id
 
 from tcplimits import results
 from tcplimits.config.params import RunParams
@@ -19,7 +17,7 @@ pytestmark = pytest.mark.docker
 
 
 def run(engine, tmp_path, **values):
-    name = f"ceiling-test-{uuid.uuid4().hex[:8]}"
+    name = unique_id("ceiling-test")
     params = RunParams.from_mapping({"network": "loopback", "port_range": "1024-65535",
                                      "connections": "ceiling", "quiet_host_timeout": 5,
                                      **values})
