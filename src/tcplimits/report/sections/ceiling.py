@@ -15,8 +15,7 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import ceiling as model
-from tcplimits.report.render import plural
-from tcplimits.report.sections.million import ladder_runs
+from tcplimits.report.blocks import plural
 
 REACH = {model.STOPS: "ends the run ({errno})", model.REFUSED: "never reached: held below it"}
 
@@ -42,7 +41,7 @@ def ceiling_sentence(run: Mapping[str, Any]) -> str:
     pred = res.get("predicted") or {}
     binding, nxt = pred.get("binding") or {}, pred.get("next")
     text = (f"The ceiling rung ({run['network']}, {plural(run['clients'], 'client container')}"
-            f" x {run['procs']:,} process{'' if run['procs'] == 1 else 'es'}) asked for the host's ceiling where it ran: "
+            f" x {plural(run['procs'], 'process')}) asked for the host's ceiling where it ran: "
             f"**{res.get('connections') or 0:,}** connections, bound by "
             f"`{binding.get('name')}` ({binding.get('value') or 0:,} here)")
     if nxt:
@@ -85,10 +84,9 @@ def ceiling_rules(run: Mapping[str, Any]) -> list[dict[str, Any]]:
 def rate_sentence(ladder: pl.DataFrame) -> str | None:
     """The connect rate of the top loopback rung against the median of the other loopback
     rungs of ``ladder`` (the section's runs), from the runs' own times."""
-    ladder = ladder.filter((pl.col("status") == "ok")
-                                      & pl.col("connect_s").is_not_null()
-                                      & (pl.col("connections_total") > 0)
-                                      & (pl.col("network") == "loopback"))
+    ladder = ladder.filter((pl.col("status") == "ok") & pl.col("connect_s").is_not_null()
+                           & (pl.col("connections_total") > 0)
+                           & (pl.col("network") == "loopback"))
     if ladder.height < 2:
         return None
     rows = ladder.sort("connections_total").to_dicts()
