@@ -6,26 +6,20 @@ small in the facts the run reads, so that the share path is held at a few ten th
 
 import polars as pl
 import pytest
-from tests.engine.helpers import labelled, unique_id
+from tests.engine.helpers import run_ok
 
 from tcplimits import results
-from tcplimits.config.params import RunParams
-from tcplimits.engine import footprint, probe_engine, run_experiment
+from tcplimits.engine import footprint, probe_engine
 from tcplimits.model import hostlimits
 
 pytestmark = pytest.mark.docker
 
 
 def run(engine, tmp_path, **values):
-    name = unique_id("ceiling-test")
-    params = RunParams.from_mapping({"network": "loopback", "port_range": "1024-65535",
-                                     "connections": "ceiling", "quiet_host_timeout": 5,
-                                     **values})
-    record = run_experiment(params, tmp_path / name, run_id=name, progress=False,
-                            client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, name) == ([], []), "the run left containers or its network behind"
-    return record, pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
+    record = run_ok(engine, tmp_path / "ceiling-test", network="loopback",
+                    port_range="1024-65535", connections="ceiling", quiet_host_timeout=5,
+                    **values)
+    return record, pl.read_parquet(tmp_path / "ceiling-test" / results.CLIENTS_FILE)
 
 
 def test_the_engine_nofile_cap_through_two_processes_is_held_and_stops_it(engine, tmp_path):
