@@ -117,6 +117,9 @@ def summary(run_dir: Path) -> str:
         lines.append(f"server accepted {totals.get('server_accepted') or 0:,} over "
                      f"{len(server)} worker(s)" + (f"; accept() errors: {', '.join(errors)}"
                                                    if errors else ""))
+    from tcplimits.engine.hostceiling import summary_line
+
+    lines += [line for line in [summary_line(record)] if line]
     comparison = (model.compare_run(run_row(record, Path(run_dir)), clients, server)
                   if record["status"] == results.STATUS_OK else None)  # finished runs only
     if comparison is not None:
@@ -200,7 +203,33 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     # Host facts change from run to run (what else is open, tracked, free): read, not cached.
     info["host"] = (footprint.host_facts() if host.engine_is_local(client.api.base_url)
                     else "unknown: the engine is not on this machine")
+    if isinstance(info["host"], dict):  # the figures of `tcplimits ceiling`
+        from tcplimits.engine import hostceiling
+
+        info["ceiling"] = hostceiling.as_json(
+            hostceiling.ceilings(info["host"], info["engine_nofile_cap"]))
     print(json.dumps(info, indent=2))
+    return EXIT_OK
+
+
+def _cmd_ceiling(args: argparse.Namespace) -> int:
+    import json
+
+    from tcplimits.engine import footprint, host, hostceiling, probe_engine
+
+    client = _engine_or_none("ceiling")
+    if client is None:
+        return EXIT_MACHINE
+    if not host.engine_is_local(client.api.base_url):
+        print("tcplimits ceiling: the engine is not on this machine: its host's limits cannot "
+              "be read here", file=sys.stderr)
+        return EXIT_UNSUPPORTED
+    cap = probe_engine(client)["engine_nofile_cap"]
+    facts = footprint.host_facts()
+    found = hostceiling.ceilings(facts, cap)
+    print(json.dumps({"engine_nofile_cap": cap, "host": facts,
+                      **hostceiling.as_json(found)}, indent=2) if args.json
+          else hostceiling.table(found, cap))
     return EXIT_OK
 
 
@@ -338,10 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "conntrack facts; then "
                        "the host settings a big point depends on (fs.file-max, fs.nr_open, "
                        "nf_conntrack_max and count, bridge-nf-call-iptables, tcp_mem, "
-                       "tcp_max_orphans, MemAvailable, sockstat), read fresh each time.")
+                       "tcp_max_orphans, MemAvailable, sockstat), read fresh each time, and the "
+                       "host's ceiling per network mode (as `tcplimits ceiling --json`).")
     p.add_argument("--refresh", action="store_true",
                    help="measure the nofile cap again, ignoring the cache")
     p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("ceiling", help="the most connections this host can hold, per "
+                       "network mode, and the limit that stops it",
+                       description="For loopback and bridge: the most concurrent connections "
+                       "this host can hold with both ends on it and its settings as they are "
+                       "(fs.file-max, memory with a safety margin, conntrack), the limit that "
+                       "binds, the next one and its margin, the layout that holds it and the "
+                       "command that raises the binding limit. Read fresh each time; "
+                       "tcplimits never changes a host setting.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_cmd_ceiling)
 
     p = sub.add_parser("clean", help="remove leftover containers and networks of dead runs",
                        description="Remove containers and networks labelled tcplimits=1 whose "

@@ -100,7 +100,7 @@ def test_ids_name_every_non_default_physical_parameter():
         if field.kind == "choice":
             value = next(c for c in field.choices if c != field.default)
         else:
-            value = 3 if field.kind in ("int", "workers", "rate") else 7.5
+            value = 3 if field.kind in ("int", "workers", "rate", "connections") else 7.5
             value = max(value, field.minimum or 0)
             value = min(value, field.maximum if field.maximum is not None else value)
             value = 1 if value == field.default else value
@@ -196,14 +196,15 @@ def test_schema_mirrors_params_fields():
         if field.kind == "choice":
             assert spec["type"] == "string" and tuple(spec["enum"]) == field.choices, name
             continue
-        if field.kind in ("workers", "rate"):
+        if field.kind in ("workers", "rate", "connections"):
             numeric = next(s for s in spec["oneOf"] if "type" in s)
-            assert {"const": {"workers": "auto", "rate": "max"}[field.kind]} in spec["oneOf"]
+            assert {"const": {"workers": "auto", "rate": "max",
+                              "connections": "ceiling"}[field.kind]} in spec["oneOf"]
         else:
             numeric = spec
         types = numeric["type"] if isinstance(numeric["type"], list) else [numeric["type"]]
         expected = {"int": "integer", "workers": "integer", "rate": "integer", "float": "number",
-                    "port_range": "string"}[field.kind]
+                    "port_range": "string", "connections": "integer"}[field.kind]
         assert set(types) == {expected} | ({"null"} if field.optional else set()), name
         if field.kind != "port_range":
             assert numeric.get("minimum") == field.minimum, name

@@ -36,7 +36,7 @@ PAIRS_MAX = 4096
 MODES = ("hold", "churn")
 CLOSERS = ("client", "server")
 # Fields that accept a word besides an integer.
-_WORDS = {"workers": "auto", "rate": "max"}
+_WORDS = {"workers": "auto", "rate": "max", "connections": "ceiling"}
 
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*[-\s]\s*(\d+)\s*$")
 
@@ -54,7 +54,7 @@ class ParamError(ValueError):
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int", "float", "port_range", "workers", "rate", "choice"
+    kind: str  # "int", "float", "port_range", "workers", "rate", "connections", "choice"
     default: Any
     help: str
     minimum: float | None = None
@@ -95,6 +95,12 @@ FIELDS: dict[str, Field] = {
               "net.core.somaxconn, 4096 in a new namespace)", 0, 65535),
         Field("max_connections", "int", None,
               "optional bound on connections per client process", 1, NOFILE_MAX, optional=True),
+        # Issue 22: a total instead of a share per process, or the host's own ceiling.
+        Field("connections", "connections", None,
+              "connections all client processes hold together, spread evenly over them (each "
+              "stops at its share), or 'ceiling': the most this host can hold with this "
+              "layout and network as it is set up (`tcplimits ceiling`), resolved when the "
+              "run starts and recorded as the number", 1, 100_000_000, optional=True),
         Field("connect_timeout", "float", 3.0,
               "seconds before one connect() is given up (a dropped SYN would otherwise "
               "hang for ~2 minutes)", 0.1, 300),
@@ -208,7 +214,7 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
         raise ParamError(key, value, f"expected one of {', '.join(field.choices)}")
     if isinstance(value, bool):
         raise ParamError(key, value, "expected a number, not a boolean")
-    if field.kind in ("int", "workers", "rate"):
+    if field.kind in ("int", "workers", "rate", "connections"):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, str):
@@ -251,6 +257,7 @@ class RunParams:
     server_workers: int | str = _default("server_workers")
     backlog: int = _default("backlog")
     max_connections: int | None = _default("max_connections")
+    connections: int | str | None = _default("connections")
     connect_timeout: float = _default("connect_timeout")
     timeout: float = _default("timeout")
     network: str = _default("network")

@@ -38,9 +38,10 @@ REPETITIONS = ("How many times each point runs. Repetition n > 1 gets the id suf
 EXPERIMENT = ("Values every point starts from; a grid list or a point entry overrides them. "
               "Changing one reruns the points it reaches.")
 MAX_REPETITIONS = 100
-# The word a field of kind "workers" or "rate" accepts besides an integer.
-WORDS = {"workers": "auto", "rate": "max"}
-JSON_TYPES = {"int": "integer", "workers": "integer", "rate": "integer", "float": "number"}
+# The word a field of kind "workers", "rate" or "connections" accepts besides an integer.
+WORDS = {"workers": "auto", "rate": "max", "connections": "ceiling"}
+JSON_TYPES = {"int": "integer", "workers": "integer", "rate": "integer", "connections": "integer",
+              "float": "number"}
 
 
 def field_schema(field: Field) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tcplimits.engine.plan import Resolved, new_run_id, unsupported_reason
 from tcplimits.engine.probe import probe_engine
 from tcplimits.engine.record import (RunTables, assemble, close_record, environment, new_record,
                                      write_run)
-from tcplimits.model import hostlimits
+from tcplimits.model import ceiling, hostlimits
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _run(params: RunParams, out_dir: Path, run_id: str | None, progress: bool, c
         return _write_stopped(out_dir, close_record(
             record, started, status=results.STATUS_FAILED,
             reason=faults.unreachable_reason(err), fault=faults.ENGINE_UNREACHABLE))
-    resolved, host_facts, refused = plan_on_host(params, record, pre)
+    params, resolved, host_facts, refused = plan_on_host(params, record, pre)
     if refused:
         return _write_stopped(out_dir, close_record(
             record, started, status=results.STATUS_UNSUPPORTED, reason=refused))
@@ -105,23 +105,30 @@ def preflight(client, log: Log) -> Preflight:
     return Preflight(client, image, facts, local_host, sweep(client))
 
 
-def plan_on_host(params: RunParams, record: dict[str, Any],
-                 pre: Preflight) -> tuple[Resolved, dict | None, str | None]:
-    """The server's resolved size on this engine, the host's facts, and why the point cannot
-    run here (None: it can); what they are goes into ``record``."""
+def plan_on_host(params: RunParams, record: dict[str, Any], pre: Preflight
+                 ) -> tuple[RunParams, Resolved, dict | None, str | None]:
+    """The parameters to run (``connections`` resolved on this host), the server's resolved
+    size on this engine, the host's facts, and why the point cannot run here (None: it can);
+    what they are goes into ``record``."""
     record["environment"] = environment(pre.facts, pre.image)
     record["host_tcp"] = {"before": host.read_state(pre.local_host)}
     cap = pre.facts["engine_nofile_cap"]
+    host_facts = footprint.host_facts() if pre.local_host else None
+    unresolved = None
+    try:  # connections: N or "ceiling" becomes a number and each process's share (issue 22)
+        params, record["ceiling"] = ceiling.resolve(params, host_facts, cap)
+        record["params"] = params.to_dict()
+    except ceiling.CeilingError as err:
+        unresolved = str(err)
     resolved = Resolved.of(params, cap)
     record["resolved"] = asdict(resolved)
-    host_facts = footprint.host_facts() if pre.local_host else None
     demand = model.predict(params, server_nofile=resolved.server_nofile,
                            server_workers=resolved.server_workers).total
     limits = (hostlimits.host_limits(params, host_facts, demand, resolved.server_workers)
               if host_facts else [])
     record.update(host=host_facts, host_limits=[lim.to_dict() for lim in limits])
-    return (resolved, host_facts,
-            unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits))
+    return (params, resolved, host_facts, unresolved
+            or unsupported_reason(params, cap, resolved) or hostlimits.refusal(limits))
 
 
 def lifecycle(experiment: Experiment) -> Outcome:

@@ -43,10 +43,11 @@ from tcplimits.config.params import RunParams
 # per connection, plus bind buckets and hash entries; a conntrack entry (bridge) is 256 bytes
 # per tracking namespace. Rounded up for sizing.
 KERNEL_BYTES_PER_CONNECTION = 9 * 1024
-# The agents' own memory: a Python interpreter per process (~8 MiB rss measured) and a few
-# dozen bytes per held descriptor.
+# The agents' own memory: a Python interpreter per process (~8 MiB rss measured) and what a
+# held descriptor costs them: measured 172-191 bytes per connection (the containers' rss,
+# benchmarks/results/million*.json), rounded up.
 PROCESS_BYTES = 16 * 2**20
-USER_BYTES_PER_CONNECTION = 64
+USER_BYTES_PER_CONNECTION = 192
 # Keep this share of MemAvailable for everything else on the host.
 MEMORY_HEADROOM = 0.1
 # A connection's descriptors: the client's socket and the server's accepted socket.
@@ -148,7 +149,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
         out.append(HostLimit(
             CONNTRACK_MAX, ct_max, needed,
             room if room < demand else None, "ETIMEDOUT", "stops",
-            f"sysctl -w {CONNTRACK_MAX}={_round_up(needed)}",
+            f"sysctl -w {CONNTRACK_MAX}={round_up(needed)}",
             "--network loopback (no bridge, no netfilter rules: no conntrack entries)",
             f"{where} track{'s' if len(tracked) == 1 else ''} one entry per connection"
             + (f", {used:,} already used by the host" if "host" in tracked else "")
@@ -160,7 +161,7 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
         room = max(0, (file_max - used) // DESCRIPTORS_PER_CONNECTION)
         out.append(HostLimit(
             FILE_MAX, file_max, needed, room if room < demand else None, "ENFILE", "refused",
-            f"sysctl -w {FILE_MAX}={_round_up(needed)}", None,
+            f"sysctl -w {FILE_MAX}={round_up(needed)}", None,
             f"two descriptors per connection, both ends on this host, {used:,} already open; "
             "at the limit every process on the host gets ENFILE", room))
     available = facts.get(MEMORY)
@@ -214,7 +215,7 @@ def refusal(limits: list[HostLimit]) -> str | None:
     return "; ".join(lim.sentence() for lim in refused) or None
 
 
-def _round_up(value: int) -> int:
+def round_up(value: int) -> int:
     """A value an operator would type: the need rounded up to two significant digits."""
     if value <= 0:
         return 0

@@ -37,6 +37,7 @@ from tcplimits.config.params import FIELDS, port_count
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8,  # server_workers may be "auto"
                  "rate": pl.Utf8,  # rate may be "max"
+                 "connections": pl.Int64,  # as resolved: "ceiling" becomes the number
                  "choice": pl.Utf8}
 
 # Every RunParams field is a column (a field added to params.FIELDS appears by itself).
@@ -111,6 +112,8 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "host_limits": pl.Utf8,                     # run.json host_limits as JSON
     "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
     "host_limit_stops_at": pl.Int64,
+    "ceiling": pl.Utf8,                         # run.json ceiling as JSON: connections asked
+                                                # (a number or "ceiling") resolved (issue 22)
     **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
         "connections": pl.Int64,            # measured: opened and closed, all processes
         "rate": pl.Float64,                 # measured: connections per second sustained
@@ -272,6 +275,7 @@ def _footprint_columns(record: dict) -> dict[str, Any]:
         "host_limits": json.dumps(limits) if limits else None,
         "host_limit": stop.setting if stop else None,
         "host_limit_stops_at": stop.stops_at if stop else None,
+        "ceiling": json.dumps(record["ceiling"]) if record.get("ceiling") else None,
     }
 
 

@@ -1,8 +1,9 @@
 """Section 12, "One host, one million" (issue 10; pure functions of the dataset's runs table):
 the runs of 100,000 connections or more, or on loopback: connections held against the model,
 what stopped each (the model's term, or the host setting), how long connecting took, and what
-a connection cost in memory and conntrack entries; then the host's limits as the biggest run
-met them. Every number a sentence states is read from the runs; the limits' formulas are
+a connection cost in memory and conntrack entries; the ceiling rung and the connect rate rung
+by rung (tcplimits.report.sections.ceiling); then the host's limits as the biggest run met
+them. Every number a sentence states is read from the runs; the limits' formulas are
 tcplimits.model.hostlimits', recorded with each run. ``one_million`` lays the section out.
 """
 
@@ -19,6 +20,7 @@ from tcplimits.model import hostlimits
 from tcplimits.report import charts
 from tcplimits.report.blocks import Blocks, plural
 from tcplimits.report.data import Data
+from tcplimits.report.sections import ceiling
 from tcplimits.report.sections.hold import noisy_note
 
 LADDER_MIN = 100_000  # the first rung of config/million.yaml
@@ -153,7 +155,13 @@ def one_million(d: Data) -> Blocks:
         out.md(note)
     if top is not None:
         held = ladder_runs(d.runs).filter(pl.col("connections_total").is_not_null())
-        out.chart(charts.held_against_limits(held, limit_rules(top)))
+        out.chart(charts.held_against_limits(held, ceiling.ceiling_rules(top)
+                                             or limit_rules(top)))
+    for run in ceiling.ceiling_runs(d.runs).iter_rows(named=True):  # issue 22
+        out.md(ceiling.ceiling_sentence(run)).table(ceiling.bounds_table(run))
+    rate = ceiling.rate_sentence(ladder_runs(d.runs))
+    if rate:
+        out.md(rate)
     memory = memory_sentence(d.runs)
     if memory:
         out.md(memory)
