@@ -69,7 +69,6 @@ def test_two_nat_addresses_serve_clients_that_hash_apart(engine, tmp_path):
     used = {g["nat_addr"] for g in pred["groups"]}
     check_through_nat(record, clients, 100 * len(used))
     assert {p["addr"] for p in record["nat"]["peers"]} == used
-    by_nat = {g["nat_addr"]: set(g["clients"]) for g in pred["groups"]}
     assert len(record["nat"]["nat_addrs"]) == 2
 
 
