@@ -188,8 +188,8 @@ def _check_nat(params: "RunParams") -> None:
                                  "(set nat: gateway, or leave it out)")
         return
     if params.network != "bridge":
-        raise ParamError("nat", params.nat, "needs network bridge (the router joins two "
-                         "bridge networks; loopback has no route to translate)")
+        raise ParamError("nat", params.nat, "needs network bridge (the router shares the "
+                         "run's bridge network; loopback has no route to translate)")
     if params.client_addrs != 1:
         raise ParamError("client_addrs", params.client_addrs, "must be 1 with nat gateway "
                          "(the router translates each client's one address; extra source "
