@@ -242,7 +242,7 @@ def test_shipped_configs_are_valid(name):
 
 def test_default_config_shows_every_phenomenon_at_small_scale():
     points = grid.points(grid.load_config(ROOT / "config" / "config.yaml"))
-    assert 8 <= len(points) <= 20
+    assert 8 <= len(points) <= 21
     params = [p.params for p in points]
     # The 4-tuple: a member that lifts the cap, and a bind mode that loses it (issue 9).
     assert {p.bind_mode for p in params} >= {"connect", "bind", "bind-no-port"}
