@@ -8,9 +8,7 @@ import polars as pl
 import pytest
 
 from tcplimits import results
-from tcplimits.config.params import RunParams
-from tcplimits.engine import run_experiment
-from tests.engine.helpers import labelled, unique_id
+from tests.engine.helpers import run_ok
 
 pytestmark = pytest.mark.docker
 
@@ -18,14 +16,10 @@ POOL = "40000-40099"  # 100 ports: searched whole by the NAT, so it fills exactl
 
 
 def run(engine, tmp_path, name, **values):
-    name = unique_id(f"nat-{name}")
+    """A run behind (or beside) the NAT: finished ok, nothing left, not even the router."""
     values = {"port_range": "40000-40199", "nofile": 1000, "quiet_host_timeout": 5, **values}
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=name,
-                            progress=False, client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    assert labelled(engine, name) == ([], []), "the run left containers, its router or network"
-    clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
-    return record, clients
+    record = run_ok(engine, tmp_path / f"nat-{name}", **values)
+    return record, pl.read_parquet(tmp_path / f"nat-{name}" / results.CLIENTS_FILE)
 
 
 def check_through_nat(record, clients, total):
