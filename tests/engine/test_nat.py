@@ -63,6 +63,9 @@ def test_two_nat_addresses_serve_clients_that_hash_apart(engine, tmp_path):
     used = {g["nat_addr"] for g in pred["groups"]}
     check_through_nat(record, clients, 100 * len(used))
     assert {p["addr"] for p in record["nat"]["peers"]} == used
+    held = dict(clients.select("client", "connections").iter_rows())
+    for group in pred["groups"]:  # each NAT address's clients held its pool together
+        assert sum(held[c] for c in group["clients"]) == 100
     assert len(record["nat"]["nat_addrs"]) == 2
 
 
