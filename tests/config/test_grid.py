@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tcplimits.config import grid
-from tcplimits.config.params import CHURN_ONLY, FIELDS, RunParams
+from tcplimits.config.params import CHURN_ONLY, FIELDS, NAT_ONLY, RunParams
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = grid.load_schema()
@@ -99,6 +99,8 @@ def test_ids_name_every_non_default_physical_parameter():
             continue
         if field.kind == "choice":
             value = next(c for c in field.choices if c != field.default)
+        elif field.kind == "port_range":
+            value = "40000-40099"
         else:
             value = 3 if field.kind in ("int", "workers", "rate", "connections") else 7.5
             value = max(value, field.minimum or 0)
@@ -107,6 +109,8 @@ def test_ids_name_every_non_default_physical_parameter():
         values = {name: value}
         if name in CHURN_ONLY:
             values["mode"] = "churn"
+        if name in NAT_ONLY:
+            values["nat"] = "gateway"
         params = RunParams.from_mapping(values)
         shown = value if isinstance(value, str) else f"{value:g}"
         assert f"_{name.replace('_', '-')}{shown}" in grid.point_id(params), name
@@ -228,7 +232,7 @@ def test_schema_refuses_unknown_keys_everywhere():
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "seed.yaml", "tiny.yaml", "fourtuple.yaml",
-                                  "churn.yaml", "million.yaml"])
+                                  "churn.yaml", "million.yaml", "nat.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = grid.load_config(ROOT / "config" / name)
     points = grid.points(cfg)
@@ -239,7 +243,7 @@ def test_shipped_configs_are_valid(name):
 
 def test_default_config_shows_every_phenomenon_at_small_scale():
     points = grid.points(grid.load_config(ROOT / "config" / "config.yaml"))
-    assert 8 <= len(points) <= 20
+    assert 8 <= len(points) <= 21
     params = [p.params for p in points]
     # The 4-tuple: a member that lifts the cap, and a bind mode that loses it (issue 9).
     assert {p.bind_mode for p in params} >= {"connect", "bind", "bind-no-port"}

@@ -15,7 +15,9 @@ import struct
 import sys
 
 NETLINK_ROUTE = 0
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
+RTA_DST, RTA_GATEWAY = 1, 5
+RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLM_F_DUMP = 0x300
@@ -23,6 +25,7 @@ IFA_ADDRESS, IFA_LOCAL, IFA_LABEL = 1, 2, 3
 IFA_F_SECONDARY = 0x01
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFADDRMSG = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")
 
 
@@ -102,6 +105,18 @@ def add_address(iface, addr, prefix):
             pass
 
 
+def add_route(dest, prefix, gateway):
+    """Route dest/prefix via gateway in the main table (CAP_NET_ADMIN): the clients' way to
+    the server's network through the NAT router (topology gateway)."""
+    body = (_RTMSG.pack(socket.AF_INET, prefix, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0,
+                        RTN_UNICAST, 0)
+            + _attr(RTA_DST, socket.inet_aton(dest)) + _attr(RTA_GATEWAY, socket.inet_aton(gateway)))
+    with _socket() as sock:
+        _request(sock, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, 3)
+        for _ in _messages(sock, 3):
+            pass
+
+
 def _emit(event, **fields):
     fields["event"] = event
     sys.stdout.write(json.dumps(fields, separators=(",", ":")) + "\n")
@@ -110,9 +125,21 @@ def _emit(event, **fields):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["route", "via"] and len(argv) >= 4:
+        for spec in argv[3:]:
+            dest, _, prefix = spec.partition("/")
+            try:
+                add_route(dest, int(prefix or 32), argv[2])
+            except OSError as exc:
+                _emit("error", route=spec, errno=exc.errno,
+                      error=errno.errorcode.get(exc.errno, str(exc.errno)),
+                      message=os.strerror(exc.errno))
+                return 1
+            _emit("route_added", dest=spec, via=argv[2])
+        return 0
     if not argv or argv[0] not in ("add", "list") or (argv[0] == "add" and len(argv) < 3):
-        print("usage: netaddr.py list | netaddr.py add IFACE ADDR/PREFIX [ADDR/PREFIX ...]",
-              file=sys.stderr)
+        print("usage: netaddr.py list | netaddr.py add IFACE ADDR/PREFIX [ADDR/PREFIX ...] | "
+              "netaddr.py route via GATEWAY DEST/PREFIX [DEST/PREFIX ...]", file=sys.stderr)
         return 2
     if argv[0] == "add":
         iface = argv[1]

@@ -33,6 +33,12 @@ BIND_MODES = ("connect", "bind", "bind-no-port")
 # destinations table and one entry of the agent's report.
 PAIRS_MAX = 4096
 
+# Clients behind a NAT (issue 16): none (the direct path) or a router container that
+# translates their source addresses (tcplimits.engine.nat, tcplimits.model.nat).
+NATS = ("none", "gateway")
+NAT_RANDOM = ("none", "random", "fully")
+NAT_ADDRS_MAX = 16  # Azure's NAT gateway takes up to 16 public addresses, AWS's up to 8
+
 MODES = ("hold", "churn")
 CLOSERS = ("client", "server")
 # Fields that accept a word besides an integer.
@@ -156,10 +162,45 @@ FIELDS: dict[str, Field] = {
               "how a client gets its source port: connect (plain connect()), bind "
               "(bind((addr, 0)) then connect()), bind-no-port (bind() with "
               "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
+        # Behind a NAT (issue 16).
+        Field("nat", "choice", "none",
+              "none: clients reach the server directly; gateway: clients sit on a network of "
+              "their own and reach the server through a NAT router container (source NAT)",
+              choices=NATS),
+        Field("nat_addrs", "int", 1,
+              "nat gateway: addresses the NAT translates to (its SNAT address pool)", 1,
+              NAT_ADDRS_MAX),
+        Field("nat_port_range", "port_range", None,
+              "nat gateway: the NAT's port range, LO-HI (default: MASQUERADE's own, "
+              "1024-65535 for source ports >= 1024; it ignores ip_local_port_range)",
+              optional=True),
+        Field("nat_random", "choice", "none",
+              "nat gateway: how the NAT picks a port: none (keep the client's port when free, "
+              "else search from a random offset), random (--random), fully (--random-fully)",
+              choices=NAT_RANDOM),
     ]
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
 CHURN_ONLY = ("rate", "duration", "closer")
+# Fields that only mean something behind a NAT: refused with nat none unless left default.
+NAT_ONLY = ("nat_addrs", "nat_port_range", "nat_random")
+
+
+def _check_nat(params: "RunParams") -> None:
+    """Combinations the NAT path cannot run, refused with the reason."""
+    if params.nat == "none":
+        for name in NAT_ONLY:
+            if getattr(params, name) != FIELDS[name].default:
+                raise ParamError(name, getattr(params, name), "applies to nat gateway only "
+                                 "(set nat: gateway, or leave it out)")
+        return
+    if params.network != "bridge":
+        raise ParamError("nat", params.nat, "needs network bridge (the router shares the "
+                         "run's bridge network; loopback has no route to translate)")
+    if params.client_addrs != 1:
+        raise ParamError("client_addrs", params.client_addrs, "must be 1 with nat gateway "
+                         "(the router translates each client's one address; extra source "
+                         "addresses behind a NAT are not supported)")
 
 
 def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
@@ -198,6 +239,8 @@ def _default(name: str) -> Any:
 
 
 def _coerce(field: Field, value: Any, key: str) -> Any:
+    if field.kind == "choice" and isinstance(value, str) and value.strip().lower() in field.choices:
+        return value.strip().lower()  # a choice may be the word "none" (nat, nat_random)
     if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
         if field.optional:
             return None
@@ -274,6 +317,10 @@ class RunParams:
     server_addrs: int = _default("server_addrs")
     client_addrs: int = _default("client_addrs")
     bind_mode: str = _default("bind_mode")
+    nat: str = _default("nat")
+    nat_addrs: int = _default("nat_addrs")
+    nat_port_range: str | None = _default("nat_port_range")
+    nat_random: str = _default("nat_random")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -311,6 +358,7 @@ class RunParams:
                     raise ParamError(name, getattr(self, name), "needs network bridge (on "
                                      "loopback every client spreads over 127.x addresses of "
                                      "its own; leave it out or set network: bridge)")
+        _check_nat(self)
         if self.mode != "churn":
             for name in CHURN_ONLY:
                 if getattr(self, name) != FIELDS[name].default:
@@ -320,6 +368,11 @@ class RunParams:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "
                              "bounds the whole run")
+
+    @property
+    def gateway(self) -> bool:
+        """The clients reach the server through the NAT router (nat gateway)."""
+        return self.nat == "gateway"
 
     @property
     def churn(self) -> bool:

@@ -12,6 +12,7 @@ loopback), clients connecting until their first failure.
     probe       engine facts: versions, conntrack room, the nofile cap (cached)
     cleanup     owner labels, sweeping leftovers of dead runs, SIGINT/SIGTERM handling
     addresses   extra server/client addresses, added by a one-shot NET_ADMIN helper
+    nat         topology gateway: the NAT router, the clients' routes, its counters
     ownership   who made a resource (host, pid namespace, pid) and whether it still lives
     outdir      the run directory prepared before any container: writable, room, --force
     faults      what kind of fault failed a run, and the exit codes

@@ -65,7 +65,8 @@ class AddressPlan:
 
 
 def needs_extra(params: RunParams) -> bool:
-    return params.server_addrs > 1 or params.client_addrs > 1
+    return params.server_addrs > 1 or params.client_addrs > 1 or (params.gateway
+                                                                   and params.nat_addrs > 1)
 
 
 def plan(params: RunParams, base: str) -> AddressPlan:
@@ -78,6 +79,8 @@ def plan(params: RunParams, base: str) -> AddressPlan:
     extra = {"server": [str(next(hosts)) for _ in range(params.server_addrs - 1)]}
     for client in range(1, params.clients + 1):
         extra[f"client{client}"] = [str(next(hosts)) for _ in range(params.client_addrs - 1)]
+    if params.gateway and params.nat_addrs > 1:  # the NAT's SNAT range, contiguous (engine.nat)
+        extra["router"] = [str(next(hosts)) for _ in range(params.nat_addrs)]
     last = ipaddress.ip_address(max((a for v in extra.values() for a in v),
                                     key=lambda a: int(ipaddress.ip_address(a)), default=base))
     if last not in subnet or last == subnet.broadcast_address:
@@ -138,12 +141,10 @@ def helper_spec(image: str, target_id: str, addrs: list[str], prefix: int,
     )
 
 
-def add_addresses(client, image: str, target, addrs: list[str], prefix: int,
-                  labels: dict[str, str], name: str,
-                  track: Callable[[Any], None] = lambda c: None) -> dict[str, Any]:
-    """Run the helper against ``target`` and return what run.json records of it. ``track``
-    receives the helper container so the caller can remove it if we are interrupted."""
-    spec = helper_spec(image, target.id, addrs, prefix, labels, name)
+def _run_helper(client, spec: dict[str, Any],
+                track: Callable[[Any], None] = lambda c: None) -> tuple[int, str, dict, float]:
+    """Run one helper container to its end and remove it: (exit status, output, its
+    HostConfig, seconds)."""
     t0 = time.monotonic()
     helper = client.containers.create(**spec)
     track(helper)
@@ -158,16 +159,42 @@ def add_addresses(client, image: str, target, addrs: list[str], prefix: int,
             helper.remove(force=True)
         except docker.errors.NotFound:
             pass
+    return status, output, host, round(time.monotonic() - t0, 3)
+
+
+def _helper_record(target, name: str, image: str, host: dict, duration: float) -> dict:
+    return {"target": target.name, "helper": name, "image": image, "user": HELPER_USER,
+            "cap_add": host.get("CapAdd"), "cap_drop": host.get("CapDrop"),
+            "network_mode": host.get("NetworkMode"), "duration_s": duration}
+
+
+def add_addresses(client, image: str, target, addrs: list[str], prefix: int,
+                  labels: dict[str, str], name: str,
+                  track: Callable[[Any], None] = lambda c: None) -> dict[str, Any]:
+    """Run the helper against ``target`` and return what run.json records of it. ``track``
+    receives the helper container so the caller can remove it if we are interrupted."""
+    spec = helper_spec(image, target.id, addrs, prefix, labels, name)
+    status, output, host, duration = _run_helper(client, spec, track)
     events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     if status != 0:
         raise RuntimeError(f"adding {', '.join(addrs)} to {target.name} failed (exit {status}): "
                            f"{output.strip()[-400:]}")
     listed = next((e["addresses"] for e in events if e["event"] == "addresses"), [])
     return {
-        "target": target.name, "helper": name, "image": image, "user": HELPER_USER,
-        "cap_add": host.get("CapAdd"), "cap_drop": host.get("CapDrop"),
-        "network_mode": host.get("NetworkMode"),
+        **_helper_record(target, name, image, host, duration),
         "added": [e["addr"] for e in events if e["event"] == "added"],
         "addresses_after": [a["addr"] for a in listed if a["iface"] == IFACE],
-        "duration_s": round(time.monotonic() - t0, 3),
     }
+
+
+def add_routes(client, image: str, target, dests: list[str], via: str, labels: dict[str, str],
+               name: str) -> dict[str, Any]:
+    """The same helper adding a route to each of ``dests`` via ``via`` in ``target``'s
+    namespace (topology gateway: the clients reach the server through the NAT router)."""
+    spec = helper_spec(image, target.id, [], 0, labels, name)
+    spec["command"] = ["python3", NETADDR, "route", "via", via, *dests]
+    status, output, host, duration = _run_helper(client, spec)
+    if status != 0:
+        raise RuntimeError(f"adding routes to {', '.join(dests)} via {via} in {target.name} "
+                           f"failed (exit {status}): {output.strip()[-400:]}")
+    return {**_helper_record(target, name, image, host, duration), "routes": dests, "via": via}

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import docker.errors
 
 from tcplimits import INSTANCE_LABEL, LABEL, RUN_LABEL, results
-from tcplimits.engine import addresses, faults, host
+from tcplimits.engine import addresses, faults, host, nat
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
@@ -77,6 +77,7 @@ class Experiment(Teardown):
         self.addresses: dict[str, list[str]] = {}    # role -> every IPv4 address it had
         self.helpers: list[dict] = []                # what each NET_ADMIN helper did
         self.network_ipam: list[dict] | None = None  # the network's subnet(s), as created
+        self.nat = nat.Gateway(self, log=log)  # nat gateway's steps; no-ops with nat none
 
     def __enter__(self) -> "Experiment":
         return self

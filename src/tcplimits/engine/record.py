@@ -93,6 +93,10 @@ def assemble(record: dict[str, Any], experiment, *, engine: dict, host_facts: di
         record["churn"] = churn_model.run_record(
             run_id, params, tables.clients, held_by_client,
             finished=status == results.STATUS_OK, seconds=state.churn)
+    if params.gateway:  # behind the NAT: its model's count and limit (engine.nat)
+        from tcplimits.engine import nat
+
+        nat.assemble(record, experiment.nat, held, addresses, tables.clients, prediction)
     if experiment.quiet is not None:  # it got as far as connecting
         reasons = [experiment.quiet.reason] if experiment.quiet.noisy else []
         reasons += [r for r in [model.dropped_syns_reason(facts["listen_drops"],

@@ -153,8 +153,8 @@ def lifecycle(experiment: Experiment) -> Outcome:
                 status, reason, fault = (results.STATUS_FAILED, faults.lost_reason(err),
                                          faults.ENGINE_LOST)
             finally:
-                if fault != faults.ENGINE_LOST:
-                    addresses = experiment.client_addresses()
+                if fault != faults.ENGINE_LOST:  # nat gateway stopped its clients: it kept them
+                    addresses = experiment.nat.client_addrs or experiment.client_addresses()
                 experiment.drain(0.05)
     except (KeyboardInterrupt, Interrupted) as err:
         interrupted = err
@@ -174,17 +174,22 @@ def _steps(experiment: Experiment) -> None:
     experiment.create_network()
     experiment.start_server()
     experiment.add_server_addresses()
+    experiment.nat.setup()  # nat gateway's steps (engine.nat): no-ops with nat none
     experiment.start_clients()
     experiment.add_client_addresses()
+    experiment.nat.add_routes()
     experiment.wait_quiet()
     experiment.measure("before")
+    experiment.nat.snapshot("before")
     experiment.start_connecting()
     experiment.wait_for_clients()
     if experiment.params.churn:
         experiment.wait_for_duration()
     else:
         experiment.measure("held")
+    experiment.nat.held()
     experiment.collect_server()
+    experiment.nat.finish()
 
 
 def _write_stopped(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:

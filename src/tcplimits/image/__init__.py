@@ -5,6 +5,8 @@ and the agent programs on top.
     base          ensure_base: debootstrap into a folder, `docker import` it
     apt_sources   which Debian mirror and release the host's apt sources name
     Dockerfile    the agent image's recipe
+    router        ensure_router_image: the NAT router's image, the agent image plus Debian's
+                  iptables fetched with apt-get download (Dockerfile.router)
 """
 
 from tcplimits.image.base import ImageError, ensure_base

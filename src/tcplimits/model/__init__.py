@@ -6,6 +6,8 @@
     fourtuple   the 4-tuple: port pools per source address, destination and bind mode
     hostlimits  the host's own limits (fs.file-max, conntrack, memory) as ceilings
     words       how the model's sentences spell a count (``plural``)
+    nat         clients behind a source NAT: the shared pool, the hashed NAT address, the
+                bounded port search (natrun: a run behind the NAT against it)
 
 Pure functions of the parameters and the engine's facts; imports nothing but tcplimits.config.
 The names callers use of the hold model are re-exported here (``model.predict``).

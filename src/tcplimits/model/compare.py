@@ -161,6 +161,9 @@ def compare_run(
     a count (the dataset's unfinished runs) and for mode churn (churn_model judges it)."""
     if run.get("connections_total") is None or run.get("mode") == "churn":
         return None
+    if run.get("nat") == "gateway":  # behind a NAT: tcplimits.model.natrun judges it
+        from tcplimits.model import natrun
+        return natrun.comparison(run, clients)
     params = params_of(run)
     server_nofile = run.get("resolved_server_nofile") or params.server_nofile
     workers = run.get("resolved_server_workers")

@@ -222,6 +222,9 @@ def limit_reason(params: RunParams, prediction: Prediction | Mapping[str, Any]) 
                 "sockets: descriptors 0-2 (stdin, stdout, stderr) are already open")
     if limit == MAX_CONNECTIONS:
         return f"each client process stops by itself at {params.max_connections:,} connections"
+    if limit == "nat":  # behind a NAT (tcplimits.model.natrun)
+        from tcplimits.model import natrun
+        return natrun.limit_sentence(p.get("nat") or {})
     if limit == SERVER:
         return (f"the server accepts {accepted:,} and queues "
                 f"{(p.get('server_capacity') or 0) - accepted:,} more "

@@ -144,14 +144,18 @@ def host_limits(params: RunParams, facts: Mapping[str, Any], demand: int,
         # The host namespace's table already holds what else runs on the host.
         used = (ct_count or 0) if "host" in tracked else 0
         room = max(0, ct_max - used)
-        needed = used + demand * CONNTRACK_ENTRIES_PER_CONNECTION
+        # nat gateway: the host sees both legs (client -> router, router -> server)
+        per = CONNTRACK_ENTRIES_PER_CONNECTION * (2 if params.gateway else 1)
+        needed = used + demand * per
         where = " and ".join(f"the {n} namespace" for n in tracked)
         out.append(HostLimit(
             CONNTRACK_MAX, ct_max, needed,
-            room if room < demand else None, "ETIMEDOUT", "stops",
+            room // per if room < demand * per else None, "ETIMEDOUT", "stops",
             f"sysctl -w {CONNTRACK_MAX}={round_up(needed)}",
             "--network loopback (no bridge, no netfilter rules: no conntrack entries)",
-            f"{where} track{'s' if len(tracked) == 1 else ''} one entry per connection"
+            f"{where} track{'s' if len(tracked) == 1 else ''} "
+            + ("one entry per connection" if per == 1 else "one entry per connection per leg "
+               "(the host sees both legs through the NAT router)")
             + (f", {used:,} already used by the host" if "host" in tracked else "")
             + "; a full table drops SYNs", room))
     file_max, file_nr = facts.get(FILE_MAX), facts.get(FILE_NR)

@@ -2,6 +2,7 @@
 
     rundir    the run directory's contract: every file and column, atomic writes, statuses
     dataset   many run directories -> one set of Parquet tables with the parameters as columns
+    nat       the dataset's nat_* columns of a run behind a NAT (run.json "nat")
 
 The run directory's names are re-exported here (``results.RUN_JSON``, ``results.write_json``).
 """

@@ -33,6 +33,7 @@ import polars as pl
 from tcplimits.model import churn as churn_model
 from tcplimits import results
 from tcplimits.config.params import FIELDS, port_count
+from tcplimits.results.nat import NAT_SCHEMA, nat_columns
 
 _PARAM_DTYPES = {"int": pl.Int64, "float": pl.Float64, "port_range": pl.Utf8,
                  "workers": pl.Utf8,  # server_workers may be "auto"
@@ -130,6 +131,7 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
         "predicted_client_time_wait": pl.Int64,  # per client container
         "predicted_server_time_wait": pl.Int64,
     }.items()},
+    **NAT_SCHEMA,                           # behind a NAT (run.json "nat"); null if direct
     **ENV_SCHEMA,
     "run_dir": pl.Utf8,                     # where the run directory was read from
 }
@@ -236,6 +238,7 @@ def run_row(record: dict, run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     row.update(_churn_columns(record.get("churn")))
+    row.update(nat_columns(record))
     for key in ("started_at", "ended_at", "duration_s", "setup_s", "quiet_wait_s", "connect_s",
                 "teardown_s", "noisy", "noisy_reason"):
         row[key] = record.get(key)
