@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tcplimits.config import grid
-from tcplimits.config.params import CHURN_ONLY, FIELDS, RunParams
+from tcplimits.config.params import CHURN_ONLY, FIELDS, SERVER_ONLY, RunParams
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = grid.load_schema()
@@ -99,6 +99,8 @@ def test_ids_name_every_non_default_physical_parameter():
             continue
         if field.kind == "choice":
             value = next(c for c in field.choices if c != field.default)
+        elif field.kind == "port_range":
+            value = "40000-40499"
         else:
             value = 3 if field.kind in ("int", "workers", "rate") else 7.5
             value = max(value, field.minimum or 0)
@@ -107,6 +109,8 @@ def test_ids_name_every_non_default_physical_parameter():
         values = {name: value}
         if name in CHURN_ONLY:
             values["mode"] = "churn"
+        if name in SERVER_ONLY:
+            values["server"] = SERVER_ONLY[name][0]
         params = RunParams.from_mapping(values)
         shown = value if isinstance(value, str) else f"{value:g}"
         assert f"_{name.replace('_', '-')}{shown}" in grid.point_id(params), name

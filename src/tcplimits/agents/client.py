@@ -18,15 +18,23 @@ Lines written (one JSON object each, field "event"):
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
   pairs     per process, before its result, in chunks: [source, address, port, connections,
             error] per pair
-  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
-            system CPU seconds of the process meanwhile)
+  result    per process, once: connections (held: still established when counted), opened
+            (connect() succeeded), closed_by_peer (opened, then closed or reset by the server
+            before the count), peer_message (the first bytes a closing server sent, or null),
+            errno, error, message, elapsed_s, cpu_s (user + system CPU seconds of the
+            process meanwhile)
   churn, time_wait   in churn mode (see churn.py)
+
+Held means established when counted: once a process stops connecting it waits --settle
+seconds and checks every connection it opened (common.check_held); elapsed_s ends before that
+wait.
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
 """
 
 import argparse
+import array
 import errno
 import os
 import resource
@@ -79,6 +87,9 @@ def parse_args(argv=None):
                         "file's helper service adds them after this container starts)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds between the last connect() and the check that every opened "
+                        "connection is still established (a server may accept, then close)")
     add_churn_args(p)
     args = p.parse_args(argv)
     args.connect_timeval = common.timeval(args.connect_timeout)  # SO_SNDTIMEO, packed once
@@ -157,6 +168,7 @@ def connect_until_failure(args, proc, server_addrs):
     pool is exhausted, stop when every pair is or at the first other failure."""
     held = []  # raw descriptors: an int costs less than a socket object
     pairs = make_pairs(args, server_addrs)
+    owner = array.array("H")  # the pair of each held descriptor (PAIRS_MAX fits 16 bits)
     counts = [0] * len(pairs)
     errors = [None] * len(pairs)
     sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
@@ -184,6 +196,7 @@ def connect_until_failure(args, proc, server_addrs):
         if sources[index] is None:
             sources[index] = s.getsockname()[0]
         held.append(s.detach())
+        owner.append(index)
         counts[index] += 1
         turn += 1
         n = len(held)
@@ -197,6 +210,9 @@ def connect_until_failure(args, proc, server_addrs):
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
                     t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
+    closed, peer_message = settle_and_check(held, args.settle)
+    for i in closed:  # pairs count held connections too
+        counts[owner[i]] -= 1
     rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
     for first in range(0, len(rows), PAIRS_PER_LINE):
         common.emit("pairs", client=args.client, proc=proc,
@@ -205,10 +221,21 @@ def connect_until_failure(args, proc, server_addrs):
         number, name, message = None, "MAX_CONNECTIONS", f"reached --max-connections {limit}"
     else:
         number, name, message = common.describe_error(failure)
-    common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
+    common.emit("result", client=args.client, proc=proc, connections=n - len(closed), opened=n,
+                closed_by_peer=len(closed), peer_message=peer_message, errno=number,
                 error=name, message=message, elapsed_s=round(elapsed, 6),
                 cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
+
+
+def settle_and_check(held, settle_s):
+    """Wait ``settle_s`` (the server takes what its accept queue holds, and may close it), then
+    (indexes of the connections the peer closed, its first bytes) from common.check_held."""
+    if not held:
+        return [], None
+    if settle_s > 0:
+        time.sleep(settle_s)
+    return common.check_held(held)
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -33,6 +33,10 @@ BIND_MODES = ("connect", "bind", "bind-no-port")
 PAIRS_MAX = 4096
 
 MODES = ("hold", "churn")
+# The server the clients connect to (issue 21): the agent, or a real one from Debian's
+# packages (tcplimits.engine.servers runs it, tcplimits.model.servers predicts it).
+SERVERS = ("agent", "nginx", "nginx-proxy", "redis")
+NGINX_SERVERS = ("nginx", "nginx-proxy")
 CLOSERS = ("client", "server")
 # Fields that accept a word besides an integer.
 _WORDS = {"workers": "auto", "rate": "max"}
@@ -149,6 +153,28 @@ FIELDS: dict[str, Field] = {
               "how a client gets its source port: connect (plain connect()), bind "
               "(bind((addr, 0)) then connect()), bind-no-port (bind() with "
               "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
+        # Real servers (issue 21): nginx's and Redis's own names; unset = the package's.
+        Field("server", "choice", "agent",
+              "the server: agent (tcplimits' own), nginx (Debian's, as an HTTP server), "
+              "nginx-proxy (nginx proxying TCP to an agent server), redis (Debian's)",
+              choices=SERVERS),
+        Field("worker_connections", "int", None,
+              "nginx: events { worker_connections } (default: Debian's nginx.conf, 768)",
+              8, NOFILE_MAX, optional=True),
+        Field("worker_processes", "int", None,
+              "nginx: worker_processes (default: Debian's nginx.conf, auto = one per CPU)",
+              1, 64, optional=True),
+        Field("maxclients", "int", None,
+              "redis: maxclients (default: Redis's 10000, lowered to the server's nofile "
+              "minus 32)", 1, NOFILE_MAX, optional=True),
+        Field("settle", "float", 1.0,
+              "seconds each client process waits after its last connect() before it checks "
+              "that every connection it opened is still established (held); a server may "
+              "close idle ones, nginx after client_header_timeout, 60 s", 0, 3600),
+        Field("server_port_range", "port_range", None,
+              "nginx-proxy: net.ipv4.ip_local_port_range of the server container, LO-HI: the "
+              "pool its upstream connections draw from (default: the kernel's, "
+              "32768-60999)", optional=True),
     ]
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
@@ -261,6 +287,12 @@ class RunParams:
     server_addrs: int = _default("server_addrs")
     client_addrs: int = _default("client_addrs")
     bind_mode: str = _default("bind_mode")
+    server: str = _default("server")
+    worker_connections: int | None = _default("worker_connections")
+    worker_processes: int | None = _default("worker_processes")
+    maxclients: int | None = _default("maxclients")
+    server_port_range: str | None = _default("server_port_range")
+    settle: float = _default("settle")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -303,10 +335,15 @@ class RunParams:
                 if getattr(self, name) != FIELDS[name].default:
                     raise ParamError(name, getattr(self, name), "applies to mode churn only "
                                      "(set mode: churn, or leave it out)")
+        _check_server(self)
         if self.churn and self.duration >= self.timeout:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "
                              "bounds the whole run")
+
+    @property
+    def real_server(self) -> bool:
+        return self.server != "agent"
 
     @property
     def churn(self) -> bool:
@@ -354,3 +391,29 @@ class RunParams:
             if value is not None:
                 args += [FIELDS[name].flag, str(value)]
         return args
+
+
+# Fields each real server reads, and the agent-server fields a real server has no use for.
+SERVER_ONLY = {"worker_connections": NGINX_SERVERS, "worker_processes": NGINX_SERVERS,
+               "maxclients": ("redis",), "server_port_range": ("nginx-proxy",)}
+AGENT_SERVER_ONLY = ("server_workers", "backlog", "server_ports", "server_addrs")
+
+
+def _check_server(p: RunParams) -> None:
+    """Refuse server settings that the chosen server does not read, and real-server runs the
+    engine cannot make (naming why)."""
+    for name, servers in SERVER_ONLY.items():
+        if getattr(p, name) is not None and p.server not in servers:
+            raise ParamError(name, getattr(p, name), f"applies to server {' or '.join(servers)} "
+                             f"only (server is {p.server})")
+    if not p.real_server:
+        return
+    for name in AGENT_SERVER_ONLY:
+        if getattr(p, name) != FIELDS[name].default:
+            raise ParamError(name, getattr(p, name), f"applies to server agent only: {p.server} "
+                             "has its own workers, backlog and one listening port")
+    if p.network != "bridge":
+        raise ParamError("network", p.network, f"server {p.server} needs network bridge (its "
+                         "clients reach it by its address)")
+    if p.churn:
+        raise ParamError("mode", p.mode, f"server {p.server} is measured in mode hold only")

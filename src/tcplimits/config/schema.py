@@ -47,7 +47,8 @@ def field_schema(field: Field) -> dict[str, Any]:
     """One parameter's schema ($defs entry): its description, type, bounds or choices."""
     if field.kind == "port_range":
         return {"description": f"{field.help}. {PORT_MIN} <= LO <= HI <= {PORT_MAX}.",
-                "type": "string", "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"}
+                "type": ["string", "null"] if field.optional else "string",
+                "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"}
     if field.kind == "choice":
         return {"description": field.help, "type": "string", "enum": list(field.choices)}
     number: dict[str, Any] = {"type": JSON_TYPES[field.kind]}

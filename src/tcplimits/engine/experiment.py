@@ -26,7 +26,7 @@ from typing import Any, Callable
 import docker.errors
 
 from tcplimits import INSTANCE_LABEL, LABEL, OWNER_LABEL, RUN_LABEL, results
-from tcplimits.engine import addresses, faults, host
+from tcplimits.engine import addresses, faults, host, servers
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
@@ -86,7 +86,7 @@ class Experiment(Teardown):
 
     @property
     def client_roles(self) -> list[str]:
-        return [r for r in self.specs if r != "server"]
+        return [r for r in self.specs if r.startswith("client")]
 
     # -- the lifecycle, step by step
 
@@ -120,6 +120,7 @@ class Experiment(Teardown):
 
     def start_server(self) -> str:
         """Start the server and wait until it listens; returns its address."""
+        servers.start_upstream(self)  # nginx-proxy's upstream, if any (engine/servers.py)
         self.containers["server"] = self.client.containers.create(**self.specs["server"])
         self.containers["server"].start()
         self._follow("server")
@@ -223,7 +224,9 @@ class Experiment(Teardown):
         """Let the server's count settle, stop it, and wait for each worker's final count."""
         self._settle_server()
         self.containers["server"].kill(signal="SIGTERM")
-        self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
+        # a real server reports its own process count (engine/servers.py)
+        workers = (self.state.server_listening or {}).get("workers") or self.resolved.server_workers
+        self.wait_until(lambda: len(self.state.server_results) == workers,
                         "the server's final counts", limit=self.close_wait(STOP_TIMEOUT_S),
                         watch=["server"])
 

@@ -161,6 +161,8 @@ def compare_run(
     a count (the dataset's unfinished runs) and for mode churn (churn_model judges it)."""
     if run.get("connections_total") is None or run.get("mode") == "churn":
         return None
+    if run.get("server") not in (None, "agent"):  # a real server: model/servers.py judges it
+        return None
     params = params_of(run)
     server_nofile = run.get("resolved_server_nofile") or params.server_nofile
     workers = run.get("resolved_server_workers")

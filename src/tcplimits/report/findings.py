@@ -17,6 +17,7 @@ from tcplimits.report.sections.hold import (comparison_table, latency, model_ter
                                             server_side)
 from tcplimits.report.sections.million import one_million
 from tcplimits.report.sections.runset import environment, hosts, question, rerun, unfinished
+from tcplimits.report.sections.servers import real_servers
 
 __all__ = [
     "Data", "load",
@@ -26,6 +27,6 @@ __all__ = [
     "latency", "server_side",                                    # 7, 8
     "tuple_members", "book_claim",                               # 9, 10
     "unfinished", "rerun",                                       # 11
-    "one_million", "churn", "conclusion",                        # 12, 13, 14
+    "one_million", "churn", "real_servers", "conclusion",        # 12, 13, 14, 15
     "sweep_summary",
 ]

@@ -1,0 +1,71 @@
+"""The real-server image (issue 21): Debian's nginx, nginx's stream module, Redis and HAProxy,
+installed with apt inside a build FROM the same base as the agent image, plus the agents.
+
+The tag `tcplimits-servers:<12 hex>` hashes the agents, servers.Dockerfile, the package list
+and the base image id, as the agent image's does: an unchanged tree reuses its image. The
+packages come from the mirror the base's apt sources name (the host's, see
+tcplimits.image.base): no registry. Their versions are whatever that mirror serves when the
+image is built; each run records the versions it ran (run.json, server.package_version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from tcplimits import LABEL
+from tcplimits.image.base import ImageError, Log, ensure_base, local_image
+from tcplimits.image.build import (_build_lock, _build_log_tail, _hash_part, _remove_quietly,
+                                   _write_context, agent_files)
+
+SERVERS_REPO = "tcplimits-servers"
+DOCKERFILE = Path(__file__).resolve().parent / "servers.Dockerfile"
+PACKAGES = ("nginx", "libnginx-mod-stream", "redis-server", "haproxy")
+
+
+def server_image_tag(base_id: str) -> str:
+    """`tcplimits-servers:<12 hex>` for the current agents, Dockerfile, packages and base."""
+    digest = hashlib.sha256()
+    for path in agent_files():
+        _hash_part(digest, path.name.encode())
+        _hash_part(digest, path.read_bytes())
+    _hash_part(digest, DOCKERFILE.read_bytes())
+    _hash_part(digest, " ".join(PACKAGES).encode())
+    _hash_part(digest, base_id.encode())
+    return f"{SERVERS_REPO}:{digest.hexdigest()[:12]}"
+
+
+def ensure_server_image(client: docker.DockerClient, *, rebuild: bool = False,
+                        log: Log = print) -> docker.models.images.Image:
+    """The real-server image, building it (and the base) only when missing."""
+    with _build_lock(log):
+        base = ensure_base(client, log=log)
+        tag = server_image_tag(client.images.get(base).id)
+        old = local_image(client, tag)
+        if old is not None and not rebuild:
+            return old
+        log(f"building {tag} from {base} (apt-get install {' '.join(PACKAGES)})")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="tcplimits-build-") as context:
+            _write_context(Path(context), agent_files())
+            # _write_context copies the agent Dockerfile: this image has its own.
+            (Path(context) / "Dockerfile").write_bytes(DOCKERFILE.read_bytes())
+            try:
+                image, _ = client.images.build(
+                    path=context, tag=tag, rm=True, forcerm=True, pull=False, nocache=rebuild,
+                    buildargs={"BASE_IMAGE": base, "PACKAGES": " ".join(PACKAGES)},
+                    labels={LABEL: "1"})
+            except docker.errors.BuildError as err:
+                raise ImageError(f"building {tag} failed: {err.msg}\n"
+                                 f"{_build_log_tail(err.build_log)}") from err
+            except docker.errors.APIError as err:
+                raise ImageError(f"building {tag} failed: {err.explanation or err}") from err
+        log(f"built {tag} in {time.monotonic() - started:.0f}s")
+        if old is not None and old.id != image.id:
+            _remove_quietly(client, old.id)
+        return image
