@@ -78,12 +78,21 @@ def _ensure_image_locked(client: docker.DockerClient, files: list[Path], rebuild
         return old
 
     log(f"building {tag} from {base}")
+    return build_image(client, files, tag, old, buildargs={"BASE_IMAGE": base},
+                       rebuild=rebuild, log=log)
+
+
+def build_image(client: docker.DockerClient, files: list[Path], tag: str, old, *,
+                buildargs: dict[str, str], rebuild: bool, log: Log,
+                dockerfile: Path | None = None) -> docker.models.images.Image:
+    """Build ``tag`` from ``dockerfile`` with the agents as context, labelled; the image it
+    replaces (``old``) is removed unless a container still uses it."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tcplimits-build-") as context:
-        _write_context(Path(context), files)
+        _write_context(Path(context), files, dockerfile)
         try:
             image, _ = client.images.build(
-                path=context, tag=tag, buildargs={"BASE_IMAGE": base},
+                path=context, tag=tag, buildargs=buildargs,
                 labels={LABEL: "1"}, rm=True, forcerm=True, pull=False, nocache=rebuild)
         except docker.errors.BuildError as err:
             raise ImageError(f"building {tag} failed: {err.msg}\n"
@@ -117,9 +126,10 @@ def _build_lock(log: Log) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_context(context: Path, files: Iterable[Path]) -> None:
-    """A minimal build context: the Dockerfile and the agents, readable by any user."""
-    shutil.copyfile(DOCKERFILE, context / "Dockerfile")
+def _write_context(context: Path, files: Iterable[Path], dockerfile: Path | None = None) -> None:
+    """A minimal build context: the Dockerfile (the agent image's unless given) and the
+    agents, readable by any user."""
+    shutil.copyfile(dockerfile or DOCKERFILE, context / "Dockerfile")
     agents = context / "agents"
     agents.mkdir()
     for path in files:

@@ -11,17 +11,12 @@ image is built; each run records the versions it ran (run.json, server.package_v
 from __future__ import annotations
 
 import hashlib
-import tempfile
-import time
 from pathlib import Path
 
 import docker
-import docker.errors
 
-from tcplimits import LABEL
-from tcplimits.image.base import ImageError, Log, ensure_base, local_image
-from tcplimits.image.build import (_build_lock, _build_log_tail, _hash_part, _remove_quietly,
-                                   _write_context, agent_files)
+from tcplimits.image.base import Log, ensure_base, local_image
+from tcplimits.image.build import _build_lock, _hash_part, agent_files, build_image
 
 SERVERS_REPO = "tcplimits-servers"
 DOCKERFILE = Path(__file__).resolve().parent / "servers.Dockerfile"
@@ -50,22 +45,6 @@ def ensure_server_image(client: docker.DockerClient, *, rebuild: bool = False,
         if old is not None and not rebuild:
             return old
         log(f"building {tag} from {base} (apt-get install {' '.join(PACKAGES)})")
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="tcplimits-build-") as context:
-            _write_context(Path(context), agent_files())
-            # _write_context copies the agent Dockerfile: this image has its own.
-            (Path(context) / "Dockerfile").write_bytes(DOCKERFILE.read_bytes())
-            try:
-                image, _ = client.images.build(
-                    path=context, tag=tag, rm=True, forcerm=True, pull=False, nocache=rebuild,
-                    buildargs={"BASE_IMAGE": base, "PACKAGES": " ".join(PACKAGES)},
-                    labels={LABEL: "1"})
-            except docker.errors.BuildError as err:
-                raise ImageError(f"building {tag} failed: {err.msg}\n"
-                                 f"{_build_log_tail(err.build_log)}") from err
-            except docker.errors.APIError as err:
-                raise ImageError(f"building {tag} failed: {err.explanation or err}") from err
-        log(f"built {tag} in {time.monotonic() - started:.0f}s")
-        if old is not None and old.id != image.id:
-            _remove_quietly(client, old.id)
-        return image
+        return build_image(client, agent_files(), tag, old, rebuild=rebuild, log=log,
+                           buildargs={"BASE_IMAGE": base, "PACKAGES": " ".join(PACKAGES)},
+                           dockerfile=DOCKERFILE)
