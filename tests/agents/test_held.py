@@ -81,3 +81,39 @@ def test_a_close_without_data_counts_as_closed_without_a_message():
     finally:
         common.close_all(fds)
         listener.close()
+
+
+def test_with_check_signal_the_client_checks_only_when_told():
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    listener, kept = _pair_server(2, b"-ERR full\r\n")
+    client = Path(common.__file__).with_name("client.py")
+    proc = subprocess.Popen([sys.executable, str(client), "--server", "127.0.0.1", "--port",
+                             str(listener.getsockname()[1]), "--max-connections", "5",
+                             "--check-signal", "--settle", "0.2"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = iter(proc.stdout.readline, "")
+        events = []
+        for line in lines:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "connected":
+                break
+        assert events[-1]["opened"] == 5
+        assert not any(e["event"] == "result" for e in events)
+        proc.send_signal(signal.SIGUSR2)
+        for line in lines:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "result":
+                break
+        result = events[-1]
+        assert (result["connections"], result["opened"], result["closed_by_peer"]) == (2, 5, 3)
+        assert result["peer_message"] == "-ERR full\r\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        listener.close()

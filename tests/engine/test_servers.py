@@ -26,7 +26,7 @@ def engine():
 
 def run(engine, tmp_path, name, **values):
     values.setdefault("quiet_host_timeout", 5)
-    run_id = f"{name}-{uuid.uuid4().hex[:6]}"
+    run_id = f"{name}_{uuid.uuid4().hex[:6]}"  # "_" as in the workflow's point ids
     record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=run_id,
                             progress=False, client=engine, log=lambda m: None)
     assert record["status"] == "ok", record["reason"]

@@ -25,9 +25,10 @@ Lines written (one JSON object each, field "event"):
             process meanwhile)
   churn, time_wait   in churn mode (see churn.py)
 
-Held means established when counted: once a process stops connecting it waits --settle
-seconds and checks every connection it opened (common.check_held); elapsed_s ends before that
-wait.
+Held means established when counted: once a process stops connecting (with --check-signal:
+once the engine says every process of the run has, SIGUSR2) it waits --settle seconds and
+checks every connection it opened (common.check_held); elapsed_s ends before that wait.
+  connected per process, with --check-signal, when it stops connecting: opened
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
@@ -87,6 +88,10 @@ def parse_args(argv=None):
                         "file's helper service adds them after this container starts)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
+    p.add_argument("--check-signal", action="store_true",
+                   help="once done connecting, report 'connected' and wait for SIGUSR2 before "
+                        "the held check (the engine sends it when every client process of the "
+                        "run has stopped connecting: the check sees the end of the phase)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds between the last connect() and the check that every opened "
                         "connection is still established (a server may accept, then close)")
@@ -210,7 +215,13 @@ def connect_until_failure(args, proc, server_addrs):
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
                     t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
-    closed, peer_message = settle_and_check(held, args.settle)
+    settle = args.settle
+    if args.check_signal:
+        common.emit("connected", client=args.client, proc=proc, opened=n)
+        if signal.sigwaitinfo({signal.SIGUSR2} | STOP_SIGNALS).si_signo != signal.SIGUSR2:
+            global _STOPPING
+            _STOPPING, settle = True, 0.0  # told to stop: check at once, then close
+    closed, peer_message = settle_and_check(held, settle)
     for i in closed:  # pairs count held connections too
         counts[owner[i]] -= 1
     rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
@@ -239,6 +250,7 @@ def settle_and_check(held, settle_s):
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOPPING = False  # a stop signal already taken (while waiting for the check signal)
 
 
 def worker(args, proc, server_addrs, started):
@@ -250,7 +262,8 @@ def worker(args, proc, server_addrs, started):
         held = churn_process(args, proc, server_addrs)
     else:
         held = connect_until_failure(args, proc, server_addrs)
-    signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
+    if not _STOPPING:
+        signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     common.close_all(held, args.close)
     return 0
 
@@ -287,7 +300,8 @@ def main(argv=None):
     server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK,
+                           {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD} | STOP_SIGNALS)
     children = []
     for proc in range(1, args.procs + 1):
         pid = os.fork()
@@ -304,9 +318,9 @@ def main(argv=None):
     wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"
             else signal.sigwaitinfo)
     while live:
-        signo = wait({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
-        if signo == signal.SIGUSR1:
-            common.forward_signal(children, signal.SIGUSR1)
+        signo = wait({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        if signo in (signal.SIGUSR1, signal.SIGUSR2):  # start connecting; check what is held
+            common.forward_signal(children, signo)
         elif signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:  # reap whoever has exited

@@ -200,11 +200,19 @@ class Experiment(Teardown):
     def wait_for_clients(self) -> None:
         """Wait (with a live count) until every client process has stopped and reported."""
         expected_results = self.params.clients * self.params.procs
+        if not self.params.churn:  # the held check: once every process stopped connecting
+            self.wait_until(lambda: len(self.state.connected) == expected_results,
+                            "every client process to stop connecting",
+                            watch=["server", *self.client_roles], progress=True)
+            self.timeline["connect_s"] = time.monotonic() - (self._connect_started
+                                                             or time.monotonic())
+            for role in self.client_roles:
+                self.containers[role].kill(signal="SIGUSR2")
         self.wait_until(lambda: len(self.state.results) == expected_results,
                         "every client process to stop", watch=["server", *self.client_roles],
-                        progress=True)
-        self.timeline["connect_s"] = time.monotonic() - (self._connect_started
-                                                         or time.monotonic())
+                        progress=self.params.churn)
+        self.timeline.setdefault("connect_s", time.monotonic() - (self._connect_started
+                                                                  or time.monotonic()))
 
     def wait_for_duration(self) -> None:
         """Mode churn: the run lasts its duration even when every client stopped early, so
@@ -333,7 +341,7 @@ class Experiment(Teardown):
         per_client: dict[int, int] = {}
         for (c, _), n in self.state.progress.items():
             per_client[c] = per_client.get(c, 0) + n
-        done = len(self.state.results)
+        done = max(len(self.state.results), len(self.state.connected))
         now, count = time.monotonic(), self.state.connections
         since = self._last_live or (self._connect_started or now, 0)
         rate = (count - since[1]) / (now - since[0]) if now > since[0] else 0.0

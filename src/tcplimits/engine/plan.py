@@ -122,7 +122,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             command += ["--max-connections", str(params.max_connections)]
         if params.settle != FIELDS["settle"].default:
             command += ["--settle", f"{params.settle:g}"]
-        command += churn_args(params)
+        command += churn_args(params) or ["--check-signal"]
         if params.bind_mode != FIELDS["bind_mode"].default:
             command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(

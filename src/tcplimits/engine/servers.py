@@ -141,6 +141,13 @@ def start_upstream(experiment) -> None:
         except queue.Empty:
             continue
         if event.get("event") == "listening":
+            # nginx resolves the upstream once, at start: give it the address (a run id may
+            # hold "_", which no resolver takes in a host name)
+            container.reload()
+            address = container.attrs["NetworkSettings"]["Networks"][
+                experiment.network_name]["IPAddress"]
+            cmd = experiment.specs["server"]["command"]
+            cmd[cmd.index("--upstream") + 1] = f"{address}:{SERVER_PORT}"
             return
         if event.get("event") == "_closed":
             break
