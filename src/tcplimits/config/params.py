@@ -168,9 +168,10 @@ FIELDS: dict[str, Field] = {
               "redis: maxclients (default: Redis's 10000, lowered to the server's nofile "
               "minus 32)", 1, NOFILE_MAX, optional=True),
         Field("settle", "float", 1.0,
-              "seconds each client process waits after its last connect() before it checks "
-              "that every connection it opened is still established (held); a server may "
-              "close idle ones, nginx after client_header_timeout, 60 s", 0, 3600),
+              "seconds the clients wait, once every client process has stopped connecting, "
+              "before each checks that every connection it opened is still established "
+              "(held); a server may close idle ones, nginx after client_header_timeout, 60 s",
+              0, 3600),
         Field("server_port_range", "port_range", None,
               "nginx-proxy: net.ipv4.ip_local_port_range of the server container, LO-HI: the "
               "pool its upstream connections draw from (default: the kernel's, "
