@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from tcplimits.config.params import port_count
+from tcplimits.config.params import FIELDS, port_count
 from tcplimits.model import servers as server_model
 from tcplimits.report import render
 from tcplimits.report.blocks import Blocks, plural
@@ -37,7 +37,9 @@ def server_rows(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 def setting(row: Mapping[str, Any]) -> str:
     """The settings asked of the server, or Debian's defaults; with what was in force."""
-    asked = [f"{k} {row[k]}" for k in SETTINGS if row.get(k) is not None]
+    asked = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}"
+             for k in SETTINGS
+             if row.get(k) is not None and row.get(k) != FIELDS[k].default]
     effective = json.loads(row.get("effective") or "{}")
     shown = {k: effective[k] for k in ("worker_connections", "worker_processes", "maxclients")
              if k in effective}
