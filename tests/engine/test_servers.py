@@ -3,36 +3,21 @@ limits hold what tcplimits.model.servers predicts, and the clients see what the 
 The server image is built once (Debian's packages, through the offline base) if missing."""
 
 import json
-import uuid
 
-import docker
 import polars as pl
 import pytest
 
 from tcplimits import results
-from tcplimits.config.params import RunParams
-from tcplimits.engine import run_experiment
 from tcplimits.model import servers as server_model
+from tests.engine.helpers import run_ok
 
 pytestmark = [pytest.mark.docker, pytest.mark.servers]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    client = docker.from_env()
-    client.ping()
-    return client
-
-
 def run(engine, tmp_path, name, **values):
+    """A real-server run (helpers.run_ok) with its clients' rows and its realserver row."""
     values.setdefault("quiet_host_timeout", 5)
-    run_id = f"{name}_{uuid.uuid4().hex[:6]}"  # "_" as in the workflow's point ids
-    record = run_experiment(RunParams.from_mapping(values), tmp_path / name, run_id=run_id,
-                            progress=False, client=engine, log=lambda m: None)
-    assert record["status"] == "ok", record["reason"]
-    left = engine.containers.list(all=True, sparse=True,
-                                  filters={"label": f"tcplimits.run={run_id}"})
-    assert not left, "the run left containers behind"
+    record = run_ok(engine, tmp_path / name, **values)
     clients = pl.read_parquet(tmp_path / name / results.CLIENTS_FILE)
     realserver = pl.read_parquet(tmp_path / name / results.REALSERVER_FILE)
     assert realserver.height == 1
@@ -71,7 +56,8 @@ def test_nginx_worker_holds_its_slots_less_what_it_drains(engine, tmp_path):
 
 
 def test_proxy_upstream_stops_at_its_port_range_and_clients_see_a_close(engine, tmp_path):
-    record, clients, row = run(engine, tmp_path, "proxy", server="nginx-proxy",
+    # "_" as in the workflow's point ids: nginx must not resolve the upstream by its name
+    record, clients, row = run(engine, tmp_path, "proxy_upstream", server="nginx-proxy",
                                server_port_range="40000-40099", port_range="40000-40299")
     (c,) = clients
     # Docker's DNS listener may hold one port of the proxy's range
