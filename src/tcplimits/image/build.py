@@ -39,14 +39,19 @@ def agent_files() -> list[Path]:
 
 def image_tag(base_id: str) -> str:
     """`tcplimits-agent:<12 hex>` for the current agents, Dockerfile and base image id."""
+    return content_tag(AGENT_REPO, DOCKERFILE.read_bytes(), base_id.encode())
+
+
+def content_tag(repo: str, *parts: bytes) -> str:
+    """`<repo>:<12 hex>`: a hash of the agents (names and bytes) and ``parts`` in order."""
     digest = hashlib.sha256()
     for path in agent_files():
         # Names count too: renaming an agent changes what the containers run.
         _hash_part(digest, path.name.encode())
         _hash_part(digest, path.read_bytes())
-    _hash_part(digest, DOCKERFILE.read_bytes())
-    _hash_part(digest, base_id.encode())
-    return f"{AGENT_REPO}:{digest.hexdigest()[:12]}"
+    for part in parts:
+        _hash_part(digest, part)
+    return f"{repo}:{digest.hexdigest()[:12]}"
 
 
 def _hash_part(digest: "hashlib._Hash", data: bytes) -> None:

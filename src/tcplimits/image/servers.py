@@ -10,13 +10,12 @@ image is built; each run records the versions it ran (run.json, server.package_v
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import docker
 
 from tcplimits.image.base import Log, ensure_base, local_image
-from tcplimits.image.build import _build_lock, _hash_part, agent_files, build_image
+from tcplimits.image.build import _build_lock, agent_files, build_image, content_tag
 
 SERVERS_REPO = "tcplimits-servers"
 DOCKERFILE = Path(__file__).resolve().parent / "servers.Dockerfile"
@@ -25,14 +24,8 @@ PACKAGES = ("nginx", "libnginx-mod-stream", "redis-server", "haproxy")
 
 def server_image_tag(base_id: str) -> str:
     """`tcplimits-servers:<12 hex>` for the current agents, Dockerfile, packages and base."""
-    digest = hashlib.sha256()
-    for path in agent_files():
-        _hash_part(digest, path.name.encode())
-        _hash_part(digest, path.read_bytes())
-    _hash_part(digest, DOCKERFILE.read_bytes())
-    _hash_part(digest, " ".join(PACKAGES).encode())
-    _hash_part(digest, base_id.encode())
-    return f"{SERVERS_REPO}:{digest.hexdigest()[:12]}"
+    return content_tag(SERVERS_REPO, DOCKERFILE.read_bytes(), " ".join(PACKAGES).encode(),
+                       base_id.encode())
 
 
 def ensure_server_image(client: docker.DockerClient, *, rebuild: bool = False,
