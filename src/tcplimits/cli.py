@@ -108,6 +108,10 @@ def summary(run_dir: Path) -> str:
                                  shared=record["params"].get("network") == "loopback"))
         if (record["churn"].get("verdict") or {}).get("sentence"):
             lines.append(f"churn model: {record['churn']['verdict']['sentence']}")
+    elif record.get("server"):  # a real server (issue 21): its own model and verdict
+        from tcplimits.engine.servers import summary_lines
+
+        lines += summary_lines(record["server"], totals)
     else:
         lines.append(f"clients hold {totals.get('connections') or 0:,} connections "
                      f"(model: {prediction.get('total', 0):,}, limited by "

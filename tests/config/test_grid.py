@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tcplimits.config import grid
-from tcplimits.config.params import CHURN_ONLY, FIELDS, NAT_ONLY, RunParams
+from tcplimits.config.params import CHURN_ONLY, FIELDS, NAT_ONLY, SERVER_ONLY, RunParams
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = grid.load_schema()
@@ -111,6 +111,8 @@ def test_ids_name_every_non_default_physical_parameter():
             values["mode"] = "churn"
         if name in NAT_ONLY:
             values["nat"] = "gateway"
+        if name in SERVER_ONLY:
+            values["server"] = SERVER_ONLY[name][0]
         params = RunParams.from_mapping(values)
         shown = value if isinstance(value, str) else f"{value:g}"
         assert f"_{name.replace('_', '-')}{shown}" in grid.point_id(params), name

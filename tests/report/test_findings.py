@@ -18,7 +18,8 @@ def test_the_report_calls_only_findings_and_charts(data_dir):
     assert calls and all(re.fullmatch(r"findings\.\w+\((d)?\)", c) for c in calls), calls
     for call in calls:
         assert hasattr(findings, call.split(".")[1].split("(")[0])
-    assert dataset.TABLE_NAMES == ("runs", "clients", "server", "series", "destinations", "churn")
+    assert dataset.TABLE_NAMES == ("runs", "clients", "server", "series", "destinations", "churn",
+                                   "realserver")
     assert charts.per_client  # the section functions draw with charts
 
 

@@ -31,7 +31,7 @@ def runs(tmp_path) -> list[Path]:
 def test_runs_table(runs, tmp_path):
     counts = dataset.build_dataset(runs, tmp_path / "ds")
     assert counts == {"runs": 3, "clients": 2 + 2, "server": 2, "series": 4, "destinations": 0,
-                      "churn": 0}
+                      "churn": 0, "realserver": 0}
     df = pl.read_parquet(tmp_path / "ds" / "runs.parquet")
     assert list(df.columns[: len(dataset.RUNS_SCHEMA)]) == list(dataset.RUNS_SCHEMA)
     assert dict(df.schema).items() >= dataset.RUNS_SCHEMA.items()
@@ -87,7 +87,7 @@ def test_tables_carry_the_parameters(runs, tmp_path):
 def test_empty_inputs_give_empty_files_with_the_schema(tmp_path):
     counts = dataset.build_dataset([], tmp_path / "ds")
     assert counts == {"runs": 0, "clients": 0, "server": 0, "series": 0, "destinations": 0,
-                      "churn": 0}
+                      "churn": 0, "realserver": 0}
     assert dict(pl.read_parquet(tmp_path / "ds" / "runs.parquet").schema) == dataset.RUNS_SCHEMA
     for name, (_, schema) in dataset.TABLES.items():
         assert dict(pl.read_parquet(tmp_path / "ds" / f"{name}.parquet").schema) == schema

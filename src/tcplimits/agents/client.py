@@ -18,15 +18,24 @@ Lines written (one JSON object each, field "event"):
   progress  per process, every --sample-every connections: connections, t_s, connect_latency_s
   pairs     per process, before its result, in chunks: [source, address, port, connections,
             error] per pair
-  result    per process, once: connections, errno, error, message, elapsed_s, cpu_s (user +
-            system CPU seconds of the process meanwhile)
+  result    per process, once: connections (held: still established when counted), opened
+            (connect() succeeded), closed_by_peer (opened, then closed or reset by the server
+            before the count), peer_message (the first bytes a closing server sent, or null),
+            errno, error, message, elapsed_s, cpu_s (user + system CPU seconds of the
+            process meanwhile)
   churn, time_wait   in churn mode (see churn.py)
+
+Held means established when counted: once a process stops connecting (with --check-signal:
+once the engine says every process of the run has, SIGUSR2) it waits --settle seconds and
+checks every connection it opened (common.check_held); elapsed_s ends before that wait.
+  connected per process, with --check-signal, when it stops connecting: opened
 
 On SIGTERM every held connection is reset (--close abort), so that nothing of the run stays
 in the host's kernel once the container is gone.
 """
 
 import argparse
+import array
 import errno
 import os
 import resource
@@ -79,6 +88,13 @@ def parse_args(argv=None):
                         "file's helper service adds them after this container starts)")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
+    p.add_argument("--check-signal", action="store_true",
+                   help="once done connecting, report 'connected' and wait for SIGUSR2 before "
+                        "the held check (the engine sends it when every client process of the "
+                        "run has stopped connecting: the check sees the end of the phase)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds between the last connect() and the check that every opened "
+                        "connection is still established (a server may accept, then close)")
     add_churn_args(p)
     args = p.parse_args(argv)
     args.connect_timeval = common.timeval(args.connect_timeout)  # SO_SNDTIMEO, packed once
@@ -157,6 +173,7 @@ def connect_until_failure(args, proc, server_addrs):
     pool is exhausted, stop when every pair is or at the first other failure."""
     held = []  # raw descriptors: an int costs less than a socket object
     pairs = make_pairs(args, server_addrs)
+    owner = array.array("H")  # the pair of each held descriptor (PAIRS_MAX fits 16 bits)
     counts = [0] * len(pairs)
     errors = [None] * len(pairs)
     sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
@@ -184,6 +201,7 @@ def connect_until_failure(args, proc, server_addrs):
         if sources[index] is None:
             sources[index] = s.getsockname()[0]
         held.append(s.detach())
+        owner.append(index)
         counts[index] += 1
         turn += 1
         n = len(held)
@@ -197,6 +215,15 @@ def connect_until_failure(args, proc, server_addrs):
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
                     t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
+    settle = args.settle
+    if args.check_signal:
+        common.emit("connected", client=args.client, proc=proc, opened=n)
+        if signal.sigwaitinfo({signal.SIGUSR2} | STOP_SIGNALS).si_signo != signal.SIGUSR2:
+            global _STOPPING
+            _STOPPING, settle = True, 0.0  # told to stop: check at once, then close
+    closed, peer_message = settle_and_check(held, settle)
+    for i in closed:  # pairs count held connections too
+        counts[owner[i]] -= 1
     rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
     for first in range(0, len(rows), PAIRS_PER_LINE):
         common.emit("pairs", client=args.client, proc=proc,
@@ -205,13 +232,25 @@ def connect_until_failure(args, proc, server_addrs):
         number, name, message = None, "MAX_CONNECTIONS", f"reached --max-connections {limit}"
     else:
         number, name, message = common.describe_error(failure)
-    common.emit("result", client=args.client, proc=proc, connections=n, errno=number,
+    common.emit("result", client=args.client, proc=proc, connections=n - len(closed), opened=n,
+                closed_by_peer=len(closed), peer_message=peer_message, errno=number,
                 error=name, message=message, elapsed_s=round(elapsed, 6),
                 cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
 
 
+def settle_and_check(held, settle_s):
+    """Wait ``settle_s`` (the server takes what its accept queue holds, and may close it), then
+    (indexes of the connections the peer closed, its first bytes) from common.check_held."""
+    if not held:
+        return [], None
+    if settle_s > 0:
+        time.sleep(settle_s)
+    return common.check_held(held)
+
+
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOPPING = False  # a stop signal already taken (while waiting for the check signal)
 
 
 def worker(args, proc, server_addrs, started):
@@ -223,7 +262,8 @@ def worker(args, proc, server_addrs, started):
         held = churn_process(args, proc, server_addrs)
     else:
         held = connect_until_failure(args, proc, server_addrs)
-    signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
+    if not _STOPPING:
+        signal.sigwaitinfo(STOP_SIGNALS)  # hold every connection until told to stop
     common.close_all(held, args.close)
     return 0
 
@@ -260,7 +300,8 @@ def main(argv=None):
     server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK,
+                           {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD} | STOP_SIGNALS)
     children = []
     for proc in range(1, args.procs + 1):
         pid = os.fork()
@@ -277,9 +318,9 @@ def main(argv=None):
     wait = (churn.TimeWaitSampler("client", args.client).wait if args.mode == "churn"
             else signal.sigwaitinfo)
     while live:
-        signo = wait({signal.SIGUSR1, signal.SIGCHLD} | STOP_SIGNALS).si_signo
-        if signo == signal.SIGUSR1:
-            common.forward_signal(children, signal.SIGUSR1)
+        signo = wait({signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD} | STOP_SIGNALS).si_signo
+        if signo in (signal.SIGUSR1, signal.SIGUSR2):  # start connecting; check what is held
+            common.forward_signal(children, signo)
         elif signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:  # reap whoever has exited

@@ -163,3 +163,40 @@ def close_all(fds, mode="abort"):
             except OSError:
                 pass
         s.close()
+
+
+# tcpi_state, the first byte of struct tcp_info (<linux/tcp.h>): 1 is TCP_ESTABLISHED.
+TCP_ESTABLISHED = 1
+PEER_MESSAGE_BYTES = 200
+
+
+def check_held(fds):
+    """Which held connections the peer has closed or reset (issue 21: a connection counts as
+    held only while it is established). Returns (indexes of the closed ones in ``fds``, the
+    first bytes the first closed peer sent before closing, or None). A server that accepts and
+    closes (Redis past maxclients, nginx out of worker_connections) leaves the client's socket
+    in CLOSE_WAIT (FIN) or CLOSE (RST), its message, if any, unread in the receive buffer."""
+    closed, message = [], None
+    for i, fd in enumerate(fds):
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:  # not a socket any more
+            closed.append(i)
+            continue
+        try:
+            state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            if state == TCP_ESTABLISHED:
+                continue
+            closed.append(i)
+            if message is None:
+                try:
+                    data = s.recv(PEER_MESSAGE_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except OSError:  # reset, or nothing to read
+                    data = b""
+                if data:
+                    message = data.decode("utf-8", errors="replace")
+        except OSError:
+            closed.append(i)
+        finally:
+            s.detach()
+    return closed, message

@@ -40,6 +40,10 @@ NAT_RANDOM = ("none", "random", "fully")
 NAT_ADDRS_MAX = 16  # Azure's NAT gateway takes up to 16 public addresses, AWS's up to 8
 
 MODES = ("hold", "churn")
+# The server the clients connect to (issue 21): the agent, or a real one from Debian's
+# packages (tcplimits.engine.servers runs it, tcplimits.model.servers predicts it).
+SERVERS = ("agent", "nginx", "nginx-proxy", "redis")
+NGINX_SERVERS = ("nginx", "nginx-proxy")
 CLOSERS = ("client", "server")
 # Fields that accept a word besides an integer.
 _WORDS = {"workers": "auto", "rate": "max", "connections": "ceiling"}
@@ -178,6 +182,29 @@ FIELDS: dict[str, Field] = {
               "nat gateway: how the NAT picks a port: none (keep the client's port when free, "
               "else search from a random offset), random (--random), fully (--random-fully)",
               choices=NAT_RANDOM),
+        # Real servers (issue 21): nginx's and Redis's own names; unset = the package's.
+        Field("server", "choice", "agent",
+              "the server: agent (tcplimits' own), nginx (Debian's, as an HTTP server), "
+              "nginx-proxy (nginx proxying TCP to an agent server), redis (Debian's)",
+              choices=SERVERS),
+        Field("worker_connections", "int", None,
+              "nginx: events { worker_connections } (default: Debian's nginx.conf, 768)",
+              8, NOFILE_MAX, optional=True),
+        Field("worker_processes", "int", None,
+              "nginx: worker_processes (default: Debian's nginx.conf, auto = one per CPU)",
+              1, 64, optional=True),
+        Field("maxclients", "int", None,
+              "redis: maxclients (default: Redis's 10000, lowered to the server's nofile "
+              "minus 32)", 1, NOFILE_MAX, optional=True),
+        Field("settle", "float", 1.0,
+              "seconds the clients wait, once every client process has stopped connecting, "
+              "before each checks that every connection it opened is still established "
+              "(held); a server may close idle ones, nginx after client_header_timeout, 60 s",
+              0, 3600),
+        Field("server_port_range", "port_range", None,
+              "nginx-proxy: net.ipv4.ip_local_port_range of the server container, LO-HI: the "
+              "pool its upstream connections draw from (default: the kernel's, "
+              "32768-60999)", optional=True),
     ]
 }
 # Fields that only mean something in churn mode: refused with mode hold unless left default.
@@ -321,6 +348,12 @@ class RunParams:
     nat_addrs: int = _default("nat_addrs")
     nat_port_range: str | None = _default("nat_port_range")
     nat_random: str = _default("nat_random")
+    server: str = _default("server")
+    worker_connections: int | None = _default("worker_connections")
+    worker_processes: int | None = _default("worker_processes")
+    maxclients: int | None = _default("maxclients")
+    server_port_range: str | None = _default("server_port_range")
+    settle: float = _default("settle")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, flag_names: bool = False) -> "RunParams":
@@ -364,6 +397,7 @@ class RunParams:
                 if getattr(self, name) != FIELDS[name].default:
                     raise ParamError(name, getattr(self, name), "applies to mode churn only "
                                      "(set mode: churn, or leave it out)")
+        _check_server(self)
         if self.churn and self.duration >= self.timeout:
             raise ParamError("duration", self.duration,
                              f"must be shorter than timeout ({self.timeout:g} s), which "
@@ -373,6 +407,10 @@ class RunParams:
     def gateway(self) -> bool:
         """The clients reach the server through the NAT router (nat gateway)."""
         return self.nat == "gateway"
+
+    @property
+    def real_server(self) -> bool:
+        return self.server != "agent"
 
     @property
     def churn(self) -> bool:
@@ -420,3 +458,29 @@ class RunParams:
             if value is not None:
                 args += [FIELDS[name].flag, str(value)]
         return args
+
+
+# Fields each real server reads, and the agent-server fields a real server has no use for.
+SERVER_ONLY = {"worker_connections": NGINX_SERVERS, "worker_processes": NGINX_SERVERS,
+               "maxclients": ("redis",), "server_port_range": ("nginx-proxy",)}
+AGENT_SERVER_ONLY = ("server_workers", "backlog", "server_ports", "server_addrs")
+
+
+def _check_server(p: RunParams) -> None:
+    """Refuse server settings that the chosen server does not read, and real-server runs the
+    engine cannot make (naming why)."""
+    for name, servers in SERVER_ONLY.items():
+        if getattr(p, name) is not None and p.server not in servers:
+            raise ParamError(name, getattr(p, name), f"applies to server {' or '.join(servers)} "
+                             f"only (server is {p.server})")
+    if not p.real_server:
+        return
+    for name in AGENT_SERVER_ONLY:
+        if getattr(p, name) != FIELDS[name].default:
+            raise ParamError(name, getattr(p, name), f"applies to server agent only: {p.server} "
+                             "has its own workers, backlog and one listening port")
+    if p.network != "bridge":
+        raise ParamError("network", p.network, f"server {p.server} needs network bridge (its "
+                         "clients reach it by its address)")
+    if p.churn:
+        raise ParamError("mode", p.mode, f"server {p.server} is measured in mode hold only")

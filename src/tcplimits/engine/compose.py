@@ -45,7 +45,8 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str, *,
     pinned = address_plan is not None and all(role in (addresses or {}) for role in specs)
     services = {}
     for role, spec in specs.items():
-        command = [c for c in spec["command"] if c != "--wait-signal"]
+        # no engine to signal the start or the held check: start at once, check at once
+        command = [c for c in spec["command"] if c not in ("--wait-signal", "--check-signal")]
         extra = address_plan.extra.get(role, []) if pinned else []
         if pinned and role != "server":
             command = _client_command(command, addresses["server"], extra, bind_mode)

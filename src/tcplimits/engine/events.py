@@ -162,6 +162,7 @@ class RunState:
     progress: dict[tuple[int, int], int] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     results: dict[tuple[int, int], dict] = field(default_factory=dict)
+    connected: dict[tuple[int, int], dict] = field(default_factory=dict)  # done connecting
     pairs: dict[tuple[int, int], list] = field(default_factory=dict)  # (client, proc) -> pairs
     server_listening: dict | None = None
     server_progress: dict[int, int] = field(default_factory=dict)
@@ -195,6 +196,8 @@ class RunState:
                     "server", event["pid"], event["code"], f"worker {event.get('worker')}"))
         elif kind == "ready":
             self.ready[event["client"]] = event
+        elif kind == "connected":  # done connecting, waiting for the held check's signal
+            self.connected[(event["client"], event["proc"])] = event
         elif kind == "progress":
             self.progress[(event["client"], event["proc"])] = event["connections"]
             self.samples.append(event)

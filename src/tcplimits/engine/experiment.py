@@ -26,7 +26,7 @@ from typing import Any, Callable
 import docker.errors
 
 from tcplimits import INSTANCE_LABEL, LABEL, RUN_LABEL, results
-from tcplimits.engine import addresses, faults, host, nat
+from tcplimits.engine import addresses, faults, host, nat, servers
 from tcplimits.model import fourtuple
 from tcplimits.engine.faults import RunFailed
 from tcplimits.config.params import RunParams
@@ -87,7 +87,7 @@ class Experiment(Teardown):
 
     @property
     def client_roles(self) -> list[str]:
-        return [r for r in self.specs if r != "server"]
+        return [r for r in self.specs if r.startswith("client")]
 
     # -- the lifecycle, step by step
 
@@ -121,6 +121,7 @@ class Experiment(Teardown):
 
     def start_server(self) -> str:
         """Start the server and wait until it listens; returns its address."""
+        servers.start_upstream(self)  # nginx-proxy's upstream, if any (engine/servers.py)
         self.containers["server"] = self.client.containers.create(**self.specs["server"])
         self.containers["server"].start()
         self._follow("server")
@@ -200,11 +201,19 @@ class Experiment(Teardown):
     def wait_for_clients(self) -> None:
         """Wait (with a live count) until every client process has stopped and reported."""
         expected_results = self.params.clients * self.params.procs
+        if not self.params.churn:  # the held check: once every process stopped connecting
+            self.wait_until(lambda: len(self.state.connected) == expected_results,
+                            "every client process to stop connecting",
+                            watch=["server", *self.client_roles], progress=True)
+            self.timeline["connect_s"] = time.monotonic() - (self._connect_started
+                                                             or time.monotonic())
+            for role in self.client_roles:
+                self.containers[role].kill(signal="SIGUSR2")
         self.wait_until(lambda: len(self.state.results) == expected_results,
                         "every client process to stop", watch=["server", *self.client_roles],
-                        progress=True)
-        self.timeline["connect_s"] = time.monotonic() - (self._connect_started
-                                                         or time.monotonic())
+                        progress=self.params.churn)
+        self.timeline.setdefault("connect_s", time.monotonic() - (self._connect_started
+                                                                  or time.monotonic()))
 
     def wait_for_duration(self) -> None:
         """Mode churn: the run lasts its duration even when every client stopped early, so
@@ -224,7 +233,9 @@ class Experiment(Teardown):
         """Let the server's count settle, stop it, and wait for each worker's final count."""
         self._settle_server()
         self.containers["server"].kill(signal="SIGTERM")
-        self.wait_until(lambda: len(self.state.server_results) == self.resolved.server_workers,
+        # a real server reports its own process count (engine/servers.py)
+        workers = (self.state.server_listening or {}).get("workers") or self.resolved.server_workers
+        self.wait_until(lambda: len(self.state.server_results) == workers,
                         "the server's final counts", limit=self.close_wait(STOP_TIMEOUT_S),
                         watch=["server"])
 
@@ -330,7 +341,7 @@ class Experiment(Teardown):
         per_client: dict[int, int] = {}
         for (c, _), n in self.state.progress.items():
             per_client[c] = per_client.get(c, 0) + n
-        done = len(self.state.results)
+        done = max(len(self.state.results), len(self.state.connected))
         now, count = time.monotonic(), self.state.connections
         since = self._last_live or (self._connect_started or now, 0)
         rate = (count - since[1]) / (now - since[0]) if now > since[0] else 0.0

@@ -130,7 +130,9 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
                    "--sample-every", str(resolved.sample_every), "--wait-signal"]
         if params.max_connections:
             command += ["--max-connections", str(params.max_connections)]
-        command += churn_args(params)
+        if params.settle != FIELDS["settle"].default:
+            command += ["--settle", f"{params.settle:g}"]
+        command += churn_args(params) or ["--check-signal"]
         if params.bind_mode != FIELDS["bind_mode"].default:
             command += ["--bind-mode", params.bind_mode]
         specs[f"client{i}"] = dict(

@@ -192,9 +192,10 @@ def client_rows(state: RunState, params: RunParams, run_id: str,
             if result:
                 row.update({k: result.get(k) for k in
                             ("connections", "errno", "error", "message", "elapsed_s",
-                             "cpu_s")})
+                             "cpu_s", "opened", "closed_by_peer", "peer_message")})
             else:
-                row.update(connections=state.progress.get((client, proc), 0), error="NO_RESULT",
+                row.update(connections=state.progress.get((client, proc), 0),
+                           opened=state.progress.get((client, proc), 0), error="NO_RESULT",
                            message="the process had not stopped when the run ended")
             rows.append(row)
     return rows
@@ -295,13 +296,13 @@ def tuple_record(experiment, state: RunState) -> dict[str, Any]:
 def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
               series: list[dict], compose: str | None,
               destinations: list[dict] | None = None,
-              save_logs: Callable[[Path], None] | None = None,
-              churn: Iterable[dict] = ()) -> None:
+              save_logs: Callable[[Path], None] | None = None, churn: Iterable[dict] = (),
+              realserver: list[dict] = ()) -> None:
     """Write the run directory. When the disk fills up (or the directory goes away) the
     partial files are removed and run.json alone says why, if even that can be written."""
     try:
         _write_files(out_dir, record, clients, server, series, compose, destinations,
-                     save_logs, churn)
+                     save_logs, churn, realserver)
     except OSError as err:
         outdir.clear(out_dir)
         reason = f"could not write the run directory {out_dir}: {err.strerror or err}"
@@ -318,7 +319,8 @@ def write_run(out_dir: Path, record: dict, clients: list[dict], server: list[dic
 def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[dict],
                  series: list[dict], compose: str | None,
                  destinations: list[dict] | None,
-                 save_logs: Callable[[Path], None] | None, churn: Iterable[dict] = ()) -> None:
+                 save_logs: Callable[[Path], None] | None, churn: Iterable[dict] = (),
+                 realserver: list[dict] = ()) -> None:
     if save_logs is not None:
         save_logs(out_dir)
     results.write_parquet(results.frame(clients, results.CLIENTS_SCHEMA),
@@ -330,6 +332,9 @@ def _write_files(out_dir: Path, record: dict, clients: list[dict], server: list[
     results.write_parquet_rows(churn, results.CHURN_SCHEMA, out_dir / results.CHURN_FILE)
     results.write_parquet(results.frame(destinations or [], results.DESTINATIONS_SCHEMA),
                           out_dir / results.DESTINATIONS_FILE)
+    # empty unless the server is a real one (issue 21): the workflow expects every table
+    results.write_parquet(results.frame(realserver, results.REALSERVER_SCHEMA),
+                          out_dir / results.REALSERVER_FILE)
     if compose:
         results.write_text(compose, out_dir / results.COMPOSE_FILE)
     # run.json last: its presence means the run directory is complete.

@@ -14,7 +14,7 @@ import docker.errors
 
 from tcplimits import model, results
 from tcplimits.config.params import RunParams
-from tcplimits.engine import faults, footprint, host
+from tcplimits.engine import faults, footprint, host, servers
 from tcplimits.engine.cleanup import Interrupted, signals_raise, sweep
 from tcplimits.engine.compose import compose_file
 from tcplimits.engine.events import Log, stderr_log
@@ -65,6 +65,7 @@ def _run(params: RunParams, out_dir: Path, run_id: str | None, progress: bool, c
     started = time.monotonic()
     try:
         pre = preflight(client, log)
+        server_image = servers.image_for(params, pre.client, log)  # real servers (issue 21)
     except Exception as err:
         if not faults.is_engine_gone(err):
             raise
@@ -80,13 +81,17 @@ def _run(params: RunParams, out_dir: Path, run_id: str | None, progress: bool, c
             f"{pre.removed['networks']} network(s)")
     log(f"run {run_id}: {params.clients} client(s) x {params.procs} process(es), port range "
         f"{params.port_range} ({params.port_count:,} ports), nofile {params.nofile:,}; server "
-        f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}")
+        + (f"{params.server}, nofile {resolved.server_nofile:,}" if params.real_server else
+           f"{resolved.server_workers} worker(s) x nofile {resolved.server_nofile:,}"))
     experiment = Experiment(pre.client, params, resolved, run_id, pre.image.tags[0], log=log,
                             live=progress, local_host=pre.local_host)
+    if server_image:  # nginx, nginx-proxy or Redis instead of the agent server
+        servers.prepare(experiment, server_image, pre.client.info().get("NCPU") or 1)
     outcome = lifecycle(experiment)
     tables = assemble(record, experiment, engine=pre.facts, host_facts=host_facts,
                       status=outcome.status, reason=outcome.reason, fault=outcome.fault,
                       addresses=outcome.addresses, started=started)
+    servers.complete(record, experiment, tables.clients)
     _write_run(out_dir, record, experiment, tables)
     if outcome.interrupted is not None:
         raise KeyboardInterrupt from outcome.interrupted
@@ -202,9 +207,9 @@ def _write_run(out_dir: Path, record: dict[str, Any], experiment: Experiment,
                tables: RunTables) -> None:
     """The run directory: the tables, the compose file of what ran, the logs, run.json."""
     write_run(out_dir, record, tables.clients, tables.server, tables.series,
-              compose=compose_file(experiment.specs, experiment.run_id,
-                                   address_plan=experiment.address_plan,
-                                   addresses=experiment.addresses,
-                                   bind_mode=experiment.params.bind_mode),
+              compose=servers.fix_compose(compose_file(
+                  experiment.specs, experiment.run_id, address_plan=experiment.address_plan,
+                  addresses=experiment.addresses, bind_mode=experiment.params.bind_mode),
+                  experiment.params),
               destinations=tables.destinations, save_logs=experiment.save_logs,
-              churn=tables.churn)
+              churn=tables.churn, realserver=servers.rows(record))

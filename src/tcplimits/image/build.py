@@ -44,14 +44,19 @@ def agent_files() -> list[Path]:
 
 def image_tag(base_id: str) -> str:
     """`tcplimits-agent:<12 hex>` for the current agents, Dockerfile and base image id."""
+    return content_tag(AGENT_REPO, DOCKERFILE.read_bytes(), base_id.encode())
+
+
+def content_tag(repo: str, *parts: bytes) -> str:
+    """`<repo>:<12 hex>`: a hash of the agents (names and bytes) and ``parts`` in order."""
     digest = hashlib.sha256()
     for path in agent_files():
         # Names count too: renaming an agent changes what the containers run.
         _hash_part(digest, path.name.encode())
         _hash_part(digest, path.read_bytes())
-    _hash_part(digest, DOCKERFILE.read_bytes())
-    _hash_part(digest, base_id.encode())
-    return f"{AGENT_REPO}:{digest.hexdigest()[:12]}"
+    for part in parts:
+        _hash_part(digest, part)
+    return f"{repo}:{digest.hexdigest()[:12]}"
 
 
 def _hash_part(digest: "hashlib._Hash", data: bytes) -> None:
@@ -88,12 +93,21 @@ def _ensure_image_locked(client: docker.DockerClient, files: list[Path], rebuild
         return old
 
     log(f"building {tag} from {base}")
+    return build_image(client, files, tag, old, buildargs={"BASE_IMAGE": base},
+                       rebuild=rebuild, log=log)
+
+
+def build_image(client: docker.DockerClient, files: list[Path], tag: str, old, *,
+                buildargs: dict[str, str], rebuild: bool, log: Log,
+                dockerfile: Path | None = None) -> docker.models.images.Image:
+    """Build ``tag`` from ``dockerfile`` with the agents as context, labelled; the image it
+    replaces (``old``) is removed unless a container still uses it."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tcplimits-build-") as context:
-        _write_context(Path(context), files)
+        _write_context(Path(context), files, dockerfile)
         try:
             image, _ = client.images.build(
-                path=context, tag=tag, buildargs={"BASE_IMAGE": base},
+                path=context, tag=tag, buildargs=buildargs,
                 labels={LABEL: "1"}, rm=True, forcerm=True, pull=False, nocache=rebuild)
         except docker.errors.BuildError as err:
             raise ImageError(f"building {tag} failed: {err.msg}\n"
@@ -170,9 +184,10 @@ def _holder(fd: int) -> str:
     return f"tcplimits process {said}" if said else "another tcplimits process"
 
 
-def _write_context(context: Path, files: Iterable[Path]) -> None:
-    """A minimal build context: the Dockerfile and the agents, readable by any user."""
-    shutil.copyfile(DOCKERFILE, context / "Dockerfile")
+def _write_context(context: Path, files: Iterable[Path], dockerfile: Path | None = None) -> None:
+    """A minimal build context: the Dockerfile (the agent image's unless given) and the
+    agents, readable by any user."""
+    shutil.copyfile(dockerfile or DOCKERFILE, context / "Dockerfile")
     agents = context / "agents"
     agents.mkdir()
     for path in files:

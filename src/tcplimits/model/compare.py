@@ -164,6 +164,8 @@ def compare_run(
     if run.get("nat") == "gateway":  # behind a NAT: tcplimits.model.natrun judges it
         from tcplimits.model import natrun
         return natrun.comparison(run, clients)
+    if run.get("server") not in (None, "agent"):  # a real server: model/servers.py judges it
+        return None
     params = params_of(run)
     server_nofile = run.get("resolved_server_nofile") or params.server_nofile
     workers = run.get("resolved_server_workers")

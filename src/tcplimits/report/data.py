@@ -40,6 +40,7 @@ class Data:
     series: pl.DataFrame
     churn_runs: pl.DataFrame = field(default_factory=pl.DataFrame)
     churn: pl.DataFrame = field(default_factory=pl.DataFrame)
+    realserver: pl.DataFrame = field(default_factory=pl.DataFrame)  # real servers, issue 21
 
     @classmethod
     def of(cls, tables: Mapping[str, pl.DataFrame]) -> "Data":
@@ -51,7 +52,8 @@ class Data:
 
         return cls(hold(runs), hold(tables["clients"]), hold(tables["server"]),
                    hold(tables["series"]), runs.filter(is_churn(runs)),
-                   tables.get("churn", pl.DataFrame()))
+                   tables.get("churn", pl.DataFrame()),
+                   tables.get("realserver", pl.DataFrame()))
 
     @cached_property
     def comparisons(self) -> list[model.Comparison]:

@@ -18,6 +18,7 @@ from tcplimits.report.sections.hold import (comparison_table, latency, model_ter
 from tcplimits.report.sections.million import one_million
 from tcplimits.report.sections.nat import behind_a_nat
 from tcplimits.report.sections.runset import environment, hosts, question, rerun, unfinished
+from tcplimits.report.sections.servers import real_servers
 
 __all__ = [
     "Data", "load",
@@ -27,6 +28,6 @@ __all__ = [
     "latency", "server_side",                                    # 7, 8
     "tuple_members", "book_claim",                               # 9, 10
     "unfinished", "rerun",                                       # 11
-    "one_million", "churn", "behind_a_nat", "conclusion",        # 12, 13, 14, 15
+    "one_million", "churn", "behind_a_nat", "real_servers", "conclusion",  # 12, 13, 14, 15, 16
     "sweep_summary",
 ]

@@ -140,7 +140,9 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
 PARAM_COLUMNS = ["port_range", "port_count", "nofile", "procs", "clients", "server_nofile",
                  "resolved_server_nofile", "server_workers", "backlog", "max_connections",
                  "server_ports", "server_addrs", "client_addrs", "bind_mode",
-                 "mode", "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps"]
+                 "mode", "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps",
+                 "server", "worker_connections", "worker_processes", "maxclients",
+                 "server_port_range", "settle"]
 
 
 def _with_params(schema: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -152,6 +154,7 @@ SERVER_SCHEMA = _with_params(results.SERVER_SCHEMA)
 SERIES_SCHEMA = _with_params(results.SERIES_SCHEMA)
 DESTINATIONS_SCHEMA = _with_params(results.DESTINATIONS_SCHEMA)
 CHURN_SCHEMA = _with_params(results.CHURN_SCHEMA)
+REALSERVER_SCHEMA = _with_params(results.REALSERVER_SCHEMA)
 
 TABLES = {  # dataset name -> (run directory file, dataset schema)
     "clients": (results.CLIENTS_FILE, CLIENTS_SCHEMA),
@@ -159,6 +162,7 @@ TABLES = {  # dataset name -> (run directory file, dataset schema)
     "series": (results.SERIES_FILE, SERIES_SCHEMA),
     "destinations": (results.DESTINATIONS_FILE, DESTINATIONS_SCHEMA),
     "churn": (results.CHURN_FILE, CHURN_SCHEMA),
+    "realserver": (results.REALSERVER_FILE, REALSERVER_SCHEMA),
 }
 # The dataset's tables, each <name>.parquet: the one list the renderer and the workflow use.
 TABLE_NAMES = ("runs", *TABLES)

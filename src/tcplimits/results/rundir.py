@@ -12,6 +12,7 @@ leaves no partial result behind.
       churn.parquet     per-second churn series     (CHURN_SCHEMA; empty for mode hold)
       destinations.parquet  connections per client process and (source address, server
                         address, server port) pair (DESTINATIONS_SCHEMA)
+      realserver.parquet  real servers (issue 21): REALSERVER_SCHEMA; empty for the agent
       compose.yml       a docker-compose file that reproduces the run by hand
       logs/<container>.log   each container's output
 
@@ -83,6 +84,7 @@ SERVER_FILE = "server.parquet"
 SERIES_FILE = "series.parquet"
 CHURN_FILE = "churn.parquet"
 DESTINATIONS_FILE = "destinations.parquet"
+REALSERVER_FILE = "realserver.parquet"
 COMPOSE_FILE = "compose.yml"
 LOGS_DIR = "logs"
 # Beside the report's index.html: the sweep's summary in plain text (`tcplimits report`).
@@ -94,7 +96,8 @@ CLIENTS_SCHEMA: dict[str, pl.DataType] = {
     "client": pl.Int32,        # client container, 1-based
     "proc": pl.Int32,          # process within the container, 1-based
     "client_ip": pl.Utf8,
-    "connections": pl.Int64,   # connections established (and held) when it stopped
+    "connections": pl.Int64,   # connections held when it stopped: still established when
+                               # checked, a short settle after its last connect()
     "errno": pl.Int32,         # errno of the connect/socket call that stopped it; null if none
     "error": pl.Utf8,          # errno name (EADDRNOTAVAIL, EMFILE, ETIMEDOUT, ...) or a stop reason
     "message": pl.Utf8,        # strerror or the exception text
@@ -104,6 +107,11 @@ CLIENTS_SCHEMA: dict[str, pl.DataType] = {
     "held_ports": pl.Int32,    # ports in the range already held in the container's namespace at start
     "held_other_addr": pl.Int32,  # of those, bound to a specific address the client never
                                   # leaves from (127.0.0.11): bind((source, 0)) may take them
+    # The held check (issue 21): a server may accept a connection and then close it.
+    "opened": pl.Int64,        # connect() calls that succeeded (held + closed_by_peer)
+    "closed_by_peer": pl.Int64,  # opened, then closed (FIN) or reset by the peer before the check
+    "peer_message": pl.Utf8,   # the first bytes a closing peer sent (Redis: "-ERR max number
+                               # of clients reached"), as text; null if none
 }
 
 # One row per client process and (source, destination) pair it spread over; round-robin in
@@ -156,11 +164,38 @@ CHURN_SCHEMA: dict[str, pl.DataType] = {
     "time_wait": pl.Int64,            # TIME_WAIT sockets in the container's namespace
 }
 
+# Real servers (issue 21): one row per run whose server is nginx, nginx-proxy or redis
+# (tcplimits.engine.servers.row; run.json's "server" block holds the full record).
+REALSERVER_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8,
+    "server": pl.Utf8,             # nginx, nginx-proxy, redis
+    "package_version": pl.Utf8,    # the Debian package's version (dpkg)
+    "version": pl.Utf8,            # what the server says (nginx -v, redis-server --version)
+    "workers": pl.Int64,           # the server's processes (nginx workers; Redis 1)
+    "effective": pl.Utf8,          # JSON: the settings in force, as the server reports them
+    "held": pl.Int64,              # connections the clients held (established when counted)
+    "opened": pl.Int64,            # connect() calls that succeeded
+    "closed_by_peer": pl.Int64,    # accepted, then closed by the server
+    "peer_message": pl.Utf8,       # what the server wrote before closing (Redis), or null
+    "established": pl.Int64,       # the server namespace's established connections on its port
+    "queued": pl.Int64,            # of them, still in the accept queue
+    "upstream": pl.Int64,          # nginx-proxy: established toward the upstream
+    "upstream_accepted": pl.Int64, # nginx-proxy: what the upstream agent server accepted
+    "limit_log": pl.Utf8,          # the server's own log line at the limit, or null
+    "limit_log_count": pl.Int64,   # lines of that kind it logged
+    "predicted_low": pl.Int64,     # tcplimits.model.servers: fewest held
+    "predicted_high": pl.Int64,    # most held
+    "bound": pl.Utf8,              # worker_connections, maxclients, upstream_ports, clients
+    "raise_with": pl.Utf8,         # the setting that raises it
+    "agrees": pl.Boolean,          # held within [predicted_low, predicted_high]
+}
+
 SCHEMAS = {CLIENTS_FILE: CLIENTS_SCHEMA, SERVER_FILE: SERVER_SCHEMA, SERIES_FILE: SERIES_SCHEMA,
-           DESTINATIONS_FILE: DESTINATIONS_SCHEMA, CHURN_FILE: CHURN_SCHEMA}
+           DESTINATIONS_FILE: DESTINATIONS_SCHEMA, CHURN_FILE: CHURN_SCHEMA,
+           REALSERVER_FILE: REALSERVER_SCHEMA}
 # Tables that run directories written before they existed lack: their absence is not damage
 # (read_table gives an empty frame of the schema).
-LATER_FILES = frozenset({DESTINATIONS_FILE, CHURN_FILE})
+LATER_FILES = frozenset({DESTINATIONS_FILE, CHURN_FILE, REALSERVER_FILE})
 
 
 def frame(rows: Iterable[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
