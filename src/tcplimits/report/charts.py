@@ -1,8 +1,7 @@
 """The report's charts: pure functions from dataset frames (polars) to Altair charts.
 
-Charts are drawn offline: ``use_offline_renderer()`` makes every chart display as an inline
-SVG made by vl-convert (no JavaScript, nothing fetched), so the report stays one file that
-opens without a network, in Quarto and in the nbconvert path alike.
+Charts are drawn offline (report/embed.py): each is an inline SVG made by vl-convert, redrawn
+interactive by vega-embed from a bundle inlined once per page; nothing is fetched.
 
 One pure function per chart of the report (held connections, outcomes, model, latency,
 server gap, hosts, 4-tuple, one million, churn), beside the shared colour scales; the frames
@@ -11,17 +10,13 @@ they draw are shaped in tcplimits.report.data.
 
 from __future__ import annotations
 
-import hashlib
-import html
-import re
-
 import altair as alt
 import polars as pl
 
 from tcplimits.report.data import ensure_columns, per_client, pool_fill, server_gaps
 
-RENDERER = "tcplimits-svg"
-CHART_CLASS = "tcpl-chart"
+from tcplimits.report.embed import (  # noqa: F401  (the .qmd calls charts.use_offline_renderer)
+    CHART_CLASS, CONFIG, RENDERER, to_html, use_offline_renderer)
 
 # One colour per outcome, the same in every chart.
 ERRNO_COLORS = {
@@ -39,16 +34,6 @@ LIMIT_COLORS = {
     "server": "#e45756",
     "conntrack": "#72b7b2",
     "max_connections": "#54a24b",
-}
-# Applied at drawing time, so the chart objects stay composable.
-CONFIG = {
-    "font": "Helvetica, Arial, sans-serif",
-    "axis": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal",
-             "gridColor": "#e6e6e6"},
-    "legend": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal"},
-    "header": {"labelFontSize": 12, "titleFontSize": 12, "titleFontWeight": "normal"},
-    "title": {"fontSize": 13, "fontWeight": "normal", "anchor": "start"},
-    "view": {"stroke": "#ddd"},
 }
 LOG = alt.Scale(type="log")
 COUNT_AXIS = alt.Axis(format="~s")  # 1k, 10k: log axes of counts stay readable
@@ -365,43 +350,3 @@ def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
     ).properties(title=alt.Title("Connections per client address against its 4-tuple space",
                                  subtitle="dashed: one connection per 4-tuple"))
     return _named(chart, "tuple_space")
-
-
-def _vl_version() -> str:
-    # vl-convert names Vega-Lite versions like "v6_4"; Altair's schema is "v6.4.1".
-    return "_".join(alt.SCHEMA_VERSION.split(".")[:2])
-
-
-def _unique_ids(svg: str) -> str:
-    """Prefix the SVG's ids (clip paths, gradients) so several charts inline in one page
-    never resolve each other's url(#id)."""
-    prefix = "c" + hashlib.sha1(svg.encode()).hexdigest()[:8] + "-"
-    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m[1]}"', svg)
-    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m[1]})", svg)
-    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m[1]}"', svg)
-
-
-def spec_to_html(spec: dict) -> str:
-    """A Vega-Lite spec -> ``<div class="tcpl-chart">`` holding the chart as inline SVG."""
-    import vl_convert as vlc
-
-    svg = vlc.vegalite_to_svg(spec, vl_version=_vl_version(), config=CONFIG)
-    name = (spec.get("usermeta") or {}).get("tcplimits", {}).get("chart", "chart")
-    return (f'<div class="{CHART_CLASS}" data-chart="{html.escape(name)}">'
-            f"{_unique_ids(svg)}</div>")
-
-
-def to_html(chart: alt.TopLevelMixin) -> str:
-    return spec_to_html(chart.to_dict())
-
-
-def _render(spec: dict, **metadata) -> dict:
-    return {"text/html": spec_to_html(spec)}
-
-
-def use_offline_renderer() -> None:
-    """Display every Altair chart as inline SVG (no CDN, no JavaScript) and lift Altair's
-    5,000-row guard: the series of a big grid is longer, and it is drawn once, offline."""
-    alt.renderers.register(RENDERER, _render)
-    alt.renderers.enable(RENDERER)
-    alt.data_transformers.disable_max_rows()

@@ -5,7 +5,8 @@ goes through a small adapter: the YAML front matter is split off, ```{python} fe
 ```python so jupytext's Markdown reader makes them code cells, and Quarto's ``#|`` cell
 options become notebook tags; nbclient executes the notebook, nbconvert exports it with the
 template in ``report/template/`` (no script, style or font from a CDN; code hidden where the
-.qmd says ``echo: false``). Charts are inline SVG (see ``charts.use_offline_renderer``).
+.qmd says ``echo: false``). Charts are inline SVG with their specs, redrawn interactive by
+the script ``embed.add_page_script`` inlines once in the finished page (either engine).
 
 Also here: reading the dataset and showing a table (the report's sections use them). The
 check of the finished page in a browser is in report/browser.py.
@@ -26,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from tcplimits.report import embed
 from tcplimits.results import dataset
 from tcplimits.results import write_parquet, write_text
 
@@ -133,12 +135,12 @@ def render_report(dataset_dir: Path, out_dir: Path, source: Path,
     if engine not in ("quarto", "nbconvert"):
         raise ValueError(f"engine {engine!r}: use 'quarto', 'nbconvert' or 'auto'")
     if engine == "quarto":
-        page = render_with_quarto(source, data_dir)
+        page = embed.add_page_script(render_with_quarto(source, data_dir))
         # Quarto's own page is not ours to fix: say what it references, do not fail.
         for ref in external_references(page):
             print(f"tcplimits report: warning: the page references {ref!r}", file=sys.stderr)
     else:
-        page = render_with_nbconvert(source, data_dir)
+        page = embed.add_page_script(render_with_nbconvert(source, data_dir))
         check_offline(page)
     target = out_dir / "index.html"
     write_text(page, target)
@@ -324,7 +326,9 @@ _EXTERNAL = [
 
 
 def external_references(page: str) -> list[str]:
-    """Anything in the page that a browser would fetch from elsewhere."""
+    """Anything in the page that a browser would fetch from elsewhere (the chart bundle's
+    own text aside: the browser check sees what it does)."""
+    page = embed.without_page_script(page)
     return [m.group(0) for pattern in _EXTERNAL for m in pattern.finditer(page)]
 
 
