@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import altair as alt
 import polars as pl
 import pytest
 
-from tests.report.fixtures import synthetic_dataset
-from tcplimits.report import charts, render
+from tests.report.fixtures import assert_tooltips, synthetic_dataset
+from tcplimits.report import charts, embed, render
 from tcplimits import model
 
 
@@ -27,6 +29,10 @@ BUILDERS = {
     "observed_vs_predicted": lambda ds: charts.observed_vs_predicted(_comparisons(ds)),
     "latency_vs_fill": lambda ds: charts.latency_vs_fill(ds["series"], ds["runs"]),
     "server_vs_clients": lambda ds: charts.server_vs_clients(ds["runs"]),
+    "by_host": lambda ds: charts.by_host(_comparisons(ds).with_columns(host=pl.lit("h1"))),
+    "held_against_limits": lambda ds: charts.held_against_limits(
+        ds["runs"].with_columns(network=pl.lit("bridge")),
+        [{"limit": "fs.file-max", "connections": 100_000}]),
 }
 
 
@@ -44,12 +50,44 @@ def test_chart_is_valid_vega_lite(ds, name):
 
 
 @pytest.mark.parametrize("name", BUILDERS)
-def test_chart_draws_offline(ds, name):
+def test_chart_carries_its_tooltip(ds, name):
+    assert_tooltips(BUILDERS[name](ds).to_dict())
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_chart_draws_offline_with_its_spec_beside(ds, name):
     page = charts.to_html(BUILDERS[name](ds))
     assert page.startswith(f'<div class="tcpl-chart" data-chart="{name}"><svg')
-    assert page.count("<svg") == 1
-    assert "<script" not in page and "https://" not in page and "cdn" not in page.lower()
+    assert page.count("<svg") == 1 and page.count("<script") == 1
+    assert '<script type="application/json" class="tcpl-spec">' in page
     assert render.external_references(page) == []
+    spec = page.split('class="tcpl-spec">')[1].split("</script>")[0]
+    assert "<" not in spec and json.loads(spec) == json.loads(json.dumps(
+        BUILDERS[name](ds).to_dict(), default=str))
+
+
+def test_spec_json_cannot_end_its_script():
+    page = embed.spec_to_html({"mark": "point", "data": {"values": [{"a": "</script><b>"}]},
+                               "encoding": {"x": {"field": "a", "type": "nominal"}}})
+    assert "</script><b>" not in page and page.count("</script>") == 1
+
+
+def test_page_script_is_added_once_and_only_to_pages_with_charts():
+    page = f'<html><body><div class="{embed.CHART_CLASS}"></div></body></html>'
+    once = embed.add_page_script(page)
+    assert once.count(f'id="{embed.SCRIPT_ID}"') == 1 and once.endswith("</body></html>")
+    assert embed.add_page_script(once) == once
+    assert embed.add_page_script("<html><body></body></html>") == "<html><body></body></html>"
+    assert "vegaEmbed" in once and render.external_references(once) == []
+
+
+def test_continuous_axes_zoom_and_the_latency_legend_selects(ds):
+    spec = BUILDERS["latency_vs_fill"](ds).to_dict()
+    params = spec.get("params", []) + [p for unit in spec["layer"] for p in unit.get("params", [])]
+    assert {p["select"]["type"] if isinstance(p["select"], dict) else p["select"]
+            for p in params} == {"point", "interval"}
+    assert any(p.get("bind") == "legend" for p in params)
+    assert any(p.get("bind") == "scales" for p in params)
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -84,7 +122,7 @@ def test_errno_colours_are_fixed_and_unknown_names_grey():
 def test_svg_ids_are_made_unique():
     svg = ('<svg><defs><clipPath id="clip1"><rect/></clipPath></defs>'
            '<g clip-path="url(#clip1)"><use href="#clip1"/></g></svg>')
-    out = charts._unique_ids(svg)
+    out = embed._unique_ids(svg)
     prefix = out.split('id="')[1].split("clip1")[0]
     assert prefix and f'url(#{prefix}clip1)' in out and f'href="#{prefix}clip1"' in out
 

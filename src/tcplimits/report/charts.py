@@ -48,6 +48,12 @@ def _scale(colors: dict[str, str], present: pl.Series | None = None) -> alt.Scal
     return alt.Scale(domain=names, range=[colors.get(n, "#999999") for n in names])
 
 
+def zoom(*encodings: str) -> alt.Parameter:
+    """Zoom (wheel) and pan (drag) bound to the continuous axes ``encodings`` (x and y when
+    none are named); a double click resets them."""
+    return alt.selection_interval(bind="scales", encodings=list(encodings or ("x", "y")))
+
+
 def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
     # usermeta travels with the spec: the renderer names the chart's container after it.
     return chart.properties(usermeta={"tcplimits": {"chart": name}})
@@ -68,7 +74,7 @@ def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
         y=alt.Y("connections:Q", scale=LOG, axis=COUNT_AXIS, title="connections per client"),
         color=alt.Color("nofile:O", title="nofile", scale=alt.Scale(scheme="viridis")),
         tooltip=["run_id", "client", "connections", "port_count", "nofile"],
-    )
+    ).add_params(zoom())
     chart = alt.layer(ports, points, data=df).properties(width=230, height=170).facet(
         column=alt.Column("clients:O", title="client containers"),
         row=alt.Row("procs:O", title="processes per client"),
@@ -89,9 +95,9 @@ def outcomes(clients: pl.DataFrame) -> alt.Chart:
                 axis=alt.Axis(tickMinStep=1, format="d")),
         color=alt.Color("error:N", title="stopped with",
                         scale=_scale(ERRNO_COLORS, df["error"])),
-        order=alt.Order("error:N"),
+        order=alt.Order("error:O"),
         tooltip=["run_id", "error", "processes", "connections"],
-    ).properties(width=420, height=alt.Step(20),
+    ).add_params(zoom("x")).properties(width=420, height=alt.Step(20),
                  title="How each client process stopped")
     return _named(chart, "outcomes")
 
@@ -110,7 +116,8 @@ def _against(base: alt.Chart, x: str, y: str, x_title: str, y_title: str,
         x=alt.X(f"{x}:Q", scale=LOG), y=alt.Y(f"{x}:Q", scale=LOG))
     points = positive.mark_point(filled=True, size=80).encode(
         x=alt.X(f"{x}:Q", scale=LOG, axis=COUNT_AXIS, title=x_title),
-        y=alt.Y(f"{y}:Q", scale=LOG, axis=COUNT_AXIS, title=y_title), **encoding)
+        y=alt.Y(f"{y}:Q", scale=LOG, axis=COUNT_AXIS, title=y_title), **encoding
+    ).add_params(zoom())
     return alt.layer(diagonal, points).properties(width=300, height=260)
 
 
@@ -141,7 +148,7 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
         y=y, x=alt.X("tol_lo:Q", scale=alt.Scale(type="symlog")), x2="tolerance:Q")
     bars = base.mark_bar(height=8).encode(
         y=y, x=gap_x,
-        color=color, tooltip=["run_id", "deviation", "tolerance"])
+        color=color, tooltip=["run_id", "deviation", "tolerance"]).add_params(zoom("x"))
     zero = base.mark_rule(color="#555").encode(x=alt.datum(0))
     gaps = alt.layer(band, bars, zero).properties(width=300, height=alt.Step(20),
                                                   title="Difference per point")
@@ -183,7 +190,9 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
         host=pl.when(pl.col("noisy")).then(pl.lit(NOISY)).otherwise(pl.lit(QUIET)),
     ).filter(pl.col("latency_us") > 0).select(
         "run_id", "client", "proc", "port_range", "fill", "latency_us", "line", "host")
-    lines = alt.Chart(df).mark_line(strokeWidth=1.2, opacity=0.7).encode(
+    # Click a port range in the legend (shift-click for more): its lines stay, others fade.
+    picked = alt.selection_point(fields=["port_range"], bind="legend")
+    lines = alt.Chart(df).mark_line(strokeWidth=1.2).encode(
         x=alt.X("fill:Q", title="share of the port range in use",
                 scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("latency_us:Q", scale=LOG, axis=COUNT_AXIS, title="mean connect() time (µs)"),
@@ -192,8 +201,9 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
                                   scale=alt.Scale(domain=[QUIET, NOISY],
                                                   range=[[1, 0], [4, 3]])),
         detail="line:N",
+        opacity=alt.condition(picked, alt.value(0.75), alt.value(0.06)),
         tooltip=["run_id", "client", "proc", "fill", "latency_us", "host"],
-    )
+    ).add_params(picked, zoom())
     half = alt.Chart(pl.DataFrame({"fill": [0.5], "label": ["half the range"]}))
     rule = half.mark_rule(strokeDash=[2, 2], color="#555").encode(x="fill:Q")
     text = half.mark_text(align="left", dx=4, dy=-6, color="#555", fontSize=11).encode(
@@ -219,7 +229,7 @@ def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
     y = alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340))
     bars = base.mark_bar(height=10).encode(
         y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)"), color=color,
-        tooltip=["run_id", "gap", "queue"])
+        tooltip=["run_id", "gap", "queue"]).add_params(zoom("x"))
     ticks = base.mark_tick(color="black", thickness=2, size=16).encode(y=y, x="queue:Q")
     gaps = alt.layer(bars, ticks).properties(width=300, height=alt.Step(20),
                                              title="Not (yet) accepted")
@@ -239,7 +249,8 @@ def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChar
                 axis=COUNT_AXIS),
         y=alt.Y("connections_total:Q", title="connections held", scale=LOG, axis=COUNT_AXIS),
         color=alt.Color("network:N", title="network"),
-        tooltip=["run_id", "network", "predicted_total", "connections_total"])
+        tooltip=["run_id", "network", "predicted_total", "connections_total"]
+    ).add_params(zoom())
     layers = [base]
     if limits:
         rules = pl.DataFrame(limits)
@@ -287,7 +298,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
         y=alt.Y("value:Q", title="connections per second / sockets"),
         color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
         tooltip=["point", "series", "t_s", "value"],
-    ).properties(width=250, height=130).facet(
+    ).add_params(zoom("x")).properties(width=250, height=130).facet(
         facet=alt.Facet("point:N", title=None), columns=2,
     ).resolve_scale(y="independent").properties(
         title=alt.Title("Churn: rate and TIME_WAIT against time",
@@ -310,7 +321,7 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
         color=alt.Color("outcome:N", title="ended with",
                         scale=_scale({**ERRNO_COLORS, "DURATION": "#54a24b"}, df["outcome"])),
         tooltip=["point", "sustained", "model_bound", "outcome"],
-    )
+    ).add_params(zoom("x"))
     ticks = alt.Chart(df.filter(pl.col("model_bound").is_not_null())).mark_tick(
         color="black", thickness=2, size=18).encode(x=alt.X("model_bound:Q", scale=x_scale), y=y)
     chart = alt.layer(dots, ticks).properties(
@@ -341,10 +352,10 @@ def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
                 title="connections per client address"),
         color=alt.Color("bind_mode:N", title="bind mode", legend=None,
                         scale=_scale(BIND_MODE_COLORS, df["bind_mode"])),
-        shape=alt.Shape("client_addrs:O", title="client addresses"),
+        shape=alt.Shape("client_addrs:N", title="client addresses"),
         tooltip=["run_id", "bind_mode", "server_ports", "server_addrs", "client_addrs",
                  "space", "per_address", "errno"],
-    )
+    ).add_params(zoom())
     chart = alt.layer(line, dots, data=df).properties(width=190, height=200).facet(
         column=alt.Column("bind_mode:N", title="bind mode", sort=list(BIND_MODE_COLORS)),
     ).properties(title=alt.Title("Connections per client address against its 4-tuple space",

@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.report.fixtures import ENV, RUN_IDS, synthetic_dataset
+from tests.report.fixtures import ENV, RUN_IDS, assert_tooltips, synthetic_dataset
 from tcplimits.report import charts, render
 from tcplimits.report.data import Data
 from tcplimits.report.sections import churn as churn_findings, conclusion, runset
@@ -118,6 +118,8 @@ def test_churn_charts_draw_every_point():
     assert {v["point"] for v in values} == set(labels.values())
     rate = charts.churn_rate_vs_model(churn_findings.churn_points(runs)).to_dict()
     assert rate["usermeta"]["tcplimits"]["chart"] == "churn_rate_vs_model"
+    assert_tooltips(timeline)
+    assert_tooltips(rate)
 
 
 def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
