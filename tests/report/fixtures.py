@@ -250,7 +250,7 @@ def chart_specs(page: str) -> list[dict]:
     import re
 
     return [json.loads(m) for m in re.findall(
-        r'<script type="application/json" class="tcpl-spec">(.*?)</script>', page, re.S)]
+        r'<script\b[^>]*\bclass="tcpl-spec"[^>]*>(.*?)</script>', page, re.S)]
 
 
 def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,

@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from tcplimits.report import embed
+from tcplimits.report import crossref, downloads, embed
 from tcplimits.results import dataset
 from tcplimits.results import write_parquet, write_text
 
@@ -125,11 +125,13 @@ def html_list(items: Iterable[str], cls: str = "") -> str:
 
 def render_report(dataset_dir: Path, out_dir: Path, source: Path,
                   *, engine: str = "auto") -> Path:
-    """Copy the dataset to ``out_dir/data/`` and render ``source`` to ``out_dir/index.html``.
+    """Copy the dataset to ``out_dir/data/`` (with a CSV of each table and the data
+    dictionary beside them) and render ``source`` to ``out_dir/index.html``.
 
     engine: "quarto", "nbconvert", or "auto" (Quarto when a recent one is on PATH)."""
     out_dir, source = Path(out_dir), Path(source)
     data_dir = copy_dataset(Path(dataset_dir), out_dir / "data").resolve()
+    downloads.write_csvs(data_dir)
     if engine == "auto":
         engine = "quarto" if quarto_version() >= QUARTO_MIN else "nbconvert"
     if engine not in ("quarto", "nbconvert"):
@@ -174,6 +176,7 @@ def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600) -
     nb = qmd_to_notebook(source.read_text(), project=_project_options(source))
     execute_notebook(nb, cwd=source.parent.resolve(), env={DATA_ENV: str(data_dir)},
                      timeout=timeout)
+    crossref.resolve_outputs(nb)
     return notebook_to_html(nb)
 
 
@@ -257,13 +260,28 @@ def qmd_to_notebook(text: str, project: dict | None = None):
         options = {**defaults, **options}
         tags = [tag for (key, value), tag in TAGS.items() if options.get(key) is value]
         cell.metadata = {"tags": tags, "quarto": options} if tags else {"quarto": options}
+    numbers = crossref.number_notebook(nb, number_sections=bool(
+        _html_option("number-sections", front, project or {})))
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                   "language": "python"},
                    "language_info": {"name": "python"},
                    "title": str(front.get("title", "Report")),
-                   "subtitle": str(front.get("subtitle", ""))}
+                   "subtitle": str(front.get("subtitle", "")),
+                   "tcplimits": {"sections": numbers.sections, "figures": numbers.figures}}
     nbformat.validate(nb)
     return nb
+
+
+def _html_option(key: str, front: dict, project: dict):
+    """An HTML format option as Quarto resolves it: the document's front matter (top level
+    or format.html) over the project's _quarto.yml."""
+    for source in (front, project):
+        html_format = ((source.get("format") or {}).get("html") or {})
+        if isinstance(html_format, dict) and key in html_format:
+            return html_format[key]
+        if key in source:
+            return source[key]
+    return None
 
 
 def execute_notebook(nb, *, cwd: Path, env: dict[str, str], timeout: int = 600):
@@ -300,7 +318,7 @@ def notebook_to_html(nb) -> str:
                             exclude_input_prompt=True, exclude_output_prompt=True,
                             anchor_link_text="#")
     body, _ = exporter.from_notebook_node(nb)
-    return add_toc(body)
+    return add_toc(crossref.heading_ids(body))
 
 
 _H2 = re.compile(r'<h2 id="([^"]+)">(.*?)<a class="anchor-link"', re.S)

@@ -133,7 +133,7 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
                   ds / "clients.parquet")
     write_parquet(series, ds / "churn.parquet")
     page = render.render_report(ds, tmp_path / "out", REPORT, engine="nbconvert").read_text()
-    section = page[page.index('id="13.-Churn'):page.index('id="14.-Conclusion')]
+    section = page[page.index('id="sec-churn"'):page.index('id="sec-conclusion"')]
     assert section.count('class="tcpl-chart"') == 2
     assert section.count("as predicted: ") == 3
     assert "3 of 3" in section and "60 s" in section
