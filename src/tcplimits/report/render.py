@@ -32,6 +32,10 @@ from tcplimits.results import dataset
 from tcplimits.results import write_parquet, write_text
 
 DATA_ENV = "TCPLIMITS_DATASET"
+# The sweep's config as Snakemake was given it (the reproduce box's command); its copy is
+# CONFIG_COPY beside the page.
+CONFIG_ENV = "TCPLIMITS_CONFIGFILE"
+CONFIG_COPY = "config.yaml"
 TEMPLATE_DIR = Path(__file__).parent / "template"
 QUARTO_MIN = (1, 4)
 
@@ -124,12 +128,17 @@ def html_list(items: Iterable[str], cls: str = "") -> str:
 # --- Rendering ------------------------------------------------------------------------------------
 
 def render_report(dataset_dir: Path, out_dir: Path, source: Path,
-                  *, engine: str = "auto") -> Path:
+                  *, engine: str = "auto", config: Path | None = None) -> Path:
     """Copy the dataset to ``out_dir/data/`` (with a CSV of each table and the data
     dictionary beside them) and render ``source`` to ``out_dir/index.html``.
 
-    engine: "quarto", "nbconvert", or "auto" (Quarto when a recent one is on PATH)."""
+    engine: "quarto", "nbconvert", or "auto" (Quarto when a recent one is on PATH).
+    config: the sweep's config file, copied to ``out_dir/config.yaml``; the page names it."""
     out_dir, source = Path(out_dir), Path(source)
+    env = {}
+    if config is not None:
+        write_text(Path(config).read_text(), out_dir / CONFIG_COPY)
+        env[CONFIG_ENV] = str(config)
     data_dir = copy_dataset(Path(dataset_dir), out_dir / "data").resolve()
     downloads.write_csvs(data_dir)
     if engine == "auto":
@@ -137,12 +146,12 @@ def render_report(dataset_dir: Path, out_dir: Path, source: Path,
     if engine not in ("quarto", "nbconvert"):
         raise ValueError(f"engine {engine!r}: use 'quarto', 'nbconvert' or 'auto'")
     if engine == "quarto":
-        page = embed.add_page_script(render_with_quarto(source, data_dir))
+        page = embed.add_page_script(render_with_quarto(source, data_dir, env))
         # Quarto's own page is not ours to fix: say what it references, do not fail.
         for ref in external_references(page):
             print(f"tcplimits report: warning: the page references {ref!r}", file=sys.stderr)
     else:
-        page = embed.add_page_script(render_with_nbconvert(source, data_dir))
+        page = embed.add_page_script(render_with_nbconvert(source, data_dir, env=env))
         check_offline(page)
     target = out_dir / "index.html"
     write_text(page, target)
@@ -158,11 +167,11 @@ def quarto_version() -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", out)[:2])
 
 
-def render_with_quarto(source: Path, data_dir: Path) -> str:
+def render_with_quarto(source: Path, data_dir: Path, env: dict[str, str] | None = None) -> str:
     """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
         subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp],
-                       check=True, env={**os.environ, DATA_ENV: str(data_dir)})
+                       check=True, env={**os.environ, **(env or {}), DATA_ENV: str(data_dir)})
         # --output-dir is honoured for projects; a lone file may still land beside its source.
         for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
             if page.exists():
@@ -172,9 +181,10 @@ def render_with_quarto(source: Path, data_dir: Path) -> str:
         raise FileNotFoundError(f"quarto render wrote no {source.stem}.html")
 
 
-def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600) -> str:
+def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600,
+                          env: dict[str, str] | None = None) -> str:
     nb = qmd_to_notebook(source.read_text(), project=_project_options(source))
-    execute_notebook(nb, cwd=source.parent.resolve(), env={DATA_ENV: str(data_dir)},
+    execute_notebook(nb, cwd=source.parent.resolve(), env={**(env or {}), DATA_ENV: str(data_dir)},
                      timeout=timeout)
     crossref.resolve_outputs(nb)
     return notebook_to_html(nb)
