@@ -71,8 +71,9 @@ def run_files(point_id):
 
 
 # `snakemake --report` (Snakemake's provenance report) shows these outputs, each with its
-# caption from workflow/report/ (paths relative to this file).
+# caption (absolute: Snakemake resolves a relative one against different folders).
 REPORT_CATEGORY = "tcplimits"
+CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
 
 
 def report_outputs():
@@ -82,20 +83,20 @@ def report_outputs():
     outputs = {
         "page": report(
             f"{REPORT_DIR}/index.html",
-            caption="../report/page.rst",
+            caption=f"{CAPTIONS}/page.rst",
             category=REPORT_CATEGORY,
             labels={"output": "the report page"},
         ),
         "data": report(
             directory(f"{REPORT_DIR}/data"),
             patterns=["{name}.csv"],
-            caption="../report/data.rst",
+            caption=f"{CAPTIONS}/data.rst",
             category=REPORT_CATEGORY,
             labels={"output": "table {name}"},
         ),
         "summary": report(
             f"{REPORT_DIR}/{results.SUMMARY_FILE}",
-            caption="../report/summary.rst",
+            caption=f"{CAPTIONS}/summary.rst",
             category=REPORT_CATEGORY,
             labels={"output": "the sweep's summary"},
         ),
@@ -111,7 +112,7 @@ def dataset_outputs():
     return {
         name: report(
             path,
-            caption="../report/dataset.rst",
+            caption=f"{CAPTIONS}/dataset.rst",
             category=REPORT_CATEGORY,
             subcategory="dataset",
             labels={"output": f"{name}.parquet"},
