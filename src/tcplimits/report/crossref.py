@@ -26,7 +26,7 @@ _HEADING = re.compile(r"^(?P<hashes>#{1,6})[ \t]+(?P<text>.*?)"
                       r"(?:[ \t]*\{(?P<attrs>[^}]*)\})?[ \t]*$")
 _FENCE = re.compile(r"^(`{3,}|~{3,})")
 _REF = re.compile(r"\[-@(?P<bare>(?:sec|fig)-[\w-]*\w)\]"
-                  r"|(?<![\w@\[])@(?P<kind>[Ss]ec|[Ff]ig)-(?P<name>[\w-]*\w)")
+                  r"|(?<![\w@\[\\])@(?P<kind>[Ss]ec|[Ff]ig)-(?P<name>[\w-]*\w)")
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
 NAMES = {"sec": "Section", "fig": "Figure"}
 

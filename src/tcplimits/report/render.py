@@ -120,6 +120,29 @@ def html_table(df: pl.DataFrame, *, raw: Iterable[str] = (), classes: str = "",
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|@~$])")
+
+
+def md_escape(text: Any) -> str:
+    """Text from data, safe in Markdown: every character Markdown (or a cross-reference)
+    could read as syntax backslash-escaped, newlines as spaces."""
+    return _MD_SPECIAL.sub(r"\\\1", fmt(text)).replace("\n", " ")
+
+
+def markdown_table(df: pl.DataFrame, *, raw: Iterable[str] = ()) -> str:
+    """A pipe table (numbers right-aligned); cells escaped, except in the ``raw`` columns,
+    which hold Markdown already (an ``@sec-`` reference that Quarto and the fallback
+    renderer both resolve)."""
+    raw = set(raw)
+    numeric = {c for c, t in df.schema.items() if t.is_numeric()}
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---:" if c in numeric else ":---" for c in df.columns) + "|"
+    body = ["| " + " | ".join(str(v or "") if c in raw else md_escape(v)
+                              for c, v in row.items()) + " |"
+            for row in df.iter_rows(named=True)]
+    return "\n".join([head, rule, *body])
+
+
 def html_list(items: Iterable[str], cls: str = "") -> str:
     items = [f"<li>{html.escape(i)}</li>" for i in items if i]
     return f'<ul class="{cls}">{"".join(items)}</ul>' if items else ""
