@@ -193,7 +193,8 @@ def quarto_version() -> tuple[int, ...]:
 def render_with_quarto(source: Path, data_dir: Path, env: dict[str, str] | None = None) -> str:
     """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
-        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp],
+        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp,
+                        "--execute-dir", str(Path(data_dir).resolve().parent)],
                        check=True, env={**os.environ, **(env or {}), DATA_ENV: str(data_dir)})
         # --output-dir is honoured for projects; a lone file may still land beside its source.
         for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
@@ -207,7 +208,9 @@ def render_with_quarto(source: Path, data_dir: Path, env: dict[str, str] | None 
 def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600,
                           env: dict[str, str] | None = None) -> str:
     nb = qmd_to_notebook(source.read_text(), project=_project_options(source))
-    execute_notebook(nb, cwd=source.parent.resolve(), env={**(env or {}), DATA_ENV: str(data_dir)},
+    # Cells run in the report's folder, as a reader's code beside the page would: data/ is there.
+    execute_notebook(nb, cwd=Path(data_dir).resolve().parent,
+                     env={**(env or {}), DATA_ENV: str(data_dir)},
                      timeout=timeout)
     crossref.resolve_outputs(nb)
     return notebook_to_html(nb)
