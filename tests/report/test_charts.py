@@ -103,12 +103,70 @@ def test_port_count_derived_from_range_when_absent(ds):
     assert any(row.get("port_count") == 64512 for rows in values.values() for row in rows)
 
 
+def _lookup(spec):
+    data = spec["layer"][0]["transform"][0]["from"]["data"]
+    return data.get("values") or spec["datasets"][data["name"]]
+
+
+def _latency_rows(spec):
+    """The latency chart's samples, each joined with its point (the spec's lookup table)."""
+    samples = next(rows for rows in spec["datasets"].values() if rows and {"fill", "k"} <= set(rows[0]))
+    points = {p["k"]: p for p in _lookup(spec)}
+    return [{**points[r["k"]], **r} for r in samples]
+
+
 def test_latency_only_for_port_bound_runs(ds):
-    spec = charts.latency_vs_fill(ds["series"], ds["runs"]).to_dict()
-    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
+    rows = _latency_rows(charts.latency_vs_fill(ds["series"], ds["runs"]).to_dict())
     assert {r["run_id"] for r in rows} == {"seed-default", "seed-wide-range", "range-1000",
                                            "shared-pool", "short-timeout"}
     assert all(0 <= r["fill"] <= 1 for r in rows)
+
+
+def test_latency_names_its_lines_by_point_and_carries_each_point_once(ds):
+    names = {"seed-default": "the <seed>"}
+    spec = charts.latency_vs_fill(ds["series"], ds["runs"], names).to_dict()
+    lookup = _lookup(spec)
+    assert len({p["run_id"] for p in lookup}) == len(lookup)
+    assert {p["point"] for p in lookup if p["run_id"] == "seed-default"} == {"the <seed>"}
+    assert spec["layer"][0]["encoding"]["color"]["field"] == "point"
+
+
+def test_every_errno_the_model_can_predict_has_its_own_colour():
+    from tcplimits.model import churn, fourtuple, knobs
+
+    predicted = ({e for e in model.ERRNO_OF_LIMIT.values() if e}
+                 | set(fourtuple.POOL_ERRNO.values())
+                 | {k.errno for k in knobs.KNOBS if k.errno} | {churn.DURATION})
+    colours = {e: charts.ERRNO_COLORS.get(e) for e in predicted}
+    assert None not in colours.values(), colours
+    assert len(set(colours.values())) == len(colours)
+    assert charts.ERRNO_COLORS["none"] not in colours.values()
+
+
+def test_a_chart_of_differences_only_where_a_point_differs(ds):
+    comparisons = _comparisons(ds)
+    exact = comparisons.with_columns(observed=pl.col("predicted"))
+    assert not charts.differences(exact)
+    assert "hconcat" not in charts.observed_vs_predicted(exact).to_dict()
+    assert charts.differences(comparisons)
+    assert "hconcat" in charts.observed_vs_predicted(comparisons).to_dict()
+
+
+def test_points_are_named_by_label_with_the_run_id_in_the_tooltip(ds):
+    names = {r: f"label of {r}" for r in ds["runs"]["run_id"]}
+    spec = charts.outcomes(ds["clients"], names).to_dict()
+    assert spec["encoding"]["y"]["field"] == "point"
+    tips = [t["field"] for t in spec["encoding"]["tooltip"]]
+    assert tips[0] == "point" and tips[-1] == "run_id"
+    rows = next(iter(spec["datasets"].values()))
+    assert all(r["point"] == names[r["run_id"]] for r in rows)
+
+
+def test_facets_wrap_with_short_titles(ds):
+    spec = charts.connections_vs_range(ds["clients"]).to_dict()
+    assert "facet" in spec and "row" not in spec["facet"] and spec["columns"] >= 1
+    panels = {r["layout"] for rows in spec["datasets"].values() for r in rows if "layout" in r}
+    assert "1 client, 1 proc" in panels and all(len(p) < 24 for p in panels)
 
 
 def test_errno_colours_are_fixed_and_unknown_names_grey():
@@ -138,8 +196,7 @@ def test_offline_renderer_displays_inline_svg(ds):
 def test_latency_draws_noisy_runs_dashed(ds):
     runs = ds["runs"].with_columns(noisy=pl.col("run_id") == "range-1000")
     spec = charts.latency_vs_fill(ds["series"], runs).to_dict()
-    rows = [r for rows in spec["datasets"].values() for r in rows if "run_id" in r]
-    hosts = {r["run_id"]: r["host"] for r in rows}
+    hosts = {r["run_id"]: r["host"] for r in _latency_rows(spec)}
     assert hosts.pop("range-1000") == charts.NOISY
     assert set(hosts.values()) == {charts.QUIET}
     dash = spec["layer"][0]["encoding"]["strokeDash"]
