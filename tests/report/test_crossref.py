@@ -36,9 +36,11 @@ def test_without_number_sections_a_reference_names_the_title():
 
 
 def test_references_in_code_and_fences_and_addresses_stay_text():
-    nb = _notebook("## A {#sec-a}\n\n`@sec-a` and me@sec-a.org\n\n```bash\necho @sec-a\n```\n")
+    nb = _notebook("## A {#sec-a}\n\n`@sec-a` and me@sec-a.org and \\@sec-a\n\n"
+                   "```bash\necho @sec-a\n```\n")
     text = _markdown(nb)
     assert "`@sec-a`" in text and "me@sec-a.org" in text and "echo @sec-a" in text
+    assert "\\@sec-a" in text  # escaped (data shown in Markdown, render.md_escape)
 
 
 def test_a_missing_label_reads_as_quarto_shows_it(capsys):
