@@ -209,7 +209,7 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None,
     ).add_params(picked, zoom())
     half = alt.Chart(pl.DataFrame({"fill": [0.5], "label": ["half the range"]}))
     rule = half.mark_rule(strokeDash=[2, 2], color="#555").encode(x="fill:Q")
-    text = half.mark_text(align="left", dx=4, dy=-6, color="#555", fontSize=11).encode(
+    text = half.mark_text(align="left", dx=4, dy=10, color="#555", fontSize=11).encode(
         x="fill:Q", y=alt.value(0), text="label:N")
     chart = alt.layer(lines, rule, text).properties(
         width=560, height=280, title="Connect time as the port range fills")
@@ -306,7 +306,7 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
         color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
         tooltip=tip("series", "t_s", "value"),
     ).add_params(zoom("x")).properties(width=250, height=130).facet(
-        facet=alt.Facet("point:N", title=None), columns=style.columns(len(labels), 2),
+        facet=alt.Facet("point:N", title=None), columns=style.columns(len(labels)),
     ).resolve_scale(y="independent").resolve_axis(x="independent").properties(
         title=alt.Title("Churn: rate and TIME_WAIT against time",
                         subtitle="one panel per point; TIME_WAIT sampled about once a second"))
