@@ -36,6 +36,9 @@ DATA_ENV = "TCPLIMITS_DATASET"
 # CONFIG_COPY beside the page.
 CONFIG_ENV = "TCPLIMITS_CONFIGFILE"
 CONFIG_COPY = "config.yaml"
+# The checkout's config/ folder (beside the .qmd's report/): the report names the config that
+# runs a point it lacks.
+CONFIGS_ENV = "TCPLIMITS_CONFIGS"
 TEMPLATE_DIR = Path(__file__).parent / "template"
 QUARTO_MIN = (1, 4)
 
@@ -159,6 +162,9 @@ def render_report(dataset_dir: Path, out_dir: Path, source: Path,
     config: the sweep's config file, copied to ``out_dir/config.yaml``; the page names it."""
     out_dir, source = Path(out_dir), Path(source)
     env = {}
+    configs = source.resolve().parent.parent / "config"
+    if configs.is_dir():
+        env[CONFIGS_ENV] = str(configs)
     if config is not None:
         write_text(Path(config).read_text(), out_dir / CONFIG_COPY)
         env[CONFIG_ENV] = str(config)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tests.report.fixtures import ENV, RUN_IDS, assert_tooltips, synthetic_dataset
-from tcplimits.report import charts, render
+from tcplimits.report import charts, labels, render
 from tcplimits.report.data import Data
 from tcplimits.report.sections import churn as churn_findings, conclusion, runset
 from tcplimits.model import churn as churn_model
@@ -86,14 +86,14 @@ def test_churn_section_without_churn_points_says_how_to_get_them():
     assert "config/churn.yaml" in churn_findings.churn(d).text()
 
 
-def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
-    base = dict(closer="client", tw_reuse=1, rate=400, duration=10, clients=1)
-    assert churn_findings.churn_label(base) == "client closes, tw_reuse 1, 400/s, 10 s"
-    label = churn_findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
-                                      server_addrs=1))
-    assert label == "client closes, tw_reuse 1, 400/s, bind, 2 server ports, 3 client addresses, 10 s"
-    assert churn_findings.churn_label(dict(base, network="loopback")) == (
-        "client closes, tw_reuse 1, 400/s, loopback, 10 s")
+def test_churn_points_are_named_by_the_one_labelling_function():
+    runs, _, _ = churn_tables()
+    names = churn_findings.churn_labels(runs)
+    assert names == {r: n for r, n in labels.point_labels(runs).items()
+                     if r in runs.filter(pl.col("status") == "ok")["run_id"].to_list()}
+    given = {r: f"name of {r}" for r in runs["run_id"]}
+    points = churn_findings.churn_points(runs, given)
+    assert points["point"].to_list() == [given[r] for r in points["run_id"]]
 
 
 def test_a_bind_point_is_judged_against_one_pool_per_source(tmp_path):
@@ -134,7 +134,7 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
                   ds / "clients.parquet")
     write_parquet(series, ds / "churn.parquet")
     page = render.render_report(ds, tmp_path / "out", REPORT, engine="nbconvert").read_text()
-    section = page[page.index('id="sec-churn"'):page.index('id="sec-conclusion"')]
+    section = page[page.index('id="sec-churn"'):page.index('id="sec-tuning"')]
     section = re.sub(r"<script\b.*?</script>", "", section, flags=re.S)  # the charts' specs
     assert section.count('class="tcpl-chart"') == 2
     assert section.count("as predicted: ") == 3
@@ -145,7 +145,7 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
     # ... while the run set, its host and how to rerun a point count the churn points too
     points = len(RUN_IDS) + len(CHURN)
     assert f"This run set has <strong>{points} points</strong>" in page
-    assert "3 of them are churn points (section 13)." in page
+    assert '3 of them are churn points (<a href="#sec-churn">Section 13</a>).' in page
     assert f"All {points} points ran on one host" in page
     assert f"The {points} points: compose file and command of each" in page
 
@@ -171,7 +171,7 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
                           "series": pl.DataFrame(), "churn": series})
     question = runset.question(d).text()
     assert "**3 points**: 2 finished, 1 failed" in question
-    assert "All of them are churn points (section 13)" in question
+    assert "All of them are churn points (@sec-churn)" in question
     assert "no runs at all" not in question
     varied = runset.varied_parameters(d.every)  # what the churn points vary, and why
     assert {"closer", "tw_reuse", "rate", "duration"} <= set(varied["parameter"])
@@ -184,7 +184,7 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
     assert unfinished["point"].to_list() == ["churn-server"]
     assert unfinished["reason"].to_list() == ["server container killed"]
     assert runset.unfinished(d).kinds() == ["markdown", "html"]
-    assert "section 13" in conclusion.conclusion(d).text()
+    assert "@sec-churn" in conclusion.conclusion(d).text()
     assert "failed: 1 point, no measurement:\n  churn-server: server container killed" in \
         conclusion.sweep_summary(d)
 
@@ -198,7 +198,7 @@ def test_the_conclusion_answers_for_churn_from_the_points():
         in text
     # the fastest point that ran its duration: the server closing first, at max
     assert "2 points ran their full duration, the fastest at 3,500/s (server closes, " in text
-    assert text.endswith("3 of 3 churn points ended as the model said (section 13).")
+    assert text.endswith("3 of 3 churn points ended as the model said (@sec-churn).")
     assert churn_findings.churn_answer(points.clear()) == ""
     d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
                           "series": pl.DataFrame(), "churn": series})

@@ -33,6 +33,16 @@ def _defaults(df: pl.DataFrame) -> pl.DataFrame:
          else pl.lit(FIELDS[k].default).alias(k)) for k in TUPLE_KEYS)
 
 
+def beyond_one_pool(runs: pl.DataFrame) -> list[str]:
+    """Run ids of the points whose clients have more than one pool: several server ports or
+    addresses, or several source addresses. One connection per port no longer bounds them;
+    section 9 sets them against their 4-tuple space."""
+    if runs.is_empty():
+        return []
+    return _defaults(runs).filter((pl.col("server_ports") > 1) | (pl.col("server_addrs") > 1)
+                                  | (pl.col("client_addrs") > 1))["run_id"].to_list()
+
+
 def tuple_points(runs: pl.DataFrame, clients: pl.DataFrame) -> pl.DataFrame:
     """One row per finished, port-bound point with one client container: its 4-tuple shape,
     the space of one client address (pool x server ports x server addresses), connections
@@ -223,7 +233,7 @@ def tuple_members(d: Data) -> Blocks:
     if not varies_tuple(points):
         return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
                       "has them all.")
-    out.chart(charts.tuple_space(chart_frame(points)))
+    out.chart(charts.tuple_space(chart_frame(points), d.labels))
     for sentence in member_sentences(points):
         out.md(sentence)
     return out.table(member_table(points))

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import hostlimits
-from tcplimits.report import charts
+from tcplimits.report import charts, render
 from tcplimits.report.blocks import Blocks, plural
 from tcplimits.report.data import Data
 from tcplimits.report.sections.hold import noisy_note
@@ -148,18 +148,18 @@ def one_million(d: Data) -> Blocks:
     top = biggest(d.runs)
     out.table(table)
     note = noisy_note(d.runs, ladder_runs(d.runs)["run_id"].to_list(),
-                      "marked suspect in the table: the counts stand")
+                      "marked suspect in the table: the counts stand", labels=d.labels)
     if note:
         out.md(note)
     if top is not None:
         held = ladder_runs(d.runs).filter(pl.col("connections_total").is_not_null())
-        out.chart(charts.held_against_limits(held, limit_rules(top)))
+        out.chart(charts.held_against_limits(held, limit_rules(top), d.labels))
     memory = memory_sentence(d.runs)
     if memory:
         out.md(memory)
     limits = limits_table(top) if top else pl.DataFrame()
     if not limits.is_empty():
-        out.md(f"The host's limits as the biggest run ({top['run_id']}) met them. tcplimits "
+        out.md(f"The host's limits as the biggest run ({render.md_escape(d.name(top['run_id']))}) met them. tcplimits "
                "changes none of them; where one stops a point the run says so, with the "
                "command that would raise it:")
         out.table(limits)

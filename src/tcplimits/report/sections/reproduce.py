@@ -12,6 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from tcplimits.report import downloads, render
+from tcplimits.report.blocks import Blocks
+from tcplimits.report.data import Data
 from tcplimits.results import dataset
 
 PACKAGES = ("tcplimits", "polars", "altair", "vl-convert-python")
@@ -90,3 +92,8 @@ def dictionary_details() -> str:
     """The data dictionary, folded: every column of every table."""
     return ("<details><summary>The data dictionary (every column of every table)</summary>"
             + render.html_table(downloads.dictionary()) + "</details>")
+
+
+def reproduce(d: Data, data_dir: Path) -> Blocks:
+    """The reproduce-and-download box and the data dictionary."""
+    return Blocks().html(box(data_dir, d.every)).html(dictionary_details())

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 import polars as pl
 
 from tcplimits.model import churn, hostlimits, knobs
+from tcplimits.report import render
+from tcplimits.report.blocks import Blocks
+from tcplimits.report.data import Data, agreement_counts
 from tcplimits.model.hold import CONNTRACK, DESCRIPTORS, PORTS, SERVER
 
 # Where the report shows each term binding (section ids of report/report.qmd).
@@ -67,3 +70,12 @@ def rows(runs: pl.DataFrame, binding: Mapping[str, int] | None = None) -> pl.Dat
                                      "in this run set": pl.Utf8, "stops with": pl.Utf8,
                                      "bound points": pl.Int64, "how to raise it": pl.Utf8,
                                      "evidence": pl.Utf8})
+
+
+def tuning(d: Data) -> Blocks:
+    """The tuning table, with how many of the run set's points each term bound."""
+    bound = agreement_counts(d.comparisons).limits if d.comparisons else {}
+    if not d.churn_runs.is_empty() and "churn_predicted_limit" in d.churn_runs.columns:
+        for limit in d.churn_runs["churn_predicted_limit"].drop_nulls().to_list():
+            bound[limit] = bound.get(limit, 0) + 1
+    return Blocks().md(render.markdown_table(rows(d.every, bound), raw={"evidence"}))
