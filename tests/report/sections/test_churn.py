@@ -54,9 +54,8 @@ def churn_tables():
 def test_points_carry_rate_model_and_verdict():
     runs, _, _ = churn_tables()
     pts = churn_findings.churn_points(runs)
-    assert pts["point"].to_list() == ["client closes, tw_reuse 0, 400/s, 6 s",
-                                      "client closes, tw_reuse 1, 400/s, 5 s",
-                                      "server closes, tw_reuse 0, max, 4 s"]
+    assert pts["point"].to_list() == ["base point", "tw_reuse 1, 5 s",
+                                      "server closes, max rate, 4 s"]
     assert pts["outcome"].to_list() == ["EADDRNOTAVAIL", "DURATION", "DURATION"]
     assert pts["agrees"].to_list() == [True, True, True]
     assert pts["model_bound"][0] == pytest.approx(999 / 60)
@@ -197,7 +196,7 @@ def test_the_conclusion_answers_for_churn_from_the_points():
     assert "1 point asked for more and stopped: 1 with EADDRNOTAVAIL; 1 of them after the count" \
         in text
     # the fastest point that ran its duration: the server closing first, at max
-    assert "2 points ran their full duration, the fastest at 3,500/s (server closes, " in text
+    assert "2 points ran their full duration, the fastest at 3,500/s (*server closes, " in text
     assert text.endswith("3 of 3 churn points ended as the model said (@sec-churn).")
     assert churn_findings.churn_answer(points.clear()) == ""
     d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
