@@ -232,10 +232,14 @@ def server_vs_clients(runs: pl.DataFrame,
         tooltip=tip("connections_total", "server_accepted"),
     ).properties(title="Server against clients")
     y = alt.Y(f"{POINT}:N", title=None, sort=None, axis=NAME_AXIS)
+    # symlog: a gap of a few connections stays visible beside an accept queue of thousands.
+    gap_scale = alt.Scale(type="symlog")
     bars = base.mark_bar(height=10).encode(
-        y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)"), color=color,
+        y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)", scale=gap_scale),
+        color=color,
         tooltip=tip("gap", "queue")).add_params(zoom("x"))
-    ticks = base.mark_tick(color="black", thickness=2, size=16).encode(y=y, x="queue:Q")
+    ticks = base.mark_tick(color="black", thickness=2, size=16).encode(
+        y=y, x=alt.X("queue:Q", scale=gap_scale))
     gaps = alt.layer(bars, ticks).properties(width=300, height=alt.Step(20),
                                              title="Not (yet) accepted")
     return _named(alt.hconcat(scatter, gaps).resolve_scale(color="shared"),
