@@ -104,20 +104,24 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+RUN_ID_COLUMN = "run id"
+
+
 def html_table(df: pl.DataFrame, *, raw: Iterable[str] = (), classes: str = "",
                header: bool = True) -> str:
     """A plain HTML table (numbers right-aligned); columns in ``raw`` hold HTML already."""
     raw = set(raw)
     numeric = {c for c, t in df.schema.items() if t.is_numeric()}
-    head = "".join(f'<th class="{"num" if c in numeric else ""}">{html.escape(c)}</th>'
-                   for c in df.columns)
+    # the run id, kept in a last column beside a point's name: small, broken anywhere
+    cls = {c: "num" if c in numeric else "runid" if c == RUN_ID_COLUMN else "" for c in df.columns}
+    head = "".join(f'<th class="{cls[c]}">{html.escape(c)}</th>' for c in df.columns)
     head = f"<thead><tr>{head}</tr></thead>" if header else ""
     body = []
     for row in df.iter_rows(named=True):
         cells = []
         for c, v in row.items():
             text = str(v or "") if c in raw else html.escape(fmt(v))
-            cells.append(f'<td class="{"num" if c in numeric else ""}">{text}</td>')
+            cells.append(f'<td class="{cls[c]}">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="tcpl-table {classes}">{head}'
             f'<tbody>{"".join(body)}</tbody></table></div>')

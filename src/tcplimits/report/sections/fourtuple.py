@@ -100,7 +100,7 @@ def member_table(points: pl.DataFrame, labels: Mapping[str, str] | None = None) 
         pl.col("server_addrs").alias("server addresses"),
         pl.col("client_addrs").alias("client addresses"),
         pl.col("port_count").alias("pool"),
-        pl.col("space").alias("4-tuple space per client address"),
+        pl.col("space").alias("4-tuple space"),
         pl.col("connections_total").alias("connections"),
         pl.col("predicted_total").alias("model"),
         pl.col("errno").alias("stopped by"),
