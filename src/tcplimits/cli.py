@@ -296,7 +296,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from tcplimits.report.render import render_report
     from tcplimits.results import SUMMARY_FILE
 
-    out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source))
+    out = render_report(Path(args.dataset), Path(args.out), source=Path(args.source),
+                        config=Path(args.config_file) if args.config_file else None)
     print(out)
     _write_summary(Path(args.dataset), out.parent / SUMMARY_FILE)
     if args.browser_check == "no":
@@ -424,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="report directory (index.html, data/, summary.txt)")
     p.add_argument("--source", default="report/report.qmd", help="the .qmd to render")
+    p.add_argument("--config-file", metavar="PATH",
+                   help="the sweep's config (Snakemake passes its --configfile): copied "
+                   "beside the page as config.yaml; the page gives the command that reruns it")
     p.add_argument("--browser-check", choices=["auto", "yes", "no"], default="auto",
                    help="open the page in headless Chromium with networking off, fail on a "
                    "console error or an undrawn chart, save screenshot.png beside it "

@@ -212,6 +212,47 @@ def browser_available() -> str | None:
     return None
 
 
+def _units(spec: dict):
+    """Every single-view spec (one mark) inside a Vega-Lite spec: layers, concats, facets."""
+    if "mark" in spec:
+        yield spec
+    for key in ("layer", "hconcat", "vconcat", "concat"):
+        for sub in spec.get(key, []):
+            yield from _units(sub)
+    if isinstance(spec.get("spec"), dict):
+        yield from _units(spec["spec"])
+
+
+def assert_tooltips(spec: dict) -> None:
+    """Hovering is not testable offline: the spec must carry the tooltips. Every layer that
+    tells its marks apart (a field in colour, shape or detail) has one, and so has at least
+    one layer of the chart; each names its point (run id or label)."""
+    units = list(_units(spec))
+    name = (spec.get("usermeta") or {}).get("tcplimits", {}).get("chart")
+    with_tip = [u for u in units if u.get("encoding", {}).get("tooltip")]
+    assert with_tip, f"chart {name}: no layer has a tooltip"
+    for unit in units:
+        enc = unit.get("encoding", {})
+        if any(isinstance(enc.get(c), dict) and "field" in enc[c]
+               for c in ("color", "shape", "detail")):
+            assert enc.get("tooltip"), f"chart {name}: a {unit['mark']} layer has no tooltip"
+    for unit in with_tip:
+        tips = unit["encoding"]["tooltip"]
+        fields = {t.get("field") for t in (tips if isinstance(tips, list) else [tips])}
+        if any(isinstance(unit["encoding"].get(c), dict) and "field" in unit["encoding"][c]
+               for c in ("color", "shape", "detail")):
+            assert fields & {"run_id", "point"}, f"chart {name}: tooltip {fields} names no point"
+
+
+def chart_specs(page: str) -> list[dict]:
+    """The Vega-Lite spec of every chart in a rendered page."""
+    import json
+    import re
+
+    return [json.loads(m) for m in re.findall(
+        r'<script\b[^>]*\bclass="tcpl-spec"[^>]*>(.*?)</script>', page, re.S)]
+
+
 def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
                   expect_charts: int | None = None) -> dict | None:
     """Check a rendered report directory, for any test (the workflow's end-to-end one too):
@@ -226,6 +267,10 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
     missing = [r for r in run_ids if r not in text]
     assert not missing, f"run ids missing from the report: {missing}"
     assert render.external_references(text) == []
+    specs = chart_specs(text)
+    assert len(specs) == text.count(f'class="{charts.CHART_CLASS}"')
+    for spec in specs:
+        assert_tooltips(spec)
     from tcplimits.results import dataset
 
     assert sorted(p.stem for p in (out_dir / "data").glob("*.parquet")) == sorted(
@@ -242,7 +287,7 @@ def assert_report(out_dir: Path, run_ids: list[str], *, browser: bool = True,
     if expect_charts is not None:
         assert in_source == expect_charts, f"{in_source} charts, expected {expect_charts}"
     for chart in found["charts"]:
-        assert chart["drawn"] == 1, chart
+        assert chart["drawn"] == 1 and chart["embedded"], chart
         assert chart["width"] > 100 and chart["height"] > 50 and chart["marks"] > 10, chart
     assert (out_dir / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return found

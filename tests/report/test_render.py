@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -19,11 +20,12 @@ title: "A small report"
 subtitle: "with hidden and shown cells"
 execute:
   echo: false
+number-sections: true
 ---
 
-## First section
+## First section {#sec-first}
 
-Some *text*.
+Some *text*; the chart is @fig-small, in @sec-second.
 
 ```{python}
 #| include: false
@@ -40,7 +42,7 @@ HIDDEN_CODE_MARK = os.environ["TCPLIMITS_DATASET"].endswith("data")
 print("hidden-code-output", HIDDEN_CODE_MARK)
 ```
 
-## Second section
+## Second section {#sec-second}
 
 ```{python}
 #| echo: true
@@ -68,6 +70,9 @@ echo shell-block-shown-not-run
 ```
 
 ```{python}
+#| label: fig-small
+#| fig-cap: "Two <points>"
+#| fig-alt: "Two dots rising to the right"
 alt.Chart(pl.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x", y="y")
 ```
 '''
@@ -145,15 +150,27 @@ def test_small_qmd_renders_hidden_and_shown_cells(small_page):
     assert 'class="tcpl-chart"' in page and "<svg" in page     # the chart, inline SVG
 
 
+def test_small_qmd_numbers_sections_and_figures_as_quarto_does(small_page):
+    page = small_page
+    assert '<h2 id="sec-first"><span class="header-section-number">1</span> First section' in page
+    assert '<h2 id="sec-second"><span class="header-section-number">2</span>' in page
+    assert ('the chart is <a href="#fig-small">Figure 1</a>, in '
+            '<a href="#sec-second">Section 2</a>.') in page
+    figure = page.split('<figure class="tcpl-figure" id="fig-small">')[1].split("</figure>")[0]
+    assert 'aria-label="Two dots rising to the right"' in figure and 'role="img"' in figure
+    assert "<figcaption>Figure 1: Two &lt;points&gt;</figcaption>" in figure
+
+
 def test_small_qmd_page_is_offline(small_page):
     assert render.external_references(small_page) == []
-    assert "<script" not in small_page
+    scripts = re.findall(r"<script\b[^>]*>", small_page)
+    assert scripts and all('type="application/json"' in s for s in scripts)  # specs only
     assert "require.js" not in small_page and "mathjax" not in small_page.lower()
 
 
 def test_toc_links_every_section(small_page):
     nav = small_page.split('<nav id="TOC">')[1].split("</nav>")[0]
-    assert 'href="#First-section"' in nav and 'href="#Second-section"' in nav
+    assert 'href="#sec-first"' in nav and 'href="#sec-second"' in nav
 
 
 def test_external_references_are_found():
@@ -220,8 +237,12 @@ def test_report_names_every_run_and_section(full_report):
     assert full_report.name == "index.html"
     assert_report(full_report.parent, RUN_IDS, browser=False)
     page = full_report.read_text()
-    for n in range(1, 11):
-        assert f'<h2 id="{n}.-' in page
+    sections = ["question", "environment", "seed", "ports", "outcomes", "model", "latency",
+                "server", "fourtuple", "book", "rerun", "million", "churn", "tuning",
+                "conclusion", "reproduce"]
+    for n, name in enumerate(sections, 1):  # numbered as Quarto numbers them
+        assert f'<h2 id="sec-{name}"><span class="header-section-number">{n}</span>' in page
+    assert '(<a href="#sec-model">Section 6</a>)' in page  # @sec-model in the prose
     assert page.count('class="tcpl-chart"') == 5
     assert "28,231" in page and "64,511" in page           # the seed, one held port short
     assert "engine allows nofile up to 20000" in page     # unsupported reason

@@ -67,10 +67,11 @@ FAKE_TCPLIMITS = textwrap.dedent(f"""\
         with open(calls, "a") as f:
             f.write(json.dumps(dict(image=True)) + "\\n")
     elif args.command == "report":
-        from tcplimits.report import render
+        from tcplimits.report import downloads, render
 
-        render.copy_dataset(Path(args.dataset), Path(args.out) / "data")
+        downloads.write_csvs(render.copy_dataset(Path(args.dataset), Path(args.out) / "data"))
         results.write_text("<html></html>", Path(args.out) / "index.html")
+        results.write_text(Path(args.config_file).read_text(), Path(args.out) / "config.yaml")
         cli._write_summary(Path(args.dataset), Path(args.out) / results.SUMMARY_FILE)
         if args.browser_check == "yes":
             results.write_text("fake png", Path(args.out) / "screenshot.png")

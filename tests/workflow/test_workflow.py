@@ -15,10 +15,12 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import polars as pl
 import pytest
+
 import yaml
 
 from tcplimits.config import grid
@@ -107,6 +109,23 @@ def test_edit_the_grid_and_rerun(wd):
     cfg["experiment"]["connect_timeout"] = 5
     wd.write_config("sweep.yaml", cfg)
     assert len(wd.planned_points("--configfile", name)) == len(first)
+
+
+def test_snakemakes_own_report_holds_the_page_summary_and_dataset(wd):
+    wd.snakemake("--configfile", "config/tiny.yaml")
+    assert (wd.path / "results/report/config.yaml").read_text() == (
+        wd.path / "config/tiny.yaml").read_text()  # the config it ran with, beside the page
+    wd.snakemake("--configfile", "config/tiny.yaml", "--report", "provenance.zip")
+    with zipfile.ZipFile(wd.path / "provenance.zip") as z:
+        names = z.namelist()
+        page = next(z.read(n).decode() for n in names if n.endswith("/report.html"))
+    for name in ("index.html", "summary.txt", "runs.parquet", "runs.csv", "dictionary.csv"):
+        assert any(n.endswith(f"/{name}") for n in names), (name, names)
+    for caption in ("page", "summary", "data", "dataset"):  # each output's caption is shown
+        words = (ROOT / "workflow/report" / f"{caption}.rst").read_text().split()
+        plain = next(words[i:i + 4] for i in range(len(words))
+                     if all(re.fullmatch(r"[a-z]+", w) for w in words[i:i + 4]))
+        assert " ".join(plain) in page, caption
 
 
 def test_failed_points_are_recorded_and_do_not_stop_the_others(wd):

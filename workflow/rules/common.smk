@@ -24,6 +24,13 @@ REPORT_SOURCE = "report/report.qmd"
 # Quarto's options, which the fallback renderer reads too.
 REPORT_SETTINGS = "report/_quarto.yml"
 REPORT_DIR = "results/report"
+# The config the sweep runs with (the last --configfile, else the default): the report copies
+# it beside the page and gives the command that reruns the sweep with it.
+CONFIG_FILE = (
+    os.path.relpath(workflow.overwrite_configfiles[-1])
+    if workflow.overwrite_configfiles
+    else "config/config.yaml"
+)
 # The report's browser check runs where headless Chromium can be driven (scripts/bootstrap.sh
 # --test installs it); only there does the report job write a screenshot.
 BROWSER_CHECK = browser.browser_available() is None
@@ -63,14 +70,52 @@ def run_files(point_id):
     return {name: f"{RUNS_DIR}/{point_id}/{file}" for name, file in files.items()}
 
 
+# `snakemake --report` (Snakemake's provenance report) shows these outputs, each with its
+# caption (absolute: Snakemake resolves a relative one against different folders).
+REPORT_CATEGORY = "tcplimits"
+CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
+
+
 def report_outputs():
-    """The page, the dataset copied beside it, the sweep's summary and, with the browser
-    check, its screenshot."""
+    """The page, the dataset copied beside it (with CSVs and the data dictionary), the
+    sweep's summary, the config it ran with and, with the browser check, its screenshot;
+    the page, data and summary marked for `snakemake --report`."""
     outputs = {
-        "page": f"{REPORT_DIR}/index.html",
-        "data": directory(f"{REPORT_DIR}/data"),
-        "summary": f"{REPORT_DIR}/{results.SUMMARY_FILE}",
+        "page": report(
+            f"{REPORT_DIR}/index.html",
+            caption=f"{CAPTIONS}/page.rst",
+            category=REPORT_CATEGORY,
+            labels={"output": "the report page"},
+        ),
+        "data": report(
+            directory(f"{REPORT_DIR}/data"),
+            patterns=["{name}.csv"],
+            caption=f"{CAPTIONS}/data.rst",
+            category=REPORT_CATEGORY,
+            labels={"output": "table {name}"},
+        ),
+        "summary": report(
+            f"{REPORT_DIR}/{results.SUMMARY_FILE}",
+            caption=f"{CAPTIONS}/summary.rst",
+            category=REPORT_CATEGORY,
+            labels={"output": "the sweep's summary"},
+        ),
+        "config": f"{REPORT_DIR}/config.yaml",
     }
     if BROWSER_CHECK:
         outputs["screenshot"] = f"{REPORT_DIR}/screenshot.png"
     return outputs
+
+
+def dataset_outputs():
+    """The dataset's Parquet files, marked for `snakemake --report`."""
+    return {
+        name: report(
+            path,
+            caption=f"{CAPTIONS}/dataset.rst",
+            category=REPORT_CATEGORY,
+            subcategory="dataset",
+            labels={"output": f"{name}.parquet"},
+        )
+        for name, path in DATASET_FILES.items()
+    }

@@ -10,7 +10,7 @@ rule dataset:
             if name != "run_json"
         ],
     output:
-        **DATASET_FILES,
+        **dataset_outputs(),
     log:
         "results/logs/dataset.log",
     conda:

@@ -46,6 +46,15 @@ class Blocks(list):
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self]
 
+    def words(self) -> "Blocks":
+        """Everything but the charts: a section's prose and tables, for the cell before its
+        figure (a cell whose output is the chart alone can be a numbered, captioned figure)."""
+        return Blocks(item for item in self if item[0] != "chart")
+
+    def figure(self) -> "Blocks":
+        """The charts alone: the cell under ``#| label: fig-…`` and ``fig-cap``."""
+        return Blocks(item for item in self if item[0] == "chart")
+
     def _ipython_display_(self) -> None:
         from IPython.display import HTML, Markdown, display
 

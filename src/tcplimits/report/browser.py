@@ -29,6 +29,8 @@ def check_in_browser(page: Path, screenshot: Path) -> list[str]:
                  if not url.startswith(("file:", "data:"))]
     problems += [f"chart {c['name']} not drawn" for c in seen["charts"]
                  if not c["drawn"] or not c["width"]]
+    problems += [f"chart {c['name']} not interactive (static SVG kept)" for c in seen["charts"]
+                 if c["drawn"] and not c["embedded"]]
     return problems
 
 
@@ -39,8 +41,9 @@ def browser_check(page: Path, screenshot: Path | None = None, *,
     """Open ``page`` from disk in headless Chromium with networking off.
 
     Returns the console messages, every request the page made, and per chart container
-    (``.tcpl-chart``) how many SVG/canvas elements it holds and their drawn size; saves a
-    full-page screenshot when asked."""
+    (``.tcpl-chart``) how many SVG/canvas elements it holds (the static SVG, or the one
+    vega-embed drew in its place), their drawn size, and whether vega-embed drew it
+    (``embedded``); saves a full-page screenshot when asked."""
     import base64
     import json
 
@@ -65,11 +68,19 @@ def browser_check(page: Path, screenshot: Path | None = None, *,
         driver.get(Path(page).resolve().as_uri())
         WebDriverWait(driver, 30).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
+        # vega-embed draws asynchronously: wait until every chart is drawn or given up on.
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("""
+            return !document.getElementById('tcplimits-vega') ||
+              [...document.querySelectorAll('.tcpl-chart')].every(div =>
+                div.dataset.embedded || !div.querySelector('.tcpl-live'));"""))
         charts = driver.execute_script("""
             return [...document.querySelectorAll('.tcpl-chart')].map(div => {
-              const drawn = [...div.querySelectorAll(':scope > svg, :scope > canvas')];
+              const drawn = [...div.querySelectorAll(
+                ':scope > svg, :scope > canvas, :scope > .tcpl-live > svg, ' +
+                ':scope > .tcpl-live > canvas')];
               const box = drawn.length ? drawn[0].getBoundingClientRect() : {width: 0, height: 0};
               return {name: div.dataset.chart, drawn: drawn.length,
+                      embedded: div.dataset.embedded === 'yes',
                       marks: div.querySelectorAll('path, circle, rect, line, text').length,
                       width: box.width, height: box.height};
             });""")

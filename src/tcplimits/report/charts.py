@@ -1,77 +1,42 @@
 """The report's charts: pure functions from dataset frames (polars) to Altair charts.
 
-Charts are drawn offline: ``use_offline_renderer()`` makes every chart display as an inline
-SVG made by vl-convert (no JavaScript, nothing fetched), so the report stays one file that
-opens without a network, in Quarto and in the nbconvert path alike.
+Charts are drawn offline (report/embed.py): each is an inline SVG made by vl-convert, redrawn
+interactive by vega-embed from a bundle inlined once per page; nothing is fetched.
 
 One pure function per chart of the report (held connections, outcomes, model, latency,
-server gap, hosts, 4-tuple, one million, churn), beside the shared colour scales; the frames
-they draw are shaped in tcplimits.report.data.
+server gap, hosts, 4-tuple, one million, churn); the frames they draw are shaped in
+tcplimits.report.data, what they share (colours, scales, zoom, point names) is in
+report/style.py. Charts that show points take ``labels`` (run id -> label, report/labels.py):
+their axes, legends and tooltips name points by label, the tooltip keeps the run id.
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
-import re
+from collections.abc import Mapping
 
 import altair as alt
 import polars as pl
 
 from tcplimits.report.data import ensure_columns, per_client, pool_fill, server_gaps
 
-RENDERER = "tcplimits-svg"
-CHART_CLASS = "tcpl-chart"
-
-# One colour per outcome, the same in every chart.
-ERRNO_COLORS = {
-    "EADDRNOTAVAIL": "#4c78a8",   # ports ran out
-    "EMFILE": "#f58518",          # descriptors ran out
-    "ETIMEDOUT": "#e45756",       # SYN dropped: server queue or conntrack full
-    "ECONNREFUSED": "#b279a2",
-    "ENFILE": "#9d755d",
-    "MAX_CONNECTIONS": "#54a24b",
-    "none": "#bab0ac",
-}
-LIMIT_COLORS = {
-    "ports": "#4c78a8",
-    "descriptors": "#f58518",
-    "server": "#e45756",
-    "conntrack": "#72b7b2",
-    "max_connections": "#54a24b",
-}
-# Applied at drawing time, so the chart objects stay composable.
-CONFIG = {
-    "font": "Helvetica, Arial, sans-serif",
-    "axis": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal",
-             "gridColor": "#e6e6e6"},
-    "legend": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal"},
-    "header": {"labelFontSize": 12, "titleFontSize": 12, "titleFontWeight": "normal"},
-    "title": {"fontSize": 13, "fontWeight": "normal", "anchor": "start"},
-    "view": {"stroke": "#ddd"},
-}
-LOG = alt.Scale(type="log")
-COUNT_AXIS = alt.Axis(format="~s")  # 1k, 10k: log axes of counts stay readable
+from tcplimits.report.embed import (  # noqa: F401  (the .qmd calls charts.use_offline_renderer)
+    CHART_CLASS, CONFIG, RENDERER, to_html, use_offline_renderer)
+from tcplimits.report.style import (  # noqa: F401  (names the sections and tests use)
+    COUNT_AXIS, ERRNO_COLORS, LIMIT_COLORS, LOG, NAME_AXIS, POINT, color_scale as _scale,
+    named as _named, tip, with_points, zoom)
+from tcplimits.report import style
 
 
-def _scale(colors: dict[str, str], present: pl.Series | None = None) -> alt.Scale:
-    """A fixed colour scale; names not in ``colors`` get grey."""
-    names = list(colors)
-    if present is not None:
-        seen = set(present.drop_nulls().to_list())
-        names = [n for n in names if n in seen] + sorted(seen - set(names))
-    return alt.Scale(domain=names, range=[colors.get(n, "#999999") for n in names])
-
-
-def _named(chart: alt.TopLevelMixin, name: str) -> alt.TopLevelMixin:
-    # usermeta travels with the spec: the renderer names the chart's container after it.
-    return chart.properties(usermeta={"tcplimits": {"chart": name}})
-
-
-def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
+def connections_vs_range(clients: pl.DataFrame,
+                         labels: Mapping[str, str] | None = None) -> alt.FacetChart:
     """Connections per client container against the port range's size, coloured by nofile,
-    faceted by client containers (columns) and processes per container (rows)."""
-    df = per_client(clients).filter(pl.col("connections") > 0)
+    one panel per layout (client containers x processes), wrapped: no empty panel."""
+    df = with_points(per_client(clients).filter(pl.col("connections") > 0), labels)
+    layouts = sorted(set(df.select("clients", "procs").iter_rows()),
+                     key=lambda cp: (cp[0] is None, cp))
+    titles = {cp: style.short_panel((("client", cp[0]), ("proc", cp[1]))) for cp in layouts}
+    df = df.with_columns(layout=pl.struct("clients", "procs").map_elements(
+        lambda r: titles[(r["clients"], r["procs"])], return_dtype=pl.Utf8))
     # The reference line has its own data, so every facet draws it over the whole range.
     lo, hi = (df["port_count"].min() or 1000), (df["port_count"].max() or 65535)
     diagonal = pl.DataFrame({"port_count": [lo, hi]})
@@ -82,31 +47,32 @@ def connections_vs_range(clients: pl.DataFrame) -> alt.FacetChart:
         x=x,
         y=alt.Y("connections:Q", scale=LOG, axis=COUNT_AXIS, title="connections per client"),
         color=alt.Color("nofile:O", title="nofile", scale=alt.Scale(scheme="viridis")),
-        tooltip=["run_id", "client", "connections", "port_count", "nofile"],
-    )
+        tooltip=tip("client", "connections", "port_count", "nofile"),
+    ).add_params(zoom())
     chart = alt.layer(ports, points, data=df).properties(width=230, height=170).facet(
-        column=alt.Column("clients:O", title="client containers"),
-        row=alt.Row("procs:O", title="processes per client"),
-    ).properties(title=alt.Title("Connections per client against the port range",
-                                 subtitle="dashed: as many connections as ports"))
+        facet=alt.Facet("layout:N", title=None, sort=[titles[cp] for cp in layouts]),
+        columns=style.columns(len(layouts)),
+    ).resolve_axis(x="independent", y="independent").properties(
+        title=alt.Title("Connections per client against the port range",
+                        subtitle="one panel per layout; dashed: as many connections as ports"))
     return _named(chart, "connections_vs_range")
 
 
-def outcomes(clients: pl.DataFrame) -> alt.Chart:
+def outcomes(clients: pl.DataFrame, labels: Mapping[str, str] | None = None) -> alt.Chart:
     """Per point, the client processes stacked by the errno (or reason) they stopped with."""
-    df = (ensure_columns(clients, error=pl.Utf8)
-          .with_columns(pl.col("error").fill_null("none"))
-          .group_by("run_id", "error", maintain_order=True)
-          .agg(processes=pl.len(), connections=pl.col("connections").sum()))
+    df = with_points(ensure_columns(clients, error=pl.Utf8)
+                     .with_columns(pl.col("error").fill_null("none"))
+                     .group_by("run_id", "error", maintain_order=True)
+                     .agg(processes=pl.len(), connections=pl.col("connections").sum()), labels)
     chart = alt.Chart(df).mark_bar().encode(
-        y=alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340)),
+        y=alt.Y(f"{POINT}:N", title=None, sort=None, axis=NAME_AXIS),
         x=alt.X("processes:Q", title="client processes",
                 axis=alt.Axis(tickMinStep=1, format="d")),
         color=alt.Color("error:N", title="stopped with",
                         scale=_scale(ERRNO_COLORS, df["error"])),
-        order=alt.Order("error:N"),
-        tooltip=["run_id", "error", "processes", "connections"],
-    ).properties(width=420, height=alt.Step(20),
+        order=alt.Order("error:O"),
+        tooltip=tip("error", "processes", "connections"),
+    ).add_params(zoom("x")).properties(width=420, height=alt.Step(20),
                  title="How each client process stopped")
     return _named(chart, "outcomes")
 
@@ -125,14 +91,26 @@ def _against(base: alt.Chart, x: str, y: str, x_title: str, y_title: str,
         x=alt.X(f"{x}:Q", scale=LOG), y=alt.Y(f"{x}:Q", scale=LOG))
     points = positive.mark_point(filled=True, size=80).encode(
         x=alt.X(f"{x}:Q", scale=LOG, axis=COUNT_AXIS, title=x_title),
-        y=alt.Y(f"{y}:Q", scale=LOG, axis=COUNT_AXIS, title=y_title), **encoding)
+        y=alt.Y(f"{y}:Q", scale=LOG, axis=COUNT_AXIS, title=y_title), **encoding
+    ).add_params(zoom())
     return alt.layer(diagonal, points).properties(width=300, height=260)
 
 
-def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
-    """Left: observed against predicted connections (log-log, y = x dashed). Right: the
-    difference per point, with the tolerance as a grey band."""
-    df = ensure_columns(comparisons, tolerance=pl.Int64, within_tolerance=pl.Boolean).with_columns(
+def differences(comparisons: pl.DataFrame) -> bool:
+    """Whether any point's observed count differs from its prediction (else a chart of the
+    differences would be empty: the report says so in a sentence)."""
+    if comparisons.is_empty() or "observed" not in comparisons.columns:
+        return False
+    gaps = (comparisons["observed"] - comparisons["predicted"]).drop_nulls()
+    return bool(len(gaps)) and bool((gaps != 0).any())
+
+
+def observed_vs_predicted(comparisons: pl.DataFrame,
+                          labels: Mapping[str, str] | None = None) -> alt.TopLevelMixin:
+    """Left: observed against predicted connections (log-log, y = x dashed). Right, where
+    any point differs (``differences``): the difference per point, the tolerance grey."""
+    df = with_points(ensure_columns(comparisons, tolerance=pl.Int64, within_tolerance=pl.Boolean),
+                     labels).with_columns(
         deviation=pl.col("observed") - pl.col("predicted"),
         agrees=pl.when(pl.col("within_tolerance")).then(pl.lit("within tolerance"))
         .otherwise(pl.lit("beyond tolerance")),
@@ -146,9 +124,11 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
         shape=alt.Shape("agrees:N", title=None, legend=alt.Legend(orient="bottom"),
                         scale=alt.Scale(domain=["within tolerance", "beyond tolerance"],
                                         range=["circle", "cross"])),
-        tooltip=["run_id", "predicted", "observed", "limit"],
+        tooltip=tip("predicted", "observed", "limit"),
     ).properties(title="Observed against predicted")
-    y = alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340))
+    if not differences(comparisons):
+        return _named(scatter, "observed_vs_predicted")
+    y = alt.Y(f"{POINT}:N", title=None, sort=None, axis=NAME_AXIS)
     # symlog: a gap of one port stays visible next to a tolerance of hundreds.
     gap_x = alt.X("deviation:Q", scale=alt.Scale(type="symlog"),
                   title="observed - predicted (grey: tolerance)")
@@ -156,7 +136,7 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
         y=y, x=alt.X("tol_lo:Q", scale=alt.Scale(type="symlog")), x2="tolerance:Q")
     bars = base.mark_bar(height=8).encode(
         y=y, x=gap_x,
-        color=color, tooltip=["run_id", "deviation", "tolerance"])
+        color=color, tooltip=tip("deviation", "tolerance")).add_params(zoom("x"))
     zero = base.mark_rule(color="#555").encode(x=alt.datum(0))
     gaps = alt.layer(band, bars, zero).properties(width=300, height=alt.Step(20),
                                                   title="Difference per point")
@@ -164,14 +144,16 @@ def observed_vs_predicted(comparisons: pl.DataFrame) -> alt.HConcatChart:
                   "observed_vs_predicted")
 
 
-def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
+def by_host(comparisons: pl.DataFrame,
+            labels: Mapping[str, str] | None = None) -> alt.LayerChart:
     """Observed against predicted connections (log-log, y = x dashed), one colour per host:
     the points of a sweep spread over several machines (a cluster), told apart."""
     chart = _against(
-        alt.Chart(ensure_columns(comparisons, host=pl.Utf8)), "predicted", "observed",
+        alt.Chart(with_points(ensure_columns(comparisons, host=pl.Utf8), labels)),
+        "predicted", "observed",
         "predicted connections", "observed connections",
         color=alt.Color("host:N", title="host", legend=alt.Legend(orient="bottom")),
-        tooltip=["run_id", "host", "predicted", "observed", "limit"],
+        tooltip=tip("host", "predicted", "observed", "limit"),
     ).properties(title="Observed against predicted, by host")
     return _named(chart, "by_host")
 
@@ -180,11 +162,15 @@ def by_host(comparisons: pl.DataFrame) -> alt.LayerChart:
 QUIET, NOISY = "quiet", "noisy (times suspect)"
 
 
-def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.LayerChart:
+def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None,
+                    labels: Mapping[str, str] | None = None) -> alt.LayerChart:
     """Mean connect() time against the share of the port range in use (``pool_fill``), for
-    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent). Runs
-    marked noisy (``runs.noisy``: a noisy host, dropped SYNs) are drawn dashed: their times
-    are suspect."""
+    the port-bound runs (by ``runs.predicted_limit``; all runs when it is absent), one colour
+    per point: a click on a point in the legend picks it out. Runs marked noisy
+    (``runs.noisy``: a noisy host, dropped SYNs) are drawn dashed: their times are suspect.
+
+    The samples are many: each row carries a small key, the point's name, range and host come
+    from a lookup table of one row per point (the page carries the data once)."""
     df = series
     if runs is not None and "predicted_limit" in runs.columns:
         bound = runs.filter(pl.col("predicted_limit") == "ports").select("run_id")
@@ -193,49 +179,67 @@ def latency_vs_fill(series: pl.DataFrame, runs: pl.DataFrame | None = None) -> a
         if column not in df.columns and runs is not None and column in runs.columns:
             df = df.join(runs.select("run_id", column), on="run_id", how="left")
     df = ensure_columns(pool_fill(df), port_range=pl.Utf8, noisy=pl.Boolean).with_columns(
-        latency_us=pl.col("connect_latency_s") * 1e6,
-        line=pl.concat_str("run_id", "client", "proc", separator="/"),
+        latency_us=(pl.col("connect_latency_s") * 1e6).round(1),
         host=pl.when(pl.col("noisy")).then(pl.lit(NOISY)).otherwise(pl.lit(QUIET)),
-    ).filter(pl.col("latency_us") > 0).select(
-        "run_id", "client", "proc", "port_range", "fill", "latency_us", "line", "host")
-    lines = alt.Chart(df).mark_line(strokeWidth=1.2, opacity=0.7).encode(
+    ).filter(pl.col("latency_us") > 0)
+    points = with_points(df.select("run_id", "port_range", "host").unique("run_id",
+                                                                          maintain_order=True),
+                         labels).with_row_index("k")
+    samples = df.join(points.select("run_id", "k"), on="run_id").select(
+        "k", "client", "proc", pl.col("fill").round(4), "latency_us")
+    lookup = alt.LookupData(data=alt.InlineData(values=points.drop("k").with_columns(
+        k=points["k"]).to_dicts()), key="k", fields=[POINT, "run_id", "port_range", "host"])
+    # Click a point in the legend (shift-click for more): its lines stay, others fade.
+    picked = alt.selection_point(fields=[POINT], bind="legend")
+    lines = alt.Chart(samples).transform_lookup(lookup="k", from_=lookup).mark_line(
+        strokeWidth=1.2).encode(
         x=alt.X("fill:Q", title="share of the port range in use",
                 scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("latency_us:Q", scale=LOG, axis=COUNT_AXIS, title="mean connect() time (µs)"),
-        color=alt.Color("port_range:N", title="port range"),
+        color=alt.Color(f"{POINT}:N", title="point (click to pick)",
+                        scale=alt.Scale(scheme="tableau20"),
+                        sort=points[POINT].to_list(), legend=alt.Legend(labelLimit=320)),
         strokeDash=alt.StrokeDash("host:N", title="host when connecting",
                                   scale=alt.Scale(domain=[QUIET, NOISY],
                                                   range=[[1, 0], [4, 3]])),
-        detail="line:N",
-        tooltip=["run_id", "client", "proc", "fill", "latency_us", "host"],
-    )
+        detail=["k:N", "client:N", "proc:N"],
+        opacity=alt.condition(picked, alt.value(0.8), alt.value(0.06)),
+        tooltip=[f"{POINT}:N", "port_range:N", "client:Q", "proc:Q", "fill:Q", "latency_us:Q",
+                 "host:N", "run_id:N"],  # typed: fields from the lookup
+    ).add_params(picked, zoom())
     half = alt.Chart(pl.DataFrame({"fill": [0.5], "label": ["half the range"]}))
     rule = half.mark_rule(strokeDash=[2, 2], color="#555").encode(x="fill:Q")
-    text = half.mark_text(align="left", dx=4, dy=-6, color="#555", fontSize=11).encode(
+    text = half.mark_text(align="left", dx=4, dy=10, color="#555", fontSize=11).encode(
         x="fill:Q", y=alt.value(0), text="label:N")
     chart = alt.layer(lines, rule, text).properties(
         width=560, height=280, title="Connect time as the port range fills")
     return _named(chart, "latency_vs_fill")
 
 
-def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
+def server_vs_clients(runs: pl.DataFrame,
+                      labels: Mapping[str, str] | None = None) -> alt.HConcatChart:
     """Left: connections the server accepted against those the clients hold. Right: the gap
     per point, with a black tick at the accept queue's size (backlog + 1)."""
     df = server_gaps(ensure_columns(runs, predicted_limit=pl.Utf8)).with_columns(
         limit=pl.col("predicted_limit").fill_null("unknown"),
     ).select("run_id", "connections_total", "server_accepted", "gap", "queue", "limit")
+    df = with_points(df, labels)
     color = _limit_color(df["limit"])
     base = alt.Chart(df)
     scatter = _against(
         base, "connections_total", "server_accepted", "established, as the clients count",
         "accepted by the server", color=color,
-        tooltip=["run_id", "connections_total", "server_accepted"],
+        tooltip=tip("connections_total", "server_accepted"),
     ).properties(title="Server against clients")
-    y = alt.Y("run_id:N", title=None, sort=None, axis=alt.Axis(labelLimit=340))
+    y = alt.Y(f"{POINT}:N", title=None, sort=None, axis=NAME_AXIS)
+    # symlog: a gap of a few connections stays visible beside an accept queue of thousands.
+    gap_scale = alt.Scale(type="symlog")
     bars = base.mark_bar(height=10).encode(
-        y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)"), color=color,
-        tooltip=["run_id", "gap", "queue"])
-    ticks = base.mark_tick(color="black", thickness=2, size=16).encode(y=y, x="queue:Q")
+        y=y, x=alt.X("gap:Q", title="clients - server (tick: backlog + 1)", scale=gap_scale),
+        color=color,
+        tooltip=tip("gap", "queue")).add_params(zoom("x"))
+    ticks = base.mark_tick(color="black", thickness=2, size=16).encode(
+        y=y, x=alt.X("queue:Q", scale=gap_scale))
     gaps = alt.layer(bars, ticks).properties(width=300, height=alt.Step(20),
                                              title="Not (yet) accepted")
     return _named(alt.hconcat(scatter, gaps).resolve_scale(color="shared"),
@@ -244,17 +248,20 @@ def server_vs_clients(runs: pl.DataFrame) -> alt.HConcatChart:
 
 # --- Drawing ----------------------------------------------------------------------------------
 
-def held_against_limits(runs: pl.DataFrame, limits: list[dict]) -> alt.LayerChart:
+def held_against_limits(runs: pl.DataFrame, limits: list[dict],
+                        labels: Mapping[str, str] | None = None) -> alt.LayerChart:
     """Connections held per run (x: what the model asked for, log-log), coloured by network,
     with each host limit's room in connections as a dashed rule: ``limits`` are
     {"limit": name, "connections": room}."""
-    points = runs.select("run_id", "network", "predicted_total", "connections_total")
+    points = with_points(runs.select("run_id", "network", "predicted_total",
+                                     "connections_total"), labels)
     base = alt.Chart(points).mark_point(filled=True, size=80).encode(
         x=alt.X("predicted_total:Q", title="connections asked (model)", scale=LOG,
                 axis=COUNT_AXIS),
         y=alt.Y("connections_total:Q", title="connections held", scale=LOG, axis=COUNT_AXIS),
         color=alt.Color("network:N", title="network"),
-        tooltip=["run_id", "network", "predicted_total", "connections_total"])
+        tooltip=tip("network", "predicted_total", "connections_total")
+    ).add_params(zoom())
     layers = [base]
     if limits:
         rules = pl.DataFrame(limits)
@@ -301,10 +308,10 @@ def churn_timeline(churn: pl.DataFrame, labels: dict[str, str]) -> alt.FacetChar
         x=alt.X("t_s:Q", title="seconds since the clients started"),
         y=alt.Y("value:Q", title="connections per second / sockets"),
         color=alt.Color("series:N", title=None, scale=_scale(CHURN_COLORS, long["series"])),
-        tooltip=["point", "series", "t_s", "value"],
-    ).properties(width=250, height=130).facet(
-        facet=alt.Facet("point:N", title=None), columns=2,
-    ).resolve_scale(y="independent").properties(
+        tooltip=tip("series", "t_s", "value"),
+    ).add_params(zoom("x")).properties(width=250, height=130).facet(
+        facet=alt.Facet("point:N", title=None), columns=style.columns(len(labels)),
+    ).resolve_scale(y="independent").resolve_axis(x="independent").properties(
         title=alt.Title("Churn: rate and TIME_WAIT against time",
                         subtitle="one panel per point; TIME_WAIT sampled about once a second"))
     return _named(chart, "churn_timeline")
@@ -323,9 +330,9 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
                 title="connections per second (log)"),
         y=y,
         color=alt.Color("outcome:N", title="ended with",
-                        scale=_scale({**ERRNO_COLORS, "DURATION": "#54a24b"}, df["outcome"])),
-        tooltip=["point", "sustained", "model_bound", "outcome"],
-    )
+                        scale=_scale(ERRNO_COLORS, df["outcome"])),
+        tooltip=tip("sustained", "model_bound", "outcome"),
+    ).add_params(zoom("x"))
     ticks = alt.Chart(df.filter(pl.col("model_bound").is_not_null())).mark_tick(
         color="black", thickness=2, size=18).encode(x=alt.X("model_bound:Q", scale=x_scale), y=y)
     chart = alt.layer(dots, ticks).properties(
@@ -339,15 +346,16 @@ def churn_rate_vs_model(points: pl.DataFrame) -> alt.LayerChart:
 BIND_MODE_COLORS = {"connect": "#4c78a8", "bind": "#e45756", "bind-no-port": "#54a24b"}
 
 
-def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
+def tuple_space(points: pl.DataFrame,
+                labels: Mapping[str, str] | None = None) -> alt.FacetChart:
     """Connections per client address against the size of its 4-tuple space (pool x server
     ports x server addresses), one panel per bind mode, shaped by client addresses; dashed:
     one connection per 4-tuple. ``points``: sections.fourtuple.chart_frame."""
-    df = ensure_columns(points, space=pl.Int64, per_address=pl.Float64, bind_mode=pl.Utf8,
-                        client_addrs=pl.Int64)
+    df = with_points(ensure_columns(points, space=pl.Int64, per_address=pl.Float64,
+                                    bind_mode=pl.Utf8, client_addrs=pl.Int64), labels)
     lo, hi = (df["space"].min() or 1000), (df["space"].max() or 8000)
     x = alt.X("space:Q", scale=LOG, axis=COUNT_AXIS,
-              title="4-tuple space (pool x server ports x addrs)")
+              title="4-tuple space")
     line = alt.Chart(pl.DataFrame({"space": [lo, hi]})).mark_line(
         strokeDash=[4, 3], color="#888", strokeWidth=1).encode(x=x, y=alt.Y("space:Q", scale=LOG))
     dots = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
@@ -356,52 +364,14 @@ def tuple_space(points: pl.DataFrame) -> alt.FacetChart:
                 title="connections per client address"),
         color=alt.Color("bind_mode:N", title="bind mode", legend=None,
                         scale=_scale(BIND_MODE_COLORS, df["bind_mode"])),
-        shape=alt.Shape("client_addrs:O", title="client addresses"),
-        tooltip=["run_id", "bind_mode", "server_ports", "server_addrs", "client_addrs",
-                 "space", "per_address", "errno"],
-    )
+        shape=alt.Shape("client_addrs:N", title="client addresses"),
+        tooltip=tip("bind_mode", "server_ports", "server_addrs", "client_addrs",
+                    "space", "per_address", "errno"),
+    ).add_params(zoom())
     chart = alt.layer(line, dots, data=df).properties(width=190, height=200).facet(
         column=alt.Column("bind_mode:N", title="bind mode", sort=list(BIND_MODE_COLORS)),
-    ).properties(title=alt.Title("Connections per client address against its 4-tuple space",
-                                 subtitle="dashed: one connection per 4-tuple"))
+    ).resolve_axis(x="independent", y="independent").properties(
+        title=alt.Title("Connections per client address against its 4-tuple space",
+                        subtitle="4-tuple space: pool x server ports x server addresses; "
+                                 "dashed: one connection per 4-tuple"))
     return _named(chart, "tuple_space")
-
-
-def _vl_version() -> str:
-    # vl-convert names Vega-Lite versions like "v6_4"; Altair's schema is "v6.4.1".
-    return "_".join(alt.SCHEMA_VERSION.split(".")[:2])
-
-
-def _unique_ids(svg: str) -> str:
-    """Prefix the SVG's ids (clip paths, gradients) so several charts inline in one page
-    never resolve each other's url(#id)."""
-    prefix = "c" + hashlib.sha1(svg.encode()).hexdigest()[:8] + "-"
-    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m[1]}"', svg)
-    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m[1]})", svg)
-    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m[1]}"', svg)
-
-
-def spec_to_html(spec: dict) -> str:
-    """A Vega-Lite spec -> ``<div class="tcpl-chart">`` holding the chart as inline SVG."""
-    import vl_convert as vlc
-
-    svg = vlc.vegalite_to_svg(spec, vl_version=_vl_version(), config=CONFIG)
-    name = (spec.get("usermeta") or {}).get("tcplimits", {}).get("chart", "chart")
-    return (f'<div class="{CHART_CLASS}" data-chart="{html.escape(name)}">'
-            f"{_unique_ids(svg)}</div>")
-
-
-def to_html(chart: alt.TopLevelMixin) -> str:
-    return spec_to_html(chart.to_dict())
-
-
-def _render(spec: dict, **metadata) -> dict:
-    return {"text/html": spec_to_html(spec)}
-
-
-def use_offline_renderer() -> None:
-    """Display every Altair chart as inline SVG (no CDN, no JavaScript) and lift Altair's
-    5,000-row guard: the series of a big grid is longer, and it is drawn once, offline."""
-    alt.renderers.register(RENDERER, _render)
-    alt.renderers.enable(RENDERER)
-    alt.data_transformers.disable_max_rows()

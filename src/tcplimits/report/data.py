@@ -18,6 +18,7 @@ import polars as pl
 from tcplimits import model
 from tcplimits.config.params import FIELDS, ParamError, RunParams
 from tcplimits.report import render
+from tcplimits.report.labels import point_labels, with_labels
 from tcplimits.results import STATUS_FAILED, STATUS_OK, STATUS_UNSUPPORTED
 
 
@@ -71,6 +72,22 @@ class Data:
         if self.churn_runs.is_empty():
             return self.runs
         return pl.concat([self.runs, self.churn_runs], how="diagonal_relaxed")
+
+    @cached_property
+    def labels(self) -> dict[str, str]:
+        """run id -> the point's name (report/labels.py), for every point of the run set."""
+        return point_labels(self.every)
+
+    def name(self, run_id: str) -> str:
+        """A point's name (its run id where it has none), as plain text."""
+        return self.labels.get(run_id, run_id)
+
+    def named(self, df: pl.DataFrame) -> pl.DataFrame:
+        """``df`` with its run_id column as "point" first and "run id" last."""
+        if "run_id" not in df.columns:
+            return df
+        return (with_labels(df, self.labels).rename({"run_id": "run id"})
+                .select(pl.exclude("run id"), "run id"))
 
     @property
     def ok(self) -> pl.DataFrame:

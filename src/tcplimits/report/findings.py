@@ -11,6 +11,9 @@ from __future__ import annotations
 from tcplimits.report.data import Data, load
 from tcplimits.report.sections.churn import churn
 from tcplimits.report.sections.conclusion import conclusion, sweep_summary
+from tcplimits.report.sections.keyfindings import key_findings
+from tcplimits.report.sections.reproduce import reproduce
+from tcplimits.report.sections.tuning import tuning
 from tcplimits.report.sections.fourtuple import book_claim, tuple_members
 from tcplimits.report.sections.hold import (comparison_table, latency, model_terms,
                                             observed_vs_predicted, outcomes, port_pool, seed,
@@ -22,12 +25,14 @@ from tcplimits.report.sections.servers import real_servers
 
 __all__ = [
     "Data", "load",
+    "key_findings",                                              # under the title
     "question", "environment", "hosts",                          # 1, 2
     "seed", "port_pool", "outcomes",                             # 3, 4, 5
     "model_terms", "observed_vs_predicted", "comparison_table",  # 6
     "latency", "server_side",                                    # 7, 8
     "tuple_members", "book_claim",                               # 9, 10
     "unfinished", "rerun",                                       # 11
-    "one_million", "churn", "behind_a_nat", "real_servers", "conclusion",  # 12, 13, 14, 15, 16
+    "one_million", "churn", "behind_a_nat", "real_servers",    # 12, 13, 14, 15
+    "tuning", "conclusion", "reproduce",                       # 16, 17, 18
     "sweep_summary",
 ]

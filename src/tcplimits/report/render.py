@@ -5,7 +5,8 @@ goes through a small adapter: the YAML front matter is split off, ```{python} fe
 ```python so jupytext's Markdown reader makes them code cells, and Quarto's ``#|`` cell
 options become notebook tags; nbclient executes the notebook, nbconvert exports it with the
 template in ``report/template/`` (no script, style or font from a CDN; code hidden where the
-.qmd says ``echo: false``). Charts are inline SVG (see ``charts.use_offline_renderer``).
+.qmd says ``echo: false``). Charts are inline SVG with their specs, redrawn interactive by
+the script ``embed.add_page_script`` inlines once in the finished page (either engine).
 
 Also here: reading the dataset and showing a table (the report's sections use them). The
 check of the finished page in a browser is in report/browser.py.
@@ -26,10 +27,18 @@ from typing import Any
 
 import polars as pl
 
+from tcplimits.report import crossref, downloads, embed
 from tcplimits.results import dataset
 from tcplimits.results import write_parquet, write_text
 
 DATA_ENV = "TCPLIMITS_DATASET"
+# The sweep's config as Snakemake was given it (the reproduce box's command); its copy is
+# CONFIG_COPY beside the page.
+CONFIG_ENV = "TCPLIMITS_CONFIGFILE"
+CONFIG_COPY = "config.yaml"
+# The checkout's config/ folder (beside the .qmd's report/): the report names the config that
+# runs a point it lacks.
+CONFIGS_ENV = "TCPLIMITS_CONFIGS"
 TEMPLATE_DIR = Path(__file__).parent / "template"
 QUARTO_MIN = (1, 4)
 
@@ -104,23 +113,50 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+RUN_ID_COLUMN = "run id"
+
+
 def html_table(df: pl.DataFrame, *, raw: Iterable[str] = (), classes: str = "",
                header: bool = True) -> str:
     """A plain HTML table (numbers right-aligned); columns in ``raw`` hold HTML already."""
     raw = set(raw)
     numeric = {c for c, t in df.schema.items() if t.is_numeric()}
-    head = "".join(f'<th class="{"num" if c in numeric else ""}">{html.escape(c)}</th>'
-                   for c in df.columns)
+    # the run id, kept in a last column beside a point's name: small, broken anywhere
+    cls = {c: "num" if c in numeric else "runid" if c == RUN_ID_COLUMN else "" for c in df.columns}
+    head = "".join(f'<th class="{cls[c]}">{html.escape(c)}</th>' for c in df.columns)
     head = f"<thead><tr>{head}</tr></thead>" if header else ""
     body = []
     for row in df.iter_rows(named=True):
         cells = []
         for c, v in row.items():
             text = str(v or "") if c in raw else html.escape(fmt(v))
-            cells.append(f'<td class="{"num" if c in numeric else ""}">{text}</td>')
+            cells.append(f'<td class="{cls[c]}">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="table-wrap"><table class="tcpl-table {classes}">{head}'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|@~$])")
+
+
+def md_escape(text: Any) -> str:
+    """Text from data, safe in Markdown: every character Markdown (or a cross-reference)
+    could read as syntax backslash-escaped, newlines as spaces."""
+    return _MD_SPECIAL.sub(r"\\\1", fmt(text)).replace("\n", " ")
+
+
+def markdown_table(df: pl.DataFrame, *, raw: Iterable[str] = ()) -> str:
+    """A pipe table (numbers right-aligned); cells escaped, except in the ``raw`` columns,
+    which hold Markdown already (an ``@sec-`` reference that Quarto and the fallback
+    renderer both resolve)."""
+    raw = set(raw)
+    numeric = {c for c, t in df.schema.items() if t.is_numeric()}
+    head = "| " + " | ".join(md_escape(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---:" if c in numeric else ":---" for c in df.columns) + "|"
+    body = ["| " + " | ".join(str(v or "") if c in raw else md_escape(v)
+                              for c, v in row.items()) + " |"
+            for row in df.iter_rows(named=True)]
+    return "\n".join([head, rule, *body])
 
 
 def html_list(items: Iterable[str], cls: str = "") -> str:
@@ -131,23 +167,33 @@ def html_list(items: Iterable[str], cls: str = "") -> str:
 # --- Rendering ------------------------------------------------------------------------------------
 
 def render_report(dataset_dir: Path, out_dir: Path, source: Path,
-                  *, engine: str = "auto") -> Path:
-    """Copy the dataset to ``out_dir/data/`` and render ``source`` to ``out_dir/index.html``.
+                  *, engine: str = "auto", config: Path | None = None) -> Path:
+    """Copy the dataset to ``out_dir/data/`` (with a CSV of each table and the data
+    dictionary beside them) and render ``source`` to ``out_dir/index.html``.
 
-    engine: "quarto", "nbconvert", or "auto" (Quarto when a recent one is on PATH)."""
+    engine: "quarto", "nbconvert", or "auto" (Quarto when a recent one is on PATH).
+    config: the sweep's config file, copied to ``out_dir/config.yaml``; the page names it."""
     out_dir, source = Path(out_dir), Path(source)
+    env = {}
+    configs = source.resolve().parent.parent / "config"
+    if configs.is_dir():
+        env[CONFIGS_ENV] = str(configs)
+    if config is not None:
+        write_text(Path(config).read_text(), out_dir / CONFIG_COPY)
+        env[CONFIG_ENV] = str(config)
     data_dir = copy_dataset(Path(dataset_dir), out_dir / "data").resolve()
+    downloads.write_csvs(data_dir)
     if engine == "auto":
         engine = "quarto" if quarto_version() >= QUARTO_MIN else "nbconvert"
     if engine not in ("quarto", "nbconvert"):
         raise ValueError(f"engine {engine!r}: use 'quarto', 'nbconvert' or 'auto'")
     if engine == "quarto":
-        page = render_with_quarto(source, data_dir)
+        page = embed.add_page_script(render_with_quarto(source, data_dir, env))
         # Quarto's own page is not ours to fix: say what it references, do not fail.
         for ref in external_references(page):
             print(f"tcplimits report: warning: the page references {ref!r}", file=sys.stderr)
     else:
-        page = render_with_nbconvert(source, data_dir)
+        page = embed.add_page_script(render_with_nbconvert(source, data_dir, env=env))
         check_offline(page)
     target = out_dir / "index.html"
     write_text(page, target)
@@ -163,12 +209,15 @@ def quarto_version() -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", out)[:2])
 
 
-def render_with_quarto(source: Path, data_dir: Path, *, timeout: int = 1800) -> str:
+def render_with_quarto(source: Path, data_dir: Path, env: dict[str, str] | None = None, *,
+                       timeout: int = 1800) -> str:
     """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV;
     stopped after ``timeout`` seconds (subprocess.TimeoutExpired) rather than hang."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
-        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp],
-                       check=True, env={**os.environ, DATA_ENV: str(data_dir)}, timeout=timeout)
+        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp,
+                        "--execute-dir", str(Path(data_dir).resolve().parent)],
+                       check=True, env={**os.environ, **(env or {}), DATA_ENV: str(data_dir)},
+                       timeout=timeout)
         # --output-dir is honoured for projects; a lone file may still land beside its source.
         for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
             if page.exists():
@@ -178,10 +227,14 @@ def render_with_quarto(source: Path, data_dir: Path, *, timeout: int = 1800) -> 
         raise FileNotFoundError(f"quarto render wrote no {source.stem}.html")
 
 
-def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600) -> str:
+def render_with_nbconvert(source: Path, data_dir: Path, *, timeout: int = 600,
+                          env: dict[str, str] | None = None) -> str:
     nb = qmd_to_notebook(source.read_text(), project=_project_options(source))
-    execute_notebook(nb, cwd=source.parent.resolve(), env={DATA_ENV: str(data_dir)},
+    # Cells run in the report's folder, as a reader's code beside the page would: data/ is there.
+    execute_notebook(nb, cwd=Path(data_dir).resolve().parent,
+                     env={**(env or {}), DATA_ENV: str(data_dir)},
                      timeout=timeout)
+    crossref.resolve_outputs(nb)
     return notebook_to_html(nb)
 
 
@@ -265,13 +318,28 @@ def qmd_to_notebook(text: str, project: dict | None = None):
         options = {**defaults, **options}
         tags = [tag for (key, value), tag in TAGS.items() if options.get(key) is value]
         cell.metadata = {"tags": tags, "quarto": options} if tags else {"quarto": options}
+    numbers = crossref.number_notebook(nb, number_sections=bool(
+        _html_option("number-sections", front, project or {})))
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                   "language": "python"},
                    "language_info": {"name": "python"},
                    "title": str(front.get("title", "Report")),
-                   "subtitle": str(front.get("subtitle", ""))}
+                   "subtitle": str(front.get("subtitle", "")),
+                   "tcplimits": {"sections": numbers.sections, "figures": numbers.figures}}
     nbformat.validate(nb)
     return nb
+
+
+def _html_option(key: str, front: dict, project: dict):
+    """An HTML format option as Quarto resolves it: the document's front matter (top level
+    or format.html) over the project's _quarto.yml."""
+    for source in (front, project):
+        html_format = ((source.get("format") or {}).get("html") or {})
+        if isinstance(html_format, dict) and key in html_format:
+            return html_format[key]
+        if key in source:
+            return source[key]
+    return None
 
 
 def execute_notebook(nb, *, cwd: Path, env: dict[str, str], timeout: int = 600):
@@ -308,7 +376,7 @@ def notebook_to_html(nb) -> str:
                             exclude_input_prompt=True, exclude_output_prompt=True,
                             anchor_link_text="#")
     body, _ = exporter.from_notebook_node(nb)
-    return add_toc(body)
+    return add_toc(crossref.heading_ids(body))
 
 
 _H2 = re.compile(r'<h2 id="([^"]+)">(.*?)<a class="anchor-link"', re.S)
@@ -334,7 +402,9 @@ _EXTERNAL = [
 
 
 def external_references(page: str) -> list[str]:
-    """Anything in the page that a browser would fetch from elsewhere."""
+    """Anything in the page that a browser would fetch from elsewhere (the chart bundle's
+    own text aside: the browser check sees what it does)."""
+    page = embed.without_page_script(page)
     return [m.group(0) for pattern in _EXTERNAL for m in pattern.finditer(page)]
 
 

@@ -49,16 +49,16 @@ PARAMS_SCHEMA: dict[str, pl.DataType] = {
 # The environment block of run.json, each key as env_<key>. Keys the engine adds later
 # appear too, as strings.
 ENV_SCHEMA: dict[str, pl.DataType] = {
-    "env_kernel": pl.Utf8,
-    "env_docker_version": pl.Utf8,
-    "env_storage_driver": pl.Utf8,
+    "env_kernel": pl.Utf8,               # the host's kernel release (uname -r)
+    "env_docker_version": pl.Utf8,       # the Docker engine's version
+    "env_storage_driver": pl.Utf8,       # the engine's storage driver
     "env_engine_nofile_cap": pl.Int64,   # highest nofile the engine can give a container
-    "env_nf_conntrack_max": pl.Int64,
-    "env_image_id": pl.Utf8,
-    "env_image_tag": pl.Utf8,
-    "env_tcplimits_version": pl.Utf8,
-    "env_git_sha": pl.Utf8,
-    "env_cgroup_version": pl.Utf8,
+    "env_nf_conntrack_max": pl.Int64,    # the host's net.netfilter.nf_conntrack_max
+    "env_image_id": pl.Utf8,             # the agent image's id
+    "env_image_tag": pl.Utf8,            # the agent image's tag
+    "env_tcplimits_version": pl.Utf8,    # tcplimits version that ran the point
+    "env_git_sha": pl.Utf8,              # the checkout's commit, when it is a git checkout
+    "env_cgroup_version": pl.Utf8,       # cgroup v1 or v2 on the host
     "env_hostname": pl.Utf8,             # the host the point ran on (a cluster has several)
 }
 
@@ -67,36 +67,36 @@ _TIME = pl.Datetime("us", "UTC")
 # One row per run. Runs that did not get far (unsupported, failed early) have nulls for
 # what they never reached: resolved values, prediction, totals.
 RUNS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
+    "run_id": pl.Utf8,                      # the point's run: its directory's name
     "status": pl.Utf8,                      # ok | failed | unsupported
     "reason": pl.Utf8,                      # why, when not ok
     **PARAMS_SCHEMA,                        # what was asked
-    "port_lo": pl.Int64,
-    "port_hi": pl.Int64,
+    "port_lo": pl.Int64,                    # lowest port of the range
+    "port_hi": pl.Int64,                    # highest port of the range
     "port_count": pl.Int64,                 # ports in the range
     "resolved_server_nofile": pl.Int64,     # server_nofile after defaults (the engine cap)
     "resolved_server_workers": pl.Int64,    # server_workers after "auto"
     "predicted_total": pl.Int64,            # model: connections all clients should hold
-    "predicted_per_client": pl.List(pl.Int64),
+    "predicted_per_client": pl.List(pl.Int64), # model: the same, per client container
     "predicted_limit": pl.Utf8,             # the term that wins: ports, descriptors, ...
     "predicted_errno": pl.Utf8,             # errno name the clients should stop with
-    "predicted_server_accepted": pl.Int64,
+    "predicted_server_accepted": pl.Int64,  # model: connections the server should accept
     "predicted_client_capacity": pl.Int64,  # one client with an unbounded server
     "predicted_server_capacity": pl.Int64,  # server accepts + accept queue
     "connections_total": pl.Int64,          # measured: sum over client processes
     "server_accepted": pl.Int64,            # measured: sum over server workers
-    "started_at": _TIME,
-    "ended_at": _TIME,
-    "duration_s": pl.Float64,
-    "setup_s": pl.Float64,
+    "started_at": _TIME,                    # when the run started (UTC)
+    "ended_at": _TIME,                      # when it ended (UTC)
+    "duration_s": pl.Float64,               # seconds from start to end
+    "setup_s": pl.Float64,                  # of those, creating the network and containers
     "quiet_wait_s": pl.Float64,             # waited for a quiet host before connecting
-    "connect_s": pl.Float64,
-    "teardown_s": pl.Float64,
+    "connect_s": pl.Float64,                # connecting, until every client process stopped
+    "teardown_s": pl.Float64,               # removing the containers and the network
     "noisy": pl.Boolean,                    # host not quiet, or SYNs dropped: times suspect
-    "noisy_reason": pl.Utf8,
+    "noisy_reason": pl.Utf8,                # why the run is noisy
     "host_orphan_at_connect": pl.Int64,     # host kernel (tcplimits.engine.host) when connecting
-    "host_tw_at_connect": pl.Int64,
-    "host_conntrack_at_connect": pl.Int64,
+    "host_tw_at_connect": pl.Int64,         # TIME_WAIT sockets on the host when connecting
+    "host_conntrack_at_connect": pl.Int64,  # the host's conntrack entries when connecting
     "host_orphan_after": pl.Int64,          # ... and once the run had returned
     "held_ports": pl.List(pl.Int64),        # per client: ports of the range held at start
     "held_sockets": pl.Utf8,                # run.json facts.held_sockets as JSON text:
@@ -106,13 +106,13 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
     "kernel_bytes_per_connection": pl.Int64,    # containers' cgroup kmem, both ends
     "user_bytes_per_connection": pl.Int64,      # containers' cgroup rss (the agents)
     "host_slab_bytes_per_connection": pl.Int64, # host Slab growth (all of the host: noisy)
-    "host_tcp_mem_pages_per_connection": pl.Float64,
+    "host_tcp_mem_pages_per_connection": pl.Float64, # host tcp_mem pages per connection
     "conntrack_server_namespace": pl.Int64,     # entries in the server's namespace, held
     "conntrack_host_run": pl.Int64,             # entries of this run in the host's table
     "conntrack_host_count": pl.Int64,           # the host table's count, held (everything)
     "host_limits": pl.Utf8,                     # run.json host_limits as JSON
     "host_limit": pl.Utf8,                      # the host setting that stops the point, if any
-    "host_limit_stops_at": pl.Int64,
+    "host_limit_stops_at": pl.Int64,        # connections at which host_limit stops the point
     "ceiling": pl.Utf8,                         # run.json ceiling as JSON: connections asked
                                                 # (a number or "ceiling") resolved (issue 22)
     **{f"churn_{k}": v for k, v in {        # mode churn (run.json "churn"); null for hold
@@ -123,13 +123,13 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
         "agrees": pl.Boolean,               # the verdict: as the model said
         "verdict": pl.Utf8,                 # the verdict's sentence
         "predicted_rate": pl.Float64,       # model: sustainable per s, all clients; null: no bound
-        "predicted_stops": pl.Boolean,
+        "predicted_stops": pl.Boolean,      # model: whether an error stops the clients
         "predicted_stop_after": pl.Int64,   # model: connections when the clients stop
-        "predicted_stop_at_s": pl.Float64,
-        "predicted_errno": pl.Utf8,
+        "predicted_stop_at_s": pl.Float64,  # model: seconds after the start when they stop
+        "predicted_errno": pl.Utf8,         # model: the errno name they stop with
         "predicted_limit": pl.Utf8,         # time_wait, tw_reuse_delay, rate or loop
         "predicted_client_time_wait": pl.Int64,  # per client container
-        "predicted_server_time_wait": pl.Int64,
+        "predicted_server_time_wait": pl.Int64, # per server container
     }.items()},
     **NAT_SCHEMA,                           # behind a NAT (run.json "nat"); null if direct
     **ENV_SCHEMA,

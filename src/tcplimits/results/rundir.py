@@ -92,10 +92,10 @@ SUMMARY_FILE = "summary.txt"
 
 # One row per client process.
 CLIENTS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
+    "run_id": pl.Utf8,         # the run
     "client": pl.Int32,        # client container, 1-based
     "proc": pl.Int32,          # process within the container, 1-based
-    "client_ip": pl.Utf8,
+    "client_ip": pl.Utf8,      # the container's address on the network
     "connections": pl.Int64,   # connections held when it stopped: still established when
                                # checked, a short settle after its last connect()
     "errno": pl.Int32,         # errno of the connect/socket call that stopped it; null if none
@@ -117,32 +117,32 @@ CLIENTS_SCHEMA: dict[str, pl.DataType] = {
 # One row per client process and (source, destination) pair it spread over; round-robin in
 # this order (see tcplimits.model.fourtuple). Runs before the 4-tuple parameters have no file.
 DESTINATIONS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
-    "client": pl.Int32,
-    "proc": pl.Int32,
+    "run_id": pl.Utf8,         # the run
+    "client": pl.Int32,        # client container, 1-based
+    "proc": pl.Int32,          # process within the container, 1-based
     "source": pl.Utf8,         # source address the pair's connections left from (null if none)
-    "server_addr": pl.Utf8,
-    "server_port": pl.Int32,
+    "server_addr": pl.Utf8,    # the server address of the pair
+    "server_port": pl.Int32,   # the server port of the pair
     "connections": pl.Int64,   # connections of this pair held when the process stopped (churn: opened)
     "error": pl.Utf8,          # errno name that ended the pair (its pool ran out), or null
 }
 
 # One row per server worker.
 SERVER_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
+    "run_id": pl.Utf8,         # the run
     "worker": pl.Int32,        # 1-based
     "accepted": pl.Int64,      # connections accepted and held
     "errno": pl.Int32,         # first accept() error (EMFILE when out of descriptors); null if none
-    "error": pl.Utf8,
-    "message": pl.Utf8,
+    "error": pl.Utf8,          # errno name of that error
+    "message": pl.Utf8,        # strerror of it
     "accept_errors": pl.Int64, # how many accept() calls failed
 }
 
 # Progress samples: one per 0.5% of the expected count, plus the last connection.
 SERIES_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
-    "client": pl.Int32,
-    "proc": pl.Int32,
+    "run_id": pl.Utf8,                # the run
+    "client": pl.Int32,               # client container, 1-based
+    "proc": pl.Int32,                 # process within the container, 1-based
     "connections": pl.Int64,          # connections held at this sample
     "t_s": pl.Float64,                # seconds since the process started connecting
     "connect_latency_s": pl.Float64,  # mean connect() time over the connections since the last sample
@@ -152,7 +152,7 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
 # errors, error, connect_latency_s) and one per second-ish sample of each container's
 # TIME_WAIT count (role "client" with proc null, or role "server": time_wait).
 CHURN_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
+    "run_id": pl.Utf8,                # the run
     "role": pl.Utf8,                  # "client" or "server"
     "client": pl.Int32,               # client container; null for the server
     "proc": pl.Int32,                 # process of a per-second row; null for a TIME_WAIT row

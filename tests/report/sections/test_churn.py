@@ -1,13 +1,14 @@
 """The report's Churn section: its table and charts from a dataset with churn points, and the
 section in a rendered report."""
 
+import re
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.report.fixtures import ENV, RUN_IDS, synthetic_dataset
-from tcplimits.report import charts, render
+from tests.report.fixtures import ENV, RUN_IDS, assert_tooltips, synthetic_dataset
+from tcplimits.report import charts, labels, render
 from tcplimits.report.data import Data
 from tcplimits.report.sections import churn as churn_findings, conclusion, runset
 from tcplimits.model import churn as churn_model
@@ -53,9 +54,8 @@ def churn_tables():
 def test_points_carry_rate_model_and_verdict():
     runs, _, _ = churn_tables()
     pts = churn_findings.churn_points(runs)
-    assert pts["point"].to_list() == ["client closes, tw_reuse 0, 400/s, 6 s",
-                                      "client closes, tw_reuse 1, 400/s, 5 s",
-                                      "server closes, tw_reuse 0, max, 4 s"]
+    assert pts["point"].to_list() == ["base point", "tw_reuse 1, 5 s",
+                                      "server closes, max rate, 4 s"]
     assert pts["outcome"].to_list() == ["EADDRNOTAVAIL", "DURATION", "DURATION"]
     assert pts["agrees"].to_list() == [True, True, True]
     assert pts["model_bound"][0] == pytest.approx(999 / 60)
@@ -85,14 +85,14 @@ def test_churn_section_without_churn_points_says_how_to_get_them():
     assert "config/churn.yaml" in churn_findings.churn(d).text()
 
 
-def test_a_churn_point_label_names_the_4_tuple_members_it_changed():
-    base = dict(closer="client", tw_reuse=1, rate=400, duration=10, clients=1)
-    assert churn_findings.churn_label(base) == "client closes, tw_reuse 1, 400/s, 10 s"
-    label = churn_findings.churn_label(dict(base, bind_mode="bind", server_ports=2, client_addrs=3,
-                                      server_addrs=1))
-    assert label == "client closes, tw_reuse 1, 400/s, bind, 2 server ports, 3 client addresses, 10 s"
-    assert churn_findings.churn_label(dict(base, network="loopback")) == (
-        "client closes, tw_reuse 1, 400/s, loopback, 10 s")
+def test_churn_points_are_named_by_the_one_labelling_function():
+    runs, _, _ = churn_tables()
+    names = churn_findings.churn_labels(runs)
+    assert names == {r: n for r, n in labels.point_labels(runs).items()
+                     if r in runs.filter(pl.col("status") == "ok")["run_id"].to_list()}
+    given = {r: f"name of {r}" for r in runs["run_id"]}
+    points = churn_findings.churn_points(runs, given)
+    assert points["point"].to_list() == [given[r] for r in points["run_id"]]
 
 
 def test_a_bind_point_is_judged_against_one_pool_per_source(tmp_path):
@@ -118,6 +118,8 @@ def test_churn_charts_draw_every_point():
     assert {v["point"] for v in values} == set(labels.values())
     rate = charts.churn_rate_vs_model(churn_findings.churn_points(runs)).to_dict()
     assert rate["usermeta"]["tcplimits"]["chart"] == "churn_rate_vs_model"
+    assert_tooltips(timeline)
+    assert_tooltips(rate)
 
 
 def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
@@ -131,7 +133,8 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
                   ds / "clients.parquet")
     write_parquet(series, ds / "churn.parquet")
     page = render.render_report(ds, tmp_path / "out", REPORT, engine="nbconvert").read_text()
-    section = page[page.index('id="13.-Churn'):page.index('id="14.-')]
+    section = page[page.index('id="sec-churn"'):page.index('id="sec-nat"')]
+    section = re.sub(r"<script\b.*?</script>", "", section, flags=re.S)  # the charts' specs
     assert section.count('class="tcpl-chart"') == 2
     assert section.count("as predicted: ") == 3
     assert "3 of 3" in section and "60 s" in section
@@ -141,7 +144,7 @@ def test_report_has_a_churn_section_with_a_verdict_per_point(tmp_path):
     # ... while the run set, its host and how to rerun a point count the churn points too
     points = len(RUN_IDS) + len(CHURN)
     assert f"This run set has <strong>{points} points</strong>" in page
-    assert "3 of them are churn points (section 13)." in page
+    assert '3 of them are churn points (<a href="#sec-churn">Section 13</a>).' in page
     assert f"All {points} points ran on one host" in page
     assert f"The {points} points: compose file and command of each" in page
 
@@ -167,7 +170,7 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
                           "series": pl.DataFrame(), "churn": series})
     question = runset.question(d).text()
     assert "**3 points**: 2 finished, 1 failed" in question
-    assert "All of them are churn points (section 13)" in question
+    assert "All of them are churn points (@sec-churn)" in question
     assert "no runs at all" not in question
     varied = runset.varied_parameters(d.every)  # what the churn points vary, and why
     assert {"closer", "tw_reuse", "rate", "duration"} <= set(varied["parameter"])
@@ -180,7 +183,7 @@ def test_a_churn_only_run_set_is_described_and_its_failed_points_listed():
     assert unfinished["point"].to_list() == ["churn-server"]
     assert unfinished["reason"].to_list() == ["server container killed"]
     assert runset.unfinished(d).kinds() == ["markdown", "html"]
-    assert "section 13" in conclusion.conclusion(d).text()
+    assert "@sec-churn" in conclusion.conclusion(d).text()
     assert "failed: 1 point, no measurement:\n  churn-server: server container killed" in \
         conclusion.sweep_summary(d)
 
@@ -193,8 +196,8 @@ def test_the_conclusion_answers_for_churn_from_the_points():
     assert "1 point asked for more and stopped: 1 with EADDRNOTAVAIL; 1 of them after the count" \
         in text
     # the fastest point that ran its duration: the server closing first, at max
-    assert "2 points ran their full duration, the fastest at 3,500/s (server closes, " in text
-    assert text.endswith("3 of 3 churn points ended as the model said (section 13).")
+    assert "2 points ran their full duration, the fastest at 3,500/s (*server closes, " in text
+    assert text.endswith("3 of 3 churn points ended as the model said (@sec-churn).")
     assert churn_findings.churn_answer(points.clear()) == ""
     d = Data.of({"runs": runs, "clients": clients, "server": pl.DataFrame(),
                           "series": pl.DataFrame(), "churn": series})

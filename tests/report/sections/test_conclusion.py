@@ -6,6 +6,7 @@ import polars as pl
 
 from tests.report.fixtures import flag_noisy, tables_of
 from tcplimits.report.data import Data, status_counts
+from tcplimits.report.render import md_escape
 from tcplimits.report.sections import conclusion
 
 
@@ -13,10 +14,15 @@ def test_conclusion(d, failed_only):
     text = conclusion.conclusion(d).text()
     assert "The most one server accepted here is **64,511** on a single port" in text
     assert "more than the 64,511" not in text  # equal is not more
-    assert "at seed-default 2 client containers held 56,462 connections" in text
-    assert "Where the server ran out of descriptors (server-1024) it accepted 1,020" in text
-    assert "the most one client held is 64,511 (seed-wide-range, 64,512 ports)" in text
-    assert "Its descriptors: nofile − 3 per process" in text and "nofile-300 held 297" in text
+    name = {r: f"*{md_escape(d.name(r))}*" for r in d.every["run_id"]}  # points by name
+    assert f"at {name['seed-default']} 2 client containers held 56,462 connections" in text
+    assert (f"Where the server ran out of descriptors ({name['server-1024']}) it accepted "
+            "1,020") in text
+    assert (f"the most one client held is 64,511 ({name['seed-wide-range']}, 64,512 ports)"
+            in text)
+    assert "Its descriptors: nofile − 3 per process" in text
+    assert f"{name['nofile-300']} held 297" in text
+    assert "seed-default" not in text  # run ids stay in tooltips and tables
     assert "The model predicted" in text
     assert "cannot answer how many a server holds" in conclusion.conclusion(failed_only).text()
 

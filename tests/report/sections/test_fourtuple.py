@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from tests.report.fixtures import assert_tooltips
 from tcplimits.report import charts
 from tcplimits.report.data import Data
 from tcplimits.report.sections import fourtuple as tf
@@ -81,6 +82,7 @@ def test_chart_draws_from_the_points():
     chart = charts.tuple_space(tf.chart_frame(tf.tuple_points(RUNS, CLIENTS)))
     spec = chart.to_dict()
     assert spec["usermeta"]["tcplimits"]["chart"] == "tuple_space"
+    assert_tooltips(spec)
     html = charts.to_html(chart)
     assert "<svg" in html
 

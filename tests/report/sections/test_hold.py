@@ -8,6 +8,7 @@ import polars as pl
 from tests.report.fixtures import POINTS, flag_noisy, procs_of, tables_of, workers_of
 from tcplimits import model
 from tcplimits.config.params import port_count
+from tcplimits.report import render
 from tcplimits.report.blocks import plural
 from tcplimits.report.data import Data, noisy_runs
 from tcplimits.report.sections import hold
@@ -28,7 +29,8 @@ def test_seed_rows(d):
     assert table[1]["the blog"].endswith("the range holds 64,512")
     assert table[1]["this run set"] == "64,511"
     assert table[2]["this run set"] == "64,511" and table[2]["the blog"] == "56,464 (2 × 28,232)"
-    assert "seed-wide-range: 1 client container, range 1024-65535" == table[2]["details"]
+    assert (f"{d.name('seed-wide-range')}: 1 client container, range 1024-65535"
+            == table[2]["details"])
 
 
 def test_seed_headline_explains_the_missing_port(d):
@@ -130,7 +132,8 @@ def test_comparison_table_has_no_engine_notes(d):
     blocks = hold.comparison_table(d)
     text = blocks.text()
     assert "engine's notes" not in text and "DNS resolver, which listens" not in text
-    assert "Points beyond the tolerance (1)" in text and "**short-timeout**" in text
+    assert "Points beyond the tolerance (1)" in text
+    assert f"**{render.md_escape(d.name('short-timeout'))}** (`short-timeout`)" in text
     assert "stopped with ETIMEDOUT" in text  # the model's explanation
     assert blocks.kinds() == ["markdown", "html", "markdown"]
     assert hold.comparison_table(Data.of({k: v.clear() for k, v in tables_of(d).items()})) == []
@@ -173,7 +176,8 @@ def test_latency_flags_noisy_points_and_leaves_them_out_of_the_medians(d):
     assert blocks.kinds() == ["chart", "markdown", "markdown"]
     text = blocks.text()
     assert "1 point ran noisy" in text
-    assert "- seed-default: host not quiet after 60 s: 9,000 orphaned" in text
+    name = render.md_escape(flagged.name("seed-default"))
+    assert f"- {name}: host not quiet after 60 s: 9,000 orphaned" in text
     # every point noisy: the medians still come from them (flagged), not from nothing
     everything = flag_noisy(d, d.runs["run_id"].to_list())
     assert hold.latency_medians(everything) == hold.latency_medians(d)
@@ -182,7 +186,8 @@ def test_latency_flags_noisy_points_and_leaves_them_out_of_the_medians(d):
 
 def test_server_gaps_use_the_models_accept_queue(d):
     gaps = hold.server_gap_table(d)
-    assert gaps["point"].to_list() == ["server-1024"]
+    assert gaps["point"].to_list() == [d.name("server-1024")]
+    assert gaps["run id"].to_list() == ["server-1024"] and gaps.columns[-1] == "run id"
     row = gaps.row(0, named=True)
     held = sum(p[2] for p in procs_of("server-1024"))
     accepted = sum(w[0] for w in workers_of("server-1024"))

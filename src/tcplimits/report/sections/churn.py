@@ -6,53 +6,24 @@ The model and its verdict are tcplimits.model.churn's, recorded by each run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import polars as pl
 
-from tcplimits.model import churn as churn_model, fourtuple
-from tcplimits.report import charts
+from tcplimits.model import churn as churn_model
+from tcplimits.report import charts, render
 from tcplimits.report.blocks import Blocks, plural
 from tcplimits.report.data import Data
+from tcplimits.report.labels import point_labels
 from tcplimits.results import STATUS_OK
 
 
-def churn_label(run: Mapping[str, Any]) -> str:
-    """A churn point in words: "client closes, tw_reuse 0, 200/s, 20 s"."""
-    rate = run.get("rate")
-    pace = "max" if rate in (None, "max") else f"{int(rate):,}/s"
-    text = f"{run.get('closer')} closes, tw_reuse {run.get('tw_reuse')}"
-    if run.get("tw_reuse_delay") is not None:
-        text += f" after {run['tw_reuse_delay']:,} ms"
-    if run.get("timestamps") is not None:
-        text += f", timestamps {run['timestamps']}"
-    text += f", {pace}"
-    if (run.get("clients") or 1) > 1:
-        text += f", {run['clients']} clients"
-    text += churn_tuple_words(run)
-    return text + (f", {run['duration']:g} s" if run.get("duration") else "")
-
-
-def churn_tuple_words(run: Mapping[str, Any]) -> str:
-    """The network and 4-tuple members a churn point changed, in words: ", bind, 2 server
-    ports"."""
-    words = ["loopback"] if run.get("network") == "loopback" else []
-    if (run.get("bind_mode") or fourtuple.CONNECT) != fourtuple.CONNECT:
-        words.append(str(run["bind_mode"]))
-    for key, name in (("server_ports", "server ports"), ("server_addrs", "server addresses"),
-                      ("client_addrs", "client addresses")):
-        if (run.get(key) or 1) > 1:
-            words.append(f"{int(run[key]):,} {name}")
-    return "".join(f", {w}" for w in words)
-
-
-def churn_labels(churn_runs: pl.DataFrame) -> dict[str, str]:
-    """run id -> point label, for the finished churn runs (repetitions keep their id)."""
-    out: dict[str, str] = {}
-    for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
-        text = churn_label(r)
-        out[r["run_id"]] = text if text not in out.values() else f"{text} ({r['run_id']})"
-    return out
+def churn_labels(churn_runs: pl.DataFrame,
+                 labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """run id -> point name (report/labels.py: of the whole run set where ``labels`` are
+    given, else of the churn runs), for the finished churn runs."""
+    names = labels if labels is not None else point_labels(churn_runs)
+    return {r: names.get(r, r) for r in
+            churn_runs.filter(pl.col("status") == STATUS_OK)["run_id"].to_list()}
 
 
 CHURN_POINTS_SCHEMA = {
@@ -63,12 +34,13 @@ CHURN_POINTS_SCHEMA = {
 }
 
 
-def churn_points(churn_runs: pl.DataFrame) -> pl.DataFrame:
+def churn_points(churn_runs: pl.DataFrame,
+                 labels: Mapping[str, str] | None = None) -> pl.DataFrame:
     """One row per finished churn point: asked, sustained, the model's bound and stop, and
     the verdict (``churn_model.verdict``, recorded by the run)."""
     if churn_runs.is_empty():  # no churn point (or a Data built without the churn tables)
         return pl.DataFrame(schema=CHURN_POINTS_SCHEMA)
-    names = churn_labels(churn_runs)
+    names = churn_labels(churn_runs, labels)
     rows = []
     for r in churn_runs.filter(pl.col("status") == STATUS_OK).iter_rows(named=True):
         stopped = r.get("churn_stopped_at_s") is not None
@@ -119,9 +91,9 @@ def churn_answer(points: pl.DataFrame) -> str:
     if not ran.is_empty():
         fastest = ran.sort("sustained", descending=True, nulls_last=True).row(0, named=True)
         said.append(f"{plural(ran.height, 'point')} ran their full duration, the fastest at "
-                    f"{fastest['sustained'] or 0:,.0f}/s ({fastest['point']}).")
+                    f"{fastest['sustained'] or 0:,.0f}/s (*{render.md_escape(fastest['point'])}*).")
     said.append(f"{c['agree']:,} of {plural(c['points'], 'churn point')} ended as the model "
-                "said (section 13).")
+                "said (@sec-churn).")
     return " ".join(said)
 
 
@@ -146,7 +118,7 @@ def churn_mechanism() -> str:
 
 def churn(d: Data) -> Blocks:
     out = Blocks().md(churn_mechanism())
-    points = churn_points(d.churn_runs)
+    points = churn_points(d.churn_runs, d.labels)
     if points.is_empty():
         return out.md("This run set has no finished churn point. `snakemake --cores 4 "
                       "--configfile config/churn.yaml` sweeps who closes first × "
@@ -155,7 +127,8 @@ def churn(d: Data) -> Blocks:
     out.md(f"**{plural(c['points'], 'churn point')}** finished: {c['stopped']:,} stopped on an "
            f"error, {c['ran']:,} ran their full duration; **{c['agree']:,} of {c['points']:,}** "
            "ended as the model said.")
-    out.chart(charts.churn_timeline(d.churn, churn_labels(d.churn_runs)))
+    out.chart(charts.churn_timeline(d.churn, churn_labels(d.churn_runs, d.labels)))
     out.chart(charts.churn_rate_vs_model(points))
     return out.table(points.select("point", "asked", "sustained", "model_bound", "connections",
-                                   "outcome", "stopped_at_s", "model_stop_at_s", "verdict"))
+                                   "outcome", "stopped_at_s", "model_stop_at_s", "verdict",
+                                   pl.col("run_id").alias("run id")))

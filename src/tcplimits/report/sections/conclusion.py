@@ -35,14 +35,16 @@ def server_answer(d: Data) -> list[str]:
     if multi:
         c = max(multi, key=lambda c: c.observed)
         k = clients_of[c.run_id]
-        said.append(f"Client addresses add up: at {c.run_id} {k:,} client containers held "
+        said.append(f"Client addresses add up: at *{render.md_escape(d.name(c.run_id))}* "
+                    f"{k:,} client containers held "
                     f"{c.observed:,} connections to the same server port, {k:,} × what one "
                     "address can open at that range. No virtual IP on the server is needed; "
                     "more client addresses are.")
     bound = by_limit(d.comparisons, model.SERVER)
     if bound:
         c = bound[0]
-        said.append(f"Where the server ran out of descriptors ({c.run_id}) it accepted "
+        said.append(f"Where the server ran out of descriptors "
+                    f"(*{render.md_escape(d.name(c.run_id))}*) it accepted "
                     f"{render.fmt(c.server_accepted)}, the clients held {c.observed:,}, and the "
                     "connections beyond that waited for a SYN-ACK until their timeout "
                     "(ETIMEDOUT).")
@@ -61,7 +63,8 @@ def client_answer(d: Data) -> str:
         stop.append(f"Its port pool: the range of `ip_local_port_range` minus ports already held "
                     f"in its namespace, shared by all its processes. At "
                     f"{plural(len(ports), 'point')} this ran out first, with EADDRNOTAVAIL; the "
-                    f"most one client held is {top['connections']:,} ({top['run_id']}, "
+                    f"most one client held is {top['connections']:,} "
+                    f"(*{render.md_escape(d.name(top['run_id']))}*, "
                     f"{top['port_count']:,} ports).")
     else:
         stop.append("Its port pool (the range minus ports already held, EADDRNOTAVAIL): no "
@@ -69,7 +72,8 @@ def client_answer(d: Data) -> str:
     if fds:
         c = fds[0]
         stop.append(f"Its descriptors: nofile − {base} per process, EMFILE when they run out "
-                    f"({plural(len(fds), 'point')}; {c.run_id} held {c.observed:,}).")
+                    f"({plural(len(fds), 'point')}; *{render.md_escape(d.name(c.run_id))}* "
+                    f"held {c.observed:,}).")
     else:
         stop.append(f"Its descriptors (nofile − {base} per process, EMFILE): no point of this "
                     "run set was bound by them.")
@@ -80,16 +84,16 @@ def client_answer(d: Data) -> str:
 
 def conclusion(d: Data) -> Blocks:
     out = Blocks()
-    churn = churn_answer(churn_points(d.churn_runs))
+    churn = churn_answer(churn_points(d.churn_runs, d.labels))
     if d.ok.is_empty():
         return out.md("\n\n".join(
             ["Without a finished point that holds connections this run set cannot answer how "
-             "many a server holds; sections 1 and 6 say what the model expects.",
+             "many a server holds; @sec-question and @sec-model say what the model expects.",
              *([churn] if churn else [])]))
     a = agreement_counts(d.comparisons)
     said = [*server_answer(d), client_answer(d),
             f"The model predicted {a.within:,} of {plural(a.points, 'finished point')} "
-            "within tolerance; section 6 explains every difference it found.",
+            "within tolerance; @sec-model explains every difference it found.",
             *([churn] if churn else [])]
     return out.md("\n\n".join(said))
 

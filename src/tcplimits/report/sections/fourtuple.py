@@ -17,7 +17,7 @@ import polars as pl
 from tcplimits import model
 from tcplimits.config.params import FIELDS
 from tcplimits.model import fourtuple
-from tcplimits.report import charts
+from tcplimits.report import charts, render
 from tcplimits.report.blocks import Blocks, bullets, number
 from tcplimits.report.data import Data
 from tcplimits.results import STATUS_OK
@@ -31,6 +31,16 @@ def _defaults(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(
         (pl.col(k).fill_null(FIELDS[k].default) if k in df.columns
          else pl.lit(FIELDS[k].default).alias(k)) for k in TUPLE_KEYS)
+
+
+def beyond_one_pool(runs: pl.DataFrame) -> list[str]:
+    """Run ids of the points whose clients have more than one pool: several server ports or
+    addresses, or several source addresses. One connection per port no longer bounds them;
+    section 9 sets them against their 4-tuple space."""
+    if runs.is_empty():
+        return []
+    return _defaults(runs).filter((pl.col("server_ports") > 1) | (pl.col("server_addrs") > 1)
+                                  | (pl.col("client_addrs") > 1))["run_id"].to_list()
 
 
 def tuple_points(runs: pl.DataFrame, clients: pl.DataFrame) -> pl.DataFrame:
@@ -76,20 +86,25 @@ def find(points: pl.DataFrame, **shape: Any) -> dict | None:
     return rows.row(0, named=True) if rows.height else None
 
 
-def member_table(points: pl.DataFrame) -> pl.DataFrame:
-    """The points as the report shows them: shape, space, measured, model, errno."""
+def member_table(points: pl.DataFrame, labels: Mapping[str, str] | None = None) -> pl.DataFrame:
+    """The points as the report shows them: name, shape, space, measured, model, errno, and
+    the run id last."""
     if points.is_empty():
         return points
+    labels = labels or {}
     return points.select(
+        pl.col("run_id").replace_strict(dict(labels), default=pl.col("run_id"),
+                                        return_dtype=pl.Utf8).alias("point"),
         pl.col("bind_mode").alias("bind mode"),
         pl.col("server_ports").alias("server ports"),
         pl.col("server_addrs").alias("server addresses"),
         pl.col("client_addrs").alias("client addresses"),
         pl.col("port_count").alias("pool"),
-        pl.col("space").alias("4-tuple space per client address"),
+        pl.col("space").alias("4-tuple space"),
         pl.col("connections_total").alias("connections"),
         pl.col("predicted_total").alias("model"),
-        pl.col("errno").alias("stopped by"))
+        pl.col("errno").alias("stopped by"),
+        pl.col("run_id").alias("run id"))
 
 
 MEMBERS = ("server_ports", "server_addrs", "client_addrs")
@@ -140,7 +155,8 @@ def member_sentences(points: pl.DataFrame) -> list[str]:
     return out
 
 
-def claim_sentences(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> list[str]:
+def claim_sentences(points: pl.DataFrame, runs: pl.DataFrame | None = None,
+                    labels: Mapping[str, str] | None = None) -> list[str]:
     """The verdict on Release It!'s "several virtual IPs to pass 64,511 connections", from
     the measured points (``runs``: every run, for the several-client case)."""
     if points.is_empty():
@@ -190,7 +206,9 @@ def claim_sentences(points: pl.DataFrame, runs: pl.DataFrame | None = None) -> l
         out.append(f"Not needed for the server to hold many connections: every client address "
                    f"brings its own pool toward the same server address and port — "
                    f"{many['clients']} client containers held {number(many['connections_total'])} "
-                   f"on one server port here ({many['run_id']}); the book's {BOOK_PORTS:,} is "
+                   f"on one server port here "
+                   f"(*{render.md_escape((labels or {}).get(many['run_id'], many['run_id']))}*); "
+                   f"the book's {BOOK_PORTS:,} is "
                    "a limit per client address, not per server.")
     return out
 
@@ -223,14 +241,14 @@ def tuple_members(d: Data) -> Blocks:
     if not varies_tuple(points):
         return out.md("No point of this sweep varies the 4-tuple; `config/fourtuple.yaml` "
                       "has them all.")
-    out.chart(charts.tuple_space(chart_frame(points)))
+    out.chart(charts.tuple_space(chart_frame(points), d.labels))
     for sentence in member_sentences(points):
         out.md(sentence)
-    return out.table(member_table(points))
+    return out.table(member_table(points, d.labels))
 
 
 def book_claim(d: Data) -> Blocks:
-    claim = claim_sentences(tuple_points(d.runs, d.clients), d.runs)
+    claim = claim_sentences(tuple_points(d.runs, d.clients), d.runs, d.labels)
     return Blocks().md(bullets(claim) if claim else
                        "This sweep has no point that tests the claim; "
                        "`config/fourtuple.yaml` has them.")

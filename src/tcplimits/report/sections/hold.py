@@ -19,7 +19,7 @@ from tcplimits.report.blocks import Blocks, bullets, plural
 from tcplimits.report.data import (Data, agreement_counts, by_limit, client_counts,
                                    most_accepted, noisy_runs, pool_fill, server_gaps, span,
                                    values)
-from tcplimits.report.sections.fourtuple import BOOK_PORTS
+from tcplimits.report.sections.fourtuple import BOOK_PORTS, beyond_one_pool
 
 # The seed's claims (the blog post), set against the data.
 SEED_RANGE = "{}-{}".format(*KERNEL_DEFAULT_PORT_RANGE)
@@ -29,15 +29,40 @@ WIDE_RANGE = "1024-65535"
 
 # --- 3. Headline: the seed, reproduced --------------------------------------------------------
 
+def configs_running(port_range: str) -> list[str]:
+    """The checkout's configs (``render.CONFIGS_ENV``) with a point of ``port_range`` that
+    holds connections, the smallest sweep first: what fills a row this run set leaves empty."""
+    import os
+    from pathlib import Path
+
+    from tcplimits.config import grid
+
+    folder = os.environ.get(render.CONFIGS_ENV)
+    found = []
+    for path in sorted(Path(folder).glob("*.yaml")) if folder else []:
+        try:
+            ps = grid.points(grid.load_config(path))
+        except Exception:  # a config this checkout cannot read names nothing here
+            continue
+        if any(p.params.port_range == port_range and p.params.mode == "hold" for p in ps):
+            found.append((len(ps), f"config/{path.name}"))
+    return [name for _, name in sorted(found)]  # the smallest sweep first
+
+
 def seed_row(d: Data, label: str, port_range: str, blog: str) -> tuple[dict, list[str]]:
-    """One row of the seed table: the port-bound finished points of ``port_range``."""
+    """One row of the seed table: the port-bound finished points of ``port_range``; without
+    any, the config that runs one."""
     sel = d.ok.filter((pl.col("port_range") == port_range)
                       & (pl.col("predicted_limit") == model.PORTS))
     ids = sel["run_id"].to_list()
     stops = values(d.clients.filter(pl.col("run_id").is_in(ids)), "error")
+    details = ("stopped with " + ", ".join(stops)) if stops else "–"
+    if not ids:
+        configs = configs_running(port_range)
+        details = (f"not in this run set; snakemake --cores 4 --configfile {configs[0]} runs it"
+                   if configs else "not in this run set")
     return {"": label, "the blog": blog, "this run set": span(client_counts(d.clients, ids)),
-            "points": len(ids),
-            "details": ("stopped with " + ", ".join(stops)) if stops else "–"}, ids
+            "points": len(ids), "details": details}, ids
 
 
 def seed_rows(d: Data) -> tuple[pl.DataFrame, list[str], list[str]]:
@@ -53,7 +78,7 @@ def seed_rows(d: Data) -> tuple[pl.DataFrame, list[str], list[str]]:
         rows.append({"": "most connections one server accepted",
                      "the blog": f"{2 * SEED_PER_CLIENT:,} (2 × {SEED_PER_CLIENT:,})",
                      "this run set": render.fmt(best["server_accepted"]), "points": 1,
-                     "details": f"{best['run_id']}: "
+                     "details": f"{d.name(best['run_id'])}: "
                                 f"{plural(best['clients'], 'client container')}, "
                                 f"range {best['port_range']}"})
     return pl.DataFrame(rows), default_ids, wide_ids
@@ -107,8 +132,10 @@ def seed(d: Data) -> Blocks:
 def on_the_line(d: Data) -> str:
     """How many port- and descriptor-bound points held exactly the model's count."""
     said = []
-    on_line = by_limit(d.comparisons, model.PORTS)
-    fd_bound = by_limit(d.comparisons, model.DESCRIPTORS)
+    elsewhere = set(beyond_one_pool(d.ok))  # drawn in section 9, not on this line
+    on_line = [c for c in by_limit(d.comparisons, model.PORTS) if c.run_id not in elsewhere]
+    fd_bound = [c for c in by_limit(d.comparisons, model.DESCRIPTORS)
+                if c.run_id not in elsewhere]
     if on_line:
         said.append(f"Of the {plural(len(on_line), 'port-bound point')}, "
                     f"{sum(c.observed == c.expected for c in on_line):,} held exactly their range "
@@ -128,7 +155,16 @@ def port_pool(d: Data) -> Blocks:
     said = on_the_line(d)
     if said:
         out.md(said)
-    return out.chart(charts.connections_vs_range(d.clients))
+    elsewhere = beyond_one_pool(d.ok)
+    if elsewhere:
+        out.md(f"Not drawn here: {plural(len(elsewhere), 'point')} whose clients have more than "
+               "one pool (several server ports or addresses, or several source addresses), "
+               "which hold more than one connection per port; @sec-fourtuple sets them against "
+               "their 4-tuple space.")
+    clients = d.clients.filter(~pl.col("run_id").is_in(elsewhere))
+    if clients.is_empty():
+        return out
+    return out.chart(charts.connections_vs_range(clients, d.labels))
 
 
 # --- 5. Outcomes ------------------------------------------------------------------------------
@@ -152,7 +188,7 @@ def outcomes(d: Data) -> Blocks:
     out = Blocks()
     if d.clients.is_empty():
         return out.md("No client process recorded how it stopped.")
-    return out.chart(charts.outcomes(d.clients)).table(errno_summary(d.clients))
+    return out.chart(charts.outcomes(d.clients, d.labels)).table(errno_summary(d.clients))
 
 
 # --- 6. Observed against predicted ------------------------------------------------------------
@@ -183,29 +219,36 @@ def observed_vs_predicted(d: Data) -> Blocks:
     out = Blocks()
     if not d.comparisons:
         return out.md("No point finished, so no prediction can be checked.")
-    return (out.md(agreement(d.comparisons))
-            .chart(charts.observed_vs_predicted(render.comparison_frame(d.comparisons))))
+    frame = render.comparison_frame(d.comparisons)
+    out.md(agreement(d.comparisons)).chart(charts.observed_vs_predicted(frame, d.labels))
+    if not charts.differences(frame):
+        out.md("Every point held exactly the predicted count: no difference to draw.")
+    return out
 
 
 def stopped_with(errnos: Mapping[str, int]) -> str:
     return ", ".join(f"{k} ×{v}" if v > 1 else k for k, v in errnos.items()) or "–"
 
 
-def comparison_rows(comparisons: list[model.Comparison]) -> pl.DataFrame:
+def comparison_rows(comparisons: list[model.Comparison],
+                    labels: Mapping[str, str] | None = None) -> pl.DataFrame:
     """One row per finished point. "predicted" is the run's own prediction, recorded before its
     first connect(); a "with held ports" column (the model with the ports each client found
     held counted) appears only when some run's prediction differs from it, filled where it
-    does."""
+    does. Points by name (``labels``), the run id last."""
+    labels = labels or {}
     differ = any(c.expected != c.predicted for c in comparisons)
     rows = []
     for c in comparisons:
-        row = {"point": c.run_id, "limit": c.limit, "predicted": c.predicted}
+        row = {"point": labels.get(c.run_id, c.run_id), "limit": c.limit,
+               "predicted": c.predicted}
         if differ:
             row["with held ports"] = c.expected if c.expected != c.predicted else None
         rows.append({**row, "observed": c.observed, "difference": c.deviation,
                      "agrees": "yes" if c.within_tolerance else '<span class="bad">no</span>',
                      "stopped with": stopped_with(c.errnos),
-                     "explanation": render.html_list(c.explanations) or "as predicted"})
+                     "explanation": render.html_list(c.explanations) or "as predicted",
+                     "run id": c.run_id})
     return pl.DataFrame(rows)
 
 
@@ -221,7 +264,8 @@ def held_ports_note(comparisons: list[model.Comparison]) -> str:
             "there, and is empty where the two agree.")
 
 
-def beyond_tolerance(comparisons: list[model.Comparison]) -> str:
+def beyond_tolerance(comparisons: list[model.Comparison],
+                     labels: Mapping[str, str] | None = None) -> str:
     """Markdown: a heading and the explanations of each point beyond the tolerance."""
     off = [c for c in comparisons if not c.within_tolerance]
     if not off:
@@ -229,7 +273,8 @@ def beyond_tolerance(comparisons: list[model.Comparison]) -> str:
                 "explained in its row.")
     parts = [f"### Points beyond the tolerance ({len(off)})"]
     for c in off:
-        parts.append(f"**{c.run_id}**: observed {c.observed:,}, predicted {c.predicted:,} "
+        name = render.md_escape((labels or {}).get(c.run_id, c.run_id))
+        parts.append(f"**{name}** (`{c.run_id}`): observed {c.observed:,}, predicted {c.predicted:,} "
                      f"({c.deviation:+,}; tolerance ±{c.tolerance:,}).\n\n"
                      + bullets(c.explanations or ["no cause found in the data"]))
     return "\n\n".join(parts)
@@ -241,9 +286,9 @@ def comparison_table(d: Data) -> Blocks:
         return out
     return (out.md("Every finished point; the explanation lists what the data shows for any "
                    "difference. " + held_ports_note(d.comparisons))
-            .table(comparison_rows(d.comparisons), raw={"agrees", "explanation"},
+            .table(comparison_rows(d.comparisons, d.labels), raw={"agrees", "explanation"},
                    classes="comparison")
-            .md(beyond_tolerance(d.comparisons)))
+            .md(beyond_tolerance(d.comparisons, d.labels)))
 
 
 # --- 7. Connect latency -----------------------------------------------------------------------
@@ -255,13 +300,15 @@ def port_bound_ids(d: Data) -> list[str]:
 LATENCY_CHART = "drawn dashed above and left out of the medians when quiet points remain"
 
 
-def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str], shown: str = LATENCY_CHART) -> str:
+def noisy_note(runs: pl.DataFrame, run_ids: Iterable[str], shown: str = LATENCY_CHART,
+               labels: Mapping[str, str] | None = None) -> str:
     """A sentence flagging the points among ``run_ids`` whose times are suspect, and how the
     section shows them (``shown``); "" if none."""
     noisy = noisy_runs(runs).filter(pl.col("run_id").is_in(list(run_ids)))
     if noisy.is_empty():
         return ""
-    lines = bullets(f"{r['run_id']}: {r['noisy_reason'] or 'no reason recorded'}"
+    lines = bullets(f"{render.md_escape((labels or {}).get(r['run_id'], r['run_id']))}: "
+                    f"{render.md_escape(r['noisy_reason'] or 'no reason recorded')}"
                     for r in noisy.iter_rows(named=True))
     return (f"**{plural(noisy.height, 'point')} ran noisy** (closed sockets of other runs "
             "still in the host's kernel, which slow `connect()`, or SYNs the server dropped, "
@@ -287,13 +334,13 @@ def latency(d: Data) -> Blocks:
     out = Blocks()
     if d.series.filter(pl.col("run_id").is_in(port_bound_ids(d))).is_empty():
         return out.md("No port-bound point recorded progress samples.")
-    out.chart(charts.latency_vs_fill(d.series, d.runs))
+    out.chart(charts.latency_vs_fill(d.series, d.runs, d.labels))
     early, late = latency_medians(d)
     if early and late:
         out.md(f"Median `connect()` time: **{early * 1e6:,.0f} µs** while less than half of the "
                f"range was in use, **{late * 1e6:,.0f} µs** in its last tenth "
                f"({late / early:,.1f} × slower).")
-    note = noisy_note(d.runs, port_bound_ids(d))
+    note = noisy_note(d.runs, port_bound_ids(d), labels=d.labels)
     if note:
         out.md(note)
     return out
@@ -308,8 +355,8 @@ def server_gap_table(d: Data) -> pl.DataFrame:
     errs = (d.server.group_by("run_id")
             .agg(server_errors=pl.col("error").drop_nulls().unique().sort().str.join(", "),
                  workers=pl.len()))
-    return (differ.join(errs, on="run_id", how="left")
-            .select(pl.col("run_id").alias("point"),
+    return d.named(differ.join(errs, on="run_id", how="left")
+            .select("run_id",
                     pl.col("connections_total").alias("clients hold"),
                     pl.col("server_accepted").alias("server accepted"), "gap",
                     pl.col("queue").alias("backlog + 1"), "workers",
@@ -323,7 +370,7 @@ def server_side(d: Data) -> Blocks:
     if both.is_empty():
         return out.md("No finished point recorded the server's count.")
     gaps = server_gap_table(d)
-    out.chart(charts.server_vs_clients(d.runs)).md(
+    out.chart(charts.server_vs_clients(d.runs, d.labels)).md(
         f"At {both.height - gaps.height:,} of {plural(both.height, 'point')} the server accepted "
         "every connection the clients hold.")
     return out.table(gaps) if not gaps.is_empty() else out

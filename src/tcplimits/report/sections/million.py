@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import hostlimits
-from tcplimits.report import charts
+from tcplimits.report import charts, render
 from tcplimits.report.blocks import Blocks, plural
 from tcplimits.report.data import Data
 from tcplimits.report.sections import ceiling
@@ -150,13 +150,13 @@ def one_million(d: Data) -> Blocks:
     top = biggest(d.runs)
     out.table(table)
     note = noisy_note(d.runs, ladder_runs(d.runs)["run_id"].to_list(),
-                      "marked suspect in the table: the counts stand")
+                      "marked suspect in the table: the counts stand", labels=d.labels)
     if note:
         out.md(note)
     if top is not None:
         held = ladder_runs(d.runs).filter(pl.col("connections_total").is_not_null())
         out.chart(charts.held_against_limits(held, ceiling.ceiling_rules(top)
-                                             or limit_rules(top)))
+                                             or limit_rules(top), d.labels))
     for run in ceiling.ceiling_runs(d.runs).iter_rows(named=True):  # issue 22
         out.md(ceiling.ceiling_sentence(run)).table(ceiling.bounds_table(run))
     rate = ceiling.rate_sentence(ladder_runs(d.runs))
@@ -167,7 +167,7 @@ def one_million(d: Data) -> Blocks:
         out.md(memory)
     limits = limits_table(top) if top else pl.DataFrame()
     if not limits.is_empty():
-        out.md(f"The host's limits as the biggest run ({top['run_id']}) met them. tcplimits "
+        out.md(f"The host's limits as the biggest run ({render.md_escape(d.name(top['run_id']))}) met them. tcplimits "
                "changes none of them; where one stops a point the run says so, with the "
                "command that would raise it:")
         out.table(limits)

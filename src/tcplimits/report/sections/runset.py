@@ -55,7 +55,7 @@ def question(d: Data) -> Blocks:
     counts = status_counts(d.every)
     out.md(f"This run set has **{plural(d.every.height, 'point')}**: {counts[STATUS_OK]:,} "
            f"finished, {counts[STATUS_FAILED]:,} failed and {counts[STATUS_UNSUPPORTED]:,} could "
-           "not run on this engine (section 11)."
+           "not run on this engine (@sec-rerun)."
            + (churn_share(d.churn_runs.height, d.every.height) if d.churn_runs.height else "")
            + " What each varied parameter tests:")
     varied = varied_parameters(d.every)
@@ -67,10 +67,10 @@ def question(d: Data) -> Blocks:
 def churn_share(churn: int, points: int) -> str:
     """How many of the run set's points are churn points (section 13)."""
     if churn == points:
-        return (" All of them are churn points (section 13): none holds connections, so "
+        return (" All of them are churn points (@sec-churn): none holds connections, so "
                 "sections 3–10 have nothing to show.")
     return (f" {churn:,} of them {'is a churn point' if churn == 1 else 'are churn points'} "
-            "(section 13).")
+            "(@sec-churn).")
 
 
 # --- 2. The environment -----------------------------------------------------------------------
@@ -158,7 +158,7 @@ def hosts(d: Data) -> Blocks:
         host_of = dict(zip(d.runs["run_id"], d.runs["env_hostname"].fill_null("not recorded")))
         frame = render.comparison_frame(d.comparisons)
         frame = frame.with_columns(host=pl.col("run_id").replace_strict(host_of))
-        out.chart(charts.by_host(frame))
+        out.chart(charts.by_host(frame, d.labels))
     return out
 
 
@@ -169,10 +169,12 @@ def run_command(run: Mapping[str, Any]) -> str:
     return "tcplimits run " + " ".join(model.params_of(run).to_args())
 
 
-def unfinished_rows(runs: pl.DataFrame) -> pl.DataFrame:
+def unfinished_rows(runs: pl.DataFrame, labels: Mapping[str, str] | None = None) -> pl.DataFrame:
+    labels = labels or {}
     return pl.DataFrame(
-        [{"point": r["run_id"], "status": r["status"], "reason": r["reason"] or "–",
-          "parameters": " ".join(model.params_of(r).to_args())}
+        [{"point": labels.get(r["run_id"], r["run_id"]), "status": r["status"],
+          "reason": r["reason"] or "–", "parameters": " ".join(model.params_of(r).to_args()),
+          "run id": r["run_id"]}
          for r in runs.filter(pl.col("status") != STATUS_OK).iter_rows(named=True)])
 
 
@@ -182,14 +184,16 @@ def unfinished(d: Data) -> Blocks:
         return out.md("Every point ran to its end." if not d.every.is_empty()
                       else "No point was run.")
     return (out.md("These points produced no measurement; the reason is the one the engine "
-                   "recorded.").table(unfinished_rows(d.every)))
+                   "recorded.").table(unfinished_rows(d.every, d.labels)))
 
 
-def rerun_rows(runs: pl.DataFrame) -> pl.DataFrame:
+def rerun_rows(runs: pl.DataFrame, labels: Mapping[str, str] | None = None) -> pl.DataFrame:
+    labels = labels or {}
     return pl.DataFrame(
-        [{"point": r["run_id"], "status": r["status"],
+        [{"point": labels.get(r["run_id"], r["run_id"]), "status": r["status"],
           "compose file": f"{r['run_dir']}/compose.yml" if r["run_dir"] else "–",
-          "tcplimits run": run_command(r)} for r in runs.iter_rows(named=True)])
+          "tcplimits run": run_command(r), "run id": r["run_id"]}
+         for r in runs.iter_rows(named=True)])
 
 
 def rerun(d: Data) -> Blocks:
@@ -197,5 +201,5 @@ def rerun(d: Data) -> Blocks:
     if d.every.is_empty():
         return out
     return out.html(f"<details><summary>The {plural(d.every.height, 'point')}: compose file and "
-                    "command of each</summary>" + render.html_table(rerun_rows(d.every))
+                    "command of each</summary>" + render.html_table(rerun_rows(d.every, d.labels))
                     + "</details>")
