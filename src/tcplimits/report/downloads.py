@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,15 @@ _ENTRY = re.compile(r'^(?P<indent>\s*)"(?P<name>\w+)":[^#]*?(?:(?P<hash>#)\s*(?P
 _COMMENT = re.compile(r"^(?P<indent>\s*)#\s*(?P<doc>.*)$")
 _PREFIXED = re.compile(r'^\s*\*\*\{f"(?P<prefix>\w+)\{k\}"[^#]*(?:#\s*(?P<doc>[^(;]*))?')
 _SPREAD = re.compile(r"^\s*\*\*(?P<name>[A-Z_]+),")
+
+
+def _defining(module: ModuleType, name: str) -> ModuleType:
+    """The results module whose source defines ``name = {...}``: ``module`` itself, or one it
+    spreads a schema from (results/nat.py's NAT_SCHEMA into the runs table)."""
+    candidates = [module, *(sys.modules[key] for key in sorted(sys.modules)
+                            if key.startswith("tcplimits.results."))]
+    return next(m for m in candidates
+                if re.search(rf"^{name}\b[^=]*=\s*\{{", inspect.getsource(m), re.M))
 
 
 @cache
@@ -46,7 +56,7 @@ def schema_docs(module: ModuleType, name: str) -> dict[str, str]:
             prefix, group = "", ""
         elif m := _SPREAD.match(line):
             docs.update(PARAMS_DOCS() if m["name"] == "PARAMS_SCHEMA"
-                        else schema_docs(module, m["name"]))
+                        else schema_docs(_defining(module, m["name"]), m["name"]))
         elif m := _ENTRY.match(line):
             last = prefix + m["name"]
             docs[last] = (m["doc"] or "").strip()

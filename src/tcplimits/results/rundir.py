@@ -167,7 +167,7 @@ CHURN_SCHEMA: dict[str, pl.DataType] = {
 # Real servers (issue 21): one row per run whose server is nginx, nginx-proxy or redis
 # (tcplimits.engine.servers.row; run.json's "server" block holds the full record).
 REALSERVER_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8,
+    "run_id": pl.Utf8,         # the run
     "server": pl.Utf8,             # nginx, nginx-proxy, redis
     "package_version": pl.Utf8,    # the Debian package's version (dpkg)
     "version": pl.Utf8,            # what the server says (nginx -v, redis-server --version)
