@@ -1,4 +1,4 @@
-"""Render report/report.qmd into one offline HTML file, with Quarto or without it.
+"""Render report.qmd (beside this module) into one offline HTML file, with Quarto or without it.
 
 Where Quarto (>= 1.4) is installed it renders the .qmd unchanged. Elsewhere the same file
 goes through a small adapter: the YAML front matter is split off, ```{python} fences become
@@ -31,6 +31,10 @@ from tcplimits.results import write_parquet, write_text
 
 DATA_ENV = "TCPLIMITS_DATASET"
 TEMPLATE_DIR = Path(__file__).parent / "template"
+# The report's source and Quarto's settings beside it ship with the package (package data), so
+# `tcplimits report` works from any directory and from an installed tcplimits.
+REPORT_SOURCE = Path(__file__).parent / "report.qmd"
+QUARTO_SETTINGS = REPORT_SOURCE.parent / "_quarto.yml"
 QUARTO_MIN = (1, 4)
 
 
@@ -155,12 +159,20 @@ def quarto_version() -> tuple[int, ...]:
 
 
 def render_with_quarto(source: Path, data_dir: Path) -> str:
-    """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV."""
+    """`quarto render` (settings from the _quarto.yml beside the source), the dataset passed
+    in DATA_ENV. Rendered from a copy in a temporary directory: Quarto writes beside its
+    source, and an installed package's directory may not be writable."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
-        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp],
+        work = Path(tmp) / "src"
+        work.mkdir()
+        shutil.copy(source, work / source.name)
+        if (source.parent / "_quarto.yml").exists():
+            shutil.copy(source.parent / "_quarto.yml", work / "_quarto.yml")
+        copy = work / source.name
+        subprocess.run(["quarto", "render", str(copy), "--to", "html", "--output-dir", tmp],
                        check=True, env={**os.environ, DATA_ENV: str(data_dir)})
         # --output-dir is honoured for projects; a lone file may still land beside its source.
-        for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
+        for page in (Path(tmp) / f"{source.stem}.html", copy.with_suffix(".html")):
             if page.exists():
                 text = page.read_text()
                 page.unlink()
