@@ -153,9 +153,18 @@ def workflow_points(config: dict, sources: list[str]) -> list["Point"]:
     try:
         return points(config)
     except ConfigError as err:
-        err.source = err.source or " + ".join(map(str, sources)) or "config"
+        err.source = err.source or " + ".join(map(_as_given, sources)) or "config"
         exit_usage(str(err))
         raise  # exit_usage raised SystemExit; this line is for the type checker
+
+
+def _as_given(path) -> str:
+    """A path as the user most likely typed it: relative to here when below here (Snakemake
+    makes --configfile paths absolute)."""
+    import os
+
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
