@@ -653,6 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"tcplimits {args.command}"
     try:
         return args.func(args)
+    except BrokenPipeError:  # `tcplimits points | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (ParamError, ConfigFileError, MissingExtra) as err:  # ConfigError is a ParamError
         message = str(err)
     except ModuleNotFoundError as err:
