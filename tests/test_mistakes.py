@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow.test_workflow import Workdir
+from tests.workflow.harness import Workdir
 from tcplimits import cli
 from tcplimits.config import grid
 
