@@ -253,3 +253,22 @@ def test_every_config_mistake_names_a_known_key_when_one_is_close():
     with pytest.raises(grid.ConfigError) as err:
         grid.points({"grid": {"nofile": [10]}, "experiment": {"zzz": 2}})
     assert "did you mean" not in str(err.value)
+
+
+def test_permission_denied_in_process(monkeypatch, capsys):
+    """The words docker-py gives a user outside the docker group (where unshare is missing,
+    the test above cannot make one)."""
+    import docker
+
+    def refused(*args, **kwargs):
+        raise docker.errors.DockerException(
+            "Error while fetching server API version: ('Connection aborted.', "
+            "PermissionError(13, 'Permission denied'))")
+
+    monkeypatch.setattr(docker, "from_env", refused)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert cli.main(["clean"]) == 4
+    assert capsys.readouterr().err == (
+        "tcplimits clean: permission denied on the Docker socket /var/run/docker.sock: add "
+        "your user to the docker group (sudo usermod -aG docker $USER, then log in again), "
+        "run as root, or point DOCKER_HOST at an engine you may use (rootless Docker)\n")
