@@ -127,6 +127,17 @@ def _run_group_of(name: str) -> str:
     return next((title for title, names in RUN_GROUPS.items() if name in names), OTHER_GROUP)
 
 
+def _choice_of(choices: tuple[str, ...]):
+    """A choice flag's type: any case accepted (as RunParams accepts it); a wrong word is
+    named as typed."""
+    def choice(value: str) -> str:
+        if value.strip().lower() in choices:
+            return value.strip().lower()
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from "
+                                         f"{', '.join(choices)})")
+    return choice
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ``params.FIELDS`` entry, in groups. Values stay strings (a choice's word
     lower-cased): RunParams validates them and names the flag on error."""
@@ -136,7 +147,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     for title in titles:
         for name in [n for n in FIELDS if _run_group_of(n) == title]:
             field = FIELDS[name]
-            extra = ({"choices": field.choices, "type": str.lower}
+            extra = ({"choices": field.choices, "type": _choice_of(field.choices)}
                      if field.kind == "choice" and field.choices else {})
             groups[title].add_argument(field.flag, dest=field.name, default=None,
                                        metavar=_metavar(field),
