@@ -9,15 +9,22 @@
 # the `tcplimits` command (src/tcplimits).
 from snakemake.utils import min_version
 
+from tcplimits.config import grid
+
 min_version("9.0")
+
+DEFAULT_CONFIG = "config/config.yaml"
 
 
 # A --configfile replaces the default config (Snakemake would otherwise merge it into
 # config/config.yaml), so that a file's grid is exactly the points it runs; --config KEY=VALUE
-# still overrides single keys of whichever file is in use.
+# still overrides single keys of whichever file is in use. A --configfile is read by
+# Snakemake before this file runs; the default one is checked here first, so that a YAML
+# error in it is one line with its line and column.
 if not workflow.overwrite_configfiles:
+    grid.check_config_file(DEFAULT_CONFIG)
 
-    configfile: "config/config.yaml"
+    configfile: DEFAULT_CONFIG
 
 
 include: "workflow/rules/common.smk"

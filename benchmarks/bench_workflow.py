@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ("Snakefile", "workflow", "config", "report", "environment.yml")
+COPY = ("Snakefile", "workflow", "config", "environment.yml")
 
 
 def snakemake(workdir: Path, args: list[str]) -> float:

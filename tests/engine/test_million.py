@@ -91,7 +91,7 @@ def test_live_count_shows_the_rate_in_the_job_log(tmp_path):
 def test_probe_reports_the_host_facts_the_model_depends_on():
     import json
 
-    proc = subprocess.run([sys.executable, "-m", "tcplimits", "probe"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tcplimits", "probe", "--json"], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     host = json.loads(proc.stdout)["host"]

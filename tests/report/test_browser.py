@@ -9,7 +9,7 @@ import pytest
 from tests.report.fixtures import RUN_IDS, assert_report, browser_available, synthetic_dataset
 from tcplimits.report import browser, render
 
-REPORT = Path(__file__).resolve().parents[2] / "report" / "report.qmd"
+REPORT = render.REPORT_SOURCE
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(browser_available() is not None,

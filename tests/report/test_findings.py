@@ -1,4 +1,4 @@
-"""The face report/report.qmd calls (tcplimits.report.findings): every computing cell is one
+"""The face report.qmd calls (tcplimits.report.findings): every computing cell is one
 findings call, and each name it calls is there. What each call shows is tested with its
 section, under tests/report/sections/."""
 
@@ -12,7 +12,7 @@ from tcplimits.results import dataset
 
 def test_the_report_calls_only_findings_and_charts(data_dir):
     """The .qmd holds prose and calls: each computing cell is one findings call."""
-    source = (render.TEMPLATE_DIR.parents[3] / "report" / "report.qmd").read_text()
+    source = render.REPORT_SOURCE.read_text()
     cells = re.findall(r"```\{python\}\n(.*?)```", source, flags=re.S)
     calls = [re.sub(r"^(#\|.*\n)+", "", c).strip() for c in cells
              if not c.startswith("#| include: false") and "#| echo: true" not in c]
@@ -27,7 +27,7 @@ def test_the_report_calls_only_findings_and_charts(data_dir):
 
 
 def test_the_face_holds_only_what_the_report_and_the_cli_call():
-    source = (render.TEMPLATE_DIR.parents[3] / "report" / "report.qmd").read_text()
+    source = render.REPORT_SOURCE.read_text()
     called = set(re.findall(r"\bfindings\.(\w+)\(", source))
     assert called | {"Data", "sweep_summary"} == set(findings.__all__)
     assert all(getattr(findings, name) for name in findings.__all__)

@@ -13,7 +13,7 @@ from tests.report.fixtures import RUN_IDS, assert_report, synthetic_dataset
 from tcplimits.results import dataset
 from tcplimits.report import render
 
-REPORT = Path(__file__).resolve().parents[2] / "report" / "report.qmd"
+REPORT = render.REPORT_SOURCE
 
 SMALL_QMD = '''---
 title: "A small report"

@@ -85,7 +85,7 @@ class Workdir:
 
     def __init__(self, path: Path, fake: bool = True):
         self.path = path
-        for name in ("Snakefile", "workflow", "config", "report", "environment.yml", "profiles"):
+        for name in ("Snakefile", "workflow", "config", "environment.yml", "profiles"):
             src = ROOT / name
             if src.is_symlink():
                 os.symlink(os.readlink(src), path / name)

@@ -8,21 +8,29 @@ from snakemake.utils import validate
 
 from tcplimits import results
 from tcplimits.config import grid
-from tcplimits.report import browser
+from tcplimits.report import browser, render
 from tcplimits.results import dataset
 
+# The project's own check first: a mistake is one line naming the config file, the key (with
+# the closest known key) and the value, and exit code 2, as `tcplimits points` says it;
+# Snakemake's schema check would print the whole schema.
+POINTS = {
+    point.id: point
+    for point in grid.workflow_points(
+        config, workflow.overwrite_configfiles or [DEFAULT_CONFIG]
+    )
+}
 # The schema ships inside the package: the workflow and an installed tcplimits read one file.
 validate(config, schema=str(grid.SCHEMA_PATH))
-
-POINTS = {point.id: point for point in grid.points(config)}
 
 RUNS_DIR = "results/runs"
 DATASET_DIR = "results/dataset"
 # The dataset's tables, as tcplimits.results.dataset names them.
 DATASET_FILES = {name: f"{DATASET_DIR}/{name}.parquet" for name in dataset.TABLE_NAMES}
-REPORT_SOURCE = "report/report.qmd"
-# Quarto's options, which the fallback renderer reads too.
-REPORT_SETTINGS = "report/_quarto.yml"
+# The report's source ships with the package (tcplimits.report.render), beside Quarto's
+# options, which the fallback renderer reads too.
+REPORT_SOURCE = str(render.REPORT_SOURCE)
+REPORT_SETTINGS = str(render.QUARTO_SETTINGS)
 REPORT_DIR = "results/report"
 # The config the sweep runs with (the last --configfile, else the default): the report copies
 # it beside the page and gives the command that reruns the sweep with it.

@@ -9,6 +9,7 @@ directory (``results/runs/<id>/``) and its ``--run-id``.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import shlex
@@ -40,10 +41,24 @@ JOB_MARGIN_MINUTES = 10
 
 
 class ConfigError(ParamError):
-    """A bad workflow config: names the key (a dotted path such as grid.nofile[1]) and value."""
+    """A bad workflow config: names the key (a dotted path such as grid.nofile[1]) and value,
+    and the file when it is known (``source``)."""
+
+    source: str | None = None
 
     def __str__(self) -> str:
-        return f"config {super().__str__()}"
+        return f"{self.source or 'config'}: {super().__str__()}"
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be had: missing, unreadable, not YAML (with line and column).
+    The message is one line naming the file."""
+
+
+def did_you_mean(word: str, known) -> str:
+    """' (did you mean backlog?)' for the known word closest to a mistyped one, or ''."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -67,15 +82,93 @@ class Point:
         return math.ceil(self.params.timeout / 60) + JOB_MARGIN_MINUTES
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config; an empty file is an empty config."""
-    data = yaml.safe_load(Path(path).read_text())
+def read_config_file(path: str | Path) -> str:
+    """The text of a config file; ConfigFileError naming the file when it cannot be read."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        here = sorted(str(p) for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigFileError(f"{path}: no such file"
+                              + (f" (here: {', '.join(here[:8])})" if here else "")) from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{path}: is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigFileError(f"{path}: cannot read it (permission denied): "
+                              f"chmod a+r {path}, or copy it somewhere you may read") from None
+    except UnicodeDecodeError as err:
+        raise ConfigFileError(f"{path}: not a text file ({err.reason} at byte "
+                              f"{err.start})") from None
+    except OSError as err:
+        raise ConfigFileError(f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def parse_config(text: str, source: str = "config") -> dict:
+    """YAML text -> a config mapping; an empty text is an empty config. A syntax error is a
+    ConfigFileError with the line and column (1-based) of the problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        what = err.problem or err.context or "invalid YAML"
+        raise ConfigFileError(f"{where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigFileError(f"{source}: YAML error: {str(err).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("(top level)", data, "expected a mapping of keys grid, points, "
+        err = ConfigError("(top level)", data, "expected a mapping of keys grid, points, "
                           "repetitions, experiment")
+        err.source = source
+        raise err
     return data
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config; an empty file is an empty config. Every problem is one line naming
+    the file: ConfigFileError (missing, unreadable, YAML syntax with line and column) or
+    ConfigError (not a mapping)."""
+    return parse_config(read_config_file(path), str(path))
+
+
+def exit_usage(message: str) -> None:
+    """One line on stderr and exit code 2: how the workflow stops on a user's mistake, before
+    Snakemake plans a job (Snakemake passes SystemExit's code through)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def check_config_file(path: str | Path) -> None:
+    """The workflow's check of a config file it reads itself (the default one): missing,
+    unreadable or YAML errors as one line with the line and column, exit 2."""
+    try:
+        load_config(path)
+    except (ConfigFileError, ConfigError) as err:
+        exit_usage(str(err))
+
+
+def workflow_points(config: dict, sources: list[str]) -> list["Point"]:
+    """The workflow's check of its config, before Snakemake's schema check (which would print
+    the whole schema): the points, or one line naming the config file(s), the key with the
+    closest known key, and the value, and exit 2."""
+    try:
+        return points(config)
+    except ConfigError as err:
+        err.source = err.source or " + ".join(map(_as_given, sources)) or "config"
+        exit_usage(str(err))
+        raise  # exit_usage raised SystemExit; this line is for the type checker
+
+
+def _as_given(path) -> str:
+    """A path as the user most likely typed it: relative to here when below here (Snakemake
+    makes --configfile paths absolute)."""
+    import os
+
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -96,7 +189,9 @@ def _where(path) -> str:
 def _validator_class():
     """Draft 2020-12 where a "number" is finite: YAML's .nan passes every minimum and
     maximum (each comparison is false), and .inf is no number of seconds."""
-    import jsonschema
+    from tcplimits.extras import require
+
+    jsonschema = require("jsonschema", "validating a config")
 
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine(
@@ -109,8 +204,9 @@ def validate_config(config: dict, schema: dict | None = None) -> None:
     """Raise ConfigError naming the key and value of the first problem: the JSON schema's
     checks (types, finite numbers, bounds, unknown keys), then RunParams' (reversed or
     out-of-range port ranges) on every grid value, point and the experiment defaults."""
-    import jsonschema
+    from tcplimits.extras import require
 
+    jsonschema = require("jsonschema", "validating a config")
     schema = load_schema() if schema is None else schema
     validator = _validator_class()(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
@@ -121,7 +217,8 @@ def validate_config(config: dict, schema: dict | None = None) -> None:
             unknown = [k for k in error.instance if k not in known]
             key = unknown[0]
             raise ConfigError(_where(where + [key]), error.instance[key],
-                              f"unknown key (known: {', '.join(known)})")
+                              f"unknown key{did_you_mean(key, known)} (known: "
+                              f"{', '.join(known)})")
         reason = error.message
         if isinstance(error.instance, float) and not math.isfinite(error.instance):
             reason = "expected a finite number (not NaN or infinity)"

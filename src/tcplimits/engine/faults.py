@@ -59,8 +59,25 @@ def is_engine_gone(err: BaseException) -> bool:
     return False
 
 
+def permission_denied(err: BaseException) -> bool:
+    """Did the engine's socket refuse us (a user not in the docker group), rather than no
+    engine answering?"""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, PermissionError) or "Permission denied" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def unreachable_reason(err: BaseException) -> str:
-    return (f"cannot reach the Docker engine at {engine_address()} ({_short(err)}); start "
+    address = engine_address()
+    if permission_denied(err):
+        return (f"permission denied on the Docker socket {address.removeprefix('unix://')}: "
+                "add your user to the docker group (sudo usermod -aG docker $USER, then log "
+                "in again), run as root, or point DOCKER_HOST at an engine you may use "
+                "(rootless Docker)")
+    return (f"cannot reach the Docker engine at {address} ({_short(err)}); start "
             "the daemon or point DOCKER_HOST at it, then run again")
 
 
@@ -104,7 +121,7 @@ def _signal_name(number: int) -> str:
 def _short(err: BaseException) -> str:
     """The innermost useful words of a requests/urllib3 error chain."""
     text = str(err)
-    for needle in ("No such file or directory", "Connection refused", "Connection reset",
+    for needle in ("Permission denied", "No such file or directory", "Connection refused", "Connection reset",
                    "Connection aborted", "Broken pipe", "timed out", "Remote end closed"):
         if needle in text:
             return needle.lower()

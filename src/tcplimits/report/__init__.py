@@ -1,6 +1,6 @@
 """Stage 5, report: the dataset read, set against the model, and rendered as one HTML page.
 
-    findings   the face report/report.qmd calls: one function per block of the page
+    findings   the face report.qmd (beside them) calls: one function per block of the page
     data       the dataset loaded (``Data``) and the frames the sections and charts share
     sections/  one module per section: runset, hold, fourtuple, million, churn, conclusion
     blocks     what a cell shows (``Blocks``) and the report's one way to word a count

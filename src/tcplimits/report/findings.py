@@ -1,4 +1,4 @@
-"""The face report/report.qmd calls: ``load`` the dataset, then one function per cell, each
+"""The face report.qmd (beside this module) calls: ``load`` the dataset, then one function per cell, each
 returning the cell's ``Blocks`` (Markdown, HTML and charts in the order the cell shows them).
 
 The work is elsewhere: the dataset and its shared frames in tcplimits.report.data, the

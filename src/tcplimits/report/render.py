@@ -1,4 +1,4 @@
-"""Render report/report.qmd into one offline HTML file, with Quarto or without it.
+"""Render report.qmd (beside this module) into one offline HTML file, with Quarto or without it.
 
 Where Quarto (>= 1.4) is installed it renders the .qmd unchanged. Elsewhere the same file
 goes through a small adapter: the YAML front matter is split off, ```{python} fences become
@@ -40,6 +40,10 @@ CONFIG_COPY = "config.yaml"
 # runs a point it lacks.
 CONFIGS_ENV = "TCPLIMITS_CONFIGS"
 TEMPLATE_DIR = Path(__file__).parent / "template"
+# The report's source and Quarto's settings beside it ship with the package (package data), so
+# `tcplimits report` works from any directory and from an installed tcplimits.
+REPORT_SOURCE = Path(__file__).parent / "report.qmd"
+QUARTO_SETTINGS = REPORT_SOURCE.parent / "_quarto.yml"
 QUARTO_MIN = (1, 4)
 
 
@@ -175,7 +179,9 @@ def render_report(dataset_dir: Path, out_dir: Path, source: Path,
     config: the sweep's config file, copied to ``out_dir/config.yaml``; the page names it."""
     out_dir, source = Path(out_dir), Path(source)
     env = {}
-    configs = source.resolve().parent.parent / "config"
+    # the folder of the sweep's configs, to name the one that runs a point the page lacks: the
+    # config's own folder, else config/ where tcplimits runs (the checkout)
+    configs = Path(config).resolve().parent if config is not None else Path.cwd() / "config"
     if configs.is_dir():
         env[CONFIGS_ENV] = str(configs)
     if config is not None:
@@ -211,15 +217,23 @@ def quarto_version() -> tuple[int, ...]:
 
 def render_with_quarto(source: Path, data_dir: Path, env: dict[str, str] | None = None, *,
                        timeout: int = 1800) -> str:
-    """`quarto render` (settings from report/_quarto.yml), the dataset passed in DATA_ENV;
-    stopped after ``timeout`` seconds (subprocess.TimeoutExpired) rather than hang."""
+    """`quarto render` (settings from the _quarto.yml beside the source), the dataset passed
+    in DATA_ENV; stopped after ``timeout`` seconds (subprocess.TimeoutExpired) rather than
+    hang. Rendered from a copy in a temporary directory: Quarto writes beside its source, and
+    an installed package's directory may not be writable."""
     with tempfile.TemporaryDirectory(prefix="tcplimits-quarto-") as tmp:
-        subprocess.run(["quarto", "render", str(source), "--to", "html", "--output-dir", tmp,
+        work = Path(tmp) / "src"
+        work.mkdir()
+        shutil.copy(source, work / source.name)
+        if (source.parent / "_quarto.yml").exists():
+            shutil.copy(source.parent / "_quarto.yml", work / "_quarto.yml")
+        copy = work / source.name
+        subprocess.run(["quarto", "render", str(copy), "--to", "html", "--output-dir", tmp,
                         "--execute-dir", str(Path(data_dir).resolve().parent)],
                        check=True, env={**os.environ, **(env or {}), DATA_ENV: str(data_dir)},
                        timeout=timeout)
         # --output-dir is honoured for projects; a lone file may still land beside its source.
-        for page in (Path(tmp) / f"{source.stem}.html", source.with_suffix(".html")):
+        for page in (Path(tmp) / f"{source.stem}.html", copy.with_suffix(".html")):
             if page.exists():
                 text = page.read_text()
                 page.unlink()

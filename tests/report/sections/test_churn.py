@@ -16,7 +16,7 @@ from tcplimits.results import dataset
 from tcplimits.config.params import RunParams
 from tcplimits.results import write_parquet
 
-REPORT = Path(__file__).resolve().parents[3] / "report" / "report.qmd"
+REPORT = render.REPORT_SOURCE
 
 # run id, params, per process (connections, error, elapsed_s), TIME_WAIT (client, server) peak
 CHURN = [
