@@ -8,6 +8,7 @@ count alike).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +17,34 @@ import polars as pl
 from tcplimits.model import plural
 from tcplimits.report import render
 
-__all__ = ["Blocks", "bullets", "number", "plural"]
+__all__ = ["Blocks", "bullets", "number", "plural", "safe_markdown"]
+
+
+# The tags the report's own Markdown uses: plain, or with a class of words. Anything else that
+# looks like a tag (a <script>, an <svg onload=…>, a tag with any other attribute) is escaped.
+_OWN_TAG = re.compile(r'</?(strong|em|code|span|div|p|br)( class="[\w -]*")?\s*/?>')
+# A link whose target runs code when followed.
+_SCRIPT_LINK = re.compile(r"\]\(\s*(javascript|vbscript|data):", re.I)
+
+
+def safe_markdown(text: str) -> str:
+    """``text`` with every "<" that does not open one of the report's own plain tags written
+    as "&lt;", and links to javascript:/vbscript:/data: URLs disarmed: data strings in a
+    sentence are shown, never run."""
+    out, at = [], 0
+    for lt in re.finditer("<", text):
+        if lt.start() < at:
+            continue
+        tag = _OWN_TAG.match(text, lt.start())
+        out.append(text[at:lt.start()])
+        if tag:
+            out.append(tag.group(0))
+            at = tag.end()
+        else:
+            out.append("&lt;")
+            at = lt.end()
+    out.append(text[at:])
+    return _SCRIPT_LINK.sub("](#", "".join(out))
 
 
 class Blocks(list):
@@ -25,7 +53,10 @@ class Blocks(list):
     Jupyter displays it as the cell's value (``_ipython_display_``), so a cell is one call."""
 
     def md(self, text: str) -> "Blocks":
-        self.append(("markdown", text))
+        """Markdown, with any raw HTML in it shown as text but for the few plain tags the
+        report writes itself (``safe_markdown``): sentences carry strings from the data (an
+        agent's error message, a noisy reason), and Markdown passes raw HTML through."""
+        self.append(("markdown", safe_markdown(text)))
         return self
 
     def html(self, text: str) -> "Blocks":

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tcplimits.report.embed import SCRIPT_ID
+
 
 def browser_available(chromium: str = "/usr/bin/chromium",
                       chromedriver: str = "/usr/bin/chromedriver") -> str | None:
@@ -31,6 +33,7 @@ def check_in_browser(page: Path, screenshot: Path) -> list[str]:
                  if not c["drawn"] or not c["width"]]
     problems += [f"chart {c['name']} not interactive (static SVG kept)" for c in seen["charts"]
                  if c["drawn"] and not c["embedded"]]
+    problems += [f"a script the renderer did not put there: {s}" for s in seen["foreign"]]
     return problems
 
 
@@ -84,6 +87,19 @@ def browser_check(page: Path, screenshot: Path | None = None, *,
                       marks: div.querySelectorAll('path, circle, rect, line, text').length,
                       width: box.width, height: box.height};
             });""")
+        # Scripts and handlers the page holds that the renderer did not put there (data that
+        # reached the page as markup): the chart bundle and the charts' JSON specs are ours.
+        foreign = driver.execute_script(f"""
+            const ours = s => s.id === '{SCRIPT_ID}' ||
+              (s.type === 'application/json' && s.classList.contains('tcpl-spec'));
+            const scripts = [...document.querySelectorAll('script')].filter(s => !ours(s))
+              .map(s => '<script> ' + (s.src || s.textContent).slice(0, 80));
+            const handlers = [...document.querySelectorAll('*')].flatMap(e =>
+              [...e.attributes].filter(a => a.name.startsWith('on') ||
+                /^\\s*javascript:/i.test(a.value))
+              .map(a => '<' + e.tagName.toLowerCase() + ' ' + a.name + '=' +
+                   a.value.slice(0, 60) + '>'));
+            return scripts.concat(handlers);""")
         console = driver.get_log("browser")
         requests = []
         for entry in driver.get_log("performance"):
@@ -100,6 +116,6 @@ def browser_check(page: Path, screenshot: Path | None = None, *,
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
         return {"console": console, "requests": requests, "charts": charts,
-                "screenshot": screenshot}
+                "foreign": foreign, "screenshot": screenshot}
     finally:
         driver.quit()

@@ -99,9 +99,21 @@ class Data:
         return self.every.filter(pl.col("status") != STATUS_OK)
 
 
+# Control characters (a terminal escape, a bell) in a string from the data: nothing a page can
+# show, and the chart renderer's text measuring aborts on some of them.
+_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f]"
+
+
+def printable(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Every string column without control characters."""
+    return {name: df.with_columns(pl.col(pl.Utf8).str.replace_all(_CONTROL, ""))
+            for name, df in frames.items()}
+
+
 def load(data_dir: str | Path) -> Data:
-    """The dataset directory the report reads (``render.load_dataset``) as ``Data``."""
-    return Data.of(render.load_dataset(data_dir))
+    """The dataset directory the report reads (``render.load_dataset``) as ``Data``, its
+    strings printable."""
+    return Data.of(printable(render.load_dataset(data_dir)))
 
 
 # --- Values of a frame ------------------------------------------------------------------------
