@@ -46,10 +46,15 @@ ENVIRONMENT = {
 # (Field.group, if params grows one); otherwise this table does; a field in neither lands in
 # "other parameters", so a new field needs no change here to appear.
 RUN_GROUPS: dict[str, tuple[str, ...]] = {
-    "what is measured": ("mode", "port_range", "nofile", "procs", "clients", "network"),
+    "what is measured": ("mode", "port_range", "nofile", "procs", "clients", "network",
+                         "connections"),
     "server": ("server_nofile", "server_workers", "backlog"),
     "the 4-tuple's other members": ("server_ports", "server_addrs", "client_addrs",
                                     "bind_mode"),
+    "behind a NAT (--nat gateway)": ("nat", "nat_addrs", "nat_port_range", "nat_random"),
+    "real servers (--server nginx|nginx-proxy|redis)": (
+        "server", "worker_connections", "worker_processes", "maxclients", "server_port_range",
+        "settle"),
     "churn (--mode churn) and the clients' TIME_WAIT sysctls": (
         "rate", "duration", "closer", "tw_reuse", "tw_reuse_delay", "timestamps"),
     "bounds on the run (not part of a point's id)": (
@@ -58,7 +63,8 @@ RUN_GROUPS: dict[str, tuple[str, ...]] = {
 }
 OTHER_GROUP = "other parameters"
 # A flag's metavar by the kind of value it takes.
-METAVARS = {"port_range": "LO-HI", "int": "N", "workers": "N|auto", "rate": "N|max"}
+METAVARS = {"port_range": "LO-HI", "int": "N", "workers": "N|auto", "rate": "N|max",
+            "connections": "N|ceiling"}
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -629,15 +635,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "stderr")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("ceiling", help="the most connections this host can hold, per "
-                       "network mode, and the limit that stops it",
-                       description="For loopback and bridge: the most concurrent connections "
-                       "this host can hold with both ends on it and its settings as they are "
-                       "(fs.file-max, memory with a safety margin, conntrack), the limit that "
-                       "binds, the next one and its margin, the layout that holds it and the "
-                       "command that raises the binding limit. Read fresh each time; "
-                       "tcplimits never changes a host setting.")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p = sub.add_parser(
+        "ceiling", help="the most connections this host can hold, per network mode, and the "
+        "limit that stops it",
+        description="For loopback and bridge: the most concurrent connections this host can "
+        "hold with both ends on it and its settings as they are (fs.file-max, memory with a "
+        "safety margin, conntrack), the limit that binds, the next one and its margin, the "
+        "layout that holds it and the command that raises the binding limit. Read fresh each "
+        "time; tcplimits never changes a host setting.",
+        epilog=_epilog(["tcplimits ceiling", "tcplimits ceiling --json"],
+                       codes=(EXIT_OK, EXIT_USAGE, EXIT_MACHINE, EXIT_UNSUPPORTED),
+                       env=("DOCKER_HOST",)))
+    _add_output_flags(p, json_help="print JSON instead of the table", quiet_help="no progress "
+                      "on stderr")
     p.set_defaults(func=_cmd_ceiling)
 
     p = sub.add_parser(

@@ -353,7 +353,7 @@ def test_a_grid_too_big_is_refused_before_it_is_expanded(monkeypatch):
     monkeypatch.setattr(itertools, "product", lambda *a: pytest.fail("expanded the grid"))
     with pytest.raises(grid.ConfigError) as err:
         grid.points(config)
-    assert str(err.value) == ("config grid='10 nofile x 10 procs x 10 clients x 10 backlog x "
+    assert str(err.value) == ("config: grid='10 nofile x 10 procs x 10 clients x 10 backlog x "
                               "3 tw_reuse x 3 connect_timeout, 0 points, 1 repetition(s)': "
                               "90,000 runs; at most 10,000: split the sweep into several "
                               "configs")

@@ -238,7 +238,7 @@ def test_report_names_every_run_and_section(full_report):
     assert_report(full_report.parent, RUN_IDS, browser=False)
     page = full_report.read_text()
     sections = ["question", "environment", "seed", "ports", "outcomes", "model", "latency",
-                "server", "fourtuple", "book", "rerun", "million", "churn", "tuning",
+                "server", "fourtuple", "book", "rerun", "million", "churn", "nat", "servers", "tuning",
                 "conclusion", "reproduce"]
     for n, name in enumerate(sections, 1):  # numbered as Quarto numbers them
         assert f'<h2 id="sec-{name}"><span class="header-section-number">{n}</span>' in page

@@ -109,6 +109,7 @@ def prepare(experiment, server_image: str, cpus: int) -> None:
                 pids_limit=workers + 16, mem_limit=agent["mem_limit"] + memory_limit(0, workers)
                 + SERVER_EXTRA_MEMORY,
                 labels={**agent["labels"], "tcplimits.server": params.server})
+    spec["memswap_limit"] = spec["mem_limit"]  # no swap beyond the limit, as every container
     if params.server_port_range:
         lo, hi = params.server_port_range.split("-")
         spec["sysctls"] = {"net.ipv4.ip_local_port_range": f"{lo} {hi}"}
