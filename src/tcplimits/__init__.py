@@ -9,7 +9,7 @@ The package is the pipeline, one subpackage a stage, in the order data flows:
     agents/   the programs inside the containers (standard library only)
     results/  the run directory's contract, and the dataset of a sweep
     report/   the dataset set against the model, as one HTML page
-    cli.py    the `tcplimits` command, one subcommand a stage
+    cli/      the `tcplimits` command: parser, commands (one a stage), main
 """
 
 __version__ = "0.1.0"

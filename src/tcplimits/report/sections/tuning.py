@@ -13,7 +13,7 @@ from tcplimits.report.blocks import Blocks
 from tcplimits.report.data import Data, agreement_counts
 from tcplimits.model.hold import CONNTRACK, DESCRIPTORS, PORTS, SERVER
 
-# Where the report shows each term binding (section ids of report/report.qmd).
+# Where the report shows each term binding (section ids of report.qmd).
 EVIDENCE = {PORTS: "sec-ports", DESCRIPTORS: "sec-outcomes", SERVER: "sec-server",
             CONNTRACK: "sec-million", hostlimits.FILE_MAX: "sec-million",
             churn.TIME_WAIT: "sec-churn", churn.REUSE_DELAY: "sec-churn"}

@@ -1,0 +1,3 @@
+from tcplimits.cli import main
+
+raise SystemExit(main())
