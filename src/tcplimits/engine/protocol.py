@@ -72,8 +72,9 @@ FIELDS: dict[str, dict[str, dict[str, Check]]] = {
     },
     "server": {
         "listening": {"somaxconn": _maybe(_count)},
-        "progress": {"worker": _positive, "accepted": _count},
-        "result": {"worker": _positive, "accepted": _count, **_OUTCOME,
+        # worker 0: a real server's count as a whole (agents/realserver.py), else 1, 2, ...
+        "progress": {"worker": _count, "accepted": _count},
+        "result": {"worker": _count, "accepted": _count, **_OUTCOME,
                    "accept_errors": _maybe(_count), "conntrack": _maybe(_count),
                    "listen_drops": _maybe(_count)},
         "worker_exit": {"pid": _int, "code": _int, "worker": _maybe(_positive)},
