@@ -141,7 +141,7 @@ def test_default_path_is_unchanged(engine, tmp_path):
     specs = container_specs(params, Resolved(20000, 1, 1), "r", "img", "net", {})
     assert specs["client1"]["command"][2:] == [
         "--server", "server", "--port", "5000", "--client", "1", "--procs", "1",
-        "--connect-timeout", "3.0", "--sample-every", "1", "--wait-signal"]
+        "--connect-timeout", "3.0", "--sample-every", "1", "--wait-signal", "--check-signal"]
     assert specs["server"]["command"][2:4] == ["--port", "5000"]
     record, clients, pairs = run(engine, tmp_path, "t9-default", nofile=5000)
     (row,) = clients.iter_rows(named=True)
