@@ -24,7 +24,7 @@ RESULT = {"event": "result", "client": 2, "proc": 1, "connections": 5, "errno": 
     ("client2", {"event": "ready", "client": 2, "held": [{"port": "x"}]}, "ready event: held"),
     ("client2", {"event": "pairs", "client": 2, "proc": 1, "pairs": [[None, "a", 1, 2]]},
      "pairs event: pairs is"),
-    ("server", {"event": "progress", "worker": 0, "accepted": 3}, "progress event: worker is 0"),
+    ("server", {"event": "progress", "worker": -1, "accepted": 3}, "progress event: worker is -1"),
     ("server", {"event": "result", "worker": 1, "accepted": None}, "accepted is None"),
 ])
 def test_a_bad_event_is_refused_and_remembered(role, event, why):
