@@ -17,7 +17,7 @@ from tests.workflow.harness import Workdir
 from tcplimits import cli
 from tcplimits.config import grid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # name -> (config file text, words the one line must hold). Each goes through `tcplimits
 # points`; those in THROUGH_SNAKEMAKE through `snakemake -n` too (a few seconds each).

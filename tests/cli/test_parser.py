@@ -15,7 +15,7 @@ import pytest
 from tcplimits import __version__, cli
 from tcplimits.config import grid, params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def help_of(*command: str) -> str:
