@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tcplimits import ROLE_LABEL
 from tcplimits.engine import addresses
 from tcplimits.engine.faults import RunFailed
 from tcplimits.engine.plan import AGENTS, SERVER_PORT, hardening
@@ -69,7 +70,7 @@ def router_spec(experiment, image: str, subnet: str, nat_addrs: list[str],
         command=command, network=experiment.network_name, detach=True,
         sysctls={"net.ipv4.ip_forward": "1"}, tmpfs={"/run": "size=1m"},
         pids_limit=16, mem_limit=64 * 2**20 + ROUTER_BYTES_PER_ENTRY * demand,
-        labels={**experiment.labels, "tcplimits.role": "router"})
+        labels={**experiment.labels, ROLE_LABEL: "router"})
 
 
 class Gateway:

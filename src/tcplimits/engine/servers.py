@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import queue
 import time
-from pathlib import Path
 from typing import Any
 
 from docker.types import Ulimit
 
-from tcplimits import results
+from tcplimits import ROLE_LABEL
 from tcplimits.config.params import RunParams, port_count
 from tcplimits.engine.events import LogReader, RunState
-from tcplimits.engine.plan import AGENTS, SERVER_PORT, USER, hardening, memory_limit
+from tcplimits.engine.plan import AGENTS, SERVER_PORT, hardening, memory_limit
 from tcplimits.model import servers as server_model
 
 UPSTREAM = "upstream"
@@ -98,7 +97,7 @@ def prepare(experiment, server_image: str, cpus: int) -> None:
     if params.server == "nginx-proxy":
         upstream = agent["name"].replace("-server", "-upstream")
         specs[UPSTREAM] = dict(agent, name=upstream, hostname=UPSTREAM,
-                               labels={**agent["labels"], "tcplimits.role": UPSTREAM})
+                               labels={**agent["labels"], ROLE_LABEL: UPSTREAM})
     spec = dict(hardening(), detach=True, image=server_image, name=agent["name"],
                 hostname="server", network=agent["network"],
                 command=server_command(params, upstream),
