@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,11 +39,40 @@ def predicted_connections(point) -> int:
     return p.clients * p.procs * per_proc
 
 
+class MemoryWatch(threading.Thread):
+    """The host's lowest MemAvailable (and its used memory then) while a rung runs: the peak
+    memory the issue asks for, read from /proc/meminfo every half second."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.lowest: dict[str, int] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            info = _meminfo()
+            if not self.lowest or info["MemAvailable"] < self.lowest["MemAvailable"]:
+                self.lowest = info
+
+
+def _meminfo() -> dict[str, int]:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("MemTotal", "MemAvailable", "Slab")}
+
+
 def one(point, workdir: Path, client) -> dict:
     before = footprint.host_facts()
     t0 = time.monotonic()
-    record = run_experiment(point.params, workdir / point.id, run_id=point.id, progress=True,
-                            client=client, log=lambda m: print(m, file=sys.stderr))
+    watch = MemoryWatch()
+    watch.start()
+    try:
+        record = run_experiment(point.params, workdir / point.id, run_id=point.id,
+                                progress=True, client=client,
+                                log=lambda m: print(m, file=sys.stderr))
+    finally:
+        watch.stop.set()
+        watch.join()
     wall = time.monotonic() - t0
     after = footprint.host_facts()
     time.sleep(SETTLE_AFTER_S)
@@ -89,6 +119,12 @@ def one(point, workdir: Path, client) -> dict:
         "tcp_alloc_before": tcp(before, "alloc"),
         "tcp_alloc_after_teardown": tcp(after, "alloc"),
         "host_before": before,
+        # the rung's peak: the host's memory in use (MemTotal - MemAvailable) at its lowest
+        # MemAvailable, against before the run
+        "peak_used_bytes": (watch.lowest["MemTotal"] - watch.lowest["MemAvailable"]
+                            if watch.lowest else None),
+        "used_bytes_before": before.get("MemTotal", 0) - before.get("MemAvailable", 0),
+        "peak_slab_bytes": watch.lowest.get("Slab"),
     }
     print(f"{point.id}: {record['status']}, {held:,} connections held in "
           f"{connect_s or 0:.1f} s ({out['connections_per_s'] or 0:,}/s), setup "
@@ -96,7 +132,9 @@ def one(point, workdir: Path, client) -> dict:
           f"kernel {out['kernel_bytes_per_connection']} B + user "
           f"{out['user_bytes_per_connection']} B per connection (host slab "
           f"{out['host_slab_bytes_per_connection']} B), orphans after teardown "
-          f"{out['orphans_after_teardown']} (before {out['orphans_before']})", flush=True)
+          f"{out['orphans_after_teardown']} (before {out['orphans_before']}), peak memory in use "
+          f"{(out['peak_used_bytes'] or 0) / 2**30:.1f} GiB (before "
+          f"{out['used_bytes_before'] / 2**30:.1f} GiB)", flush=True)
     return out
 
 
