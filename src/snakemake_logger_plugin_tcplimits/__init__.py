@@ -4,8 +4,8 @@ naming the file and the fix, and exit code 2.
 
 Snakemake reads every ``--configfile`` in its own command line, before the Snakefile runs, so
 the workflow's check (tcplimits.config.grid.check_config_file) never sees a file that is
-missing, unreadable or not YAML; Snakemake logs that as a traceback (a missing file) or
-without the file's name (a YAML error), and exits 1. Its logger is the only part of this
+missing, unreadable, not YAML or empty; Snakemake logs that as a traceback (a missing file)
+or without the file's name (a YAML error), and exits 1. Its logger is the only part of this
 workflow that exists by then.
 
 Every other message is left to Snakemake's own handler, untouched: this handler prints
@@ -45,14 +45,21 @@ def config_file_being_read(error: BaseException | None) -> Any:
 
 
 def config_file_mistake(path) -> str | None:
-    """The project's one line for a config file (as `tcplimits points --configfile` says it,
-    without its prefix), or None when the project's check finds nothing wrong with it."""
+    """What `tcplimits points --configfile` says of a config file (without its prefix), or
+    None when the project's checks find nothing wrong with it. The whole check, not only the
+    reading: Snakemake also refuses a file that reads as no mapping (an empty one), which the
+    project reads as an empty config and then refuses for having no points."""
     from tcplimits.config import grid
 
     try:
-        grid.load_config(path)
-    except (grid.ConfigFileError, grid.ConfigError) as err:
+        grid.points(grid.load_config(path))
+    except grid.ConfigFileError as err:
         return str(err)
+    except grid.ConfigError as err:
+        err.source = err.source or str(path)
+        return str(err)
+    except Exception:  # noqa: BLE001 - whatever else fails here, Snakemake's words are better
+        return None
     return None
 
 

@@ -35,14 +35,15 @@ MISTAKES = {
                     [":3:8: YAML syntax error", "expected ',' or ']'"]),
     "yaml tab": ("grid:\n\tnofile: [100]\n", [":2:1: YAML syntax error"]),
     "not a mapping": ("- nofile: 100\n", ["(top level)", "expected a mapping"]),
+    "empty": ("", ["grid=None: no points"]),
 }
 THROUGH_SNAKEMAKE = {"typo key", "typo top-level key", "bad value", "reversed range",
-                     "yaml syntax", "yaml tab", "not a mapping"}
+                     "yaml syntax", "yaml tab", "not a mapping", "empty"}
 # Mistakes in the file itself, which two different checks see: a --configfile is read by
 # Snakemake before the workflow starts (the profiles' logger plugin,
 # snakemake_logger_plugin_tcplimits, says them), the default config by the Snakefile before
 # Snakemake reads it. Both ways are tried.
-FILE_LEVEL = {"yaml syntax", "yaml tab", "not a mapping"}
+FILE_LEVEL = {"yaml syntax", "yaml tab", "not a mapping", "empty"}
 
 
 def one_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
