@@ -58,7 +58,7 @@ def config_file_mistake(path) -> str | None:
     except grid.ConfigError as err:
         err.source = err.source or str(path)
         return str(err)
-    except Exception:  # noqa: BLE001 - whatever else fails here, Snakemake's words are better
+    except Exception:  # any other failure of the check: Snakemake's words are better
         return None
     return None
 
