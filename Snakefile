@@ -19,8 +19,9 @@ DEFAULT_CONFIG = "config/config.yaml"
 # A --configfile replaces the default config (Snakemake would otherwise merge it into
 # config/config.yaml), so that a file's grid is exactly the points it runs; --config KEY=VALUE
 # still overrides single keys of whichever file is in use. A --configfile is read by
-# Snakemake before this file runs; the default one is checked here first, so that a YAML
-# error in it is one line with its line and column.
+# Snakemake before this file runs (a mistake there is said by the profiles' logger plugin,
+# src/snakemake_logger_plugin_tcplimits); the default one is checked here first, so that a
+# YAML error in it is one line with its line and column.
 if not workflow.overwrite_configfiles:
     grid.check_config_file(DEFAULT_CONFIG)
 

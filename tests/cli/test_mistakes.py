@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,15 @@ MISTAKES = {
                     [":3:8: YAML syntax error", "expected ',' or ']'"]),
     "yaml tab": ("grid:\n\tnofile: [100]\n", [":2:1: YAML syntax error"]),
     "not a mapping": ("- nofile: 100\n", ["(top level)", "expected a mapping"]),
+    "empty": ("", ["grid=None: no points"]),
 }
 THROUGH_SNAKEMAKE = {"typo key", "typo top-level key", "bad value", "reversed range",
-                     "yaml syntax", "not a mapping"}
-# Snakemake reads a --configfile itself before the workflow starts (a YAML error or a list
-# there is Snakemake's own message), so these are tried in the default config, which the
-# workflow checks before Snakemake reads it.
-FILE_LEVEL = {"yaml syntax", "yaml tab", "not a mapping"}
+                     "yaml syntax", "yaml tab", "not a mapping", "empty"}
+# Mistakes in the file itself, which two different checks see: a --configfile is read by
+# Snakemake before the workflow starts (the profiles' logger plugin,
+# snakemake_logger_plugin_tcplimits, says them), the default config by the Snakefile before
+# Snakemake reads it. Both ways are tried.
+FILE_LEVEL = {"yaml syntax", "yaml tab", "not a mapping", "empty"}
 
 
 def one_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -66,6 +69,18 @@ def workdir(tmp_path_factory) -> Workdir:
     return Workdir(tmp_path_factory.mktemp("mistakes"), fake=False)
 
 
+@contextmanager
+def default_config(workdir: Workdir):
+    """The workdir's config/config.yaml, for a test to break: put back as it was after."""
+    path = workdir.path / "config" / "config.yaml"
+    saved = path.read_text()
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        path.write_text(saved)
+
+
 @pytest.mark.parametrize("name", MISTAKES)
 def test_a_config_mistake_is_one_line_through_both(workdir, name):
     text, words = MISTAKES[name]
@@ -81,19 +96,14 @@ def test_a_config_mistake_is_one_line_through_both(workdir, name):
     if name not in THROUGH_SNAKEMAKE:
         return
     # The workflow says the same line.
+    expected = line.removeprefix("tcplimits points: ")
+    proc = workdir.snakemake("-n", "--configfile", relative, check=False)
+    assert one_line(proc) == expected
     if name in FILE_LEVEL:
-        default = workdir.path / "config" / "config.yaml"
-        saved = default.read_text()
-        default.write_text(text)
-        try:
+        with default_config(workdir) as default:
+            default.write_text(text)
             proc = workdir.snakemake("-n", check=False)
-        finally:
-            default.write_text(saved)
-        expected = line.replace(relative, "config/config.yaml", 1)
-    else:
-        proc = workdir.snakemake("-n", "--configfile", relative, check=False)
-        expected = line
-    assert one_line(proc) == expected.removeprefix("tcplimits points: ")
+        assert one_line(proc) == expected.replace(relative, "config/config.yaml", 1)
     assert not (workdir.path / "results").exists()
 
 
@@ -101,16 +111,16 @@ def test_a_missing_config_file(workdir):
     line = one_line(tcplimits("points", "config/nope.yaml", cwd=workdir.path))
     assert line.startswith("tcplimits points: config/nope.yaml: no such file (here: ")
     assert "config/churn.yaml" in line  # the files there are named
-    default = workdir.path / "config" / "config.yaml"
-    saved = default.read_text()
-    default.unlink()
-    try:
+    proc = workdir.snakemake("-n", "--configfile", "config/nope.yaml", check=False)
+    assert one_line(proc) == line.removeprefix("tcplimits points: ")
+    with default_config(workdir) as default:
+        default.unlink()
         proc = workdir.snakemake("-n", check=False)
-    finally:
-        default.write_text(saved)
     assert one_line(proc).startswith("config/config.yaml: no such file (here: ")
-    assert one_line(tcplimits("points", "config", cwd=workdir.path)).endswith(
-        "config: is a directory, not a config file")
+    line = one_line(tcplimits("points", "config", cwd=workdir.path))
+    assert line == "tcplimits points: config: is a directory, not a config file"
+    proc = workdir.snakemake("-n", "--configfile", "config", check=False)
+    assert one_line(proc) == "config: is a directory, not a config file"
 
 
 def _without_privilege() -> tuple[str, ...] | None:
@@ -145,19 +155,19 @@ def test_an_unreadable_config_file(workdir):
     line = one_line(tcplimits("points", "config/secret.yaml", cwd=workdir.path, prefix=prefix))
     assert line == ("tcplimits points: config/secret.yaml: cannot read it (permission denied): "
                     "chmod a+r config/secret.yaml, or copy it somewhere you may read")
+    expected = line.removeprefix("tcplimits points: ")
+
+    def snakemake(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, "snakemake", "--cores", "1", "-n", *args],
+                              cwd=workdir.path, capture_output=True, text=True, timeout=300)
+
+    assert one_line(snakemake("--configfile", "config/secret.yaml")) == expected
     # the workflow's default config, unreadable
-    default = workdir.path / "config" / "config.yaml"
-    saved = default.read_text()
-    shutil.copy(path, default)
-    _make_foreign(default)
-    try:
-        proc = subprocess.run([*prefix, "snakemake", "--cores", "1", "-n"], cwd=workdir.path,
-                              capture_output=True, text=True, timeout=300)
-    finally:
-        default.unlink()
-        default.write_text(saved)
-    assert one_line(proc) == line.removeprefix("tcplimits points: ").replace(
-        "config/secret.yaml", "config/config.yaml")
+    with default_config(workdir) as default:
+        shutil.copy(path, default)
+        _make_foreign(default)
+        proc = snakemake()
+    assert one_line(proc) == expected.replace("config/secret.yaml", "config/config.yaml")
 
 
 def test_an_unreadable_config_in_process(tmp_path, monkeypatch, capsys):
