@@ -69,7 +69,8 @@ def router_spec(experiment, image: str, subnet: str, nat_addrs: list[str],
         spec, image=image, name=f"{experiment.network_name}-router", hostname="router",
         command=command, network=experiment.network_name, detach=True,
         sysctls={"net.ipv4.ip_forward": "1"}, tmpfs={"/run": "size=1m"},
-        pids_limit=16, mem_limit=64 * 2**20 + ROUTER_BYTES_PER_ENTRY * demand,
+        pids_limit=16, mem_limit=(memory := 64 * 2**20 + ROUTER_BYTES_PER_ENTRY * demand),
+        memswap_limit=memory,  # no swap beyond the limit, as every container
         labels={**experiment.labels, ROLE_LABEL: "router"})
 
 
@@ -178,6 +179,12 @@ class Gateway:
             except Exception:
                 pass
         self.snapshot("after")
+
+    def compose_router(self) -> dict[str, Any] | None:
+        """The router as the run's compose file reproduces it (engine.compose), once it ran."""
+        if not self.on or self.spec is None or self.router_address is None:
+            return None
+        return {"spec": self.spec, "address": self.router_address}
 
     def record(self) -> dict[str, Any] | None:
         """run.json's "nat": the router, its rule and addresses, its counters, the routes, the
