@@ -22,7 +22,7 @@ def run(engine, tmp_path, name, **values):
     return record, pl.read_parquet(tmp_path / f"nat-{name}" / results.CLIENTS_FILE)
 
 
-def check_through_nat(record, clients, total):
+def check_through_nat(record, clients, total, ports=(40000, 40099)):
     nat = record["nat"]
     assert clients["connections"].sum() == total == nat["prediction"]["total"]
     assert set(clients["error"]) == {"ETIMEDOUT"}  # the NAT dropped the SYN: no EADDRNOTAVAIL
@@ -33,7 +33,7 @@ def check_through_nat(record, clients, total):
     peers = nat["peers"]
     assert {p["addr"] for p in peers} <= set(nat["nat_addrs"])
     assert sum(p["connections"] for p in peers) == record["totals"]["server_accepted"] == total
-    assert all(40000 <= p["port_lo"] <= p["port_hi"] <= 40099 for p in peers)
+    assert all(ports[0] <= p["port_lo"] <= p["port_hi"] <= ports[1] for p in peers)
     router = nat["router"]
     assert router["cap_add"] == ["NET_ADMIN"] and router["cap_drop"] == ["ALL"]
     assert router["ip_forward"] == "1" and router["time_wait_timeout_s"] == 120
@@ -115,3 +115,12 @@ def test_churn_through_a_full_nat_pool_is_not_stopped_by_it(engine, tmp_path):
     assert clients["connections"].sum() > 4 * 100
     assert verdict["insert_failed"] == 0 and verdict["drop"] == 0
     assert record["nat"]["counters"]["held"]["count"] <= 100 + 2
+
+
+def test_a_nat_pool_below_1024(engine, tmp_path):
+    """MASQUERADE --to-ports 500-599: the NAT writes ports below 1024 into the packets (it
+    binds none, so ip_unprivileged_port_start has no say) and its 100 ports are the pool."""
+    record, clients = run(engine, tmp_path, "low", clients=2, nat="gateway",
+                          nat_port_range="500-599")
+    check_through_nat(record, clients, 100, ports=(500, 599))
+    assert record["nat"]["prediction"]["port_range"] == "500-599"

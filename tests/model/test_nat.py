@@ -123,6 +123,11 @@ def test_nat_parameters_are_refused_where_they_cannot_run():
         RunParams.from_mapping({"nat": "gateway", "network": "loopback"})
     with pytest.raises(ParamError, match="client_addrs"):
         RunParams.from_mapping({"nat": "gateway", "client_addrs": 2})
+    # a NAT range is never bound: from port 1, not from ip_unprivileged_port_start
+    with pytest.raises(ParamError, match=r"nat_port_range='0-99': low end 0 is below 1$"):
+        RunParams.from_mapping({"nat": "gateway", "nat_port_range": "0-99"})
+    with pytest.raises(ParamError, match="port_range='500-599'.*below 1024"):
+        RunParams.from_mapping({"port_range": "500-599"})  # a client's own range still is
     with pytest.raises(ParamError, match="nat_random"):
         RunParams.from_mapping({"nat": "gateway", "nat_random": "sometimes"})
     assert RunParams.from_mapping({"nat": "none"}).nat == "none"
@@ -135,3 +140,12 @@ def test_the_hash_is_the_kernels():
     pool, server = ["10.210.0.64", "10.210.0.65"], "10.210.0.2"
     got = {c: nat.nat_address(f"10.210.0.{c + 3}", server, pool) for c in range(1, 7)}
     assert got == {1: pool[1], 2: pool[1], 3: pool[0], 4: pool[0], 5: pool[1], 6: pool[1]}
+
+
+def test_a_nat_pool_below_1024_is_a_pool_like_any_other():
+    p = params(clients=2, port_range="40000-40199", nat_port_range="500-599")
+    assert nat.port_range(p) == (500, 599) and nat.pool_size(p) == 100
+    pred = nat.predict(p, [200, 200], "EADDRNOTAVAIL", CLIENTS[:2], SERVER, ["10.0.0.50"],
+                       [5000])
+    assert (pred.total, pred.port_range, pred.errnos) == (100, "500-599", ["ETIMEDOUT"] * 2)
+    assert nat.pool_size(params(nat_port_range="1-100")) == 100

@@ -32,6 +32,9 @@ PAIRS_MAX = 4096
 NATS = ("none", "gateway")
 NAT_RANDOM = ("none", "random", "fully")
 NAT_ADDRS_MAX = 16  # Azure's NAT gateway takes up to 16 public addresses, AWS's up to 8
+# The NAT's ports are written into packets, never bound: ip_unprivileged_port_start (PORT_MIN)
+# does not apply (measured: MASQUERADE --to-ports below 1024 holds its whole pool).
+NAT_PORT_MIN = 1
 
 MODES = ("hold", "churn")
 # The server the clients connect to (issue 21): the agent, or a real one from Debian's
@@ -155,9 +158,9 @@ FIELDS: dict[str, Field] = {
               "nat gateway: addresses the NAT translates to (its SNAT address pool)", 1,
               NAT_ADDRS_MAX),
         Field("nat_port_range", "port_range", None,
-              "nat gateway: the NAT's port range, LO-HI (default: MASQUERADE's own, "
-              "1024-65535 for source ports >= 1024; it ignores ip_local_port_range)",
-              optional=True),
+              "nat gateway: the NAT's port range, LO-HI, from port 1 (default: MASQUERADE's "
+              "own, 1024-65535 for source ports >= 1024; it ignores ip_local_port_range)",
+              NAT_PORT_MIN, optional=True),
         Field("nat_random", "choice", "none",
               "nat gateway: how the NAT picks a port: none (keep the client's port when free, "
               "else search from a random offset), random (--random), fully (--random-fully)",

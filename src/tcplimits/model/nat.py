@@ -7,7 +7,13 @@ measured come from tests/engine/test_nat.py on this machine):
   ip_local_port_range. MASQUERADE or SNAT without a port range maps a source port >= 1024
   into 1024-65535 (64,512 ports; 600-1023 below 1024, 1-511 below 512) and keeps the client's
   own port when the translated tuple is still unique (get_unique_tuple), so the default pool
-  is 64,512 per NAT address and destination, not the clients' 28,232.
+  is 64,512 per NAT address and destination, not the clients' 28,232. Measured: three
+  clients each binding source ports 300, 700 and 40000 through one MASQUERADE: the first
+  kept its ports, the clashing ones became 97 and 480, 943 and 1023, 3721 and 41394. The
+  agents' own ranges start at 1024 (PORT_MIN), so only the 1024-65535 pool shows in a run.
+- nat_port_range (--to-ports) may start below 1024, from port 1: the NAT writes its ports
+  into packets and binds none, so ip_unprivileged_port_start has no say (measured: 500-599,
+  two clients, 100 held, every peer port of the server's in 500-599).
 - Which NAT address a connection gets is a hash, not a choice among free ones
   (find_best_ips_proto): jhash2 of the client's address seeded with the destination address,
   scaled onto the pool of addresses. Every connection of one client address toward one
@@ -37,7 +43,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from tcplimits.config.params import RunParams, parse_port_range
+from tcplimits.config.params import NAT_PORT_MIN, RunParams, parse_port_range
 
 GATEWAY = "gateway"
 # nf_nat_l4proto_unique_tuple without NF_NAT_RANGE_PROTO_SPECIFIED, source port >= 1024.
@@ -56,7 +62,7 @@ def port_range(params: RunParams) -> tuple[int, int]:
     """The NAT's port range: nat_port_range, or MASQUERADE's own."""
     if params.nat_port_range is None:
         return MASQUERADE_DEFAULT_RANGE
-    return parse_port_range(params.nat_port_range, "nat_port_range")
+    return parse_port_range(params.nat_port_range, "nat_port_range", NAT_PORT_MIN)
 
 
 def pool_size(params: RunParams) -> int:
