@@ -124,3 +124,37 @@ def test_a_nat_pool_below_1024(engine, tmp_path):
                           nat_port_range="500-599")
     check_through_nat(record, clients, 100, ports=(500, 599))
     assert record["nat"]["prediction"]["port_range"] == "500-599"
+
+
+def sources_used(tmp_path, name):
+    rows = pl.read_parquet(tmp_path / f"nat-{name}" / results.DESTINATIONS_FILE)
+    return rows.filter(pl.col("connections") > 0)["source"].n_unique()
+
+
+def test_extra_sources_behind_one_nat_address_add_nothing(engine, tmp_path):
+    """One client, two source addresses (bind-no-port: each (source, destination) pair has
+    the client's whole range, 400 on its side) behind one NAT address of 100 ports: the NAT
+    translates both sources into its one pool, so 100, not 200."""
+    record, clients = run(engine, tmp_path, "sources", client_addrs=2,
+                          bind_mode="bind-no-port", nat="gateway", nat_port_range=POOL)
+    check_through_nat(record, clients, 100)
+    assert sources_used(tmp_path, "sources") == 2  # both sources went through the router
+    assert record["nat"]["prediction"]["direct_total"] >= 2 * 190
+    assert len(record["nat"]["peers"]) == 1
+
+
+def test_extra_sources_hash_over_the_nat_addresses_as_the_model_says(engine, tmp_path):
+    """One client with two sources behind three NAT addresses: each source hashes to a NAT
+    address on its own (model.nat.nat_address, from the run's addresses). Sources that hash
+    apart fill two pools in turn, 200 exactly (the one process alternates its two pairs, so
+    both pools are full when it meets a full one); sources that hash together, 100. (Three:
+    on the subnets the engine picks first, 10.210.0.0, .16.0 and .32.0, the two sources hash
+    apart over three NAT addresses; over two, on 10.210.0.0, together.)"""
+    record, clients = run(engine, tmp_path, "sources2", client_addrs=2,
+                          bind_mode="bind-no-port", nat="gateway", nat_addrs=3,
+                          nat_port_range=POOL)
+    pred = record["nat"]["prediction"]
+    used = {g["nat_addr"] for g in pred["groups"]}
+    check_through_nat(record, clients, 100 * len(used))
+    assert {p["addr"] for p in record["nat"]["peers"]} == used
+    assert sources_used(tmp_path, "sources2") == 2

@@ -48,10 +48,6 @@ def _check_nat(params: "RunParams") -> None:
     if params.network != "bridge":
         raise ParamError("nat", params.nat, "needs network bridge (the router shares the "
                          "run's bridge network; loopback has no route to translate)")
-    if params.client_addrs != 1:
-        raise ParamError("client_addrs", params.client_addrs, "must be 1 with nat gateway "
-                         "(the router translates each client's one address; extra source "
-                         "addresses behind a NAT are not supported)")
 
 
 def parse_port_range(value: Any, key: str = "port_range",

@@ -90,6 +90,7 @@ class Gateway:
         self.peers: list[dict] | None = None
         self.routes: list[dict] = []
         self.client_addrs: dict[int, str] = {}  # client number -> address, while running
+        self.client_sources: dict[int, list[str]] = {}  # -> its address and extra sources
         self.image: str | None = None
         self.spec: dict[str, Any] | None = None
 
@@ -126,6 +127,9 @@ class Gateway:
         ex = self.experiment
         self.client_addrs = {int(role[len("client"):]): ex.address(role)
                              for role in ex.client_roles}
+        # every source address goes through the router: the routes name destinations only
+        self.client_sources = {c: ex.addresses.get(f"client{c}") or [a]
+                               for c, a in self.client_addrs.items()}
         for role in ex.client_roles:
             container = ex.containers[role]
             done = addresses.add_routes(ex.client, ex.image, container,
@@ -290,7 +294,9 @@ def run_record(gateway: Gateway, held: dict[str, list[dict]], client_addrs: dict
 
     own = [[s for s in held.get(str(c), [])] for c in range(1, ex.params.clients + 1)]
     record.update(natrun.run_record(
-        ex.params, own, direct.errno, [client_addrs[c] for c in sorted(client_addrs)], servers,
+        ex.params, own, direct.errno,
+        [gateway.client_sources.get(c) or [client_addrs[c]] for c in sorted(client_addrs)],
+        servers,
         gateway.nat_addrs, [int(p) for p in server_ports(ex.params).split(",")], clients,
         record.get("counters") or {}))
     return record
