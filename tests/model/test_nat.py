@@ -129,6 +129,9 @@ def test_nat_parameters_are_refused_where_they_cannot_run():
     with pytest.raises(ParamError, match="nat_random"):
         RunParams.from_mapping({"nat": "gateway", "nat_random": "sometimes"})
     assert RunParams.from_mapping({"nat": "none"}).nat == "none"
+    with pytest.raises(ParamError, match="nat='published': topology published cannot run "
+                       "here: .*internal network.*ignored, no DNAT rule, no docker-proxy"):
+        RunParams.from_mapping({"nat": "published"})
     assert RunParams.from_mapping({"nat": "gateway", "nat_random": "none"}).nat_random == "none"
 
 

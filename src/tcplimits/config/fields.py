@@ -28,8 +28,10 @@ BIND_MODES = ("connect", "bind", "bind-no-port")
 PAIRS_MAX = 4096
 
 # Clients behind a NAT (issue 16): none (the direct path) or a router container that
-# translates their source addresses (tcplimits.engine.nat, tcplimits.model.nat).
-NATS = ("none", "gateway")
+# translates their source addresses (tcplimits.engine.nat, tcplimits.model.nat); published
+# (Docker's own path to a published port) is refused before any container starts
+# (config.params.PUBLISHED_REFUSAL says why).
+NATS = ("none", "gateway", "published")
 NAT_RANDOM = ("none", "random", "fully")
 NAT_ADDRS_MAX = 16  # Azure's NAT gateway takes up to 16 public addresses, AWS's up to 8
 # The NAT's ports are written into packets, never bound: ip_unprivileged_port_start (PORT_MIN)
@@ -151,9 +153,10 @@ FIELDS: dict[str, Field] = {
               "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
         # Behind a NAT (issue 16).
         Field("nat", "choice", "none",
-              "none: clients reach the server directly; gateway: clients sit on a network of "
-              "their own and reach the server through a NAT router container (source NAT)",
-              choices=NATS),
+              "none: clients reach the server directly; gateway: clients reach the server "
+              "through a NAT router container on the run's network (source NAT); published: "
+              "Docker's own path to a published port (refused: an internal network gets no "
+              "published ports)", choices=NATS),
         Field("nat_addrs", "int", 1,
               "nat gateway: addresses the NAT translates to (its SNAT address pool)", 1,
               NAT_ADDRS_MAX),

@@ -37,8 +37,22 @@ class ParamError(ValueError):
 
 
 
+# Measured on Docker 20.10.24 (issue 16): a port published (bound to 127.0.0.1) by a container
+# attached only to an internal network is accepted and silently ignored: no DNAT rule, no
+# docker-proxy, no HostPort. On a plain bridge the same container gets both (this engine runs
+# the userland proxy: dockerd has no userland-proxy setting, so true).
+PUBLISHED_REFUSAL = (
+    "topology published cannot run here: every network tcplimits creates is internal and "
+    "publishes nothing, and Docker publishes no port of a container on an internal network "
+    "(measured on Docker 20.10.24: the binding is accepted and ignored, no DNAT rule, no "
+    "docker-proxy); clients on an internal network cannot reach the host's published ports "
+    "either. Use nat: gateway (a NAT router on the run's internal network)")
+
+
 def _check_nat(params: "RunParams") -> None:
     """Combinations the NAT path cannot run, refused with the reason."""
+    if params.nat == "published":
+        raise ParamError("nat", params.nat, PUBLISHED_REFUSAL)
     if params.nat == "none":
         for name in NAT_ONLY:
             if getattr(params, name) != FIELDS[name].default:

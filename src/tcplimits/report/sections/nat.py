@@ -134,7 +134,10 @@ def mechanism() -> str:
             "(`nat: gateway`): clients route the server's addresses through it, it translates "
             f"with MASQUERADE or SNAT. A pool of at most {nat_model.MAX_ATTEMPTS} ports is "
             "searched whole and fills exactly; a larger one is probed in bounded rounds, so it "
-            "may stop a few ports short (the model's span).")
+            "may stop a few ports short (the model's span). Docker's own path to a published "
+            "port (`nat: published`) is refused: the runs' networks are internal, and Docker "
+            "publishes no port of a container on an internal network (measured: the binding is "
+            "accepted and ignored, no DNAT rule, no userland proxy).")
 
 
 def behind_a_nat(d: Any) -> Blocks:
