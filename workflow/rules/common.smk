@@ -68,9 +68,12 @@ EXTRA_IMAGES = image_extra.EXTRA
 
 def image_stamps(wildcards):
     """The image stamps a point's experiment waits for: the agent image's, and the router's or
-    the real servers' where it runs on them. ancient(): a rebuilt image reruns no point."""
+    the real servers' where it runs on them. ancient(): a rebuilt image reruns no point.
+    """
     names = image_extra.needed([POINTS[wildcards.point].params])
-    return [ancient("results/image.txt")] + [ancient(f"results/image-{n}.txt") for n in names]
+    return [ancient("results/image.txt")] + [
+        ancient(f"results/image-{n}.txt") for n in names
+    ]
 
 
 def point_flags(wildcards):
