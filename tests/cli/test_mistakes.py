@@ -222,6 +222,9 @@ FLAG_MISTAKES = [
     (["run", "--nofiles", "5", "--out", "x"], "--nofiles: did you mean --nofile?"),
     (["run", "--mode", "chrun", "--out", "x"], "invalid choice: 'chrun'"),
     (["run", "--nofile", "0", "--out", "x"], "tcplimits run: --nofile 0: must be at least 1"),
+    # refused before any container: the engine publishes no port on an internal network
+    (["run", "--nat", "published", "--out", "x"],
+     "tcplimits run: --nat 'published': topology published cannot run here"),
     (["run", "--port-range", "9-1", "--out", "x"], "--port-range '9-1': reversed range"),
     (["run", "--nofile", "10"], "the following arguments are required: --out"),
     (["rnu"], "invalid choice: 'rnu'"),

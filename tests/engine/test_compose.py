@@ -124,3 +124,63 @@ def test_exported_compose_file_reproduces_the_run(tmp_path, params):
                               text=True, timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
     assert labelled(engine, run_id) == ([], []), "compose down left labelled resources"
+
+
+def test_exported_compose_file_reproduces_a_nat_run(tmp_path):
+    """Two clients behind one NAT address of 100 ports: the compose file brings up the router
+    and each client's route as the engine did, and the clients hold the pool's 100 together
+    again, stopped by the NAT (ETIMEDOUT); `down` leaves nothing."""
+    base = compose_command()
+    if base is None:
+        pytest.skip("no Compose installed (scripts/bootstrap.sh --test installs docker-compose)")
+    engine = docker.from_env()
+    run_id = f"compose-nat-{uuid.uuid4().hex[:6]}"
+    run_dir = tmp_path / run_id
+    params = RunParams(port_range="40000-40199", nofile=1000, clients=2, nat="gateway",
+                       nat_port_range="40000-40099", quiet_host_timeout=5)
+    record = run_experiment(params, run_dir, run_id=run_id, progress=False, client=engine,
+                            log=lambda m: None)
+    assert record["status"] == results.STATUS_OK, record["reason"]
+    assert record["totals"]["connections"] == 100
+
+    path = run_dir / results.COMPOSE_FILE
+    compose = base + ["-p", compose_project(run_id), "-f", str(path)]
+    checked = subprocess.run(compose + ["config", "-q"], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    up = subprocess.run(compose + ["up", "-d"], capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        found: dict[int, dict] = {}
+        deadline = time.monotonic() + 120
+        while len(found) < params.clients and time.monotonic() < deadline:
+            for i in range(1, params.clients + 1):
+                (result, *_) = client_events(compose, f"client{i}").get("result", [None])
+                if result is not None:
+                    found[i] = result
+            time.sleep(1)
+        assert len(found) == params.clients, f"results of clients {sorted(found)} only"
+        assert sum(r["connections"] for r in found.values()) == 100
+        assert {r["error"] for r in found.values()} == {"ETIMEDOUT"}
+        containers = engine.containers.list(all=True, filters={
+            "label": f"com.docker.compose.project={compose_project(run_id)}"})
+        roles = sorted(c.labels.get(ROLE_LABEL) for c in containers)
+        assert roles == ["client", "client", "netadmin", "netadmin", "router", "server"]
+        for container in containers:
+            host, config = container.attrs["HostConfig"], container.attrs["Config"]
+            assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] is True
+            assert host["SecurityOpt"] == ["no-new-privileges"] and not host["Privileged"]
+            assert not host["PortBindings"]
+            assert config["Labels"]["tcplimits.run"] == run_id
+            if container.labels.get(ROLE_LABEL) in ("router", "netadmin"):
+                assert host["CapAdd"] == ["NET_ADMIN"] and config["User"] == "0:0"
+            else:
+                assert config["User"] == "65534:65534" and not host["CapAdd"]
+        (router,) = [c for c in containers if c.labels.get(ROLE_LABEL) == "router"]
+        assert router.attrs["HostConfig"]["Sysctls"] == {"net.ipv4.ip_forward": "1"}
+        assert router.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        down = subprocess.run(compose + ["down", "-v", "--timeout", "10"], capture_output=True,
+                              text=True, timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert labelled(engine, run_id) == ([], []), "compose down left labelled resources"

@@ -22,7 +22,7 @@ def run(engine, tmp_path, name, **values):
     return record, pl.read_parquet(tmp_path / f"nat-{name}" / results.CLIENTS_FILE)
 
 
-def check_through_nat(record, clients, total):
+def check_through_nat(record, clients, total, ports=(40000, 40099)):
     nat = record["nat"]
     assert clients["connections"].sum() == total == nat["prediction"]["total"]
     assert set(clients["error"]) == {"ETIMEDOUT"}  # the NAT dropped the SYN: no EADDRNOTAVAIL
@@ -33,7 +33,7 @@ def check_through_nat(record, clients, total):
     peers = nat["peers"]
     assert {p["addr"] for p in peers} <= set(nat["nat_addrs"])
     assert sum(p["connections"] for p in peers) == record["totals"]["server_accepted"] == total
-    assert all(40000 <= p["port_lo"] <= p["port_hi"] <= 40099 for p in peers)
+    assert all(ports[0] <= p["port_lo"] <= p["port_hi"] <= ports[1] for p in peers)
     router = nat["router"]
     assert router["cap_add"] == ["NET_ADMIN"] and router["cap_drop"] == ["ALL"]
     assert router["ip_forward"] == "1" and router["time_wait_timeout_s"] == 120
@@ -115,3 +115,46 @@ def test_churn_through_a_full_nat_pool_is_not_stopped_by_it(engine, tmp_path):
     assert clients["connections"].sum() > 4 * 100
     assert verdict["insert_failed"] == 0 and verdict["drop"] == 0
     assert record["nat"]["counters"]["held"]["count"] <= 100 + 2
+
+
+def test_a_nat_pool_below_1024(engine, tmp_path):
+    """MASQUERADE --to-ports 500-599: the NAT writes ports below 1024 into the packets (it
+    binds none, so ip_unprivileged_port_start has no say) and its 100 ports are the pool."""
+    record, clients = run(engine, tmp_path, "low", clients=2, nat="gateway",
+                          nat_port_range="500-599")
+    check_through_nat(record, clients, 100, ports=(500, 599))
+    assert record["nat"]["prediction"]["port_range"] == "500-599"
+
+
+def sources_used(tmp_path, name):
+    rows = pl.read_parquet(tmp_path / f"nat-{name}" / results.DESTINATIONS_FILE)
+    return rows.filter(pl.col("connections") > 0)["source"].n_unique()
+
+
+def test_extra_sources_behind_one_nat_address_add_nothing(engine, tmp_path):
+    """One client, two source addresses (bind-no-port: each (source, destination) pair has
+    the client's whole range, 400 on its side) behind one NAT address of 100 ports: the NAT
+    translates both sources into its one pool, so 100, not 200."""
+    record, clients = run(engine, tmp_path, "sources", client_addrs=2,
+                          bind_mode="bind-no-port", nat="gateway", nat_port_range=POOL)
+    check_through_nat(record, clients, 100)
+    assert sources_used(tmp_path, "sources") == 2  # both sources went through the router
+    assert record["nat"]["prediction"]["direct_total"] >= 2 * 190
+    assert len(record["nat"]["peers"]) == 1
+
+
+def test_extra_sources_hash_over_the_nat_addresses_as_the_model_says(engine, tmp_path):
+    """One client with two sources behind three NAT addresses: each source hashes to a NAT
+    address on its own (model.nat.nat_address, from the run's addresses). Sources that hash
+    apart fill two pools in turn, 200 exactly (the one process alternates its two pairs, so
+    both pools are full when it meets a full one); sources that hash together, 100. (Three:
+    on the subnets the engine picks first, 10.210.0.0, .16.0 and .32.0, the two sources hash
+    apart over three NAT addresses; over two, on 10.210.0.0, together.)"""
+    record, clients = run(engine, tmp_path, "sources2", client_addrs=2,
+                          bind_mode="bind-no-port", nat="gateway", nat_addrs=3,
+                          nat_port_range=POOL)
+    pred = record["nat"]["prediction"]
+    used = {g["nat_addr"] for g in pred["groups"]}
+    check_through_nat(record, clients, 100 * len(used))
+    assert {p["addr"] for p in record["nat"]["peers"]} == used
+    assert sources_used(tmp_path, "sources2") == 2

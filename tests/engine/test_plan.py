@@ -266,3 +266,80 @@ def test_churn_points_pass_mode_rate_duration_closer_and_tw_reuse():
     assert plan["client1"]["sysctls"]["net.ipv4.tcp_tw_reuse"] == "1"
     assert "--churn" in plan["server"]["command"]
     assert "--mode" not in specs()["client1"]["command"] and "--churn" not in specs()["server"]["command"]
+
+
+def nat_compose_doc(params=None) -> tuple[dict, dict]:
+    """A nat gateway run's compose file, made as the runner makes it (the router's spec from
+    engine.nat.router_spec), and the addresses the run had."""
+    import types
+
+    from tcplimits.engine import addresses, nat
+
+    params = params or RunParams(port_range="40000-40199", nofile=1000, clients=2,
+                                 nat="gateway", nat_port_range="40000-40099")
+    labels = {"tcplimits": "1", "tcplimits.run": "r1"}
+    run_specs = container_specs(params, Resolved.of(params, engine_nofile_cap=20000), "r1",
+                                "tcplimits-agent:abc", "net-r1", labels)
+    plan = addresses.plan(params, "10.210.0.0")
+    had = {"server": ["10.210.0.2", *plan.extra["server"]],
+           **{f"client{c}": [f"10.210.0.{2 + c}", *plan.extra[f"client{c}"]]
+              for c in range(1, params.clients + 1)}}
+    ex = types.SimpleNamespace(params=params, network_name="net-r1", labels=labels)
+    router = nat.router_spec(ex, "tcplimits-router:abc", plan.subnet,
+                             plan.extra.get("router", []), had["server"])
+    text = compose_file(run_specs, "r1", address_plan=plan, addresses=had,
+                        bind_mode=params.bind_mode,
+                        router={"spec": router, "address": "10.210.0.9"})
+    return yaml.safe_load(text), had
+
+
+def test_compose_file_of_a_nat_run_has_the_router_and_the_routes():
+    from tcplimits.engine import addresses
+
+    assert addresses.needs_extra(RunParams(nat="gateway"))  # its subnet is pinned
+    doc, had = nat_compose_doc()
+    services = doc["services"]
+    assert sorted(services) == ["client1", "client1-route", "client2", "client2-route",
+                                "router", "server"]
+    router = services["router"]
+    assert router["image"] == "tcplimits-router:abc"
+    assert router["networks"] == {"testnet": {"ipv4_address": "10.210.0.9"}}
+    # root with NET_ADMIN alone; every other hardening kept
+    assert router["user"] == "0:0" and router["cap_add"] == ["NET_ADMIN"]
+    assert router["cap_drop"] == ["ALL"] and router["security_opt"] == ["no-new-privileges"]
+    assert router["read_only"] is True and router["tmpfs"] == ["/run:size=1m"]
+    assert router["sysctls"] == {"net.ipv4.ip_forward": "1"}
+    assert router["memswap_limit"] == router["mem_limit"] and router["pids_limit"] == 16
+    assert "ports" not in router and router["labels"]["tcplimits.run"] == "r1"
+    cmd = router["command"]  # the engine's command: the rule names the run's addresses
+    assert cmd[cmd.index("--dest") + 1] == "10.210.0.2"
+    assert cmd[cmd.index("--server-subnet") + 1] == "10.210.0.0/20"
+    assert cmd[cmd.index("--to-ports") + 1] == "40000-40099"
+    assert router["healthcheck"]["test"][-1] == "--check"
+    for c in (1, 2):
+        client, route = services[f"client{c}"], services[f"client{c}-route"]
+        assert client["depends_on"]["router"] == {"condition": "service_healthy"}
+        command = client["command"]
+        assert command[command.index("--wait-route") + 1] == "10.210.0.9"
+        assert route["network_mode"] == f"service:client{c}"
+        assert route["command"][-4:] == ["route", "via", "10.210.0.9", "10.210.0.2/32"]
+        assert route["cap_drop"] == ["ALL"] and route["cap_add"] == ["NET_ADMIN"]
+        assert route["user"] == "0:0" and route["read_only"] is True
+
+
+def test_compose_file_of_a_nat_run_is_valid_for_compose_v1(tmp_path):
+    import shutil
+    import subprocess
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        import pytest
+
+        pytest.skip("no docker-compose (scripts/bootstrap.sh --test installs it)")
+    doc, _ = nat_compose_doc(RunParams(port_range="40000-40199", nofile=1000, clients=2,
+                                       nat_addrs=2, nat="gateway", nat_port_range="40000-40099"))
+    path = tmp_path / "compose.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run([compose, "-f", str(path), "config", "-q"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -121,11 +121,17 @@ def test_nat_parameters_are_refused_where_they_cannot_run():
         RunParams.from_mapping({"nat_port_range": "40000-40099"})
     with pytest.raises(ParamError, match="needs network bridge"):
         RunParams.from_mapping({"nat": "gateway", "network": "loopback"})
-    with pytest.raises(ParamError, match="client_addrs"):
-        RunParams.from_mapping({"nat": "gateway", "client_addrs": 2})
+    # a NAT range is never bound: from port 1, not from ip_unprivileged_port_start
+    with pytest.raises(ParamError, match=r"nat_port_range='0-99': low end 0 is below 1$"):
+        RunParams.from_mapping({"nat": "gateway", "nat_port_range": "0-99"})
+    with pytest.raises(ParamError, match="port_range='500-599'.*below 1024"):
+        RunParams.from_mapping({"port_range": "500-599"})  # a client's own range still is
     with pytest.raises(ParamError, match="nat_random"):
         RunParams.from_mapping({"nat": "gateway", "nat_random": "sometimes"})
     assert RunParams.from_mapping({"nat": "none"}).nat == "none"
+    with pytest.raises(ParamError, match="nat='published': topology published cannot run "
+                       "here: .*internal network.*ignored, no DNAT rule, no docker-proxy"):
+        RunParams.from_mapping({"nat": "published"})
     assert RunParams.from_mapping({"nat": "gateway", "nat_random": "none"}).nat_random == "none"
 
 
@@ -135,3 +141,43 @@ def test_the_hash_is_the_kernels():
     pool, server = ["10.210.0.64", "10.210.0.65"], "10.210.0.2"
     got = {c: nat.nat_address(f"10.210.0.{c + 3}", server, pool) for c in range(1, 7)}
     assert got == {1: pool[1], 2: pool[1], 3: pool[0], 4: pool[0], 5: pool[1], 6: pool[1]}
+
+
+def test_a_nat_pool_below_1024_is_a_pool_like_any_other():
+    p = params(clients=2, port_range="40000-40199", nat_port_range="500-599")
+    assert nat.port_range(p) == (500, 599) and nat.pool_size(p) == 100
+    pred = nat.predict(p, [200, 200], "EADDRNOTAVAIL", CLIENTS[:2], SERVER, ["10.0.0.50"],
+                       [5000])
+    assert (pred.total, pred.port_range, pred.errnos) == (100, "500-599", ["ETIMEDOUT"] * 2)
+    assert nat.pool_size(params(nat_port_range="1-100")) == 100
+
+
+def test_extra_sources_behind_one_nat_address_add_nothing():
+    """One client with two source addresses (bind-no-port: a pool per pair on its own side)
+    behind one NAT address: the NAT translates both into its one pool."""
+    p = params(client_addrs=2, bind_mode="bind-no-port", port_range="40000-40199",
+               nat_port_range="40000-40099")  # allowed: every source goes via the router
+    pred = nat.predict(p, [400], "EADDRNOTAVAIL", [["10.0.0.2", "10.0.0.70"]], SERVER,
+                       ["10.0.0.50"], [5000])
+    assert (pred.total, pred.direct_total, pred.errnos) == (100, 400, ["ETIMEDOUT"])
+    assert [g["clients"] for g in pred.groups] == [[1]]
+    # plain connect() leaves from the first address only, whatever the others
+    assert nat.client_pairs(params(client_addrs=2), ["a", "b"], ["s"], [1]) == [("a", "s", 1)]
+    assert nat.client_pairs(p, ["a", "b"], ["s"], [1, 2]) == [
+        ("a", "s", 1), ("a", "s", 2), ("b", "s", 1), ("b", "s", 2)]
+
+
+def test_extra_sources_reach_the_nat_addresses_they_hash_to():
+    """With two NAT addresses each source hashes on its own: sources that hash apart give the
+    client both pools; sources that hash together, one."""
+    pool = ["10.0.1.10", "10.0.1.11"]
+    by = {}
+    for i in range(2, 40):
+        by.setdefault(nat.nat_address(f"10.0.0.{i}", SERVER[0], pool), []).append(f"10.0.0.{i}")
+    apart, together = [by[pool[0]][0], by[pool[1]][0]], by[pool[0]][:2]
+    p = params(client_addrs=2, bind_mode="bind-no-port", nat_addrs=2, port_range="40000-40199",
+               nat_port_range="40000-40099")
+    assert nat.predict(p, [400], None, [apart], SERVER, pool, [5000]).total == 200
+    assert nat.predict(p, [400], None, [together], SERVER, pool, [5000]).total == 100
+    assert nat.addresses_needed(250, 1, 100, sources=2) == -1
+    assert nat.addresses_needed(150, 1, 100, sources=2) == 2

@@ -65,7 +65,7 @@ FAKE_TCPLIMITS = textwrap.dedent(f"""\
     elif args.command == "image":
         results.write_text("fake-image\\n", args.stamp)
         with open(calls, "a") as f:
-            f.write(json.dumps(dict(image=True)) + "\\n")
+            f.write(json.dumps(dict(image=True, flags=argv)) + "\\n")
     elif args.command == "report":
         from tcplimits.report import downloads, render
 

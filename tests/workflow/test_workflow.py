@@ -111,6 +111,44 @@ def test_edit_the_grid_and_rerun(wd):
     assert len(wd.planned_points("--configfile", name)) == len(first)
 
 
+def test_the_images_the_points_need_are_built_before_them(wd):
+    """A point behind a NAT needs the router's image, a real server the servers' image: a job
+    builds each before the points that need it, and a config that gains its first such
+    point builds the image and runs that point, in the same invocation, and nothing else."""
+    def image_calls():
+        return [c["flags"] for c in map(json.loads, wd.calls.read_text().splitlines())
+                if c.get("image")]
+
+    cfg = tiny()
+    name = wd.write_config("sweep.yaml", cfg)
+    wd.snakemake("--configfile", name)
+    assert image_calls() == [["image", "--stamp", "results/image.txt"]]
+
+    nat = {"port_range": "40000-40199", "nofile": 1000, "clients": 2, "nat": "gateway",
+           "nat_port_range": "40000-40099"}
+    cfg["points"].append(nat)
+    wd.write_config("sweep.yaml", cfg)
+    jobs = wd.plan("--configfile", name)
+    assert jobs["extra_image"] == ["results/image-router.txt"] and "image" not in jobs
+    assert len(jobs["experiment"]) == 1
+    wd.snakemake("--configfile", name)
+    assert image_calls()[-1] == ["image", "--router", "--stamp", "results/image-router.txt"]
+    router_runs = [c for c in wd.runs() if "gateway" in c["flags"]]
+    assert len(router_runs) == 1 and router_runs[0]["start"] >= os.path.getmtime(
+        wd.path / "results/image-router.txt")
+
+    # a second point behind the NAT: its experiment only; a real server: the servers' image
+    cfg["points"] += [{**nat, "clients": 3},
+                      {"port_range": "40000-40199", "nofile": 1000, "server": "nginx"}]
+    wd.write_config("sweep.yaml", cfg)
+    jobs = wd.plan("--configfile", name)
+    assert jobs["extra_image"] == ["results/image-servers.txt"]
+    assert len(jobs["experiment"]) == 2
+    wd.snakemake("--configfile", name)
+    assert [c[1] for c in image_calls()] == ["--stamp", "--router", "--servers"]
+    assert wd.plan("--configfile", name) == {}  # the same points: nothing to redo
+
+
 def test_snakemakes_own_report_holds_the_page_summary_and_dataset(wd):
     wd.snakemake("--configfile", "config/tiny.yaml")
     assert (wd.path / "results/report/config.yaml").read_text() == (
@@ -250,7 +288,7 @@ def test_every_rule_names_the_deployable_environment():
         rules_here = re.findall(r"^rule \w+:", text, flags=re.M)
         assert len(rules_here) == text.count("        CONDA_ENV"), path.name
         found += len(rules_here)
-    assert found == 4  # image, experiment, dataset, report
+    assert found == 5  # image, extra_image, experiment, dataset, report
 
 
 def test_post_deploy_installs_this_checkout(tmp_path):

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from tcplimits import results
 from tcplimits.config import grid
+from tcplimits.image import extra as image_extra
 from tcplimits.report import browser, render
 from tcplimits.results import dataset
 
@@ -59,6 +60,20 @@ if "docker_runs" not in workflow.global_resources:
 def point_pattern():
     """Wildcard constraint: exactly the configured point ids."""
     return "|".join(re.escape(point_id) for point_id in POINTS)
+
+
+# The images besides the agent image that a point may run on (rule extra_image).
+EXTRA_IMAGES = image_extra.EXTRA
+
+
+def image_stamps(wildcards):
+    """The image stamps a point's experiment waits for: the agent image's, and the router's or
+    the real servers' where it runs on them. ancient(): a rebuilt image reruns no point.
+    """
+    names = image_extra.needed([POINTS[wildcards.point].params])
+    return [ancient("results/image.txt")] + [
+        ancient(f"results/image-{n}.txt") for n in names
+    ]
 
 
 def point_flags(wildcards):

@@ -1,6 +1,7 @@
 # One job per point. The point's flags reach the job through params, so a changed
 # parameter (timeout included) reruns exactly the points it touches.
-# The image stamp orders the experiments after the image job. It is ancient(): touching or
+# The image stamps order the experiments after the image jobs (the agent image's, and the
+# router's or the servers' for the points that run on them). They are ancient(): touching or
 # rewriting it does not rerun finished points. A new agent image (changed agent code) does
 # not rerun them either: each run.json records the image it ran on, and the new image is
 # used by the points that run next. To redo every point on a new image, run
@@ -11,7 +12,7 @@
 # Outputs: every file the dataset rule reads.
 rule experiment:
     input:
-        image=ancient("results/image.txt"),
+        images=image_stamps,
     output:
         **run_files("{point}"),
     log:

@@ -13,3 +13,24 @@ rule image:
         CONDA_ENV
     shell:
         "tcplimits image --stamp {output} > {log} 2>&1"
+
+
+# The images some points need besides (tcplimits.image.extra): the NAT router's for nat
+# gateway, the real servers' for nginx, nginx-proxy and redis. Each is a job of its own that
+# only the points needing it wait for (image_stamps), so that no timed run builds one: a
+# config that gains its first such point builds the image, then runs the point, in the same
+# invocation. (Not params on the image job: a rerun job masks the jobs after it, and their
+# ancient() input then keeps Snakemake from running even the new point.)
+rule extra_image:
+    input:
+        ancient("results/image.txt"),
+    output:
+        "results/image-{image}.txt",
+    log:
+        "results/logs/image-{image}.log",
+    wildcard_constraints:
+        image="|".join(EXTRA_IMAGES),
+    conda:
+        CONDA_ENV
+    shell:
+        "tcplimits image --{wildcards.image} --stamp {output} > {log} 2>&1"

@@ -86,6 +86,12 @@ def parse_args(argv=None):
     p.add_argument("--wait-sources", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS until every --sources address exists (a compose "
                         "file's helper service adds them after this container starts)")
+    p.add_argument("--wait-route", metavar="GATEWAY", default=None,
+                   help="wait until every server address is routed via GATEWAY (nat gateway in "
+                        "a compose file: a helper service adds the routes after this container "
+                        "starts)")
+    p.add_argument("--wait-route-s", type=float, default=60.0, metavar="SECONDS",
+                   help="how long --wait-route waits")
     p.add_argument("--close", choices=common.CLOSE_MODES, default="abort",
                    help="on SIGTERM: abort (RST, nothing lingers in the kernel) or graceful (FIN)")
     p.add_argument("--check-signal", action="store_true",
@@ -282,6 +288,34 @@ def wait_for_sources(sources, seconds):
         time.sleep(0.1)
 
 
+def _hex_addr(addr):
+    """An IPv4 address as /proc/net/route writes it (the __be32, printed as a host int)."""
+    return "%08X" % int.from_bytes(socket.inet_aton(addr), "little")
+
+
+def routed_via(dests, gateway, table="/proc/net/route"):
+    """The addresses of ``dests`` that have a host route (/32) via ``gateway``."""
+    found = set()
+    with open(table) as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if len(cols) >= 8 and cols[2] == _hex_addr(gateway) and cols[7] == "FFFFFFFF":
+                found.add(cols[1])
+    return [d for d in dests if _hex_addr(d) in found]
+
+
+def wait_for_route(dests, gateway, seconds):
+    """Return once every address of ``dests`` is routed via ``gateway``; exit with a
+    message after ``seconds``."""
+    end = time.monotonic() + seconds
+    while len(routed_via(dests, gateway)) < len(dests):
+        if time.monotonic() >= end:
+            missing = sorted(set(dests) - set(routed_via(dests, gateway)))
+            sys.exit(f"client: no route to {', '.join(missing)} via {gateway} after "
+                     f"{seconds:g} s (--wait-route)")
+        time.sleep(0.1)
+
+
 def _bindable(addr):
     with socket.socket() as s:
         try:
@@ -298,6 +332,8 @@ def main(argv=None):
     lo, hi = port_range()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
     server_addrs = [socket.gethostbyname(name) for name in _strs(args.server)]
+    if args.wait_route:
+        wait_for_route(server_addrs, args.wait_route, args.wait_route_s)
     held = held_in_range(lo, hi)
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
     signal.pthread_sigmask(signal.SIG_BLOCK,

@@ -13,7 +13,9 @@ one POSTROUTING rule: MASQUERADE (one address: the interface's) or SNAT to the a
 with ``--to-ports`` and ``--random`` / ``--random-fully`` when asked. Then it prints
 {"event": "router_ready", ...} with the rule and this namespace's conntrack counters, and on
 SIGUSR1 prints them again ({"event": "router_counters", "moment": ...}); SIGTERM ends it
-after a last print. Standard library only (iptables runs as a program).
+after a last print. Once its rules are in, it creates READY_FILE: ``natrouter.py --check``
+(a compose file's health check) exits 0 once it exists. Standard library only (iptables runs
+as a program).
 """
 
 import argparse
@@ -30,6 +32,7 @@ import netaddr  # noqa: E402  (the agents' own rtnetlink helper)
 
 IPTABLES = "/usr/sbin/iptables-nft"
 STAT = "/proc/net/stat/nf_conntrack"
+READY_FILE = "/run/tcplimits-router.ready"  # on the router's tmpfs /run
 
 
 def _emit(event, **fields):
@@ -94,6 +97,8 @@ def rule(args, iface):
 
 
 def main(argv=None):
+    if (sys.argv[1:] if argv is None else argv) == ["--check"]:
+        return 0 if os.path.exists(READY_FILE) else 1
     args = parse_args(argv)
     subnet = ipaddress.ip_network(args.server_subnet, strict=False)
     found = [a for a in netaddr.addresses() if a["addr"]
@@ -120,6 +125,8 @@ def main(argv=None):
 
     signal.signal(signal.SIGUSR1, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    with open(READY_FILE, "w"):
+        pass
     _emit("router_ready", iface=iface, rule=listed, addresses=netaddr.addresses(),
           ip_forward=sysctl("net.ipv4.ip_forward"),
           time_wait_timeout=sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait"),

@@ -188,22 +188,26 @@ def _engine_or_none(command: str):
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    from tcplimits.image import ImageError, ensure_image
+    from tcplimits.image import ImageError, ensure_image, extra
 
     client = _engine_or_none("image")
     if client is None:
         return EXIT_MACHINE
+    names = [n for n in extra.EXTRA if args.all or getattr(args, n)]
     try:
-        image = ensure_image(client, rebuild=args.rebuild, log=_log(args))
+        images = [ensure_image(client, rebuild=args.rebuild, log=_log(args))]
+        images += [extra.ensure(client, name, log=_log(args)) for name in names]
     except ImageError as err:
         print(f"tcplimits image: {err}", file=sys.stderr)
         return EXIT_FAILED
-    tag = image.tags[0] if image.tags else image.id
-    print(tag)
+    # the stamp: a tag line and an image id line per image, the agent image's first
+    lines = [line for image in images
+             for line in (image.tags[0] if image.tags else image.id, image.id)]
+    print("\n".join(lines[::2]))
     if args.stamp:
         from tcplimits.results import write_text
 
-        write_text(f"{tag}\n{image.id}\n", args.stamp)
+        write_text("".join(f"{line}\n" for line in lines), args.stamp)
     return EXIT_OK
 
 

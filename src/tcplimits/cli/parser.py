@@ -219,14 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "image", help="build the agent image (and its Debian base) if missing",
+        "image", help="build the agent image (and its Debian base) if missing; with "
+        "--router / --servers / --all, the NAT router's and the real servers' images too",
         description="Build the image the experiments run in. The tag follows a hash of the "
         "container programs: unchanged code is not rebuilt. Without a registry the base is "
-        "built once from Debian packages with debootstrap (needs root, ~1 min).",
-        epilog=_epilog(["tcplimits image", "tcplimits image --rebuild --stamp image.txt"],
+        "built once from Debian packages with debootstrap (needs root, ~1 min). A run builds "
+        "a missing router or servers image itself, inside its timed setup: build them here "
+        "first (the workflow's image job does, for the points that need them). Prints each "
+        "tag, the agent image's first.",
+        epilog=_epilog(["tcplimits image", "tcplimits image --rebuild --stamp image.txt",
+                        "tcplimits image --router      # before runs with --nat gateway",
+                        "tcplimits image --all"],
                        codes=(EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MACHINE),
                        env=("DOCKER_HOST", "TCPLIMITS_BASE_IMAGE")))
     p.add_argument("--rebuild", action="store_true", help="rebuild the agent image")
+    p.add_argument("--router", action="store_true",
+                   help="also the NAT router's image (tcplimits-router: the agent image plus "
+                   "Debian's iptables), which --nat gateway runs on")
+    p.add_argument("--servers", action="store_true",
+                   help="also the real servers' image (tcplimits-servers: Debian's nginx, "
+                   "Redis, HAProxy), which --server nginx|nginx-proxy|redis runs on")
+    p.add_argument("--all", action="store_true", help="every image: --router --servers")
     p.add_argument("--stamp", metavar="FILE",
                    help="also write the tag and image id to this file")
     _add_output_flags(p, quiet_help="no build log on stderr")

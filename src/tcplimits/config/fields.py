@@ -28,10 +28,15 @@ BIND_MODES = ("connect", "bind", "bind-no-port")
 PAIRS_MAX = 4096
 
 # Clients behind a NAT (issue 16): none (the direct path) or a router container that
-# translates their source addresses (tcplimits.engine.nat, tcplimits.model.nat).
-NATS = ("none", "gateway")
+# translates their source addresses (tcplimits.engine.nat, tcplimits.model.nat); published
+# (Docker's own path to a published port) is refused before any container starts
+# (config.params.PUBLISHED_REFUSAL says why).
+NATS = ("none", "gateway", "published")
 NAT_RANDOM = ("none", "random", "fully")
 NAT_ADDRS_MAX = 16  # Azure's NAT gateway takes up to 16 public addresses, AWS's up to 8
+# The NAT's ports are written into packets, never bound: ip_unprivileged_port_start (PORT_MIN)
+# does not apply (measured: MASQUERADE --to-ports below 1024 holds its whole pool).
+NAT_PORT_MIN = 1
 
 MODES = ("hold", "churn")
 # The server the clients connect to (issue 21): the agent, or a real one from Debian's
@@ -148,16 +153,17 @@ FIELDS: dict[str, Field] = {
               "IP_BIND_ADDRESS_NO_PORT, then connect())", choices=BIND_MODES),
         # Behind a NAT (issue 16).
         Field("nat", "choice", "none",
-              "none: clients reach the server directly; gateway: clients sit on a network of "
-              "their own and reach the server through a NAT router container (source NAT)",
-              choices=NATS),
+              "none: clients reach the server directly; gateway: clients reach the server "
+              "through a NAT router container on the run's network (source NAT); published: "
+              "Docker's own path to a published port (refused: an internal network gets no "
+              "published ports)", choices=NATS),
         Field("nat_addrs", "int", 1,
               "nat gateway: addresses the NAT translates to (its SNAT address pool)", 1,
               NAT_ADDRS_MAX),
         Field("nat_port_range", "port_range", None,
-              "nat gateway: the NAT's port range, LO-HI (default: MASQUERADE's own, "
-              "1024-65535 for source ports >= 1024; it ignores ip_local_port_range)",
-              optional=True),
+              "nat gateway: the NAT's port range, LO-HI, from port 1 (default: MASQUERADE's "
+              "own, 1024-65535 for source ports >= 1024; it ignores ip_local_port_range)",
+              NAT_PORT_MIN, optional=True),
         Field("nat_random", "choice", "none",
               "nat gateway: how the NAT picks a port: none (keep the client's port when free, "
               "else search from a random offset), random (--random), fully (--random-fully)",

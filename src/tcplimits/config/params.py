@@ -16,8 +16,8 @@ from typing import Any
 
 from tcplimits.config.fields import (  # noqa: F401  (re-exported: callers import them from params)
     BIND_MODES, CHURN_ONLY, CLOSERS, FIELDS, Field, KERNEL_DEFAULT_PORT_RANGE, MODES, NATS,
-    NAT_ADDRS_MAX, NAT_ONLY, NAT_RANDOM, NETWORKS, NGINX_SERVERS, NOFILE_MAX, PAIRS_MAX,
-    PORT_MAX, PORT_MIN, SERVERS, TUPLE_MAX)
+    NAT_ADDRS_MAX, NAT_ONLY, NAT_PORT_MIN, NAT_RANDOM, NETWORKS, NGINX_SERVERS, NOFILE_MAX,
+    PAIRS_MAX, PORT_MAX, PORT_MIN, SERVERS, TUPLE_MAX)
 
 # Fields that accept a word besides an integer.
 _WORDS = {"workers": "auto", "rate": "max", "connections": "ceiling"}
@@ -37,8 +37,22 @@ class ParamError(ValueError):
 
 
 
+# Measured on Docker 20.10.24 (issue 16): a port published (bound to 127.0.0.1) by a container
+# attached only to an internal network is accepted and silently ignored: no DNAT rule, no
+# docker-proxy, no HostPort. On a plain bridge the same container gets both (this engine runs
+# the userland proxy: dockerd has no userland-proxy setting, so true).
+PUBLISHED_REFUSAL = (
+    "topology published cannot run here: every network tcplimits creates is internal and "
+    "publishes nothing, and Docker publishes no port of a container on an internal network "
+    "(measured on Docker 20.10.24: the binding is accepted and ignored, no DNAT rule, no "
+    "docker-proxy); clients on an internal network cannot reach the host's published ports "
+    "either. Use nat: gateway (a NAT router on the run's internal network)")
+
+
 def _check_nat(params: "RunParams") -> None:
     """Combinations the NAT path cannot run, refused with the reason."""
+    if params.nat == "published":
+        raise ParamError("nat", params.nat, PUBLISHED_REFUSAL)
     if params.nat == "none":
         for name in NAT_ONLY:
             if getattr(params, name) != FIELDS[name].default:
@@ -48,14 +62,12 @@ def _check_nat(params: "RunParams") -> None:
     if params.network != "bridge":
         raise ParamError("nat", params.nat, "needs network bridge (the router shares the "
                          "run's bridge network; loopback has no route to translate)")
-    if params.client_addrs != 1:
-        raise ParamError("client_addrs", params.client_addrs, "must be 1 with nat gateway "
-                         "(the router translates each client's one address; extra source "
-                         "addresses behind a NAT are not supported)")
 
 
-def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
-    """'32768-60999' (or '32768 60999', or a 2-sequence) -> (32768, 60999), validated."""
+def parse_port_range(value: Any, key: str = "port_range",
+                     minimum: int = PORT_MIN) -> tuple[int, int]:
+    """'32768-60999' (or '32768 60999', or a 2-sequence) -> (32768, 60999), validated. A range
+    no socket binds (nat_port_range: the NAT's) may start below PORT_MIN, at ``minimum``."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
         lo, hi = value
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
@@ -69,13 +81,19 @@ def parse_port_range(value: Any, key: str = "port_range") -> tuple[int, int]:
         raise ParamError(key, value, "expected LO-HI, such as 32768-60999")
     if lo > hi:
         raise ParamError(key, value, f"reversed range: low end {lo} is above high end {hi}")
-    if lo < PORT_MIN:
+    if lo < minimum:
         raise ParamError(key, value,
-                         f"low end {lo} is below {PORT_MIN} (ip_unprivileged_port_start; "
-                         "a container refuses it)")
+                         f"low end {lo} is below {minimum} (ip_unprivileged_port_start; "
+                         "a container refuses it)" if minimum == PORT_MIN else
+                         f"low end {lo} is below {minimum}")
     if hi > PORT_MAX:
         raise ParamError(key, value, f"high end {hi} is above {PORT_MAX}")
     return lo, hi
+
+
+def port_minimum(field: Field) -> int:
+    """The lowest port a port_range field takes: PORT_MIN unless the field says lower."""
+    return PORT_MIN if field.minimum is None else int(field.minimum)
 
 
 def port_count(port_range: Any) -> int:
@@ -97,7 +115,7 @@ def _coerce(field: Field, value: Any, key: str) -> Any:
             return None
         raise ParamError(key, value, "a value is required")
     if field.kind == "port_range":
-        lo, hi = parse_port_range(value, key)
+        lo, hi = parse_port_range(value, key, port_minimum(field))
         return f"{lo}-{hi}"
     word = _WORDS.get(field.kind)
     if word and isinstance(value, str) and value.strip().lower() == word:

@@ -47,7 +47,8 @@ JSON_TYPES = {"int": "integer", "workers": "integer", "rate": "integer", "connec
 def field_schema(field: Field) -> dict[str, Any]:
     """One parameter's schema ($defs entry): its description, type, bounds or choices."""
     if field.kind == "port_range":
-        return {"description": f"{field.help}. {PORT_MIN} <= LO <= HI <= {PORT_MAX}.",
+        low = PORT_MIN if field.minimum is None else int(field.minimum)
+        return {"description": f"{field.help}. {low} <= LO <= HI <= {PORT_MAX}.",
                 "type": ["string", "null"] if field.optional else "string",
                 "pattern": "^[0-9]{1,5}-[0-9]{1,5}$"}
     if field.kind == "choice":

@@ -10,8 +10,10 @@ recorded in run.json ("addresses" and "privileges").
 So that Docker never hands one of those addresses to another container, a run that needs
 extra addresses gets a network with an explicit subnet and an ``ip_range`` that Docker
 allocates from (the subnet's first /26: 62 addresses, for at most 33 containers); the extra
-addresses come from the rest of the subnet. Runs with no extra address keep Docker's default
-network (the default path is unchanged).
+addresses come from the rest of the subnet. A nat gateway run gets such a network too, extra
+addresses or not: its compose file pins the subnet and every address, since the router's
+rule and the clients' routes name them. Other runs with no extra address keep Docker's
+default network (the default path is unchanged).
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ class AddressPlan:
 
 
 def needs_extra(params: RunParams) -> bool:
-    return params.server_addrs > 1 or params.client_addrs > 1 or (params.gateway
-                                                                   and params.nat_addrs > 1)
+    """The run's network gets a planned subnet (module docstring)."""
+    return params.server_addrs > 1 or params.client_addrs > 1 or params.gateway
 
 
 def plan(params: RunParams, base: str) -> AddressPlan:
@@ -187,12 +189,19 @@ def add_addresses(client, image: str, target, addrs: list[str], prefix: int,
     }
 
 
+def route_spec(image: str, target_id: str, dests: list[str], via: str,
+               labels: dict[str, str], name: str) -> dict[str, Any]:
+    """The helper adding a route to each of ``dests`` via ``via`` in the target's namespace
+    (topology gateway: the clients reach the server through the NAT router)."""
+    spec = helper_spec(image, target_id, [], 0, labels, name)
+    spec["command"] = ["python3", NETADDR, "route", "via", via, *dests]
+    return spec
+
+
 def add_routes(client, image: str, target, dests: list[str], via: str, labels: dict[str, str],
                name: str) -> dict[str, Any]:
-    """The same helper adding a route to each of ``dests`` via ``via`` in ``target``'s
-    namespace (topology gateway: the clients reach the server through the NAT router)."""
-    spec = helper_spec(image, target.id, [], 0, labels, name)
-    spec["command"] = ["python3", NETADDR, "route", "via", via, *dests]
+    """Run route_spec's helper against ``target``; what run.json records of it."""
+    spec = route_spec(image, target.id, dests, via, labels, name)
     status, output, host, duration = _run_helper(client, spec)
     if status != 0:
         raise RuntimeError(f"adding routes to {', '.join(dests)} via {via} in {target.name} "

@@ -69,7 +69,8 @@ def router_spec(experiment, image: str, subnet: str, nat_addrs: list[str],
         spec, image=image, name=f"{experiment.network_name}-router", hostname="router",
         command=command, network=experiment.network_name, detach=True,
         sysctls={"net.ipv4.ip_forward": "1"}, tmpfs={"/run": "size=1m"},
-        pids_limit=16, mem_limit=64 * 2**20 + ROUTER_BYTES_PER_ENTRY * demand,
+        pids_limit=16, mem_limit=(memory := 64 * 2**20 + ROUTER_BYTES_PER_ENTRY * demand),
+        memswap_limit=memory,  # no swap beyond the limit, as every container
         labels={**experiment.labels, ROLE_LABEL: "router"})
 
 
@@ -89,6 +90,7 @@ class Gateway:
         self.peers: list[dict] | None = None
         self.routes: list[dict] = []
         self.client_addrs: dict[int, str] = {}  # client number -> address, while running
+        self.client_sources: dict[int, list[str]] = {}  # -> its address and extra sources
         self.image: str | None = None
         self.spec: dict[str, Any] | None = None
 
@@ -125,6 +127,9 @@ class Gateway:
         ex = self.experiment
         self.client_addrs = {int(role[len("client"):]): ex.address(role)
                              for role in ex.client_roles}
+        # every source address goes through the router: the routes name destinations only
+        self.client_sources = {c: ex.addresses.get(f"client{c}") or [a]
+                               for c, a in self.client_addrs.items()}
         for role in ex.client_roles:
             container = ex.containers[role]
             done = addresses.add_routes(ex.client, ex.image, container,
@@ -178,6 +183,12 @@ class Gateway:
             except Exception:
                 pass
         self.snapshot("after")
+
+    def compose_router(self) -> dict[str, Any] | None:
+        """The router as the run's compose file reproduces it (engine.compose), once it ran."""
+        if not self.on or self.spec is None or self.router_address is None:
+            return None
+        return {"spec": self.spec, "address": self.router_address}
 
     def record(self) -> dict[str, Any] | None:
         """run.json's "nat": the router, its rule and addresses, its counters, the routes, the
@@ -283,7 +294,9 @@ def run_record(gateway: Gateway, held: dict[str, list[dict]], client_addrs: dict
 
     own = [[s for s in held.get(str(c), [])] for c in range(1, ex.params.clients + 1)]
     record.update(natrun.run_record(
-        ex.params, own, direct.errno, [client_addrs[c] for c in sorted(client_addrs)], servers,
+        ex.params, own, direct.errno,
+        [gateway.client_sources.get(c) or [client_addrs[c]] for c in sorted(client_addrs)],
+        servers,
         gateway.nat_addrs, [int(p) for p in server_ports(ex.params).split(",")], clients,
         record.get("counters") or {}))
     return record

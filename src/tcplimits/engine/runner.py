@@ -209,7 +209,8 @@ def _write_run(out_dir: Path, record: dict[str, Any], experiment: Experiment,
     write_run(out_dir, record, tables.clients, tables.server, tables.series,
               compose=servers.fix_compose(compose_file(
                   experiment.specs, experiment.run_id, address_plan=experiment.address_plan,
-                  addresses=experiment.addresses, bind_mode=experiment.params.bind_mode),
+                  addresses=experiment.addresses, bind_mode=experiment.params.bind_mode,
+                  router=experiment.nat.compose_router()),
                   experiment.params),
               destinations=tables.destinations, save_logs=experiment.save_logs,
               churn=tables.churn, realserver=servers.rows(record))

@@ -7,6 +7,8 @@ and the agent programs on top.
     Dockerfile    the agent image's recipe
     router        ensure_router_image: the NAT router's image, the agent image plus Debian's
                   iptables fetched with apt-get download (Dockerfile.router)
+    extra         which of the router's and the real servers' images points need, built by
+                  `tcplimits image --router / --servers / --all`
 """
 
 from tcplimits.image.base import ImageError, ensure_base

@@ -7,12 +7,22 @@ measured come from tests/engine/test_nat.py on this machine):
   ip_local_port_range. MASQUERADE or SNAT without a port range maps a source port >= 1024
   into 1024-65535 (64,512 ports; 600-1023 below 1024, 1-511 below 512) and keeps the client's
   own port when the translated tuple is still unique (get_unique_tuple), so the default pool
-  is 64,512 per NAT address and destination, not the clients' 28,232.
+  is 64,512 per NAT address and destination, not the clients' 28,232. Measured: three
+  clients each binding source ports 300, 700 and 40000 through one MASQUERADE: the first
+  kept its ports, the clashing ones became 97 and 480, 943 and 1023, 3721 and 41394. The
+  agents' own ranges start at 1024 (PORT_MIN), so only the 1024-65535 pool shows in a run.
+- nat_port_range (--to-ports) may start below 1024, from port 1: the NAT writes its ports
+  into packets and binds none, so ip_unprivileged_port_start has no say (measured: 500-599,
+  two clients, 100 held, every peer port of the server's in 500-599).
 - Which NAT address a connection gets is a hash, not a choice among free ones
   (find_best_ips_proto): jhash2 of the client's address seeded with the destination address,
   scaled onto the pool of addresses. Every connection of one client address toward one
   destination address leaves from the same NAT address, full or not: ``nat_addrs`` multiplies
-  the pool only across clients (and server addresses) that hash apart.
+  the pool only across client addresses (and server addresses) that hash apart. A client's
+  extra source addresses (client_addrs, bind modes bind and bind-no-port) are translated
+  like any other: behind one NAT address they add nothing to the NAT's pool (measured: two
+  sources of one client on a 100-port pool hold 100, not 200); with several NAT addresses
+  each source hashes on its own, so one client may reach more of them.
 - When no port is free the SYN is dropped (the conntrack entry is not inserted:
   /proc/net/stat/nf_conntrack insert_failed and drop): the client retransmits it and ends with
   ETIMEDOUT at its connect timeout, never EADDRNOTAVAIL.
@@ -37,7 +47,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from tcplimits.config.params import RunParams, parse_port_range
+from tcplimits.config.params import NAT_PORT_MIN, RunParams, parse_port_range
+from tcplimits.model import fourtuple
 
 GATEWAY = "gateway"
 # nf_nat_l4proto_unique_tuple without NF_NAT_RANGE_PROTO_SPECIFIED, source port >= 1024.
@@ -56,7 +67,7 @@ def port_range(params: RunParams) -> tuple[int, int]:
     """The NAT's port range: nat_port_range, or MASQUERADE's own."""
     if params.nat_port_range is None:
         return MASQUERADE_DEFAULT_RANGE
-    return parse_port_range(params.nat_port_range, "nat_port_range")
+    return parse_port_range(params.nat_port_range, "nat_port_range", NAT_PORT_MIN)
 
 
 def pool_size(params: RunParams) -> int:
@@ -228,19 +239,33 @@ class NatPrediction:
         return asdict(self)
 
 
+def client_pairs(params: RunParams, sources: str | Sequence[str],
+                 server_addrs: Sequence[str],
+                 server_ports: Sequence[int]) -> list[tuple[str, str, int]]:
+    """(source address, destination address, port) a client's connections walk, in the
+    agent's order (fourtuple.pairs); plain connect() leaves from its first address."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    used = sources[:fourtuple.sources_used(params.bind_mode, len(sources))]
+    return [(s, a, p) for s in used for a in server_addrs for p in server_ports]
+
+
 def predict(params: RunParams, own: Sequence[int], own_errno: str | None,
-            client_addrs: Sequence[str], server_addrs: Sequence[str],
+            client_addrs: Sequence[str | Sequence[str]], server_addrs: Sequence[str],
             nat_addrs: Sequence[str], server_ports: Sequence[int]) -> NatPrediction:
     """The clients' count behind the NAT. ``own``: each client's bound on the direct path
-    (model.client_terms with its held ports); ``own_errno``: the errno that bound gives.
-    Every client process spreads round-robin over the destinations and stops at its first
-    error: clients are filled one connection at a time each, in turn (equal speeds), a
-    client stopping when its own bound is reached or the pool of its next destination is full.
+    (model.client_terms with its held ports); ``own_errno``: the errno that bound gives;
+    ``client_addrs``: each client's address, or its addresses (the first its own, then its
+    extra sources). Every client process spreads round-robin over its (source, destination)
+    pairs and stops at its first error: clients are filled one connection at a time each, in
+    turn (equal speeds), a client stopping when its own bound is reached or the NAT pool of
+    its next pair is full. Each pair's pool is the one of its source's NAT address (the hash)
+    and its destination.
     """
     pool = pool_size(params)
-    dests = [(a, p) for a in server_addrs for p in server_ports]
-    group_of = {(i, d): (nat_address(client_addrs[i], d[0], nat_addrs), *d)
-                for i in range(len(own)) for d in dests}
+    pairs = [client_pairs(params, client_addrs[i], server_addrs, server_ports)
+             for i in range(len(own))]
+    group_of = {(i, k): (nat_address(s, a, nat_addrs), a, p)
+                for i in range(len(own)) for k, (s, a, p) in enumerate(pairs[i])}
     used: dict[tuple, int] = {g: 0 for g in group_of.values()}
     held = [0] * len(own)
     errnos: list[str | None] = [None] * len(own)
@@ -252,7 +277,7 @@ def predict(params: RunParams, own: Sequence[int], own_errno: str | None,
     while active:
         still = []
         for i in active:
-            group = group_of[(i, dests[held[i] % len(dests)])]
+            group = group_of[(i, held[i] % len(pairs[i]))]
             if used[group] >= pool:
                 errnos[i] = NAT_ERRNO
                 continue
@@ -267,12 +292,12 @@ def predict(params: RunParams, own: Sequence[int], own_errno: str | None,
     total = sum(held)
     full = [g for g, n in used.items() if n >= pool]
     # a full pool stops short by what its bounded search leaves (the same for each pool)
-    per_group = max((sum(1 for (i, d), gg in group_of.items() if gg == g) for g in full),
+    per_group = max((len({i for (i, _), gg in group_of.items() if gg == g}) for g in full),
                     default=1)
     low_fill, typical = fill_span(params, per_group * params.procs) if full else (pool, pool)
     short = pool - low_fill
     groups = [{"nat_addr": g[0], "server_addr": g[1], "server_port": g[2],
-               "clients": sorted(i + 1 for (i, d), gg in group_of.items() if gg == g),
+               "clients": sorted({i + 1 for (i, _), gg in group_of.items() if gg == g}),
                "held": n, "full": n >= pool} for g, n in sorted(used.items())]
     lo, hi = port_range(params)
     return NatPrediction(
@@ -282,11 +307,12 @@ def predict(params: RunParams, own: Sequence[int], own_errno: str | None,
         nat_addrs=list(nat_addrs), groups=groups, direct_total=sum(own), shortfall=short)
 
 
-def addresses_needed(connections: int, clients: int, pool: int, destinations: int = 1) -> int:
+def addresses_needed(connections: int, clients: int, pool: int, destinations: int = 1,
+                     sources: int = 1) -> int:
     """NAT addresses that let ``clients`` hold ``connections`` to ``destinations`` together,
     when the hash spreads them evenly: each address serves a pool per destination, and no
-    client ever uses more than one address per destination address, so more addresses than
-    clients add nothing."""
+    source address (``sources`` per client, used) ever uses more than one NAT address per
+    destination address, so more addresses than sources add nothing."""
     per_address = pool * destinations
     need = math.ceil(connections / per_address) if connections > 0 else 0
-    return need if need <= clients else -1  # -1: no number of addresses is enough
+    return need if need <= clients * sources else -1  # -1: no number of addresses is enough

@@ -55,7 +55,7 @@ def churn_sentence(params: RunParams, connections: int, insert_failed: int | Non
 
 
 def run_record(params: RunParams, held: Sequence[Sequence[Mapping] | int], own_errno: str | None,
-               client_addrs: Sequence[str], server_addrs: Sequence[str],
+               client_addrs: Sequence[str | Sequence[str]], server_addrs: Sequence[str],
                nat_addrs: Sequence[str], server_ports: Sequence[int],
                clients: Sequence[Mapping[str, Any]],
                counters: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def verdict_sentence(params: RunParams, pred: NatPrediction, observed: int,
                  f"port search drops SYNs while a few ports of a full pool are still free)")
     stops = ", ".join(f"{n} {e}" for e, n in errnos.items())
     return (f"clients held {observed:,} through the NAT, the model {span}: {why}; "
-            f"{len(used)} of {len(pred.nat_addrs)} NAT address(es) used (each client address "
+            f"{len(used)} of {len(pred.nat_addrs)} NAT address(es) used (each source address "
             f"hashes to one per destination address); processes stopped: {stops} "
             f"(expected {', '.join(expected) or 'none'})")
 

@@ -116,8 +116,10 @@ def addresses_sentence(runs: pl.DataFrame) -> str:
     return (f"**How many NAT addresses do N clients need for M connections to one destination?** "
             f"⌈M / {pool:,}⌉ with MASQUERADE's default pool ({pool:,} ports per NAT address and "
             f"destination, 1024-65535, whatever the clients' own range), and never more than N: "
-            f"the NAT hashes each client address to one NAT address per destination address, so "
-            f"a client never spreads over two, and two clients may hash onto the same one. "
+            f"the NAT hashes each source address to one NAT address per destination address, "
+            f"so a client with one address never spreads over two, and two clients may hash "
+            f"onto the same one (a client's extra source addresses each hash on their own; "
+            f"behind one NAT address they add nothing). "
             f"For {clients:,} clients asking {want:,} connections: {answer}; each more "
             f"destination port or server address is another pool per NAT address.")
 
@@ -132,7 +134,10 @@ def mechanism() -> str:
             "(`nat: gateway`): clients route the server's addresses through it, it translates "
             f"with MASQUERADE or SNAT. A pool of at most {nat_model.MAX_ATTEMPTS} ports is "
             "searched whole and fills exactly; a larger one is probed in bounded rounds, so it "
-            "may stop a few ports short (the model's span).")
+            "may stop a few ports short (the model's span). Docker's own path to a published "
+            "port (`nat: published`) is refused: the runs' networks are internal, and Docker "
+            "publishes no port of a container on an internal network (measured: the binding is "
+            "accepted and ignored, no DNAT rule, no userland proxy).")
 
 
 def behind_a_nat(d: Any) -> Blocks:
