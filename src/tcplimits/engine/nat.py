@@ -291,7 +291,7 @@ def run_record(gateway: Gateway, held: dict[str, list[dict]], client_addrs: dict
     record.update(natrun.run_record(
         ex.params, own, direct.errno, [client_addrs[c] for c in sorted(client_addrs)], servers,
         gateway.nat_addrs, [int(p) for p in server_ports(ex.params).split(",")], clients,
-        record.get("counters") or {}, direct_churn=direct_churn, loop_rate=loop_rate))
+        record.get("counters") or {}, loop_rate=loop_rate))
     return record
 
 

@@ -37,20 +37,29 @@ def churn_prediction(params: RunParams, held: Sequence[Sequence[Mapping] | int],
     """The NAT's churn model for a point, with the direct model's rate and limit (the
     clients' own TIME_WAIT) for what the NAT leaves to the clients."""
     direct = churn.predict(params, held_ports=held, loop_rate=loop_rate)
-    rate = None
+    rate, limit = None, churn.RATE
     if direct.asked_rate is not None:
-        per_container = [direct.asked_rate if s is None else min(direct.asked_rate, s)
-                         for s in direct.sustainable_rate]
-        rate = sum(per_container)
+        count = 0.0
+        for after, at in zip(direct.stop_after, direct.stop_at_s):
+            if after is not None and at is not None and at < params.duration:
+                count, limit = count + after, direct.limit  # its own pool runs dry first
+            else:
+                count += direct.asked_rate * params.duration
+        rate = count / params.duration
     return churn_predict(params, client_addrs, server_addrs, nat_addrs, server_ports,
-                         loop_rate=loop_rate, direct_rate=rate, direct_limit=direct.limit)
+                         loop_rate=loop_rate, direct_rate=rate, direct_limit=limit)
+
+
+def _fmt(rate: float | None) -> str:
+    return "unbounded" if rate is None else f"{rate:,.0f}/s"
 
 
 def churn_verdict(params: RunParams, pred: NatChurnPrediction, observed: int,
-                  insert_failed: int | None, direct: Mapping[str, Any] | None) -> dict:
-    """A churn point through the NAT against ``pred``: the count within the model's span
-    when the server's TIME_WAIT holds it down (nat_paws); otherwise the NAT adds no bound and
-    the direct churn verdict (``direct``, run.json's churn verdict) stands."""
+                  insert_failed: int | None) -> dict:
+    """A churn point through the NAT against ``pred``: when the server's TIME_WAIT holds it
+    down (nat_paws), the count within the model's span; when the NAT adds no bound, the
+    direct model's count: its stop within churn.stop_tolerance, or the asked rate held
+    (churn.RATE_HELD)."""
     rate = observed / params.duration if params.duration else 0.0
     dropped = (f"the NAT dropped {insert_failed:,} SYN(s)" if insert_failed
                else "the NAT dropped no SYN")
@@ -74,13 +83,23 @@ def churn_verdict(params: RunParams, pred: NatChurnPrediction, observed: int,
         model = (f"model: more processes open connections at once than the NAT's "
                  f"{pred.pool:,} ports, so it drops SYNs")
     else:
-        agrees = None if direct is None else direct.get("agrees")
+        stops = pred.limit != churn.RATE
+        if pred.connections is None:
+            agrees = None
+        elif stops:  # the client's own pool runs dry: its stop count
+            agrees = abs(observed - pred.connections) <= churn.stop_tolerance(pred.connections)
+        else:  # the asked rate, held
+            agrees = churn.RATE_HELD * pred.connections <= observed <= pred.connections + \
+                churn.STOP_TOLERANCE_ABS
         closed = ("the client closes first" if params.closer == "client" else
                   "the clients' SYNs carry no random timestamp offset")
-        model = (f"model: the NAT adds no bound ({closed}; in its last 32 probes it evicts a "
-                 f"closed entry whose sequence number the SYN has passed, so "
+        own = (f"the clients' own pools stop them after {pred.connections:,}" if stops and
+               pred.connections is not None else
+               f"{_fmt(pred.rate)} as asked" if pred.connections is not None else "the loop")
+        model = (f"model {own}: the NAT adds no bound ({closed}; in its last 32 probes it "
+                 f"evicts a closed entry whose sequence number the SYN has passed, so "
                  f"{CONNTRACK_TIME_WAIT_S} s TIME_WAIT entries do not hold the "
-                 f"{pred.pool:,}-port pool), the direct churn model judges it")
+                 f"{pred.pool:,}-port pool)")
     sentence = (f"{'as predicted' if agrees else 'differs from the model'}: {observed:,} "
                 f"opened and closed through a {pred.pool:,}-port NAT pool in "
                 f"{params.duration:g} s ({rate:,.0f}/s); {dropped}; {model}")
@@ -91,19 +110,18 @@ def run_record(params: RunParams, held: Sequence[Sequence[Mapping] | int], own_e
                client_addrs: Sequence[str], server_addrs: Sequence[str],
                nat_addrs: Sequence[str], server_ports: Sequence[int],
                clients: Sequence[Mapping[str, Any]],
-               counters: Mapping[str, Any], direct_churn: Mapping[str, Any] | None = None,
-               loop_rate: float | None = None) -> dict[str, Any]:
+               counters: Mapping[str, Any], loop_rate: float | None = None) -> dict[str, Any]:
     """run.json's nat "prediction" and "verdict": the model with each client's own bound
     (its held ports counted), against the clients' count. A churn point gets the NAT's
-    churn model ("churn_prediction") and its verdict; ``direct_churn`` is run.json's churn
-    verdict (the direct model's), ``loop_rate`` one process's unpaced rate (rate max)."""
+    churn model ("churn_prediction") and its verdict; ``loop_rate``: one process's unpaced
+    rate (rate max, as the direct churn verdict measured it)."""
     if params.churn:  # opened and closed: the NAT's churn model
         observed = sum(int(r.get("connections") or 0) for r in clients)
         drops = counter_delta(counters, "insert_failed")
         pred = churn_prediction(params, held, client_addrs, server_addrs, nat_addrs,
                                 server_ports, loop_rate=loop_rate)
         return {"prediction": None, "churn_prediction": pred.to_dict(), "verdict": {
-            **churn_verdict(params, pred, observed, drops, direct_churn),
+            **churn_verdict(params, pred, observed, drops),
             "insert_failed": drops, "drop": counter_delta(counters, "drop")}}
     own = [client_terms(params, h)[0] for h in held]
     pred = predict(params, own, own_errno, client_addrs, server_addrs, nat_addrs, server_ports)

@@ -88,7 +88,7 @@ def churn_run(run_id, closer, connections, **values):
     direct = {"connections": connections, "rate": connections / 8, "agrees": True,
               "sentence": "direct", "errnos": {"DURATION": 1}}
     nat = natrun.run_record(params, [0], "EADDRNOTAVAIL", ["10.0.0.2"], SERVER, NAT, [5000],
-                            rows, counters, direct_churn=direct)
+                            rows, counters)
     record = {"run_id": run_id, "status": "ok", "params": params.to_dict(),
               "totals": {"connections": connections}, "nat": nat,
               "churn": {"prediction": None, "verdict": {**direct, **{
