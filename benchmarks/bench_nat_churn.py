@@ -196,6 +196,26 @@ def one(engine, name: str, values: dict, out: Path) -> dict:
     }
 
 
+def judge(row: dict) -> dict | None:
+    """The current model's prediction and verdict for a recorded NAT run (from its values and
+    count; run.json's own verdict is that of the code that ran it). Rate max lacks the loop's
+    speed here: the NAT's ceiling only."""
+    from tcplimits.model import natrun
+
+    values = row["values"]
+    if values.get("nat") != "gateway" or row["status"] != "ok":
+        return None
+    params = RunParams.from_mapping({**BASE, **values})
+    clients = [f"10.0.0.{i + 2}" for i in range(params.clients)]
+    pred = natrun.churn_prediction(params, [0] * params.clients, clients, ["10.0.0.100"],
+                                   ["10.0.0.50"], [5000])
+    verdict = natrun.churn_verdict(params, pred, row["connections"],
+                                   row["router_stat"].get("insert_failed", 0))
+    return {"limit": pred.limit, "rate": pred.rate, "low": pred.low, "high": pred.high,
+            "connections": pred.connections, "connections_low": pred.connections_low,
+            "connections_high": pred.connections_high, "agrees": verdict["agrees"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", choices=sorted(SETS))
@@ -205,6 +225,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "nat-churn.json")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--label", default="", help="a word kept with each run (e.g. validation)")
+    ap.add_argument("--rejudge", action="store_true",
+                    help="run nothing: set the recorded runs against the current model")
     args = ap.parse_args()
     engine = docker.from_env()
     cases = {k: v for s in (args.set or sorted(SETS)) for k, v in SETS[s].items()}
@@ -215,6 +237,16 @@ def main() -> None:
     old = ({} if args.fresh or not args.out.exists()
            else json.loads(args.out.read_text()))
     runs = list(old.get("runs", []))
+    if args.rejudge:
+        for row in runs:
+            row["model_now"] = judge(row)
+        results.write_json({**old, "runs": runs}, args.out)
+        for row in runs:
+            now = row["model_now"] or {}
+            print(row.get("label"), row["case"], row["connections"], now.get("connections_low"),
+                  now.get("connections"), now.get("connections_high"), now.get("limit"),
+                  now.get("agrees"))
+        return
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench-natchurn-") as tmp:
