@@ -26,8 +26,8 @@ NAT_SCHEMA: dict[str, pl.DataType] = {
     "nat_peers": pl.Utf8,                # the server's peers as JSON: [{addr, connections,
                                          # port_lo, port_hi, server_ports}]
     "nat_churn_rate": pl.Float64,        # churn model through the NAT: per s, all clients
-    "nat_churn_low": pl.Float64,         # ... its span
-    "nat_churn_high": pl.Float64,
+    "nat_churn_low": pl.Float64,         # ... its span: the most 1 s retransmits
+    "nat_churn_high": pl.Float64,        # ... the fewest
     "nat_churn_limit": pl.Utf8,          # nat_paws, nat_open, or the direct churn limit
     "nat_churn_turnover": pl.Float64,    # per pool: above it, reused ports meet TIME_WAIT
 }
