@@ -241,3 +241,17 @@ def test_a_churn_point_is_judged_within_the_span():
     got = client_judged(2000, p12)
     assert got["verdict"]["agrees"] and got["churn_prediction"]["limit"] == "time_wait"
     assert "own pools stop them after 2,000" in got["verdict"]["sentence"]
+
+
+def test_rate_max_through_the_nat_is_bounded_by_the_loop_it_measured():
+    from tcplimits.model import natrun
+
+    p = params(mode="churn", rate="max", duration=4, closer="client", tw_reuse=1,
+               port_range="40000-49999", nat_port_range="40000-40099")
+    pred = natrun.churn_prediction(p, [0], CLIENTS[:1], SERVER, ["10.0.0.50"], [5000],
+                                   loop_rate=1500.0)
+    assert (pred.limit, pred.connections) == ("rate", 6000)  # 10,000 ports / 1 s > 1,500/s
+    assert natrun.churn_verdict(p, pred, 4000, 0)["agrees"]  # slower than its best second
+    assert not natrun.churn_verdict(p, pred, 7000, 0)["agrees"]
+    blind = natrun.churn_prediction(p, [0], CLIENTS[:1], SERVER, ["10.0.0.50"], [5000])
+    assert blind.connections is None and natrun.churn_verdict(p, blind, 4000, 0)["agrees"] is None

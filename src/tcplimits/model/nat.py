@@ -43,7 +43,8 @@ Churn through the NAT (``churn_predict``; measured, benchmarks/results/nat-churn
   port and is rejected again, it waits a full 1 s RTO. Each process's loop waits for all of
   that. With tcp_timestamps 0 or 2 (no random offset) nothing is rejected: the NAT only
   evicts an entry whose sequence number the SYN has passed, which the server accepts
-  (measured: 1,396/s and 95/s against 20/s with timestamps 1, same pool).
+  (measured, 100 ports, 200/s asked for 8 s: 1,591-1,600 of 1,600 with timestamps 0 or 2,
+  184-202 with 1; the server's PAWSTimewait equalled the clients' SYN retransmissions).
 """
 
 from __future__ import annotations

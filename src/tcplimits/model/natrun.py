@@ -88,9 +88,9 @@ def churn_verdict(params: RunParams, pred: NatChurnPrediction, observed: int,
             agrees = None
         elif stops:  # the client's own pool runs dry: its stop count
             agrees = abs(observed - pred.connections) <= churn.stop_tolerance(pred.connections)
-        else:  # the asked rate, held
-            agrees = churn.RATE_HELD * pred.connections <= observed <= pred.connections + \
-                churn.STOP_TOLERANCE_ABS
+        else:  # the asked rate held (rate max: the loop's fastest second, never passed)
+            held = churn.RATE_HELD * pred.connections if params.rate_per_s is not None else 0
+            agrees = held <= observed <= pred.connections + churn.STOP_TOLERANCE_ABS
         closed = ("the client closes first" if params.closer == "client" else
                   "the clients' SYNs carry no random timestamp offset")
         own = (f"the clients' own pools stop them after {pred.connections:,}" if stops and
