@@ -80,6 +80,14 @@ SETS: dict[str, dict[str, dict]] = {
         "client-nat100-200-ts0": nat(100, closer="client", rate=200, tw_reuse=1,
                                      timestamps=0),
     },
+    # client closes first as fast as the loops go: two clients, wide ranges, with and without
+    # the NAT (what, if anything, the NAT costs at high rate: insert races)
+    "client-max": {
+        "client-direct-max-2c": {"closer": "client", "rate": "max", "clients": 2,
+                                 "tw_reuse": 1, "port_range": "40000-49999"},
+        "client-nat100-max-2c": nat(100, closer="client", rate="max", clients=2, tw_reuse=1,
+                                    port_range="40000-49999"),
+    },
 }
 
 
