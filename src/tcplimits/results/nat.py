@@ -25,9 +25,14 @@ NAT_SCHEMA: dict[str, pl.DataType] = {
     "nat_time_wait_timeout_s": pl.Int64, # router's nf_conntrack_tcp_timeout_time_wait
     "nat_peers": pl.Utf8,                # the server's peers as JSON: [{addr, connections,
                                          # port_lo, port_hi, server_ports}]
-    "nat_churn_rate": pl.Float64,        # churn model through the NAT: per s, all clients
+    "nat_churn_rate": pl.Float64,        # churn model through the NAT: per s, all clients,
+                                         # once the pool has turned over
     "nat_churn_low": pl.Float64,         # ... its span: the most 1 s retransmits
     "nat_churn_high": pl.Float64,        # ... the fewest
+    "nat_churn_connections": pl.Int64,   # model: connections over the run's duration,
+                                         # the first pass through the pool included
+    "nat_churn_connections_low": pl.Int64,   # ... its span: the most 1 s retransmits
+    "nat_churn_connections_high": pl.Int64,  # ... the fewest
     "nat_churn_limit": pl.Utf8,          # nat_paws, nat_open, or the direct churn limit
     "nat_churn_turnover": pl.Float64,    # per pool: above it, reused ports meet TIME_WAIT
 }
@@ -62,6 +67,9 @@ def nat_columns(record: dict) -> dict[str, Any]:
         "nat_churn_rate": churn.get("rate"),
         "nat_churn_low": churn.get("low"),
         "nat_churn_high": churn.get("high"),
+        "nat_churn_connections": churn.get("connections"),
+        "nat_churn_connections_low": churn.get("connections_low"),
+        "nat_churn_connections_high": churn.get("connections_high"),
         "nat_churn_limit": churn.get("limit"),
         "nat_churn_turnover": churn.get("turnover_rate"),
     }

@@ -172,6 +172,15 @@ def _rate(value: Any) -> str:
     return "–" if value is None else f"{value:,.0f}/s" if value >= 10 else f"{value:,.1f}/s"
 
 
+def _span(typical: Any, low: Any, high: Any, duration: float) -> str:
+    """A count span over a run's duration as rates: "18/s (15/s – 27/s)"."""
+    if typical is None or not duration:
+        return "–"
+    if low == high:
+        return _rate(typical / duration)
+    return f"{_rate(typical / duration)} ({_rate(low / duration)} – {_rate(high / duration)})"
+
+
 def churn_table(churn_runs: pl.DataFrame | None) -> pl.DataFrame:
     """One row per churn point through the NAT: the model's sustainable rate (its span) beside
     the measured one."""
@@ -192,9 +201,13 @@ def churn_table(churn_runs: pl.DataFrame | None) -> pl.DataFrame:
             "NAT pool": f"{r['nat_pool']:,}" if r.get("nat_pool") is not None else "",
             "asked": "max" if r.get("rate") in (None, "max") else
                      f"{int(r['rate']) * r['clients'] * (r.get('procs') or 1):,}/s",
-            "model": (_rate(r["nat_churn_rate"]) if low == high else
-                      f"{_rate(r['nat_churn_rate'])} ({_rate(low)} – {_rate(high)})"),
+            "model, whole run": _span(r.get("nat_churn_connections"),
+                                      r.get("nat_churn_connections_low"),
+                                      r.get("nat_churn_connections_high"), r["duration"]),
             "measured": _rate(measured),
+            "model, pool turned over": (
+                _rate(r["nat_churn_rate"]) if low == high else
+                f"{_rate(r['nat_churn_rate'])} ({_rate(low)} – {_rate(high)})"),
             "bound": r["nat_churn_limit"],
             "NAT dropped": r.get("nat_insert_failed"),
             "agrees": {True: "yes", False: "no"}.get(r.get("nat_agrees"), "–"),
