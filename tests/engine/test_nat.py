@@ -158,3 +158,24 @@ def test_extra_sources_hash_over_the_nat_addresses_as_the_model_says(engine, tmp
     check_through_nat(record, clients, 100 * len(used))
     assert {p["addr"] for p in record["nat"]["peers"]} == used
     assert sources_used(tmp_path, "sources2") == 2
+
+
+def test_churn_with_the_server_closing_first_is_held_down_at_the_nat(engine, tmp_path):
+    """200/s for 4 s, the server closing first, through a 100-port NAT pool. Once the pool
+    has turned over (0.5 s) every SYN comes on a NAT port the server holds in TIME_WAIT,
+    which rejects half of them (random timestamp offsets per 4-tuple, PAWS), and the client's
+    loop waits for each retransmission: no error, no dropped SYN, the rate held down to the
+    NAT model's span. The same point without the NAT holds 200/s."""
+    values = dict(mode="churn", rate=200, duration=4, closer="server",
+                  port_range="40000-41999")
+    _, direct = run(engine, tmp_path, "churn-direct", **values)
+    assert direct["connections"].sum() >= 0.95 * 800
+    record, clients = run(engine, tmp_path, "churn-server", nat="gateway",
+                          nat_port_range=POOL, **values)
+    pred, verdict = record["nat"]["churn_prediction"], record["nat"]["verdict"]
+    held = clients["connections"].sum()
+    assert pred["limit"] == "nat_paws"
+    assert pred["connections_low"] <= held <= pred["connections_high"] < 800 / 2
+    assert set(clients["error"]) == {"DURATION"} and verdict["insert_failed"] == 0
+    assert verdict["agrees"] and record["churn"]["verdict"]["agrees"]
+    assert record["churn"]["verdict"]["direct"]["agrees"] is False  # the direct model's 200/s

@@ -181,3 +181,123 @@ def test_extra_sources_reach_the_nat_addresses_they_hash_to():
     assert nat.predict(p, [400], None, [together], SERVER, pool, [5000]).total == 100
     assert nat.addresses_needed(250, 1, 100, sources=2) == -1
     assert nat.addresses_needed(150, 1, 100, sources=2) == 2
+
+
+# --- churn through the NAT
+
+def churn(pool=100, rate=200, **values):
+    return params(mode="churn", rate=rate, duration=8, closer="server",
+                  nat_port_range=f"40000-{40000 + pool - 1}", **values)
+
+
+def churn_pred(p, clients=1, **kw):
+    return nat.churn_predict(p, CLIENTS[:clients], SERVER, ["10.0.0.50"], [5000], **kw)
+
+
+def test_the_server_closing_first_through_a_small_pool_is_held_down():
+    """Measured here (8 s, one client; benchmarks/results/nat-churn.json, calibration): 150,
+    184 and 254 connections through pools of 50, 100 and 200 ports at 200/s asked, where the
+    direct path held 1,600."""
+    for pool, measured in ((50, 150), (100, 184), (200, 254)):
+        pred = churn_pred(churn(pool))
+        assert pred.limit == nat.PAWS and 0.48 < pred.rejected_share <= 0.5
+        assert pred.connections_low <= measured <= pred.connections_high < 1600 / 3
+        assert pred.low < pred.rate < pred.high < 200
+    assert churn_pred(churn(100)).turnover_rate == pytest.approx(100 / 60)
+
+
+def test_two_clients_share_the_pool_but_each_loop_pays_its_own_delays():
+    one, two = churn_pred(churn(100)), churn_pred(churn(100, clients=2), clients=2)
+    assert two.rate == pytest.approx(2 * one.rate, rel=0.05)
+    assert two.connections_low <= 301 <= two.connections_high  # measured
+
+
+def test_timestamps_without_a_random_offset_lift_the_bound():
+    """tcp_timestamps 0 or 2: the NAT evicts only entries whose sequence number the SYN has
+    passed, which the server's TIME_WAIT accepts (measured: 1,600 of 1,600 at 200/s)."""
+    for ts in (0, 2):
+        pred = churn_pred(churn(100, timestamps=ts))
+        assert pred.limit == "rate" and pred.rate == 200 and pred.connections == 1600
+
+
+def test_below_the_turnover_the_nat_finds_ports_the_server_forgot():
+    assert nat.live_time_wait_share(64_512, 500) == 0.0  # 500 x 120 s < 64,512
+    assert 0 < nat.live_time_wait_share(100, 1) < nat.live_time_wait_share(100, 200) <= 1
+    wide = params(mode="churn", rate=100, duration=8, closer="server")  # 1024-65535
+    pred = churn_pred(wide)
+    assert pred.limit == "rate" and pred.connections == 800 and pred.pool == 64_512
+
+
+def test_the_client_closing_first_keeps_the_direct_model():
+    p = params(mode="churn", rate=200, duration=8, closer="client", tw_reuse=1,
+               port_range="40000-41999", nat_port_range="40000-40099")
+    pred = churn_pred(p, direct_rate=200.0, direct_limit="rate")
+    assert (pred.limit, pred.rate, pred.connections) == ("rate", 200.0, 1600)
+    assert pred.rejected_share == 0
+
+
+def test_more_processes_than_ports_is_the_nats_limit():
+    p = params(mode="churn", rate=10, duration=5, closer="client", clients=1, procs=8,
+               nat_port_range="40000-40003")
+    assert churn_pred(p).limit == nat.NAT_OPEN
+
+
+def test_churn_addresses_needed():
+    assert nat.churn_addresses_needed(5_000, 64_512) == 5  # 1,075/s per address
+    assert nat.churn_addresses_needed(1_000, 64_512) == 1
+    assert nat.churn_addresses_needed(0, 100) == 0
+
+
+def test_a_churn_point_is_judged_within_the_span():
+    from tcplimits.model import natrun
+
+    p = churn(100)
+    counters = {"before": {"stat": {"insert_failed": 0, "drop": 0}},
+                "held": {"count": 100, "stat": {"insert_failed": 0, "drop": 0}}}
+
+    def judged(n):
+        rows = [dict(client=1, proc=1, connections=n, error="DURATION")]
+        return natrun.run_record(p, [0], "EADDRNOTAVAIL", CLIENTS[:1], SERVER, ["10.0.0.50"],
+                                 [5000], rows, counters)
+
+    got = judged(184)
+    assert got["verdict"]["agrees"] and got["churn_prediction"]["limit"] == nat.PAWS
+    assert "TIME_WAIT" in got["verdict"]["sentence"] and "1.67/s" in got["verdict"]["sentence"]
+    assert judged(1600)["verdict"]["agrees"] is False  # the direct path's count
+    assert judged(20)["verdict"]["agrees"] is False
+    # the client closing first: the direct model's count (measured: 1,600 of 1,600 asked)
+    pc = params(mode="churn", rate=200, duration=8, closer="client", tw_reuse=1,
+                port_range="40000-41999", nat_port_range="40000-40099")
+
+    def client_judged(n, p=pc):
+        rows = [dict(client=1, proc=1, connections=n, error="DURATION")]
+        return natrun.run_record(p, [0], "EADDRNOTAVAIL", CLIENTS[:1], SERVER, ["10.0.0.50"],
+                                 [5000], rows, counters)
+
+    assert client_judged(1600)["verdict"]["agrees"] is True
+    assert "the NAT adds no bound" in client_judged(1600)["verdict"]["sentence"]
+    assert client_judged(184)["verdict"]["agrees"] is False  # held down: not the NAT's model
+    # without tcp_tw_reuse its 2,000 ports last 2,000 / 200 = 10 s: longer than the 8 s run
+    p0 = params(mode="churn", rate=200, duration=8, closer="client", tw_reuse=0,
+                port_range="40000-41999", nat_port_range="40000-40099")
+    assert client_judged(1583, p0)["verdict"]["agrees"] is True  # measured
+    # ... and 12 s stops it after its 2,000
+    p12 = params(mode="churn", rate=200, duration=12, closer="client", tw_reuse=0,
+                 port_range="40000-41999", nat_port_range="40000-40099")
+    got = client_judged(2000, p12)
+    assert got["verdict"]["agrees"] and got["churn_prediction"]["limit"] == "time_wait"
+    assert "own pools stop them after 2,000" in got["verdict"]["sentence"]
+
+
+def test_rate_max_through_the_nat_is_bounded_by_the_loop_it_measured():
+    from tcplimits.model import natrun
+
+    p = params(mode="churn", rate="max", duration=4, closer="client", tw_reuse=1,
+               port_range="40000-49999", nat_port_range="40000-40099")
+    pred = natrun.churn_prediction(p, [0], CLIENTS[:1], SERVER, ["10.0.0.50"], [5000],
+                                   loop_rate=1500.0)
+    assert (pred.limit, pred.connections) == ("rate", 6000)  # 10,000 ports / 1 s > 1,500/s
+    assert natrun.churn_verdict(p, pred, 4000, 0)["agrees"]  # slower than its best second
+    assert not natrun.churn_verdict(p, pred, 7000, 0)["agrees"]
+    blind = natrun.churn_prediction(p, [0], CLIENTS[:1], SERVER, ["10.0.0.50"], [5000])
+    assert blind.connections is None and natrun.churn_verdict(p, blind, 4000, 0)["agrees"] is None

@@ -279,7 +279,7 @@ def server_peers(net_dir: Path, first_port: int = SERVER_PORT) -> list[dict]:
 
 
 def run_record(gateway: Gateway, held: dict[str, list[dict]], client_addrs: dict[int, str],
-               clients: list[dict], direct) -> dict[str, Any] | None:
+               clients: list[dict], direct, churn: dict | None = None) -> dict[str, Any] | None:
     """run.json's "nat": what the engine recorded (Gateway.record) and the NAT model's
     prediction and verdict for the run (tcplimits.model.natrun.run_record)."""
     record = gateway.record()
@@ -293,20 +293,36 @@ def run_record(gateway: Gateway, held: dict[str, list[dict]], client_addrs: dict
     from tcplimits.engine.plan import server_ports
 
     own = [[s for s in held.get(str(c), [])] for c in range(1, ex.params.clients + 1)]
+    direct_churn = (churn or {}).get("verdict")
+    loop_rate = None
+    if ex.params.churn and ex.params.rate_per_s is None and direct_churn:
+        # rate max: one process's unpaced speed, as the direct churn verdict measured it
+        asked = (direct_churn.get("prediction") or {}).get("asked_rate")
+        loop_rate = asked / ex.params.procs if asked else None
     record.update(natrun.run_record(
         ex.params, own, direct.errno,
         [gateway.client_sources.get(c) or [client_addrs[c]] for c in sorted(client_addrs)],
         servers,
         gateway.nat_addrs, [int(p) for p in server_ports(ex.params).split(",")], clients,
-        record.get("counters") or {}))
+        record.get("counters") or {}, loop_rate=loop_rate))
     return record
 
 
 def assemble(record: dict[str, Any], gateway: Gateway, held: dict[str, list[dict]],
              client_addrs: dict[int, str], clients: list[dict], direct) -> None:
     """run.json's "nat" (run_record); where the NAT model could judge the run, its count,
-    limit and errno replace the direct prediction's (kept under prediction.direct)."""
-    record["nat"] = run_record(gateway, held, client_addrs, clients, direct)
+    limit and errno replace the direct prediction's (kept under prediction.direct); a churn
+    point's churn verdict becomes the NAT's (the direct one kept under verdict.direct)."""
+    record["nat"] = run_record(gateway, held, client_addrs, clients, direct, record.get("churn"))
+    nat_verdict = (record["nat"] or {}).get("verdict") or {}
+    churn = record.get("churn")
+    if churn and churn.get("verdict") and "agrees" in nat_verdict:
+        # the churn verdict of a point through the NAT is the NAT's (the direct one kept)
+        direct_verdict = churn["verdict"]
+        churn["verdict"] = {**direct_verdict, "agrees": nat_verdict["agrees"],
+                            "sentence": nat_verdict["sentence"],
+                            "direct": {k: direct_verdict.get(k) for k in ("agrees", "sentence")}}
+        churn["nat"] = record["nat"].get("churn_prediction")
     nat_prediction = (record["nat"] or {}).get("prediction")
     if nat_prediction:
         record["prediction"] = {**natrun.as_prediction(nat_prediction, record["prediction"]),

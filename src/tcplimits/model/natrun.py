@@ -1,6 +1,6 @@
 """A run behind the NAT set against tcplimits.model.nat (pure): run.json's nat prediction and
 verdict, the dataset row's comparison (hold.compare_run's answer for nat gateway), and churn
-through the NAT, which the hold model does not judge.
+through the NAT against nat.churn_predict (the churn verdict of such a point is the NAT's).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from typing import Any
 from tcplimits.config.params import RunParams
 from tcplimits.model.compare import Comparison
 from tcplimits.model.hold import client_terms
-from tcplimits.model.nat import (CONNTRACK_TIME_WAIT_S, GATEWAY, NAT, NAT_ERRNO, NatPrediction,
-                                 pool_size, predict)
+from tcplimits.model import churn
+from tcplimits.model.nat import (CONNTRACK_TIME_WAIT_S, GATEWAY, NAT, NAT_ERRNO, NAT_OPEN, PAWS,
+                                 SERVER_TIME_WAIT_S, NatChurnPrediction, NatPrediction,
+                                 churn_predict, predict)
 
 TOLERANCE_ABS = 2  # processes racing for the last ports of several pools
+RATE_ABOVE = 1.05  # a churn ceiling: the rate of a whole run, its first second included
 
 
 def counter_delta(counters: Mapping[str, Any], name: str, since: str = "before",
@@ -27,47 +30,99 @@ def counter_delta(counters: Mapping[str, Any], name: str, since: str = "before",
     return None if a is None or b is None else b - a
 
 
-# Churn through the NAT (measured here, kernel 6.18, a 100-port NAT pool, 2,000-port client
-# range, 200/s for 10 s): the hypothesis "pool / nf_conntrack_tcp_timeout_time_wait" (0.83/s)
-# does not hold. Client closing first: 2,000 connections, no drop: in its last 32 probes the
-# NAT evicts a TIME_WAIT entry whose sequence number the new SYN has passed
-# (nf_nat_used_tuple_harder), so closed entries do not hold the pool. Server closing first:
-# 283 connections at 28/s, no drop, no error: a reused NAT port meets the server's own
-# TIME_WAIT socket for that 4-tuple, and the SYN waits for a retransmit.
-CHURN_CLOSED_BOUND = None  # closed connections bound no NAT pool (eviction)
+def churn_prediction(params: RunParams, held: Sequence[Sequence[Mapping] | int],
+                     client_addrs: Sequence[str | Sequence[str]], server_addrs: Sequence[str],
+                     nat_addrs: Sequence[str], server_ports: Sequence[int],
+                     loop_rate: float | None = None) -> NatChurnPrediction:
+    """The NAT's churn model for a point, with the direct model's rate and limit (the
+    clients' own TIME_WAIT) for what the NAT leaves to the clients."""
+    direct = churn.predict(params, held_ports=held, loop_rate=loop_rate)
+    rate, limit = None, churn.RATE
+    if direct.asked_rate is not None:
+        count = 0.0
+        for after, at in zip(direct.stop_after, direct.stop_at_s):
+            if after is not None and at is not None and at < params.duration:
+                count, limit = count + after, direct.limit  # its own pool runs dry first
+            else:
+                count += direct.asked_rate * params.duration
+        rate = count / params.duration
+    return churn_predict(params, client_addrs, server_addrs, nat_addrs, server_ports,
+                         loop_rate=loop_rate, direct_rate=rate, direct_limit=limit)
 
 
-def churn_sentence(params: RunParams, connections: int, insert_failed: int | None) -> str:
-    """Churn through the NAT, in words: what bounds it and whether the NAT dropped SYNs."""
-    pool = pool_size(params)
-    rate = connections / params.duration if params.duration else 0.0
+def _fmt(rate: float | None) -> str:
+    return "unbounded" if rate is None else f"{rate:,.0f}/s"
+
+
+def churn_verdict(params: RunParams, pred: NatChurnPrediction, observed: int,
+                  insert_failed: int | None) -> dict:
+    """A churn point through the NAT against ``pred``: when the server's TIME_WAIT holds it
+    down (nat_paws), the count within the model's span; when the NAT adds no bound, the
+    direct model's count: its stop within churn.stop_tolerance, or the asked rate held
+    (churn.RATE_HELD)."""
+    rate = observed / params.duration if params.duration else 0.0
     dropped = (f"the NAT dropped {insert_failed:,} SYN(s)" if insert_failed
                else "the NAT dropped no SYN")
-    if params.closer == "client":
-        why = (f"closed connections hold no NAT port: their TIME_WAIT entries "
-               f"({CONNTRACK_TIME_WAIT_S} s) are evicted when the pool is full, so "
-               f"{pool:,} ports did not bound the rate to {pool / CONNTRACK_TIME_WAIT_S:.2f}/s")
+    if pred.limit == PAWS:
+        if pred.connections is not None:
+            agrees = pred.connections_low <= observed <= pred.connections_high
+        else:  # rate max without the loop's speed: the NAT's ceiling only
+            agrees = rate <= (pred.high or 0.0) * RATE_ABOVE
+        span = (f"{pred.connections:,} ({pred.connections_low:,} to "
+                f"{pred.connections_high:,})" if pred.connections is not None else
+                f"at most {pred.high:,.0f}/s")
+        why = (f"past {pred.turnover_rate:,.2f}/s per NAT address and destination "
+               f"({pred.pool:,} ports / {SERVER_TIME_WAIT_S:g} s) a reused NAT port meets "
+               f"the server's TIME_WAIT, which rejects half the SYNs (random timestamp "
+               f"offsets per 4-tuple, PAWS); each waits a fast retransmit or a 1 s RTO: "
+               f"{pred.rate:,.0f}/s ({pred.low:,.0f} to {pred.high:,.0f}/s) once the pool "
+               f"has turned over")
+        model = f"model {span} connections: {why}"
+    elif pred.limit == NAT_OPEN:
+        agrees = bool(insert_failed)
+        model = (f"model: more processes open connections at once than the NAT's "
+                 f"{pred.pool:,} ports, so it drops SYNs")
     else:
-        why = ("the server keeps TIME_WAIT for each (NAT address, NAT port) it closed, and a "
-               "reused NAT port's SYN meets it and waits for a retransmit")
-    return (f"{connections:,} opened and closed through a {pool:,}-port NAT pool in "
-            f"{params.duration:g} s ({rate:,.0f}/s, {params.rate} asked); {dropped}; {why}")
+        stops = pred.limit != churn.RATE
+        if pred.connections is None:
+            agrees = None
+        elif stops:  # the client's own pool runs dry: its stop count
+            agrees = abs(observed - pred.connections) <= churn.stop_tolerance(pred.connections)
+        else:  # the asked rate held (rate max: the loop's fastest second, never passed)
+            held = churn.RATE_HELD * pred.connections if params.rate_per_s is not None else 0
+            agrees = held <= observed <= pred.connections + churn.STOP_TOLERANCE_ABS
+        closed = ("the client closes first" if params.closer == "client" else
+                  "the clients' SYNs carry no random timestamp offset")
+        own = (f"the clients' own pools stop them after {pred.connections:,}" if stops and
+               pred.connections is not None else
+               f"{_fmt(pred.rate)} as asked" if pred.connections is not None else "the loop")
+        model = (f"model {own}: the NAT adds no bound ({closed}; in its last 32 probes it "
+                 f"evicts a closed entry whose sequence number the SYN has passed, so "
+                 f"{CONNTRACK_TIME_WAIT_S} s TIME_WAIT entries do not hold the "
+                 f"{pred.pool:,}-port pool)")
+    sentence = (f"{'as predicted' if agrees else 'differs from the model'}: {observed:,} "
+                f"opened and closed through a {pred.pool:,}-port NAT pool in "
+                f"{params.duration:g} s ({rate:,.0f}/s); {dropped}; {model}")
+    return {"connections": observed, "rate": rate, "agrees": agrees, "sentence": sentence}
 
 
 def run_record(params: RunParams, held: Sequence[Sequence[Mapping] | int], own_errno: str | None,
                client_addrs: Sequence[str | Sequence[str]], server_addrs: Sequence[str],
                nat_addrs: Sequence[str], server_ports: Sequence[int],
                clients: Sequence[Mapping[str, Any]],
-               counters: Mapping[str, Any]) -> dict[str, Any]:
+               counters: Mapping[str, Any], loop_rate: float | None = None) -> dict[str, Any]:
     """run.json's nat "prediction" and "verdict": the model with each client's own bound
-    (its held ports counted), against the clients' count."""
-    if params.churn:  # opened and closed: no hold prediction, the churn finding
+    (its held ports counted), against the clients' count. A churn point gets the NAT's
+    churn model ("churn_prediction") and its verdict; ``loop_rate``: one process's unpaced
+    rate (rate max, as the direct churn verdict measured it)."""
+    if params.churn:  # opened and closed: the NAT's churn model
         observed = sum(int(r.get("connections") or 0) for r in clients)
         drops = counter_delta(counters, "insert_failed")
-        return {"prediction": None, "verdict": {
-            "connections": observed, "agrees": None, "insert_failed": drops,
-            "drop": counter_delta(counters, "drop"),
-            "sentence": churn_sentence(params, observed, drops)}}
+        pred = churn_prediction(params, held, client_addrs, server_addrs, nat_addrs,
+                                server_ports, loop_rate=loop_rate)
+        return {"prediction": None, "churn_prediction": pred.to_dict(), "verdict": {
+            **churn_verdict(params, pred, observed, drops),
+            "insert_failed": drops, "drop": counter_delta(counters, "drop")}}
     own = [client_terms(params, h)[0] for h in held]
     pred = predict(params, own, own_errno, client_addrs, server_addrs, nat_addrs, server_ports)
     observed = sum(int(r.get("connections") or 0) for r in clients)

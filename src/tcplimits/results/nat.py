@@ -25,6 +25,16 @@ NAT_SCHEMA: dict[str, pl.DataType] = {
     "nat_time_wait_timeout_s": pl.Int64, # router's nf_conntrack_tcp_timeout_time_wait
     "nat_peers": pl.Utf8,                # the server's peers as JSON: [{addr, connections,
                                          # port_lo, port_hi, server_ports}]
+    "nat_churn_rate": pl.Float64,        # churn model through the NAT: per s, all clients,
+                                         # once the pool has turned over
+    "nat_churn_low": pl.Float64,         # ... its span: the most 1 s retransmits
+    "nat_churn_high": pl.Float64,        # ... the fewest
+    "nat_churn_connections": pl.Int64,   # model: connections over the run's duration,
+                                         # the first pass through the pool included
+    "nat_churn_connections_low": pl.Int64,   # ... its span: the most 1 s retransmits
+    "nat_churn_connections_high": pl.Int64,  # ... the fewest
+    "nat_churn_limit": pl.Utf8,          # nat_paws, nat_open, or the direct churn limit
+    "nat_churn_turnover": pl.Float64,    # per pool: above it, reused ports meet TIME_WAIT
 }
 
 
@@ -37,10 +47,10 @@ def nat_columns(record: dict) -> dict[str, Any]:
     verdict = nat.get("verdict") or {}
     counters = nat.get("counters") or {}
     groups = pred.get("groups") or []
+    churn = nat.get("churn_prediction") or {}
     return {
         "nat_predicted_total": pred.get("total"),
         "nat_predicted_low": pred.get("low"),
-        "nat_pool": pred.get("pool"),
         "nat_port_range": pred.get("port_range"),
         "nat_direct_total": pred.get("direct_total"),
         "nat_addrs_used": len({g.get("nat_addr") for g in groups}) if groups else None,
@@ -53,4 +63,13 @@ def nat_columns(record: dict) -> dict[str, Any]:
         "nat_conntrack_after": (counters.get("after") or {}).get("count"),
         "nat_time_wait_timeout_s": (nat.get("router") or {}).get("time_wait_timeout_s"),
         "nat_peers": json.dumps(nat.get("peers")) if nat.get("peers") is not None else None,
+        "nat_pool": pred.get("pool", churn.get("pool")),
+        "nat_churn_rate": churn.get("rate"),
+        "nat_churn_low": churn.get("low"),
+        "nat_churn_high": churn.get("high"),
+        "nat_churn_connections": churn.get("connections"),
+        "nat_churn_connections_low": churn.get("connections_low"),
+        "nat_churn_connections_high": churn.get("connections_high"),
+        "nat_churn_limit": churn.get("limit"),
+        "nat_churn_turnover": churn.get("turnover_rate"),
     }

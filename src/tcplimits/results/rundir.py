@@ -57,7 +57,9 @@ run.json keys:
                     server_workers [{worker, accepted, errno, error, message, accept_errors}]:
                                    each server worker's outcome
     churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
-                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)}
+                  "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)};
+                  through the NAT, "nat": model.nat.NatChurnPrediction, and the verdict's
+                  agrees and sentence are the NAT's (the direct ones under verdict.direct)
 
 In mode churn, clients.parquet's ``connections`` counts the connections each process opened
 and closed, ``error`` is DURATION for a process that churned to the end, else the errno

@@ -33,8 +33,9 @@ def nat_run(run_id, connections, clients=2, **values):
 
 
 class D:
-    def __init__(self, runs, clients):
+    def __init__(self, runs, clients, churn_runs=None):
         self.runs, self.clients = runs, clients
+        self.churn_runs = churn_runs if churn_runs is not None else pl.DataFrame()
 
 
 def data(*runs):
@@ -74,20 +75,51 @@ def test_the_chart_has_a_point_per_run():
     assert spec["layer"][0]["mark"]["type"] == "bar"
 
 
-def test_churn_through_the_nat_is_worded_from_its_record():
+def churn_run(run_id, closer, connections, **values):
+    """A churn point through the NAT as the engine records it: the direct churn verdict, the
+    NAT's churn model and verdict (natrun.run_record), which then becomes the churn verdict."""
     params = RunParams.from_mapping({"nat": "gateway", "mode": "churn", "rate": 200,
-                                     "duration": 10, "closer": "client", "tw_reuse": 1,
+                                     "duration": 8, "closer": closer,
                                      "port_range": "40000-41999",
-                                     "nat_port_range": "40000-40099"})
-    rows = [dict(client=1, proc=1, connections=2000, error="DURATION")]
+                                     "nat_port_range": "40000-40099", **values})
+    rows = [dict(client=1, proc=1, connections=connections, error="DURATION")]
     counters = {"before": {"stat": {"insert_failed": 0, "drop": 0}},
                 "held": {"count": 100, "stat": {"insert_failed": 0, "drop": 0}}}
+    direct = {"connections": connections, "rate": connections / 8, "agrees": True,
+              "sentence": "direct", "errnos": {"DURATION": 1}}
     nat = natrun.run_record(params, [0], "EADDRNOTAVAIL", ["10.0.0.2"], SERVER, NAT, [5000],
                             rows, counters)
-    record = {"run_id": "nat-churn<1>", "status": "ok", "params": params.to_dict(),
-              "totals": {"connections": 2000}, "nat": nat}
-    churn_runs = pl.DataFrame([dataset.run_row(record, Path("x"))], schema=dataset.RUNS_SCHEMA)
-    text = nat_section.churn_blocks(nat_section.behind_a_nat(
-        D(pl.DataFrame(schema=dataset.RUNS_SCHEMA), pl.DataFrame())), churn_runs).text()
-    assert "nat-churn&lt;1&gt;: 2,000 opened and closed through a 100-port NAT pool" in text
-    assert "the NAT dropped no SYN" in text and "0.83/s" in text
+    record = {"run_id": run_id, "status": "ok", "params": params.to_dict(),
+              "totals": {"connections": connections}, "nat": nat,
+              "churn": {"prediction": None, "verdict": {**direct, **{
+                  k: nat["verdict"][k] for k in ("agrees", "sentence")}}}}
+    return dataset.run_row(record, Path(run_id))
+
+
+def test_churn_through_the_nat_shows_the_model_beside_the_measured_rate():
+    churn_runs = pl.DataFrame([churn_run("nat-churn<s>", "server", 184),
+                               churn_run("nat-churn-c", "client", 1600, tw_reuse=1)],
+                              schema=dataset.RUNS_SCHEMA)
+    table = nat_section.churn_table(churn_runs)
+    rows = {r["closer"]: r for r in table.iter_rows(named=True)}
+    assert rows["server"]["measured"] == "23/s" and rows["server"]["bound"] == "nat_paws"
+    assert rows["server"]["model, pool turned over"].startswith("12/s (")  # (6.5/s – 32/s)
+    assert rows["server"]["model, whole run"] == "24/s (19/s – 43/s)"  # 193 (149 – 342) / 8
+    assert rows["server"]["agrees"] == "yes" and rows["server"]["asked"] == "200/s"
+    assert rows["client"]["model, whole run"] == rows["client"]["measured"] == "200/s"
+    assert rows["client"]["agrees"] == "yes"
+    text = nat_section.behind_a_nat(
+        D(pl.DataFrame(schema=dataset.RUNS_SCHEMA), pl.DataFrame(), churn_runs)).text()
+    assert "**2 of 2** churn point(s)" in text
+    assert "nat-churn&lt;s&gt;: as predicted: 184 opened and closed" in text
+    assert "65,536" not in text and "64,512 / 60 = 1,075/s" in text
+    assert "through 100 ports (nat-churn&lt;s&gt;), the model gives 12/s" in text
+    # the addresses a churn needs: the fastest point asked 200/s, one address serves 1,075/s
+    assert "200/s to one destination needs **1** NAT address" in text
+
+
+def test_a_churn_point_outside_the_span_differs():
+    churn_runs = pl.DataFrame([churn_run("nat-churn-s", "server", 1600)],
+                              schema=dataset.RUNS_SCHEMA)
+    (row,) = nat_section.churn_table(churn_runs).iter_rows(named=True)
+    assert row["agrees"] == "no" and row["measured"] == "200/s"

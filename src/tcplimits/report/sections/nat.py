@@ -163,14 +163,122 @@ def behind_a_nat(d: Any) -> Blocks:
     return out.md(addresses_sentence(d.runs))
 
 
+def nat_churn_runs(churn_runs: pl.DataFrame | None) -> pl.DataFrame:
+    """The finished churn points behind the NAT that carry the NAT's churn model."""
+    if (churn_runs is None or churn_runs.is_empty()
+            or "nat_churn_limit" not in churn_runs.columns):
+        return pl.DataFrame()
+    return churn_runs.filter((pl.col("nat") == nat_model.GATEWAY)
+                             & (pl.col("status") == "ok")
+                             & pl.col("nat_churn_limit").is_not_null())
+
+
+def _rate(value: Any) -> str:
+    return "–" if value is None else f"{value:,.0f}/s" if value >= 10 else f"{value:,.1f}/s"
+
+
+def _span(typical: Any, low: Any, high: Any, duration: float) -> str:
+    """A count span over a run's duration as rates: "18/s (15/s – 27/s)"."""
+    if typical is None or not duration:
+        return "–"
+    if low == high:
+        return _rate(typical / duration)
+    return f"{_rate(typical / duration)} ({_rate(low / duration)} – {_rate(high / duration)})"
+
+
+def churn_table(churn_runs: pl.DataFrame | None) -> pl.DataFrame:
+    """One row per churn point through the NAT: the model's sustainable rate (its span) beside
+    the measured one."""
+    pts = nat_churn_runs(churn_runs)
+    if pts.is_empty():
+        return pl.DataFrame()
+    rows = []
+    for r in pts.sort("closer", "nat_pool", "clients").iter_rows(named=True):
+        measured = (r["churn_connections"] / r["duration"]
+                    if r.get("churn_connections") is not None and r.get("duration") else None)
+        ts = r.get("timestamps")
+        low, high = r["nat_churn_low"], r["nat_churn_high"]
+        rows.append({
+            "point": r["run_id"],
+            "closer": r["closer"],
+            "clients": r["clients"],
+            "timestamps / tw_reuse": f"{1 if ts is None else ts} / {r.get('tw_reuse')}",
+            "NAT pool": f"{r['nat_pool']:,}" if r.get("nat_pool") is not None else "",
+            "asked": "max" if r.get("rate") in (None, "max") else
+                     f"{int(r['rate']) * r['clients'] * (r.get('procs') or 1):,}/s",
+            "model, whole run": _span(r.get("nat_churn_connections"),
+                                      r.get("nat_churn_connections_low"),
+                                      r.get("nat_churn_connections_high"), r["duration"]),
+            "measured": _rate(measured),
+            "model, pool turned over": (
+                _rate(r["nat_churn_rate"]) if low == high else
+                f"{_rate(r['nat_churn_rate'])} ({_rate(low)} – {_rate(high)})"),
+            "bound": r["nat_churn_limit"],
+            "NAT dropped": r.get("nat_insert_failed"),
+            "agrees": {True: "yes", False: "no"}.get(r.get("nat_agrees"), "–"),
+        })
+    return pl.DataFrame(rows)
+
+
+def churn_sentence(churn_runs: pl.DataFrame | None) -> str:
+    """The sustainable churn rate through the NAT, from the model, with the data's pools."""
+    pts = nat_churn_runs(churn_runs)
+    pool = nat_model.MASQUERADE_DEFAULT_RANGE[1] - nat_model.MASQUERADE_DEFAULT_RANGE[0] + 1
+    held = (pts.filter(pl.col("nat_churn_limit") == nat_model.PAWS) if pts.height
+            else pl.DataFrame())
+    seen = ""
+    if held.height:
+        r = held.sort("nat_pool").row(0, named=True)
+        per_proc = r["nat_churn_rate"] / (r["clients"] * (r.get("procs") or 1))
+        seen = (f" Here, through {r['nat_pool']:,} ports ({html.escape(r['run_id'])}), the model gives "
+                f"{_rate(r['nat_churn_rate'])} ({_rate(r['nat_churn_low'])} – "
+                f"{_rate(r['nat_churn_high'])}) for {r['clients']} client(s), about "
+                f"{_rate(per_proc)} per process once the pool has turned over.")
+    return (f"**The sustainable churn rate through the NAT.** The client closing first: the NAT "
+            f"adds no bound (closed entries are evicted; the client's own TIME_WAIT, or "
+            f"tcp_tw_reuse, bounds it as without the NAT). The server closing first: "
+            f"pool / {nat_model.SERVER_TIME_WAIT_S:g} s per NAT address and destination "
+            f"({pool:,} / {nat_model.SERVER_TIME_WAIT_S:g} = "
+            f"{pool / nat_model.SERVER_TIME_WAIT_S:,.0f}/s with MASQUERADE's default pool), "
+            f"above which reused NAT ports meet the server's TIME_WAIT; with the clients' "
+            f"timestamps at the kernel's default (a random offset per connection) it rejects "
+            f"half their SYNs (PAWS), each a fast retransmit or a 1 s RTO that the client's "
+            f"loop waits for, so each process runs only as fast as those delays leave it. "
+            f"tcp_timestamps 0 or 2 on the clients lift it." + seen)
+
+
+def churn_addresses_sentence(churn_runs: pl.DataFrame | None) -> str:
+    """How many NAT addresses keep a churn below the server's TIME_WAIT turnover, from the
+    model, with the fastest churn point's asked rate when the data has one."""
+    pool = nat_model.MASQUERADE_DEFAULT_RANGE[1] - nat_model.MASQUERADE_DEFAULT_RANGE[0] + 1
+    pts = nat_churn_runs(churn_runs)
+    asked = [v for v in (pts["nat_churn_rate"].to_list() if pts.height else []) if v]
+    want = 5_000.0
+    if pts.height and "rate" in pts.columns:
+        paced = [int(r["rate"]) * r["clients"] * (r.get("procs") or 1)
+                 for r in pts.iter_rows(named=True) if str(r.get("rate")).isdigit()]
+        want = float(max(paced)) if paced else max(asked, default=want)
+    need = nat_model.churn_addresses_needed(want, pool)
+    return (f"For churn, the server closing first, each NAT address serves "
+            f"{pool / nat_model.SERVER_TIME_WAIT_S:,.0f} new connections per second per "
+            f"destination before its ports come back to the server's TIME_WAIT: {want:,.0f}/s "
+            f"to one destination needs **{need}** NAT address{'es' if need != 1 else ''} "
+            f"(⌈{want:,.0f} / ({pool:,} / {nat_model.SERVER_TIME_WAIT_S:g} s)⌉), spread by the "
+            f"hash over at least as many client addresses.")
+
+
 def churn_blocks(out, churn_runs: pl.DataFrame | None):
-    """Churn points behind the NAT: each one's finding (natrun.churn_sentence)."""
-    if churn_runs is None or churn_runs.is_empty() or "nat_verdict" not in churn_runs.columns:
-        return out
-    rows = churn_runs.filter((pl.col("nat") == nat_model.GATEWAY) & (pl.col("status") == "ok")
-                             & pl.col("nat_verdict").is_not_null())
-    if rows.height:
-        out.md("**Churn through the NAT.** " + " ".join(
-            f"{html.escape(r['run_id'])}: {html.escape(r['nat_verdict'])}."
-            for r in rows.sort("closer").iter_rows(named=True)))
-    return out
+    """Churn points behind the NAT: the model's sustainable rate beside the measured one,
+    each point's verdict, and the addresses a churn needs."""
+    table = churn_table(churn_runs)
+    if table.is_empty():
+        return out.md(churn_sentence(churn_runs))
+    pts = nat_churn_runs(churn_runs)
+    agree = sum(1 for v in pts["nat_agrees"].to_list() if v)
+    out.md(churn_sentence(churn_runs))
+    out.md(f"**{agree} of {pts.height}** churn point(s) through the NAT ran as the model "
+           "said (the server closing first: the count within the model's span).")
+    out.table(table)
+    out.md(" ".join(f"{html.escape(r['run_id'])}: {html.escape(r['nat_verdict'])}."
+                    for r in pts.sort("closer").iter_rows(named=True) if r.get("nat_verdict")))
+    return out.md(churn_addresses_sentence(churn_runs))
