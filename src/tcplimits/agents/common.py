@@ -99,6 +99,101 @@ def connect(sock, address):
         raise
 
 
+def os_error(number):
+    """The OSError Python itself raises for ``number`` (its subclass too: TimeoutError for
+    ETIMEDOUT, BlockingIOError for EAGAIN, ...)."""
+    return OSError(number, os.strerror(number))
+
+
+def connect_error(number):
+    """connect()'s failure ``number`` as common.connect raises it: SO_SNDTIMEO running out is
+    ETIMEDOUT."""
+    if number in TIMED_OUT_ERRNOS:
+        return TimeoutError(errno.ETIMEDOUT, "timed out (client connect timeout)")
+    return os_error(number)
+
+
+# The hold loops call libc directly (ctypes, standard library): socket(), setsockopt() and
+# connect() on the client, accept4() on the server, on raw descriptors. Measured per
+# connection (benchmarks/bench_agent_loop.py), the socket module's objects, address parsing
+# and tuples cost several times the few hundred ns of a ctypes call. "socket" in
+# TCPLIMITS_AGENT_SYSCALLS (or no ctypes, no libc) keeps the socket module's path.
+SYSCALLS_ENV = "TCPLIMITS_AGENT_SYSCALLS"
+
+
+def load_libc():
+    """libc with errno kept (ctypes.get_errno), or None where ctypes or libc is missing or
+    the socket module's path is asked for."""
+    if os.environ.get(SYSCALLS_ENV) == "socket":
+        return None
+    try:
+        import ctypes
+        # dlopen(NULL): the interpreter's own symbols, libc's among them; no file to find.
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name in ("socket", "setsockopt", "connect", "accept4", "close"):
+            getattr(libc, name)
+    except (ImportError, OSError, AttributeError):
+        return None
+    return libc
+
+
+def sockaddr_in(addr, port):
+    """struct sockaddr_in for ``addr``:``port`` (IPv4), as connect() takes it."""
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(addr) \
+        + bytes(8)
+
+
+class LibcConnector:
+    """socket(), SO_SNDTIMEO and connect() through libc on raw descriptors: open_one's plain
+    connect() without a socket object, its errors raised the same way (common.connect)."""
+
+    def __init__(self, libc, timeval, sockaddrs):
+        import ctypes
+
+        self._socket, self._setsockopt = libc.socket, libc.setsockopt
+        self._connect, self._close = libc.connect, libc.close
+        self._errno = ctypes.get_errno
+        self._timeval, self._timeval_len = timeval, len(timeval)
+        self._sockaddrs = sockaddrs
+        self._type = socket.SOCK_STREAM | socket.SOCK_CLOEXEC  # as the socket module makes it
+
+    def open(self, index):
+        """A descriptor connected to ``sockaddrs[index]`` (a sockaddr_in), or OSError."""
+        fd = self._socket(socket.AF_INET, self._type, 0)
+        if fd < 0:
+            raise os_error(self._errno())  # EMFILE, ENFILE, ENOBUFS
+        if self._setsockopt(fd, socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval,
+                            self._timeval_len):
+            number = self._errno()
+            self._close(fd)
+            raise os_error(number)
+        sockaddr = self._sockaddrs[index]
+        if self._connect(fd, sockaddr, len(sockaddr)):
+            number = self._errno()
+            if number == errno.EINTR:  # a signal arrived: the handshake goes on without us
+                number = self._finish(fd)
+            if number:
+                self._close(fd)
+                raise connect_error(number)
+        return fd
+
+    def _finish(self, fd):
+        """After EINTR, as Python's socket module does: wait until the handshake is over (up
+        to the connect timeout) and take its outcome from SO_ERROR; 0 when connected."""
+        import select
+
+        seconds, micros = struct.unpack("ll", self._timeval)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not poller.poll((seconds * 1000 + micros // 1000) or None):
+            return errno.ETIMEDOUT
+        with socket.socket(fileno=fd) as s:
+            try:
+                return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            finally:
+                s.detach()
+
+
 # <linux/in.h>; Python's socket module does not name it.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
