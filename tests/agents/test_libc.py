@@ -14,6 +14,12 @@ from tests.agents.test_client import run_client
 TIMEVAL = common.timeval(2.0)
 
 
+@pytest.fixture(autouse=True)
+def _libc_unless_told(monkeypatch):
+    """These tests ask for a path themselves, whatever the environment says."""
+    monkeypatch.delenv(common.SYSCALLS_ENV, raising=False)
+
+
 def test_libc_is_there_unless_the_socket_module_is_asked_for(monkeypatch):
     assert common.load_libc() is not None
     monkeypatch.setenv(common.SYSCALLS_ENV, "socket")
@@ -91,3 +97,21 @@ def test_both_paths_report_the_same_events(syscalls, monkeypatch):
     server_results = [e for e in got if e["event"] == "result"]
     assert sum(r["accepted"] for r in server_results) == 500
     assert all(r["errno"] is None and r["cpu_s"] > 0 for r in server_results)
+
+
+@pytest.mark.parametrize("mode, lingering", [("abort", False), ("graceful", True)])
+def test_close_all_through_libc_resets_or_closes(mode, lingering):
+    """abort: RST, the peer sees ECONNRESET and nothing lingers; graceful: FIN, an orderly
+    end of stream."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        mine = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+        with theirs:
+            common.close_all([mine.detach()], mode)
+            if lingering:
+                assert theirs.recv(10) == b""
+            else:
+                with pytest.raises(ConnectionResetError):
+                    theirs.recv(10)

@@ -121,20 +121,25 @@ def connect_error(number):
 SYSCALLS_ENV = "TCPLIMITS_AGENT_SYSCALLS"
 
 
+_LIBC = []  # loaded once: [libc or None]
+
+
 def load_libc():
     """libc with errno kept (ctypes.get_errno), or None where ctypes or libc is missing or
     the socket module's path is asked for."""
     if os.environ.get(SYSCALLS_ENV) == "socket":
         return None
-    try:
-        import ctypes
-        # dlopen(NULL): the interpreter's own symbols, libc's among them; no file to find.
-        libc = ctypes.CDLL(None, use_errno=True)
-        for name in ("socket", "setsockopt", "connect", "accept4", "close"):
-            getattr(libc, name)
-    except (ImportError, OSError, AttributeError):
-        return None
-    return libc
+    if not _LIBC:
+        try:
+            import ctypes
+            # dlopen(NULL): the interpreter's own symbols, libc's among them; no file to find.
+            libc = ctypes.CDLL(None, use_errno=True)
+            for name in ("socket", "setsockopt", "getsockopt", "connect", "accept4", "close"):
+                getattr(libc, name)
+        except (ImportError, OSError, AttributeError):
+            libc = None
+        _LIBC.append(libc)
+    return _LIBC[0]
 
 
 def sockaddr_in(addr, port):
@@ -247,6 +252,15 @@ def capabilities():
 def close_all(fds, mode="abort"):
     """Close held socket descriptors; "abort" resets each connection (see LINGER_ABORT),
     "graceful" is a plain close() (FIN)."""
+    libc = load_libc()
+    if libc is not None:  # two calls a descriptor, no socket object
+        setsockopt, close = libc.setsockopt, libc.close
+        abort = mode == "abort"
+        for fd in fds:
+            if abort:
+                setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT, len(LINGER_ABORT))
+            close(fd)
+        return
     for fd in fds:
         try:
             s = socket.socket(fileno=fd)
@@ -271,6 +285,42 @@ def check_held(fds):
     first bytes the first closed peer sent before closing, or None). A server that accepts and
     closes (Redis past maxclients, nginx out of worker_connections) leaves the client's socket
     in CLOSE_WAIT (FIN) or CLOSE (RST), its message, if any, unread in the receive buffer."""
+    libc = load_libc()
+    if libc is None:
+        return _check_held_socket(fds)
+    import ctypes
+
+    getsockopt, state, size = libc.getsockopt, ctypes.create_string_buffer(1), ctypes.c_uint32()
+    size_ref = ctypes.byref(size)
+    closed, message = [], None
+    for i, fd in enumerate(fds):
+        size.value = 1  # tcpi_state only
+        if (getsockopt(fd, socket.IPPROTO_TCP, socket.TCP_INFO, state, size_ref) == 0
+                and state.raw[0] == TCP_ESTABLISHED):
+            continue
+        closed.append(i)  # not established, or not a socket any more
+        if message is None:
+            message = peer_message(fd)
+    return closed, message
+
+
+def peer_message(fd):
+    """The first bytes waiting unread on ``fd`` (what a closing server said), or None."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:  # not a socket any more
+        return None
+    try:
+        data = s.recv(PEER_MESSAGE_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # reset, or nothing to read
+        data = b""
+    finally:
+        s.detach()
+    return data.decode("utf-8", errors="replace") if data else None
+
+
+def _check_held_socket(fds):
+    """check_held through the socket module."""
     closed, message = [], None
     for i, fd in enumerate(fds):
         try:
@@ -284,12 +334,7 @@ def check_held(fds):
                 continue
             closed.append(i)
             if message is None:
-                try:
-                    data = s.recv(PEER_MESSAGE_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                except OSError:  # reset, or nothing to read
-                    data = b""
-                if data:
-                    message = data.decode("utf-8", errors="replace")
+                message = peer_message(fd)
         except OSError:
             closed.append(i)
         finally:
