@@ -1,4 +1,4 @@
-"""The agents' hold loops through libc (common.LibcConnector, server.fd_acceptor) and through
+"""The agents' hold loops through libc (common.libc_opener, server.fd_acceptor) and through
 the socket module (TCPLIMITS_AGENT_SYSCALLS=socket, or no ctypes): the same descriptors, the
 same errors, the same events."""
 
@@ -33,15 +33,15 @@ def test_sockaddr_in_is_what_the_kernel_takes():
     assert raw[2:4] == (5000).to_bytes(2, "big") and raw[4:8] == bytes([127, 1, 2, 3])
 
 
-def test_connector_and_acceptor_hand_over_connected_descriptors():
+def test_opener_and_acceptor_hand_over_connected_descriptors():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
-        connector = common.LibcConnector(common.load_libc(), TIMEVAL,
-                                         [common.sockaddr_in("127.0.0.1", port)])
+        open_fd = common.libc_opener(common.load_libc(), TIMEVAL,
+                                     [common.sockaddr_in("127.0.0.1", port)])
         accept_fd = server.fd_acceptor(listener)
-        fd = connector.open(0)
+        fd = open_fd(0)
         conn = accept_fd()
         with socket.socket(fileno=fd) as mine, socket.socket(fileno=conn) as theirs:
             assert mine.getpeername() == ("127.0.0.1", port)
@@ -51,12 +51,12 @@ def test_connector_and_acceptor_hand_over_connected_descriptors():
             assert not mine.get_inheritable()  # SOCK_CLOEXEC, as the socket module makes them
 
 
-def test_connector_raises_what_common_connect_raises():
+def test_opener_raises_what_common_connect_raises():
     port = free_port()  # nothing listens
-    connector = common.LibcConnector(common.load_libc(), TIMEVAL,
-                                     [common.sockaddr_in("127.0.0.1", port)])
+    open_fd = common.libc_opener(common.load_libc(), TIMEVAL,
+                                 [common.sockaddr_in("127.0.0.1", port)])
     with pytest.raises(ConnectionRefusedError) as got:
-        connector.open(0)
+        open_fd(0)
     assert common.describe_error(got.value)[:2] == (errno.ECONNREFUSED, "ECONNREFUSED")
     # A handshake cut short by SO_SNDTIMEO is ETIMEDOUT, as common.connect says it.
     for number in common.TIMED_OUT_ERRNOS:

@@ -170,13 +170,13 @@ def open_one(args, pair):
 
 def fd_opener(args, pairs):
     """open_fd(index): a descriptor connected over ``pairs[index]``, or OSError. A plain
-    connect() goes through libc (common.LibcConnector) where it can; the bind modes, and
+    connect() goes through libc (common.libc_opener) where it can; the bind modes, and
     hosts without ctypes or libc, through open_one."""
     libc = common.load_libc() if args.bind_mode == "connect" else None
     if libc is None:
         return lambda index: open_one(args, pairs[index]).detach()
     sockaddrs = [common.sockaddr_in(addr, port) for _, addr, port in pairs]
-    return common.LibcConnector(libc, args.connect_timeval, sockaddrs).open
+    return common.libc_opener(libc, args.connect_timeval, sockaddrs)
 
 
 def local_address(fd):

@@ -148,55 +148,53 @@ def sockaddr_in(addr, port):
         + bytes(8)
 
 
-class LibcConnector:
-    """socket(), SO_SNDTIMEO and connect() through libc on raw descriptors: open_one's plain
-    connect() without a socket object, its errors raised the same way (common.connect)."""
+def libc_opener(libc, timeval, sockaddrs):
+    """open_fd(index): socket(), SO_SNDTIMEO and connect() to ``sockaddrs[index]`` (each a
+    sockaddr_in) through libc, a connected raw descriptor; open_one's plain connect() without
+    a socket object, its errors raised as common.connect raises them. Everything the loop
+    needs is bound here once: a call is the three C calls and little else."""
+    import ctypes
 
-    def __init__(self, libc, timeval, sockaddrs):
-        import ctypes
+    sock, setsockopt, connect, close = libc.socket, libc.setsockopt, libc.connect, libc.close
+    get_errno = ctypes.get_errno
+    family, kind = socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC  # as Python's
+    level, option, timeval_len = socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(timeval)
+    sockaddr_len = len(sockaddr_in("0.0.0.0", 0))
 
-        self._socket, self._setsockopt = libc.socket, libc.setsockopt
-        self._connect, self._close = libc.connect, libc.close
-        self._errno = ctypes.get_errno
-        self._timeval, self._timeval_len = timeval, len(timeval)
-        self._sockaddrs = sockaddrs
-        self._type = socket.SOCK_STREAM | socket.SOCK_CLOEXEC  # as the socket module makes it
-
-    def open(self, index):
-        """A descriptor connected to ``sockaddrs[index]`` (a sockaddr_in), or OSError."""
-        fd = self._socket(socket.AF_INET, self._type, 0)
+    def open_fd(index):
+        fd = sock(family, kind, 0)
         if fd < 0:
-            raise os_error(self._errno())  # EMFILE, ENFILE, ENOBUFS
-        if self._setsockopt(fd, socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval,
-                            self._timeval_len):
-            number = self._errno()
-            self._close(fd)
+            raise os_error(get_errno())  # EMFILE, ENFILE, ENOBUFS
+        if setsockopt(fd, level, option, timeval, timeval_len):
+            number = get_errno()
+            close(fd)
             raise os_error(number)
-        sockaddr = self._sockaddrs[index]
-        if self._connect(fd, sockaddr, len(sockaddr)):
-            number = self._errno()
+        if connect(fd, sockaddrs[index], sockaddr_len):
+            number = get_errno()
             if number == errno.EINTR:  # a signal arrived: the handshake goes on without us
-                number = self._finish(fd)
+                number = _finish_connect(fd, timeval)
             if number:
-                self._close(fd)
+                close(fd)
                 raise connect_error(number)
         return fd
+    return open_fd
 
-    def _finish(self, fd):
-        """After EINTR, as Python's socket module does: wait until the handshake is over (up
-        to the connect timeout) and take its outcome from SO_ERROR; 0 when connected."""
-        import select
 
-        seconds, micros = struct.unpack("ll", self._timeval)
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        if not poller.poll((seconds * 1000 + micros // 1000) or None):
-            return errno.ETIMEDOUT
-        with socket.socket(fileno=fd) as s:
-            try:
-                return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            finally:
-                s.detach()
+def _finish_connect(fd, timeval):
+    """After EINTR, as Python's socket module does: wait until the handshake is over (up to
+    the connect timeout) and take its outcome from SO_ERROR; 0 when connected."""
+    import select
+
+    seconds, micros = struct.unpack("ll", timeval)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not poller.poll((seconds * 1000 + micros // 1000) or None):
+        return errno.ETIMEDOUT
+    s = socket.socket(fileno=fd)
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    finally:
+        s.detach()
 
 
 # <linux/in.h>; Python's socket module does not name it.
