@@ -38,8 +38,6 @@ from pathlib import Path
 
 import cbuild
 
-from tcplimits import results
-
 HERE = Path(__file__).resolve().parent
 AGENTS = HERE.parent / "src" / "tcplimits" / "agents"
 SERVER_ADDR, PORT = "127.1.0.1", 5000  # hold_pair's first destination with DESTS 1
@@ -99,7 +97,8 @@ def start(command: list[str], env: dict | None = None) -> subprocess.Popen:
 
 def inside(client: str, server: str, n: int, hold_pair: str, dirs: dict) -> dict:
     """One pairing, in this (fresh) network namespace."""
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if not int(Path("/sys/class/net/lo/flags").read_text(), 16) & 1:  # IFF_UP
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # a fresh namespace
     py = sys.executable
     if server == "c":
         srv = start([hold_pair, "server", "1"])
@@ -222,6 +221,8 @@ def main() -> int:
             **{f"{side}_{part}": median(mine, lambda r, s=side, p=part: r[f"{s}_side"].get(p))
                for side in ("client", "server") for part in ("cpu_us", "user_us", "system_us")}}
     loads = Path("/proc/loadavg").read_text().split()[:3]
+    from tcplimits import results
+
     results.write_json({"connections": args.connections, "rounds": rows, "summary": summary,
                         "before": args.before, "loadavg_end": loads}, Path(args.out))
     print(f"\nmedians over {args.rounds} rounds, {args.connections:,} connections, load "

@@ -88,6 +88,11 @@ def agents(client, params: RunParams, workdir: Path) -> dict:
             "server_cpu_us_per_connection": (round(1e6 * server_cpu / held, 1)
                                              if held and server_cpu else None),
             "server_workers": (record.get("resolved") or {}).get("server_workers"),
+            # a full accept queue drops SYNs: each costs its connect() a 1 s retransmit
+            "listen_drops": (record.get("facts") or {}).get("listen_drops"),
+            "process_loop_s": ([round(rows["elapsed_s"].min(), 3),
+                                round(rows["elapsed_s"].median(), 3), round(loop_s, 3)]
+                               if rows is not None else None),
             "setup_s": record.get("setup_s"), "teardown_s": record.get("teardown_s"),
             "noisy": record.get("noisy_reason"),
             "kernel_bytes_per_connection": fp.get("kernel_bytes_per_connection"),
