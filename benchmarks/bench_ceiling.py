@@ -15,8 +15,10 @@ pair in one container, which shows what the split itself costs.
 Written per round: connections held, seconds from the first connect() to the last (for the
 agents the slowest process's own loop time, and the controller's connect_s beside it: that
 also counts signalling each client container and reading each result through the engine's
-log streams), the rate, CPU per connection of the client processes (both) and of the accept
-workers (C), for the agents also setup and teardown, kernel and user bytes per connection and
+log streams), the rate, CPU per connection of the client processes and of the accept workers
+(both; the client agent's cpu_s also counts its held check after the loop, the server agent's
+its result's cpu_s, from logs/server.log; benchmarks/bench_agent_loop.py splits the loops
+alone, outside Docker), for the agents also setup and teardown, kernel and user bytes per connection and
 the host's Slab growth (the peak memory the rung takes). The summary is the median rate of each and the
 agents' ratio to the C pair (issue 22 asks for at least 0.9). Above MOST_SHARED connections
 (the host's ceiling is ~1.2 M here: 11 GB and two descriptors per connection) it refuses to
@@ -26,6 +28,7 @@ run unless told the machine is its own.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -74,6 +77,7 @@ def agents(client, params: RunParams, workdir: Path) -> dict:
     rows = pl.read_parquet(table) if table.exists() else None
     loop_s = rows["elapsed_s"].max() if rows is not None else None
     cpu = rows["cpu_s"].sum() if rows is not None else None
+    server_cpu = server_cpu_s(workdir / run_id / results.LOGS_DIR / "server.log")
     return {"impl": "agents", "status": record["status"], "reason": record.get("reason"),
             "connections": held, "connect_s": loop_s, "controller_connect_s":
             record.get("connect_s"),
@@ -81,13 +85,31 @@ def agents(client, params: RunParams, workdir: Path) -> dict:
             "controller_rate": (round(held / record["connect_s"])
                                 if held and record.get("connect_s") else None),
             "client_cpu_us_per_connection": round(1e6 * cpu / held, 1) if held and cpu else None,
+            "server_cpu_us_per_connection": (round(1e6 * server_cpu / held, 1)
+                                             if held and server_cpu else None),
             "server_workers": (record.get("resolved") or {}).get("server_workers"),
+            # a full accept queue drops SYNs: each costs its connect() a 1 s retransmit
+            "listen_drops": (record.get("facts") or {}).get("listen_drops"),
+            "process_loop_s": ([round(rows["elapsed_s"].min(), 3),
+                                round(rows["elapsed_s"].median(), 3), round(loop_s, 3)]
+                               if rows is not None else None),
             "setup_s": record.get("setup_s"), "teardown_s": record.get("teardown_s"),
             "noisy": record.get("noisy_reason"),
             "kernel_bytes_per_connection": fp.get("kernel_bytes_per_connection"),
             "user_bytes_per_connection": fp.get("user_bytes_per_connection"),
             "host_slab_bytes_per_connection": fp.get("host_slab_bytes_per_connection"),
             "mem_available_before": before.get("MemAvailable")}
+
+
+def server_cpu_s(log: Path) -> float | None:
+    """CPU seconds of the agent server's workers, from their result events (cpu_s: until
+    SIGTERM, before each resets what it holds), or None from agents that do not say it."""
+    if not log.exists():
+        return None
+    spent = [event.get("cpu_s") for event in map(json.loads, (
+        line for line in log.read_text().splitlines() if line.startswith("{")))
+        if event.get("event") == "result"]
+    return sum(spent) if spent and None not in spent else None
 
 
 def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,

@@ -57,8 +57,11 @@ def _wait_closed(fds, expected, seconds=5.0):
     (10, 4, b"", []),  # all established: no count changes
     (0, 1, b"", [0]),  # closed without a word (nginx)
 ])
+@pytest.mark.parametrize("syscalls", ["libc", "socket"])
 def test_held_means_established_and_the_peers_first_bytes_are_kept(keep, opened, message,
-                                                                   closed):
+                                                                   closed, syscalls, monkeypatch):
+    if syscalls == "socket":
+        monkeypatch.setenv(common.SYSCALLS_ENV, "socket")
     listener, kept = _pair_server(keep, message)
     fds = _open(listener.getsockname()[1], opened)
     try:

@@ -174,11 +174,34 @@ def open_one(args, pair):
     return s
 
 
+def fd_opener(args, pairs):
+    """open_fd(index): a descriptor connected over ``pairs[index]``, or OSError. A plain
+    connect() goes through libc (common.libc_opener) where it can; the bind modes, and
+    hosts without ctypes or libc, through open_one."""
+    libc = common.load_libc() if args.bind_mode == "connect" else None
+    if libc is None:
+        return lambda index: open_one(args, pairs[index]).detach()
+    sockaddrs = [common.sockaddr_in(addr, port) for _, addr, port in pairs]
+    return common.libc_opener(libc, args.connect_timeval, sockaddrs)
+
+
+def local_address(fd):
+    s = socket.socket(fileno=fd)
+    try:
+        return s.getsockname()[0]
+    finally:
+        s.detach()
+
+
 def connect_until_failure(args, proc, server_addrs):
-    """One worker: connect round-robin over the pairs, keep every socket, drop a pair when its
-    pool is exhausted, stop when every pair is or at the first other failure."""
+    """One worker: connect round-robin over the pairs, keep every descriptor, drop a pair when
+    its pool is exhausted, stop when every pair is or at the first other failure.
+
+    The clock is read once per connection: a sample's connect_latency_s is the time of its
+    window (from the previous sample) over its connections, less failed attempts."""
     held = []  # raw descriptors: an int costs less than a socket object
     pairs = make_pairs(args, server_addrs)
+    open_fd = fd_opener(args, pairs)
     owner = array.array("H")  # the pair of each held descriptor (PAIRS_MAX fits 16 bits)
     counts = [0] * len(pairs)
     errors = [None] * len(pairs)
@@ -186,41 +209,47 @@ def connect_until_failure(args, proc, server_addrs):
     live = list(range(len(pairs)))
     turn = (proc - 1) % len(pairs)  # processes start on different pairs
     cpu_start = _cpu_s()
-    start = time.monotonic()
-    window_start, window_latency = 0, 0.0
+    monotonic, keep, keep_owner = time.monotonic, held.append, owner.append
+    sample_every = args.sample_every
+    start = monotonic()
+    window_start, window_t0, last = 0, start, start
     failure = None
     limit = args.max_connections or None
     while live and (limit is None or len(held) < limit):
         turn %= len(live)
         index = live[turn]
-        t0 = time.monotonic()
         try:
-            s = open_one(args, pairs[index])
+            fd = open_fd(index)
         except OSError as exc:  # EMFILE in socket(), EADDRINUSE in bind(), ... in connect()
             errors[index] = common.describe_error(exc)[1]
             failure = exc
             if exc.errno in POOL_ERRNOS and len(live) > 1:
                 live.pop(turn)
+                now = monotonic()
+                window_t0 += now - last  # a failed attempt is no connection's time
+                last = now
                 continue
             break
-        window_latency += time.monotonic() - t0
+        last = monotonic()
         if sources[index] is None:
-            sources[index] = s.getsockname()[0]
-        held.append(s.detach())
-        owner.append(index)
+            sources[index] = local_address(fd)
+        keep(fd)
+        keep_owner(index)
         counts[index] += 1
         turn += 1
         n = len(held)
-        if n - window_start >= args.sample_every:
+        if n - window_start >= sample_every:
             common.emit("progress", client=args.client, proc=proc, connections=n,
-                        t_s=round(time.monotonic() - start, 6),
-                        connect_latency_s=window_latency / (n - window_start))
-            window_start, window_latency = n, 0.0
+                        t_s=round(last - start, 6),
+                        connect_latency_s=(last - window_t0) / (n - window_start))
+            window_start = n
+            window_t0 = last = monotonic()  # writing the sample is no connection's time
     n = len(held)
-    elapsed = time.monotonic() - start
+    elapsed = monotonic() - start
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
-                    t_s=round(elapsed, 6), connect_latency_s=window_latency / (n - window_start))
+                    t_s=round(elapsed, 6),
+                    connect_latency_s=(last - window_t0) / (n - window_start))
     settle = args.settle
     if args.check_signal:
         common.emit("connected", client=args.client, proc=proc, opened=n)

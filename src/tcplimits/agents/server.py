@@ -10,7 +10,8 @@ processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lin
   result     per worker, on SIGTERM: accepted, errno, error, message, accept_errors,
              conntrack (entries tracked in this namespace while the connections were held;
              null where the namespace has no table); listen_drops (SYNs the namespace dropped
-             at a listener so far, TcpExt ListenDrops: a full accept queue among them)
+             at a listener so far, TcpExt ListenDrops: a full accept queue among them);
+             cpu_s (user + system CPU seconds of the worker until then)
   worker_exit  a worker that exited with a non-zero code (killed, out of memory): worker,
              pid, code (negative: the signal)
   time_wait  with --churn, about once per second (see churn.py)
@@ -95,26 +96,58 @@ def serve(listeners, worker):
     return held, first_error, accept_errors
 
 
+def fd_acceptor(listener):
+    """accept_fd(): a descriptor accepted on ``listener``, or OSError (BlockingIOError when
+    SO_RCVTIMEO ran out). accept4() through libc where it can (no socket object, no peer
+    address to decode), else the socket module."""
+    libc = common.load_libc()
+    if libc is None:
+        return lambda: listener.accept()[0].detach()
+    import ctypes
+
+    accept4, get_errno, os_error = libc.accept4, ctypes.get_errno, common.os_error
+    fd, flags = listener.fileno(), socket.SOCK_CLOEXEC  # as the socket module accepts
+
+    def accept_fd():
+        conn = accept4(fd, None, None, flags)
+        if conn < 0:
+            raise os_error(get_errno())
+        return conn
+    return accept_fd
+
+
 def _serve_blocking(listener, worker):
-    """serve() on one blocking listener with SO_RCVTIMEO."""
+    """serve() on one blocking listener with SO_RCVTIMEO. Pending signals and the clock are
+    looked at once per REPORT_EVERY_S while connections come, and after every timeout."""
     held = []
     first_error, accept_errors = None, 0
-    reported, last_report = 0, 0.0
-    while not (STOP_SIGNALS & signal.sigpending()):
+    reported = 0
+    accept_fd, keep, monotonic = fd_acceptor(listener), held.append, time.monotonic
+    last_look = monotonic()
+    while True:
         try:
-            conn, _ = listener.accept()
-            held.append(conn.detach())
+            keep(accept_fd())
         except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: nothing came in
-            pass
+            last_look = 0.0
         except OSError as exc:
             first_error = first_error or exc
             accept_errors += 1
             time.sleep(ERROR_PAUSE_S)
-        now = time.monotonic()
-        if len(held) != reported and now - last_report >= REPORT_EVERY_S:
-            reported, last_report = len(held), now
+        now = monotonic()
+        if now - last_look < REPORT_EVERY_S:
+            continue
+        last_look = now
+        if STOP_SIGNALS & signal.sigpending():
+            break
+        if len(held) != reported:
+            reported = len(held)
             common.emit("progress", worker=worker, accepted=reported)
     return held, first_error, accept_errors
+
+
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def worker_main(listeners, worker, close, churning=False):
@@ -130,7 +163,8 @@ def worker_main(listeners, worker, close, churning=False):
     # seconds the engine need not wait for to know it.
     common.emit("result", worker=worker, accepted=accepted, errno=number, error=name,
                 message=message, accept_errors=accept_errors,
-                conntrack=common.conntrack_count(), listen_drops=common.listen_drops())
+                conntrack=common.conntrack_count(), listen_drops=common.listen_drops(),
+                cpu_s=round(_cpu_s(), 6))
     common.close_all(held, close)
     return 0
 

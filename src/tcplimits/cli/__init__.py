@@ -29,6 +29,24 @@ __all__ = ["EXIT_CODES", "EXIT_INTERRUPTED", "OTHER_GROUP", "RUN_GROUPS", "build
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` asks for; its exit code. A reader of stdout that leaves early
+    (`tcplimits ceiling | head -1`) ends the command quietly with exit 1, whichever command
+    printed: stdout is flushed here, not at the interpreter's exit, where a broken pipe is a
+    message on stderr and exit 120 (argparse's --help and --version exit through SystemExit
+    with their text still buffered)."""
+    import os
+
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _main(argv: list[str] | None) -> int:
     from tcplimits.config.grid import ConfigFileError
     from tcplimits.engine.cleanup import Interrupted, signals_raise
     from tcplimits.extras import MissingExtra, missing_extra_message
@@ -47,11 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"\n{prog}: interrupted ({err})", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `tcplimits points | head`: the reader left; say nothing more
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
     except (ParamError, ConfigFileError, MissingExtra) as err:  # ConfigError is a ParamError
         message = str(err)
     except ModuleNotFoundError as err:
