@@ -55,6 +55,18 @@ class MemoryWatch(threading.Thread):
                 self.lowest = info
 
 
+RECLAIM = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct",
+           "allocstall_normal", "allocstall_movable", "compact_stall")
+
+
+def _vmstat() -> dict[str, int]:
+    """/proc/vmstat's page-reclaim counters: whether allocating the sockets went through
+    reclaim (kswapd or direct, stalling the allocating process)."""
+    with open("/proc/vmstat") as f:
+        values = dict(line.split() for line in f)
+    return {k: int(values[k]) for k in RECLAIM if k in values}
+
+
 def _meminfo() -> dict[str, int]:
     with open("/proc/meminfo") as f:
         fields = dict(line.split(":", 1) for line in f)
@@ -65,6 +77,7 @@ def one(point, workdir: Path, client) -> dict:
     before = footprint.host_facts()
     t0 = time.monotonic()
     watch = MemoryWatch()
+    reclaim_before = _vmstat()
     watch.start()
     try:
         record = run_experiment(point.params, workdir / point.id, run_id=point.id,
@@ -73,6 +86,7 @@ def one(point, workdir: Path, client) -> dict:
     finally:
         watch.stop.set()
         watch.join()
+    reclaim = {k: v - reclaim_before.get(k, 0) for k, v in _vmstat().items()}
     wall = time.monotonic() - t0
     after = footprint.host_facts()
     time.sleep(SETTLE_AFTER_S)
@@ -125,6 +139,7 @@ def one(point, workdir: Path, client) -> dict:
                             if watch.lowest else None),
         "used_bytes_before": before.get("MemTotal", 0) - before.get("MemAvailable", 0),
         "peak_slab_bytes": watch.lowest.get("Slab"),
+        "reclaim_during_run": reclaim,  # /proc/vmstat deltas over the whole run
     }
     print(f"{point.id}: {record['status']}, {held:,} connections held in "
           f"{connect_s or 0:.1f} s ({out['connections_per_s'] or 0:,}/s), setup "
@@ -134,7 +149,7 @@ def one(point, workdir: Path, client) -> dict:
           f"{out['host_slab_bytes_per_connection']} B), orphans after teardown "
           f"{out['orphans_after_teardown']} (before {out['orphans_before']}), peak memory in use "
           f"{(out['peak_used_bytes'] or 0) / 2**30:.1f} GiB (before "
-          f"{out['used_bytes_before'] / 2**30:.1f} GiB)", flush=True)
+          f"{out['used_bytes_before'] / 2**30:.1f} GiB), page reclaim {reclaim}", flush=True)
     return out
 
 

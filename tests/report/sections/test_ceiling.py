@@ -7,6 +7,7 @@ from tcplimits.config.params import RunParams
 from tcplimits.model import ceiling as model
 from tcplimits.report import findings
 from tcplimits.report.sections import ceiling as section
+from tcplimits.report.sections import million
 from tests.report.sections.test_million import HOST, RUNS, data, record, runs_frame
 
 LAYOUT = dict(network="loopback", clients=7, procs=10, connections="ceiling")
@@ -50,3 +51,14 @@ def test_the_section_shows_the_rung_and_the_rate_of_the_top_rungs():
 def test_runs_without_a_ceiling_have_no_ceiling_rung():
     assert section.ceiling_runs(RUNS).is_empty()
     assert section.rate_sentence(RUNS.filter(pl.col("run_id") == "small")) is None
+
+
+def test_the_rate_sentence_says_why_the_top_rung_is_suspect():
+    """A top rung whose server dropped SYNs at its accept queue (each a connect() waiting a
+    1 s retransmit) is slower for that reason: the sentence says it, escaped."""
+    rec, _ = ceiling_record(1_200_000, connect_s=100.0)
+    rec.update(noisy=True, noisy_reason="the server dropped 358 SYNs at its accept queue *x*")
+    runs = pl.concat([RUNS, runs_frame([rec])], how="vertical_relaxed")
+    said = section.rate_sentence(million.ladder_runs(runs))
+    assert said is not None
+    assert "marked suspect: the server dropped 358 SYNs at its accept queue \\*x\\*" in said

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from tcplimits.model import ceiling as model
+from tcplimits.report import render
 from tcplimits.report.blocks import plural
 
 REACH = {model.STOPS: "ends the run ({errno})", model.REFUSED: "never reached: held below it"}
@@ -93,6 +94,9 @@ def rate_sentence(ladder: pl.DataFrame) -> str | None:
     rate = [r["connections_total"] / r["connect_s"] for r in rows]
     top, rest = rows[-1], statistics.median(rate[:-1])
     steps = ", ".join(f"{r['connections_total']:,}: {x:,.0f}/s" for r, x in zip(rows, rate))
+    # why the top rung's times are suspect (the run's own words: e.g. the SYNs its server
+    # dropped at a full accept queue, each a connect() waiting a 1 s retransmit)
+    why = f": {render.md_escape(top['noisy_reason'])}" if top.get("noisy_reason") else ""
     return (f"Connect rate on loopback, rung by rung ({steps}): the top rung connected at "
             f"{rate[-1] / rest:.2f}x the median of the others"
-            + (" (its times are marked suspect)" if top.get("noisy") else "") + ".")
+            + (f" (its times are marked suspect{why})" if top.get("noisy") else "") + ".")
