@@ -9,17 +9,21 @@ and backlog, the same client containers with their sysctls, nofile, memory and p
 and hardening, on an internal bridge network of their own); only the client containers'
 command differs: benchmarks/c/seed_loop.c, compiled static on the host and mounted read-only,
 which forks five processes that wait for SIGUSR1, connect until the first failure and hold
-everything, as the client agent does. Both paths wait for a quiet host first (no orphans of
-the previous round slowing connect()).
+everything, as the client agent does. A third kind, c-bare, runs the same C loop and the same
+server agent in bare network namespaces joined by a Linux bridge (no Docker, no netfilter
+rules, no cgroups; root and iproute2), to say what the Docker path itself costs. Every round
+waits for a quiet host first (no orphans of the previous round slowing connect()).
 
 Per round: connections, the longest process's connecting time (loop_s: each process from
 its start signal to its failing connect(), measured inside the process), the controller's
 connect_s (start signal to the last process reported, agent rounds), the client processes'
-CPU seconds (user + system), the second half's rate (connections per second after the
-clients together held half of their final total, from the progress samples), and the host's
-sockstat when the round began. Ratios agent / C use the C rounds next to each agent round.
+CPU seconds (user + system, and split as /proc has them), the second half's rate (connections
+per second after the clients together held half of their final total, from the progress
+samples), and the host's sockstat when the round began. The summary takes the means of each
+kind over the whole run (an A B B A order cancels a drift linear in time) and their ratios.
+Measured figures: README's "Benchmarks" and benchmarks/results/seed*.json.
 
-    python benchmarks/bench_seed.py [--order c,agent,agent,c] [--port-range 1024-65535]
+    python benchmarks/bench_seed.py [--order c,agent,agent,c|c,c-bare,c] [--port-range 1024-65535]
                                     [--out benchmarks/results/seed.json]
 """
 
