@@ -24,7 +24,7 @@ connections (1,600 without the NAT), two clients 301/411, 20/s and 50/s asked 13
 1,591-1,600 of 1,600 (3,200 of 3,200 for two clients). The client closing first: 200/s held
 through 50- and 100-port pools, 400/s for two clients (one SYN lost to an insert race per
 run), 16,784 against 17,402 direct in 5 s at the loops' top speed. The model
-(nat.churn_predict) holds all of them; the first pass set its share of 1 s waits.
+(natchurn.churn_predict) holds all of them; the first pass set its share of 1 s waits.
 """
 
 from __future__ import annotations

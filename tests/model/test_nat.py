@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tcplimits.config.params import ParamError, RunParams
-from tcplimits.model import nat
+from tcplimits.model import nat, natchurn
 
 CLIENTS = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]
 SERVER = ["10.0.0.100"]
@@ -191,7 +191,7 @@ def churn(pool=100, rate=200, **values):
 
 
 def churn_pred(p, clients=1, **kw):
-    return nat.churn_predict(p, CLIENTS[:clients], SERVER, ["10.0.0.50"], [5000], **kw)
+    return natchurn.churn_predict(p, CLIENTS[:clients], SERVER, ["10.0.0.50"], [5000], **kw)
 
 
 def test_the_server_closing_first_through_a_small_pool_is_held_down():
@@ -200,7 +200,7 @@ def test_the_server_closing_first_through_a_small_pool_is_held_down():
     direct path held 1,600."""
     for pool, measured in ((50, 150), (100, 184), (200, 254)):
         pred = churn_pred(churn(pool))
-        assert pred.limit == nat.PAWS and 0.48 < pred.rejected_share <= 0.5
+        assert pred.limit == natchurn.PAWS and 0.48 < pred.rejected_share <= 0.5
         assert pred.connections_low <= measured <= pred.connections_high < 1600 / 3
         assert pred.low < pred.rate < pred.high < 200
     assert churn_pred(churn(100)).turnover_rate == pytest.approx(100 / 60)
@@ -221,8 +221,8 @@ def test_timestamps_without_a_random_offset_lift_the_bound():
 
 
 def test_below_the_turnover_the_nat_finds_ports_the_server_forgot():
-    assert nat.live_time_wait_share(64_512, 500) == 0.0  # 500 x 120 s < 64,512
-    assert 0 < nat.live_time_wait_share(100, 1) < nat.live_time_wait_share(100, 200) <= 1
+    assert natchurn.live_time_wait_share(64_512, 500) == 0.0  # 500 x 120 s < 64,512
+    assert 0 < natchurn.live_time_wait_share(100, 1) < natchurn.live_time_wait_share(100, 200) <= 1
     wide = params(mode="churn", rate=100, duration=8, closer="server")  # 1024-65535
     pred = churn_pred(wide)
     assert pred.limit == "rate" and pred.connections == 800 and pred.pool == 64_512
@@ -239,13 +239,13 @@ def test_the_client_closing_first_keeps_the_direct_model():
 def test_more_processes_than_ports_is_the_nats_limit():
     p = params(mode="churn", rate=10, duration=5, closer="client", clients=1, procs=8,
                nat_port_range="40000-40003")
-    assert churn_pred(p).limit == nat.NAT_OPEN
+    assert churn_pred(p).limit == natchurn.NAT_OPEN
 
 
 def test_churn_addresses_needed():
-    assert nat.churn_addresses_needed(5_000, 64_512) == 5  # 1,075/s per address
-    assert nat.churn_addresses_needed(1_000, 64_512) == 1
-    assert nat.churn_addresses_needed(0, 100) == 0
+    assert natchurn.churn_addresses_needed(5_000, 64_512) == 5  # 1,075/s per address
+    assert natchurn.churn_addresses_needed(1_000, 64_512) == 1
+    assert natchurn.churn_addresses_needed(0, 100) == 0
 
 
 def test_a_churn_point_is_judged_within_the_span():
@@ -261,7 +261,7 @@ def test_a_churn_point_is_judged_within_the_span():
                                  [5000], rows, counters)
 
     got = judged(184)
-    assert got["verdict"]["agrees"] and got["churn_prediction"]["limit"] == nat.PAWS
+    assert got["verdict"]["agrees"] and got["churn_prediction"]["limit"] == natchurn.PAWS
     assert "TIME_WAIT" in got["verdict"]["sentence"] and "1.67/s" in got["verdict"]["sentence"]
     assert judged(1600)["verdict"]["agrees"] is False  # the direct path's count
     assert judged(20)["verdict"]["agrees"] is False

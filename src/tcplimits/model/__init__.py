@@ -8,6 +8,7 @@
     words       how the model's sentences spell a count (``plural``)
     nat         clients behind a source NAT: the shared pool, the hashed NAT address, the
                 bounded port search (natrun: a run behind the NAT against it)
+    natchurn    churn through the NAT: the server's TIME_WAIT on reused NAT ports
 
 Pure functions of the parameters and the engine's facts; imports nothing but tcplimits.config.
 The names callers use of the hold model are re-exported here (``model.predict``).

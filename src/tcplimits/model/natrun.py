@@ -1,6 +1,6 @@
 """A run behind the NAT set against tcplimits.model.nat (pure): run.json's nat prediction and
 verdict, the dataset row's comparison (hold.compare_run's answer for nat gateway), and churn
-through the NAT against nat.churn_predict (the churn verdict of such a point is the NAT's).
+through the NAT against natchurn.churn_predict (the churn verdict of such a point is the NAT's).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from tcplimits.config.params import RunParams
 from tcplimits.model.compare import Comparison
 from tcplimits.model.hold import client_terms
 from tcplimits.model import churn
-from tcplimits.model.nat import (CONNTRACK_TIME_WAIT_S, GATEWAY, NAT, NAT_ERRNO, NAT_OPEN, PAWS,
-                                 SERVER_TIME_WAIT_S, NatChurnPrediction, NatPrediction,
-                                 churn_predict, predict)
+from tcplimits.model.nat import CONNTRACK_TIME_WAIT_S, GATEWAY, NAT, NAT_ERRNO, NatPrediction, predict
+from tcplimits.model.natchurn import (NAT_OPEN, PAWS, SERVER_TIME_WAIT_S, NatChurnPrediction,
+                                      churn_predict)
 
 TOLERANCE_ABS = 2  # processes racing for the last ports of several pools
 RATE_ABOVE = 1.05  # a churn ceiling: the rate of a whole run, its first second included

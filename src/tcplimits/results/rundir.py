@@ -58,7 +58,7 @@ run.json keys:
                                    each server worker's outcome
     churn         mode churn only: {"prediction": churn_model.ChurnPrediction as a dict,
                   "verdict": churn_model.ChurnVerdict as a dict (null unless status ok)};
-                  through the NAT, "nat": model.nat.NatChurnPrediction, and the verdict's
+                  through the NAT, "nat": model.natchurn.NatChurnPrediction, and the verdict's
                   agrees and sentence are the NAT's (the direct ones under verdict.direct)
 
 In mode churn, clients.parquet's ``connections`` counts the connections each process opened

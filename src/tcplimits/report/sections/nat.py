@@ -1,7 +1,7 @@
 """The report's section "Behind a NAT" (issue 16): the NAT's shared pool against the clients'
 own pools, the errno that changes, the router's counters, and how many NAT addresses a load
 needs. Pure functions of the dataset's frames; every number comes from the measured points or
-from tcplimits.model.nat, which holds the formulas.
+from tcplimits.model.nat and .natchurn, which hold the formulas.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import altair as alt
 import polars as pl
 
 from tcplimits.model import nat as nat_model
+from tcplimits.model import natchurn
 from tcplimits.report.blocks import Blocks
 
 _COLUMNS = ["run_id", "clients", "port_count", "nat_addrs", "nat_pool", "nat_port_range",
@@ -224,7 +225,7 @@ def churn_sentence(churn_runs: pl.DataFrame | None) -> str:
     """The sustainable churn rate through the NAT, from the model, with the data's pools."""
     pts = nat_churn_runs(churn_runs)
     pool = nat_model.MASQUERADE_DEFAULT_RANGE[1] - nat_model.MASQUERADE_DEFAULT_RANGE[0] + 1
-    held = (pts.filter(pl.col("nat_churn_limit") == nat_model.PAWS) if pts.height
+    held = (pts.filter(pl.col("nat_churn_limit") == natchurn.PAWS) if pts.height
             else pl.DataFrame())
     seen = ""
     if held.height:
@@ -237,9 +238,9 @@ def churn_sentence(churn_runs: pl.DataFrame | None) -> str:
     return (f"**The sustainable churn rate through the NAT.** The client closing first: the NAT "
             f"adds no bound (closed entries are evicted; the client's own TIME_WAIT, or "
             f"tcp_tw_reuse, bounds it as without the NAT). The server closing first: "
-            f"pool / {nat_model.SERVER_TIME_WAIT_S:g} s per NAT address and destination "
-            f"({pool:,} / {nat_model.SERVER_TIME_WAIT_S:g} = "
-            f"{pool / nat_model.SERVER_TIME_WAIT_S:,.0f}/s with MASQUERADE's default pool), "
+            f"pool / {natchurn.SERVER_TIME_WAIT_S:g} s per NAT address and destination "
+            f"({pool:,} / {natchurn.SERVER_TIME_WAIT_S:g} = "
+            f"{pool / natchurn.SERVER_TIME_WAIT_S:,.0f}/s with MASQUERADE's default pool), "
             f"above which reused NAT ports meet the server's TIME_WAIT; with the clients' "
             f"timestamps at the kernel's default (a random offset per connection) it rejects "
             f"half their SYNs (PAWS), each a fast retransmit or a 1 s RTO that the client's "
@@ -258,12 +259,12 @@ def churn_addresses_sentence(churn_runs: pl.DataFrame | None) -> str:
         paced = [int(r["rate"]) * r["clients"] * (r.get("procs") or 1)
                  for r in pts.iter_rows(named=True) if str(r.get("rate")).isdigit()]
         want = float(max(paced)) if paced else max(asked, default=want)
-    need = nat_model.churn_addresses_needed(want, pool)
+    need = natchurn.churn_addresses_needed(want, pool)
     return (f"For churn, the server closing first, each NAT address serves "
-            f"{pool / nat_model.SERVER_TIME_WAIT_S:,.0f} new connections per second per "
+            f"{pool / natchurn.SERVER_TIME_WAIT_S:,.0f} new connections per second per "
             f"destination before its ports come back to the server's TIME_WAIT: {want:,.0f}/s "
             f"to one destination needs **{need}** NAT address{'es' if need != 1 else ''} "
-            f"(⌈{want:,.0f} / ({pool:,} / {nat_model.SERVER_TIME_WAIT_S:g} s)⌉), spread by the "
+            f"(⌈{want:,.0f} / ({pool:,} / {natchurn.SERVER_TIME_WAIT_S:g} s)⌉), spread by the "
             f"hash over at least as many client addresses.")
 
 
