@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -53,12 +52,7 @@ def one(client, image: str, bindir: Path) -> dict:
             ulimits=[Ulimit(name="nofile", soft=15000, hard=15000)],
             volumes={str(bindir): {"bind": "/bench", "mode": "ro"}}, **hardening())
         made.append(loop)
-        deadline = time.monotonic() + 30
-        while b'"event": "listening"' not in server.logs() and b'"event":"listening"' not in \
-                server.logs():
-            if time.monotonic() > deadline:
-                raise SystemExit("bench_bridge_c: the server did not listen")
-            time.sleep(0.1)
+        cbuild.wait_logged(server, b'"listening"', 30, "bench_bridge_c: the server agent")
         server.reload()
         address = server.attrs["NetworkSettings"]["Networks"][run]["IPAddress"]
         code, out = loop.exec_run(["/bench/connect_loop", address])

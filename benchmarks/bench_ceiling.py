@@ -139,11 +139,7 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
                 image, ["/bench/hold_pair", "server", str(workers)], name=f"{run_id}-server",
                 network_mode="none", sysctls=sysctls, pids_limit=workers + 8, **common)
             made.append(server)
-            deadline = time.monotonic() + 30
-            while b"listening" not in server.logs():
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench_ceiling: the C server did not listen")
-                time.sleep(0.05)
+            cbuild.wait_logged(server, b"listening", 30, "bench_ceiling: the C server")
             loop = client.containers.run(
                 image, ["/bench/hold_pair", "client", str(n), str(params.clients),
                         str(params.procs), dests, spread], name=f"{run_id}-client",

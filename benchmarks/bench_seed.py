@@ -160,11 +160,7 @@ def c_round(client, params: RunParams, image: str, bindir: Path, cap: int) -> di
     try:
         server = client.containers.run(**specs.pop("server"))
         made.append(server)
-        deadline = time.monotonic() + 60
-        while b'"listening"' not in server.logs():
-            if time.monotonic() > deadline:
-                raise SystemExit("bench_seed: the server agent did not listen")
-            time.sleep(0.1)
+        cbuild.wait_logged(server, b'"listening"', 60, "bench_seed: the server agent")
         server.reload()
         address = server.attrs["NetworkSettings"]["Networks"][run_id]["IPAddress"]
         loops = []
@@ -175,10 +171,7 @@ def c_round(client, params: RunParams, image: str, bindir: Path, cap: int) -> di
             loops.append(client.containers.run(**spec))
             made.append(loops[-1])
         for loop in loops:
-            while b"ready" not in loop.logs():
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"bench_seed: the C loop did not start: {loop.logs()!r}")
-                time.sleep(0.05)
+            cbuild.wait_logged(loop, b"ready", 60, "bench_seed: the C loop")
         before = sockstat()
         started = time.monotonic()
         for loop in loops:

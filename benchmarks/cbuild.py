@@ -1,10 +1,12 @@
 """The benchmarks' C references, compiled on the host: static, so that the same binary also
-runs inside the agent image when mounted read-only into a container."""
+runs inside the agent image when mounted read-only into a container; and the wait for a
+container of theirs (or the server agent beside them) to say it is up."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 C_DIR = Path(__file__).parent
@@ -27,3 +29,13 @@ def require(binary: Path | None, bench: str) -> Path:
     if binary is None:
         raise SystemExit(f"{bench}: needs a C compiler on the host (apt-get install gcc)")
     return binary
+
+
+def wait_logged(container, marker: bytes, seconds: float, what: str) -> None:
+    """Return once ``container``'s output holds ``marker``; exit naming ``what`` (and the
+    output's tail) after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while marker not in container.logs():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start: {container.logs()[-500:]!r}")
+        time.sleep(0.05)
