@@ -46,7 +46,7 @@ import cbuild
 from tcplimits import LABEL, RUN_LABEL, model, results
 from tcplimits.config.params import RunParams
 from tcplimits.engine import footprint, hostceiling, probe_engine, run_experiment
-from tcplimits.engine.plan import hardening
+from tcplimits.engine.plan import hardening, server_cpu_shares
 
 HERE = Path(__file__).resolve().parent
 PER_PROCESS = 12_500        # config/million.yaml's max_connections
@@ -113,10 +113,12 @@ def server_cpu_s(log: Path) -> float | None:
 
 
 def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
-           containers: str = "split", spread: str = "shared") -> dict:
+           containers: str = "split", spread: str = "shared", design: str = "turns") -> dict:
     """The C pair holding what ``params`` asks. ``containers`` "split": a server container and
     a client container joining its network namespace, as the agents are (each side's sockets
-    charged to its own cgroup); "one": both in one container."""
+    charged to its own cgroup, the server weighted as all client containers together, here
+    one: plan.server_cpu_shares); "one": both in one container. ``design``: how the C workers
+    accept (hold_pair.c: "turns" as the server agent does, or "eager")."""
     run_id = f"bench-ceiling-c-{uuid.uuid4().hex[:8]}"
     n = params.clients * params.procs * params.max_connections
     procs = params.clients * params.procs
@@ -130,23 +132,28 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
         if containers == "one":
             loop = client.containers.run(
                 image, ["/bench/hold_pair", "both", str(n), str(params.clients),
-                        str(params.procs), str(workers), dests, spread],
+                        str(params.procs), str(workers), dests, spread, design],
                 name=run_id, network_mode="none", sysctls=sysctls,
                 pids_limit=procs + workers + 8, **common)
             made.append(loop)
         else:
             server = client.containers.run(
-                image, ["/bench/hold_pair", "server", str(workers)], name=f"{run_id}-server",
-                network_mode="none", sysctls=sysctls, pids_limit=workers + 8, **common)
+                image, ["/bench/hold_pair", "server", str(workers), design],
+                name=f"{run_id}-server", network_mode="none", sysctls=sysctls,
+                pids_limit=workers + 8, cpu_shares=server_cpu_shares(1), **common)
             made.append(server)
             cbuild.wait_logged(server, b"listening", 30, "bench_ceiling: the C server")
+            drops_before = netns_listen_drops(server)
             loop = client.containers.run(
                 image, ["/bench/hold_pair", "client", str(n), str(params.clients),
                         str(params.procs), dests, spread], name=f"{run_id}-client",
                 network_mode=f"container:{server.id}", pids_limit=procs + 8, **common)
             made.append(loop)
+        if containers == "one":
+            drops_before = netns_listen_drops(loop)
         code = loop.wait(timeout=1800).get("StatusCode")
         words = loop.logs(stdout=True, stderr=False).decode().split()
+        drops = netns_listen_drops(server if containers != "one" else loop)
         if containers != "one":
             server.kill(signal="SIGTERM")
             server.wait(timeout=60)
@@ -158,12 +165,31 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
         raise SystemExit(f"bench_ceiling: the C pair failed ({code}): {' '.join(words)}")
     held, seconds, cpu, server_cpu = (int(words[0]), float(words[1]), float(words[2]),
                                       float(words[-1]))
-    return {"impl": "c" if containers == "split" else f"c-{containers}", "connections": held,
+    impl = "c" + ("" if containers == "split" else f"-{containers}") \
+        + ("" if design == "turns" else f"-{design}")
+    return {"impl": impl, "connections": held,
             "connect_s": round(seconds, 3),
             "rate": round(held / seconds) if seconds else None, "error": " ".join(words[3:-1]),
             "server_cpu_us_per_connection": round(1e6 * server_cpu / held, 1) if held else None,
             "client_cpu_us_per_connection": round(1e6 * cpu / held, 1) if held else None,
-            "server_workers": workers}
+            "server_workers": workers,
+            "listen_drops": (drops - drops_before if None not in (drops, drops_before)
+                             else None)}
+
+
+def netns_listen_drops(container) -> int | None:
+    """TcpExt ListenDrops of ``container``'s network namespace (read from the host through
+    its first process), or None once it is gone or unreadable."""
+    container.reload()
+    pid = container.attrs["State"].get("Pid")
+    try:
+        lines = Path(f"/proc/{pid}/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split()))["ListenDrops"])
+    return None
 
 
 def main() -> int:
@@ -174,6 +200,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one-container", action="store_true",
                         help="also the C pair in one container (both sides in one cgroup)")
+    parser.add_argument("--eager", action="store_true",
+                        help="also the C pair with every worker blocked in accept() (the server "
+                        "agent's design before it took turns)")
     parser.add_argument("--machine-to-myself", action="store_true",
                         help=f"allow more than {MOST_SHARED:,} connections")
     parser.add_argument("--out", default=str(HERE / "results" / "ceiling.json"))
@@ -206,12 +235,15 @@ def main() -> int:
             c = c_pair(client, image, bindir, params, a["server_workers"] or 1)
             one = (c_pair(client, image, bindir, params, a["server_workers"] or 1, "one")
                    if args.one_container else None)
-            for row in (a, c, one) if one else (a, c):
+            eager = (c_pair(client, image, bindir, params, a["server_workers"] or 1,
+                            design="eager") if args.eager else None)
+            for row in (r for r in (a, c, one, eager) if r):
                 rows.append({"round": r, **row})
                 print(f"round {r} {row['impl']:>6}: {row['connections']:,} in "
                       f"{row['connect_s'] or 0:.2f} s, {row['rate'] or 0:,}/s, CPU per "
                       f"connection: client {row['client_cpu_us_per_connection']} us, server "
-                      f"{row.get('server_cpu_us_per_connection')} us"
+                      f"{row.get('server_cpu_us_per_connection')} us, listen drops "
+                      f"{row.get('listen_drops')}"
                       + (f" (controller: {row['controller_connect_s']:.2f} s, "
                          f"{row['controller_rate']:,}/s)" if row.get("controller_rate") else ""),
                       flush=True)

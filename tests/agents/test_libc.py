@@ -65,11 +65,11 @@ def test_opener_raises_what_common_connect_raises():
         assert common.describe_error(exc)[:2] == (errno.ETIMEDOUT, "ETIMEDOUT")
 
 
-def test_acceptor_times_out_as_blocking_io():
+def test_acceptor_with_nothing_queued_raises_blocking_io():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, common.timeval(0.05))
+        listener.setblocking(False)  # as the server agent's listeners are
         with pytest.raises(BlockingIOError):
             server.fd_acceptor(listener)()
 

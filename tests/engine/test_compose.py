@@ -15,6 +15,7 @@ import pytest
 
 from tcplimits import ROLE_LABEL, results
 from tcplimits.engine import compose_project, run_experiment
+from tcplimits.engine.plan import server_cpu_shares
 from tcplimits.config.params import RunParams
 
 pytestmark = pytest.mark.docker
@@ -119,6 +120,9 @@ def test_exported_compose_file_reproduces_the_run(tmp_path, params):
                 assert config["User"] == "65534:65534" and not host["CapAdd"]
             assert config["Labels"]["tcplimits"] == "1"
             assert config["Labels"]["tcplimits.run"] == run_id
+            # the server weighs as much CPU as every client container together
+            if container.labels.get(ROLE_LABEL) == "server":
+                assert host["CpuShares"] == server_cpu_shares(params.clients)
     finally:
         down = subprocess.run(compose + ["down", "-v", "--timeout", "10"], capture_output=True,
                               text=True, timeout=300)

@@ -33,6 +33,35 @@ def test_every_container_runs_with_least_privilege():
         assert spec["network"] == "net-r1"
 
 
+def test_the_server_weighs_as_much_cpu_as_all_client_containers():
+    from tcplimits.engine import plan
+
+    assert RESOLVED.server_cpu_shares == 2 * plan.CPU_SHARES
+    server = specs()["server"]
+    assert server["cpu_shares"] == RESOLVED.server_cpu_shares
+    assert all("cpu_shares" not in spec for role, spec in specs().items() if role != "server")
+    assert plan.server_cpu_shares(1) == plan.CPU_SHARES
+    assert plan.server_cpu_shares(10) == 10 * plan.CPU_SHARES
+    assert plan.server_cpu_shares(10_000) == plan.MAX_CPU_SHARES
+    service = yaml.safe_load(compose_file(specs(), "r1"))["services"]["server"]
+    assert service["cpu_shares"] == RESOLVED.server_cpu_shares
+
+
+def test_progress_samples_are_bounded_over_the_run():
+    from tcplimits.engine import plan
+
+    assert plan.samples_per_process(4) == plan.SAMPLES_PER_PROCESS
+    for processes in (10, 70, 100, 640):
+        per = plan.samples_per_process(processes)
+        assert per >= plan.MIN_SAMPLES_PER_PROCESS
+        assert processes * per <= max(plan.SAMPLES_PER_RUN,
+                                      processes * plan.MIN_SAMPLES_PER_PROCESS)
+    ceiling = RunParams(network="loopback", port_range="1024-65535", nofile=20000, clients=10,
+                        procs=10, max_connections=12202)
+    resolved = Resolved.of(ceiling, engine_nofile_cap=20000)
+    assert 12202 // resolved.sample_every <= plan.SAMPLES_PER_RUN // 100 + 1
+
+
 def test_helpers_and_probes_are_bounded_too():
     from tcplimits.engine import addresses, compose, plan
 

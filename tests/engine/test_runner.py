@@ -12,6 +12,7 @@ import pytest
 
 from tcplimits import ROLE_LABEL, RUN_LABEL, results
 from tcplimits.engine import probe_engine
+from tcplimits.engine.plan import server_cpu_shares
 from tests.engine.helpers import labelled, run_ok, unique_id
 
 pytestmark = pytest.mark.docker
@@ -50,6 +51,7 @@ def test_seed_default_range_binds_each_client_at_28232_minus_held(engine, tmp_pa
     facts = record["facts"]
     assert "notes" not in record and facts["somaxconn"] >= 128
     assert len(facts["server_workers"]) == record["resolved"]["server_workers"]
+    assert record["resolved"]["server_cpu_shares"] == server_cpu_shares(2)
     for client, sockets in facts["held_sockets"].items():
         assert [s["port"] for s in sockets] == record["held_ports"][client]
         assert all(s["owner"] == "docker-dns" for s in sockets if s["addr"] == "127.0.0.11")

@@ -3,7 +3,8 @@ report accept() errors (EMFILE when out of descriptors) instead of dying.
 
 Runs inside the server container with the standard library only. The main process listens
 (on every address of the container: extra addresses answer too), then forks --workers
-processes that share the listening sockets, each with its own RLIMIT_NOFILE. Lines written
+processes that share the listening sockets, each with its own RLIMIT_NOFILE; they accept in
+turn, one until it is out of descriptors, then the next (serve). Lines written
 (JSON, field "event"):
   listening  once, when the socket accepts connections
   progress   per worker, at most every 0.25 s while its count changes: accepted
@@ -22,12 +23,12 @@ On SIGTERM each worker resets every connection it holds (--close abort), as the 
 """
 
 import argparse
+import errno
 import os
 import resource
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
@@ -38,10 +39,24 @@ except ImportError:  # run as a script inside the container
     import common
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# The main process gives a worker its turn to accept with it; a worker out of descriptors
+# sends it to the main process, which gives the turn to the next one.
+TURN_SIGNAL = signal.SIGUSR1
 REPORT_EVERY_S = 0.25
 # After a failed accept() the connection is still queued and accept() fails again at once:
 # pause so that a worker out of descriptors does not spin.
 ERROR_PAUSE_S = 0.1
+# How long the accepting worker lets connections gather before it takes them (a batch per
+# wake-up), when the accept queue holds at least BATCH_QUEUE of them: a millisecond of
+# arrivals fills 1,024 slots only above a million connections a second. A shorter queue (a
+# point about the backlog) is taken at once.
+BATCH_WAIT_S = 0.001
+BATCH_QUEUE = 1024
+
+
+def batch_wait(backlog, somaxconn):
+    """serve()'s batch_wait_s for a listener of ``backlog`` (capped at somaxconn)."""
+    return BATCH_WAIT_S if min(backlog, somaxconn) >= BATCH_QUEUE else 0.0
 
 
 def parse_args(argv=None):
@@ -59,47 +74,71 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(listeners, worker):
+def serve(listeners, worker, batch_wait_s=0.0):
     """Accept until SIGTERM; return (held descriptors, first error, failed accept() calls).
 
-    One listener (the usual case) is blocking with SO_RCVTIMEO: a worker sleeping in accept()
-    is woken exclusively, one per connection, where poll() would wake every worker sharing the
-    socket (with fifty workers on two cores that herd costs more than the accepts themselves).
-    Several listeners (server_ports > 1) are non-blocking and polled."""
-    if len(listeners) == 1:
-        return _serve_blocking(listeners[0], worker)
+    The workers take turns: one accepts, the others wait for TURN_SIGNAL. The accepting
+    worker waits in poll() for its listeners, lets connections gather for ``batch_wait_s``
+    and accepts every queued one; once out of descriptors (EMFILE) it holds what it has and
+    tells the main process, which gives the turn to the next worker. So one worker is awake
+    at a time and a wake-up takes a batch: with every worker asleep in accept() each
+    connection woke one of them, a context switch into a cache-cold interpreter per
+    connection that also preempted the client (README's benchmarks: bench_ceiling)."""
     held = []
     first_error, accept_errors = None, 0
-    reported, last_report = 0, 0.0
-    poller = select.poll()  # poll, unlike epoll, costs no descriptor
-    by_fd = {listener.fileno(): listener for listener in listeners}
+    reported = 0
+    keep, monotonic = held.append, time.monotonic
+    wait_s = REPORT_EVERY_S  # pending signals are looked at this often
+    info = signal.sigtimedwait({TURN_SIGNAL} | STOP_SIGNALS, wait_s)
+    while info is None:
+        info = signal.sigtimedwait({TURN_SIGNAL} | STOP_SIGNALS, wait_s)
+    if info.si_signo != TURN_SIGNAL:
+        return held, first_error, accept_errors  # stopped before its turn came
+    accepting = select.poll()  # poll, unlike epoll, costs no descriptor
+    accept_fd = {}
     for listener in listeners:
-        poller.register(listener, select.POLLIN)
-    while not (STOP_SIGNALS & signal.sigpending()):
-        for fd, _ in poller.poll(REPORT_EVERY_S * 1000):
-            listener = by_fd[fd]
+        accepting.register(listener, select.POLLIN)
+        accept_fd[listener.fileno()] = fd_acceptor(listener)
+    full = False
+    last_look = monotonic()
+    while True:
+        ready = accepting.poll(wait_s * 1000)
+        if ready and batch_wait_s:
+            time.sleep(batch_wait_s)
+        for fd, _ in ready:
+            take = accept_fd[fd]
             while True:  # drain the queue
                 try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:  # another worker took it
+                    keep(take())
+                except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     first_error = first_error or exc
                     accept_errors += 1
-                    time.sleep(ERROR_PAUSE_S)
+                    full = exc.errno == errno.EMFILE
+                    if not full:  # ENFILE, ENOBUFS...: the connection stays queued; again later
+                        time.sleep(ERROR_PAUSE_S)
                     break
-                held.append(conn.detach())
-        now = time.monotonic()
-        if len(held) != reported and now - last_report >= REPORT_EVERY_S:
-            reported, last_report = len(held), now
+            if full:  # the next worker goes on; this one only waits for the stop signal
+                os.kill(os.getppid(), TURN_SIGNAL)
+                accepting, full = select.poll(), False
+                break
+        now = monotonic()
+        if now - last_look < wait_s:
+            continue
+        last_look = now
+        if STOP_SIGNALS & signal.sigpending():
+            break
+        if len(held) != reported:
+            reported = len(held)
             common.emit("progress", worker=worker, accepted=reported)
     return held, first_error, accept_errors
 
 
 def fd_acceptor(listener):
     """accept_fd(): a descriptor accepted on ``listener``, or OSError (BlockingIOError when
-    SO_RCVTIMEO ran out). accept4() through libc where it can (no socket object, no peer
-    address to decode), else the socket module."""
+    none is queued). accept4() through libc where it can (no socket object, no peer address
+    to decode), else the socket module."""
     libc = common.load_libc()
     if libc is None:
         return lambda: listener.accept()[0].detach()
@@ -116,47 +155,18 @@ def fd_acceptor(listener):
     return accept_fd
 
 
-def _serve_blocking(listener, worker):
-    """serve() on one blocking listener with SO_RCVTIMEO. Pending signals and the clock are
-    looked at once per REPORT_EVERY_S while connections come, and after every timeout."""
-    held = []
-    first_error, accept_errors = None, 0
-    reported = 0
-    accept_fd, keep, monotonic = fd_acceptor(listener), held.append, time.monotonic
-    last_look = monotonic()
-    while True:
-        try:
-            keep(accept_fd())
-        except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: nothing came in
-            last_look = 0.0
-        except OSError as exc:
-            first_error = first_error or exc
-            accept_errors += 1
-            time.sleep(ERROR_PAUSE_S)
-        now = monotonic()
-        if now - last_look < REPORT_EVERY_S:
-            continue
-        last_look = now
-        if STOP_SIGNALS & signal.sigpending():
-            break
-        if len(held) != reported:
-            reported = len(held)
-            common.emit("progress", worker=worker, accepted=reported)
-    return held, first_error, accept_errors
-
-
 def _cpu_s():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def worker_main(listeners, worker, close, churning=False):
+def worker_main(listeners, worker, close, churning=False, batch_wait_s=0.0):
     held = []
     if churning:  # churn closes as it goes: it returns a count
         accepted, error, accept_errors = churn.serve(listeners, worker, STOP_SIGNALS,
                                                      REPORT_EVERY_S, close)
     else:
-        held, error, accept_errors = serve(listeners, worker)
+        held, error, accept_errors = serve(listeners, worker, batch_wait_s)
         accepted = len(held)
     number, name, message = common.describe_error(error) if error else (None, None, None)
     # The result first: the count is final, and resetting many thousand connections takes
@@ -169,39 +179,50 @@ def worker_main(listeners, worker, close, churning=False):
     return 0
 
 
+def give_turn(turns):
+    """Send TURN_SIGNAL to the next worker of ``turns`` still alive, if any is left."""
+    for pid in turns:
+        try:
+            os.kill(pid, TURN_SIGNAL)
+            return
+        except ProcessLookupError:
+            continue
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.check:
         return 0 if all(common.is_listening(port) for port in args.port) else 1
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD} | STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, TURN_SIGNAL} | STOP_SIGNALS)
     listeners = []
     for port in args.port:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("0.0.0.0", port))
         listener.listen(args.backlog)
-        if len(args.port) == 1 and not args.churn:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                struct.pack("ll", 0, int(REPORT_EVERY_S * 1e6)))
-        else:
-            listener.setblocking(False)
+        listener.setblocking(False)
         listeners.append(listener)
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
     children = []
     for worker in range(1, args.workers + 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(worker_main(listeners, worker, args.close, args.churn))
+            os._exit(worker_main(listeners, worker, args.close, args.churn,
+                                 batch_wait(args.backlog, somaxconn)))
         children.append(pid)
-    with open("/proc/sys/net/core/somaxconn") as f:
-        somaxconn = int(f.read())
+    turns = iter([] if args.churn else children)  # churn: every worker accepts at once
+    give_turn(turns)
     common.emit("listening", port=args.port[0], ports=args.port, backlog=args.backlog, somaxconn=somaxconn,
                 workers=len(children), nofile_soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 capabilities=common.capabilities())
     live = set(children)
     wait = churn.TimeWaitSampler("server").wait if args.churn else signal.sigwaitinfo
     while live:
-        signo = wait({signal.SIGCHLD} | STOP_SIGNALS).si_signo
-        if signo in STOP_SIGNALS:
+        signo = wait({signal.SIGCHLD, TURN_SIGNAL} | STOP_SIGNALS).si_signo
+        if signo == TURN_SIGNAL:  # a worker is out of descriptors
+            give_turn(turns)
+        elif signo in STOP_SIGNALS:
             common.forward_signal(live, signal.SIGTERM)
         while live:
             pid, status = os.waitpid(-1, os.WNOHANG)

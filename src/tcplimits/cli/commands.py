@@ -35,11 +35,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from tcplimits.engine import faults, outdir
     from tcplimits.engine import run_experiment
-    from tcplimits.engine.plan import SAMPLES_PER_PROCESS
+    from tcplimits.engine.plan import samples_per_process
 
     try:  # before any container: a run must not fail at the end for want of a place to write
         outdir.prepare(Path(args.out), force=args.force, need_bytes=outdir.expected_bytes(
-            params.clients * params.procs, SAMPLES_PER_PROCESS))
+            params.clients * params.procs, samples_per_process(params.clients * params.procs)))
     except outdir.OutDirError as err:
         print(f"tcplimits run: {err}", file=sys.stderr)
         return EXIT_MACHINE if err.fault else EXIT_USAGE

@@ -72,6 +72,7 @@ def compose_file(specs: dict[str, dict[str, Any]], run_id: str, *,
             "pids_limit": spec["pids_limit"],
             "mem_limit": spec["mem_limit"],
             "memswap_limit": spec["memswap_limit"],
+            **({"cpu_shares": spec["cpu_shares"]} if "cpu_shares" in spec else {}),
             "labels": {k: v for k, v in spec["labels"].items()
                        if k not in (OWNER_LABEL, INSTANCE_LABEL, USER_LABEL)},
         }

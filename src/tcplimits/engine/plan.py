@@ -19,7 +19,19 @@ from tcplimits.config.params import FIELDS, RunParams
 SERVER_PORT = fourtuple.FIRST_SERVER_PORT
 AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
-SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count
+SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count, and
+# over the run at most SAMPLES_PER_RUN (at least MIN_SAMPLES_PER_PROCESS a process): each is
+# a line through the engine's log streams, ~0.3 ms of the host's CPU between the agent,
+# containerd, dockerd and the controller. At the ceiling rung (100 processes) 20,000 samples
+# took 8 of the 62 CPU-seconds its connections had and the rate fell from 50,349/s to 40,236/s.
+SAMPLES_PER_RUN = 2_000
+MIN_SAMPLES_PER_PROCESS = 10
+
+
+def samples_per_process(processes: int) -> int:
+    """Progress samples each of ``processes`` client processes writes."""
+    return min(SAMPLES_PER_PROCESS, max(MIN_SAMPLES_PER_PROCESS,
+                                        SAMPLES_PER_RUN // max(1, processes)))
 
 # Least privilege, once for every container: agents, probes and the exported compose.yml.
 # The keys are both Docker SDK ``containers.create`` arguments and Compose service keys.
@@ -44,6 +56,20 @@ HELPER_LIMITS: dict[str, Any] = {"pids_limit": 16, "mem_limit": HELPER_MEMORY,
                                  "memswap_limit": HELPER_MEMORY}
 
 
+# The server container's CPU weight (cgroup cpu.shares; Docker gives every container 1,024):
+# as much as all client containers together, so that the server's share of a busy host's CPU
+# does not shrink with the number of containers the clients are spread over. At the default
+# weight the server of ten client containers got an eleventh of the CPU and its accept queue
+# overflowed (1,343 SYNs dropped at the ceiling rung, each a 1 s retransmit; none with it).
+CPU_SHARES = 1024
+MAX_CPU_SHARES = 262_144  # the kernel's largest cpu.shares
+
+
+def server_cpu_shares(client_containers: int) -> int:
+    """The server container's cpu.shares beside ``client_containers`` clients."""
+    return min(MAX_CPU_SHARES, CPU_SHARES * max(1, client_containers))
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What defaults and "auto" became for one run: recorded, never hidden."""
@@ -51,6 +77,7 @@ class Resolved:
     server_nofile: int
     server_workers: int
     sample_every: int
+    server_cpu_shares: int = CPU_SHARES
 
     @classmethod
     def of(cls, params: RunParams, engine_nofile_cap: int) -> "Resolved":
@@ -60,7 +87,9 @@ class Resolved:
         else:
             workers = int(params.server_workers)
         per_proc = model.client_terms(params)[0] / params.procs
-        return cls(server_nofile, workers, max(1, int(per_proc // SAMPLES_PER_PROCESS)))
+        samples = samples_per_process(params.clients * params.procs)
+        return cls(server_nofile, workers, max(1, int(per_proc // samples)),
+                   server_cpu_shares(params.clients))
 
 
 def new_run_id(params: RunParams, now: dt.datetime | None = None) -> str:
@@ -112,6 +141,7 @@ def container_specs(params: RunParams, resolved: Resolved, run_id: str, image: s
             ulimits=[Ulimit(name="nofile", soft=resolved.server_nofile,
                             hard=resolved.server_nofile)],
             pids_limit=resolved.server_workers + 8,
+            cpu_shares=resolved.server_cpu_shares,
             mem_limit=(server_memory := memory_limit(per_client * params.clients,
                                                      resolved.server_workers)),
             memswap_limit=server_memory,  # no swap beyond the limit

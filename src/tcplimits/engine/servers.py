@@ -105,8 +105,8 @@ def prepare(experiment, server_image: str, cpus: int) -> None:
                 ulimits=[Ulimit(name="nofile", soft=experiment.resolved.server_nofile,
                                 hard=experiment.resolved.server_nofile)],
                 # Redis keeps ~20 KB of buffers per client: room beyond the agent's budget
-                pids_limit=workers + 16, mem_limit=agent["mem_limit"] + memory_limit(0, workers)
-                + SERVER_EXTRA_MEMORY,
+                pids_limit=workers + 16, cpu_shares=agent["cpu_shares"],
+                mem_limit=agent["mem_limit"] + memory_limit(0, workers) + SERVER_EXTRA_MEMORY,
                 labels={**agent["labels"], "tcplimits.server": params.server})
     spec["memswap_limit"] = spec["mem_limit"]  # no swap beyond the limit, as every container
     if params.server_port_range:

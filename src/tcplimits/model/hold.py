@@ -85,8 +85,8 @@ def dropped_syns_reason(listen_drops: int | None, limit: str) -> str | None:
         return None
     return (f"the server dropped {plural(listen_drops, 'SYN')} at its "
             "listener (accept queue full, TcpExt ListenDrops): those connect() calls waited "
-            "for a retransmit, 1 s or more (a larger --backlog, up to net.core.somaxconn, or "
-            "more --server-workers make drops rarer)")
+            "for a retransmit, 1 s or more (a larger --backlog, up to net.core.somaxconn, "
+            "makes drops rarer)")
 
 
 def auto_server_workers(params: RunParams, server_nofile: int) -> int:
