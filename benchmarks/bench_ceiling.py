@@ -2,15 +2,18 @@
 connections over loopback (a tcplimits run, the layout of config/million.yaml: 12,500 per
 client process, 10 processes per client container, server workers auto) against a C server
 and C clients holding the same N over loopback (benchmarks/c/hold_pair.c: the same numbers of
-processes and workers, the same 127.x destinations), alternating, so that both see the same
-moments of a machine shared with other work.
+processes and workers, the same 127.x destinations, and the server agent's design: its
+workers accept in turns, one awake at a time taking a batch per wake-up), alternating, so that
+both see the same moments of a machine shared with other work.
 
     python benchmarks/bench_ceiling.py                        # 60,000 connections, 3 rounds
-    python benchmarks/bench_ceiling.py --connections ceiling --machine-to-myself
+    python benchmarks/bench_ceiling.py --connections ceiling --machine-to-myself --eager
 
 The C pair runs as the agents do, a server container and a client container joining its
-network namespace (each side's sockets charged to its own cgroup); --one-container adds the
-pair in one container, which shows what the split itself costs.
+network namespace (each side's sockets charged to its own cgroup, the server weighted as all
+client containers together: plan.server_cpu_shares); --one-container adds the pair in one
+container, which shows what the split itself costs; --eager adds the C pair with every worker
+blocked in accept(), each connection waking one (the server agent's design before the turns).
 
 Written per round: connections held, seconds from the first connect() to the last (for the
 agents the slowest process's own loop time, and the controller's connect_s beside it: that
@@ -18,11 +21,13 @@ also counts signalling each client container and reading each result through the
 log streams), the rate, CPU per connection of the client processes and of the accept workers
 (both; the client agent's cpu_s also counts its held check after the loop, the server agent's
 its result's cpu_s, from logs/server.log; benchmarks/bench_agent_loop.py splits the loops
-alone, outside Docker), for the agents also setup and teardown, kernel and user bytes per connection and
-the host's Slab growth (the peak memory the rung takes). The summary is the median rate of each and the
-agents' ratio to the C pair (issue 22 asks for at least 0.9). Above MOST_SHARED connections
-(the host's ceiling is ~1.2 M here: 11 GB and two descriptors per connection) it refuses to
-run unless told the machine is its own.
+alone, outside Docker), the SYNs the server's namespace dropped at a full accept queue (each a
+1 s retransmit for one client process), for the agents also setup and teardown, kernel and
+user bytes per connection and the host's Slab growth (the peak memory the rung takes). The
+summary is the median rate of each and the agents' ratio to the C pair of their own design
+(issue 22 asks for at least 0.9). Above MOST_SHARED connections (the host's ceiling is ~1.2 M
+here: 11 GB and two descriptors per connection) it refuses to run unless told the machine is
+its own.
 """
 
 from __future__ import annotations

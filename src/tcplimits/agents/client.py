@@ -367,6 +367,7 @@ def main(argv=None):
     # Block before forking so that a signal arriving early waits, pending, for sigwaitinfo.
     signal.pthread_sigmask(signal.SIG_BLOCK,
                            {signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD} | STOP_SIGNALS)
+    common.load_libc()  # once, inherited by every process (see server.py)
     children = []
     for proc in range(1, args.procs + 1):
         pid = os.fork()

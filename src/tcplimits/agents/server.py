@@ -204,6 +204,10 @@ def main(argv=None):
         listeners.append(listener)
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
+    # ctypes and libc loaded here, inherited by every worker: imported on a worker's first
+    # turn (files read through the image's filesystem on a busy host) it stalled the accept
+    # queue long enough to overflow it.
+    common.load_libc()
     children = []
     for worker in range(1, args.workers + 1):
         pid = os.fork()

@@ -22,8 +22,9 @@ USER = "65534:65534"  # nobody: the agents need no privilege at all
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count, and
 # over the run at most SAMPLES_PER_RUN (at least MIN_SAMPLES_PER_PROCESS a process): each is
 # a line through the engine's log streams, ~0.3 ms of the host's CPU between the agent,
-# containerd, dockerd and the controller. At the ceiling rung (100 processes) 20,000 samples
-# took 8 of the 62 CPU-seconds its connections had and the rate fell from 50,349/s to 40,236/s.
+# containerd, dockerd and the controller. At the ceiling (100 processes, 1.22 M connections)
+# those three used 10.4 CPU-seconds with 200 samples a process against 2.3 with 5, and the
+# rate was 40,236/s against 50,349/s.
 SAMPLES_PER_RUN = 2_000
 MIN_SAMPLES_PER_PROCESS = 10
 

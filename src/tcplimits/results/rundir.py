@@ -23,7 +23,8 @@ run.json keys:
                   engine_lost, container_exited, oom, worker_died, agent_output,
                   out_unwritable), else null
     params        RunParams.to_dict(): what was asked, never changed
-    resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every
+    resolved      what "auto"/defaults became: server_nofile, server_workers, sample_every,
+                  server_cpu_shares (the server container's cpu.shares)
     prediction    model.predict(...) as a dict: from the parameters, the engine facts and the
                   ports the agents found held before their first connect()
     started_at, ended_at (ISO 8601 UTC), duration_s, setup_s, quiet_wait_s, connect_s,
