@@ -21,7 +21,7 @@ AGENTS = "/opt/tcplimits/agents"
 USER = "65534:65534"  # nobody: the agents need no privilege at all
 SAMPLES_PER_PROCESS = 200  # progress samples: one per 0.5% of the expected count, and
 # over the run at most SAMPLES_PER_RUN (at least MIN_SAMPLES_PER_PROCESS a process): each is
-# a line through the engine's log streams, ~0.3 ms of the host's CPU between the agent,
+# a line through the engine's log streams, ~0.4 ms of the host's CPU between the agent,
 # containerd, dockerd and the controller. At the ceiling (100 processes, 1.22 M connections)
 # those three used 10.4 CPU-seconds with 200 samples a process against 2.3 with 5, and the
 # rate was 40,236/s against 50,349/s.
@@ -33,6 +33,7 @@ def samples_per_process(processes: int) -> int:
     """Progress samples each of ``processes`` client processes writes."""
     return min(SAMPLES_PER_PROCESS, max(MIN_SAMPLES_PER_PROCESS,
                                         SAMPLES_PER_RUN // max(1, processes)))
+
 
 # Least privilege, once for every container: agents, probes and the exported compose.yml.
 # The keys are both Docker SDK ``containers.create`` arguments and Compose service keys.
