@@ -49,6 +49,7 @@ from docker.types import Ulimit
 import cbuild
 
 from tcplimits import LABEL, RUN_LABEL, model, results
+from tcplimits.agents import common
 from tcplimits.config.params import RunParams
 from tcplimits.engine import footprint, hostceiling, probe_engine, run_experiment
 from tcplimits.engine.plan import hardening, server_cpu_shares
@@ -186,15 +187,7 @@ def netns_listen_drops(container) -> int | None:
     """TcpExt ListenDrops of ``container``'s network namespace (read from the host through
     its first process), or None once it is gone or unreadable."""
     container.reload()
-    pid = container.attrs["State"].get("Pid")
-    try:
-        lines = Path(f"/proc/{pid}/net/netstat").read_text().splitlines()
-    except OSError:
-        return None
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return int(dict(zip(names.split(), values.split()))["ListenDrops"])
-    return None
+    return common.listen_drops(f"/proc/{container.attrs['State'].get('Pid')}/net")
 
 
 def main() -> int:

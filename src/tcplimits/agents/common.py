@@ -209,12 +209,13 @@ def route_source(server_addr):
         return sock.getsockname()[0]
 
 
-def listen_drops():
-    """SYNs this network namespace dropped at a listener (TcpExt ListenDrops: a full accept
-    queue among them), or None where /proc/net/netstat cannot be read. A dropped SYN costs
-    its connect() a retransmit, 1 s or more."""
+def listen_drops(net_dir="/proc/net"):
+    """SYNs this network namespace (or the one ``net_dir``, such as /proc/<pid>/net, belongs
+    to) dropped at a listener (TcpExt ListenDrops: a full accept queue among them), or None
+    where its netstat cannot be read. A dropped SYN costs its connect() a retransmit, 1 s or
+    more."""
     try:
-        with open("/proc/net/netstat") as f:
+        with open(f"{net_dir}/netstat") as f:
             lines = f.read().splitlines()
         for names, values in zip(lines[::2], lines[1::2]):
             if names.startswith("TcpExt:"):

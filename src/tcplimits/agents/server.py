@@ -89,9 +89,8 @@ def serve(listeners, worker, batch_wait_s=0.0):
     reported = 0
     keep, monotonic = held.append, time.monotonic
     wait_s = REPORT_EVERY_S  # pending signals are looked at this often
-    info = signal.sigtimedwait({TURN_SIGNAL} | STOP_SIGNALS, wait_s)
-    while info is None:
-        info = signal.sigtimedwait({TURN_SIGNAL} | STOP_SIGNALS, wait_s)
+    while (info := signal.sigtimedwait({TURN_SIGNAL} | STOP_SIGNALS, wait_s)) is None:
+        pass  # not this worker's turn yet
     if info.si_signo != TURN_SIGNAL:
         return held, first_error, accept_errors  # stopped before its turn came
     accepting = select.poll()  # poll, unlike epoll, costs no descriptor
