@@ -3,8 +3,11 @@ connections over loopback (a tcplimits run, the layout of config/million.yaml: 1
 client process, 10 processes per client container, server workers auto) against a C server
 and C clients holding the same N over loopback (benchmarks/c/hold_pair.c: the same numbers of
 processes and workers, the same 127.x destinations, and the server agent's design: its
-workers accept in turns, one awake at a time taking a batch per wake-up), alternating, so that
-both see the same moments of a machine shared with other work.
+workers accept in turns, one awake at a time taking a batch per wake-up), alternating (the
+agents first in odd rounds, last in even ones), so that both see the same moments of a machine
+shared with other work. Every run starts from the same memory state: --settle seconds idle
+first (40 where the machine is a VM whose balloon reports free pages to its hypervisor, see
+SETTLE_S; the run's JSON says which).
 
     python benchmarks/bench_ceiling.py                        # 60,000 connections, 3 rounds
     python benchmarks/bench_ceiling.py --connections ceiling --machine-to-myself --eager
@@ -52,12 +55,22 @@ from tcplimits import LABEL, RUN_LABEL, model, results
 from tcplimits.agents import common
 from tcplimits.config.params import RunParams
 from tcplimits.engine import footprint, hostceiling, probe_engine, run_experiment
-from tcplimits.engine.plan import hardening, server_cpu_shares
+from tcplimits.engine.plan import Resolved, hardening, server_cpu_shares
 
 HERE = Path(__file__).resolve().parent
 PER_PROCESS = 12_500        # config/million.yaml's max_connections
 PROCS_PER_CLIENT = 10
 MOST_SHARED = 100_000       # more only with --machine-to-myself
+# A VM whose balloon reports free pages hands memory freed in the guest back to its host
+# (mm/page_reporting.c: about 30 s for all of it on an idle guest); the next touch of a
+# returned page faults in the host. A run that starts soon after the previous one's teardown
+# gets memory still backed; one that starts later pays the first touch of every new slab page
+# (measured at the top rung, in allocate_slab and inode_init_once: 23.5 against 10.6-12.5 us a
+# connection, the same C pair 48,739/s against 60,898/s). So every run starts from the same
+# state: the freed memory returned.
+SETTLE_S = 40
+BALLOON_FEATURES = "/sys/bus/virtio/drivers/virtio_balloon"
+F_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING, <linux/virtio_balloon.h>
 
 
 def layout(n: int) -> RunParams:
@@ -183,6 +196,15 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
                              else None)}
 
 
+def free_page_reporting() -> bool:
+    """Whether this machine is a VM whose balloon reports free pages to its host."""
+    for features in Path(BALLOON_FEATURES).glob("virtio*/features"):
+        bits = features.read_text().strip()
+        if len(bits) > F_REPORTING and bits[F_REPORTING] == "1":
+            return True
+    return False
+
+
 def netns_listen_drops(container) -> int | None:
     """TcpExt ListenDrops of ``container``'s network namespace (read from the host through
     its first process), or None once it is gone or unreadable."""
@@ -203,6 +225,10 @@ def main() -> int:
                         "agent's design before it took turns)")
     parser.add_argument("--machine-to-myself", action="store_true",
                         help=f"allow more than {MOST_SHARED:,} connections")
+    parser.add_argument("--settle", type=float, default=None, metavar="SECONDS",
+                        help=f"idle seconds before every run (default {SETTLE_S} where the "
+                        "VM's balloon reports free pages, which a run that starts sooner "
+                        "finds still backed, else 5)")
     parser.add_argument("--out", default=str(HERE / "results" / "ceiling.json"))
     args = parser.parse_args()
     client = docker.from_env()
@@ -220,6 +246,8 @@ def main() -> int:
               f"{found.binding.name})", file=sys.stderr)
         return 2
     params = layout(n)
+    reporting = free_page_reporting()
+    settle_s = args.settle if args.settle is not None else SETTLE_S if reporting else 5.0
     from tcplimits.image import ensure_image
 
     image = ensure_image(client).tags[0]
@@ -228,14 +256,24 @@ def main() -> int:
         bindir = Path(tmp) / "bin"
         bindir.mkdir()
         cbuild.require(cbuild.compile_static("c/hold_pair.c", bindir), "bench_ceiling")
+        workers = Resolved.of(params, cap).server_workers  # as the agents' run resolves it
         for r in range(1, args.rounds + 1):
-            a = agents(client, params, Path(tmp))
-            c = c_pair(client, image, bindir, params, a["server_workers"] or 1)
-            one = (c_pair(client, image, bindir, params, a["server_workers"] or 1, "one")
-                   if args.one_container else None)
-            eager = (c_pair(client, image, bindir, params, a["server_workers"] or 1,
-                            design="eager") if args.eager else None)
-            for row in (r for r in (a, c, one, eager) if r):
+            runs = {"agents": lambda: agents(client, params, Path(tmp)),
+                    "c": lambda: c_pair(client, image, bindir, params, workers),
+                    "c-one": lambda: c_pair(client, image, bindir, params, workers, "one"),
+                    "c-eager": lambda: c_pair(client, image, bindir, params, workers,
+                                              design="eager")}
+            order = ["agents", "c"] + ["c-one"] * args.one_container + ["c-eager"] * args.eager
+            if r % 2 == 0:  # the agents first in odd rounds, last in even ones
+                order = order[1:] + order[:1]
+            done = []
+            for impl in order:
+                print(f"round {r} {impl:>7}: {settle_s:g} s idle first", flush=True)
+                time.sleep(settle_s)
+                done.append(runs[impl]())
+                if impl == "agents":
+                    workers = done[-1]["server_workers"] or workers
+            for row in done:
                 rows.append({"round": r, **row})
                 print(f"round {r} {row['impl']:>6}: {row['connections']:,} in "
                       f"{row['connect_s'] or 0:.2f} s, {row['rate'] or 0:,}/s, CPU per "
@@ -245,7 +283,6 @@ def main() -> int:
                       + (f" (controller: {row['controller_connect_s']:.2f} s, "
                          f"{row['controller_rate']:,}/s)" if row.get("controller_rate") else ""),
                       flush=True)
-            time.sleep(5)  # let the resets drain before the next round
     rate = {impl: statistics.median([r["rate"] for r in rows if r["impl"] == impl and r["rate"]]
                                     or [0]) for impl in {r["impl"] for r in rows}}
     by_round = {(r["round"], r["impl"]): r["rate"] for r in rows}
@@ -266,7 +303,8 @@ def main() -> int:
                "cpu_us_per_connection": cpu,
                "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
                "ratios": [round(x, 3) for x in ratios], "ceiling": found.to_dict()}
-    results.write_json({"host": facts, "rounds": rows, "summary": summary}, Path(args.out))
+    results.write_json({"host": facts, "free_page_reporting": reporting, "settle_s": settle_s,
+                        "rounds": rows, "summary": summary}, Path(args.out))
     print(f"agents {rate['agents']:,.0f}/s, C pair {rate['c']:,.0f}/s: ratio "
           f"{summary['ratio_median']} (per round {summary['ratios']}); wrote {args.out}")
     return 0

@@ -14,9 +14,9 @@
  * the engine's cap per container.
  * DESIGN says how the workers accept: "turns" (the default) as the server agent does, one
  * worker at a time (a byte in a pipe is the turn), waiting in poll(), letting connections
- * gather for 1 ms, then accepting every queued one, passing the turn on when out of
- * descriptors; "eager": every worker blocks in accept(), each connection wakes one (the
- * server agent before the turns).
+ * gather for 1 ms, then accepting every queued one, and while batches keep coming gathering
+ * the next without poll(), passing the turn on when out of descriptors; "eager": every
+ * worker blocks in accept(), each connection wakes one (the server agent before the turns).
  * "server" and "client" split the pair over two containers as the agents are (the server's
  * container, and the clients' joining its network namespace): the server prints its workers'
  * cpu seconds when sent SIGTERM; the client prints the line above with 0 as server cpu.
@@ -84,12 +84,14 @@ static void accept_in_turns(int listener, int turn_in, int turn_out, int *held) 
     while (read(turn_in, &token, 1) != 1)
         if (stopping) stop_holding(held, n);
     struct pollfd ready = {.fd = listener, .events = POLLIN};
+    int busy = 0;  /* the last batch took something: gather the next without poll() */
     for (;;) {
-        if (poll(&ready, 1, -1) < 0) {
+        if (!busy && poll(&ready, 1, -1) < 0) {
             if (stopping) stop_holding(held, n);
             continue;
         }
         usleep(GATHER_US);
+        int taken = n;
         for (;;) {
             int a = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
             if (a >= 0) {
@@ -103,6 +105,7 @@ static void accept_in_turns(int listener, int turn_in, int turn_out, int *held) 
             }
             break;  /* EAGAIN: the queue is empty */
         }
+        busy = n > taken;
         if (stopping) stop_holding(held, n);
     }
 }

@@ -1,4 +1,4 @@
-"""The agents' hold loops through libc (common.libc_opener, server.fd_acceptor) and through
+"""The agents' hold loops through libc (common.libc_connector, server.acceptor) and through
 the socket module (TCPLIMITS_AGENT_SYSCALLS=socket, or no ctypes): the same descriptors, the
 same errors, the same events."""
 
@@ -33,16 +33,22 @@ def test_sockaddr_in_is_what_the_kernel_takes():
     assert raw[2:4] == (5000).to_bytes(2, "big") and raw[4:8] == bytes([127, 1, 2, 3])
 
 
-def test_opener_and_acceptor_hand_over_connected_descriptors():
+def test_connector_and_acceptor_hand_over_connected_descriptors():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
+        listener.setblocking(False)  # as the server agent's listeners are
         port = listener.getsockname()[1]
-        open_fd = common.libc_opener(common.load_libc(), TIMEVAL,
-                                     [common.sockaddr_in("127.0.0.1", port)])
-        accept_fd = server.fd_acceptor(listener)
-        fd = open_fd(0)
-        conn = accept_fd()
+        connect_run = common.libc_connector(common.load_libc(), TIMEVAL,
+                                            [common.sockaddr_in("127.0.0.1", port)])
+        drain = server.acceptor(listener)
+        held, owner = [], []
+        made, last, failure = connect_run([0], 0, 1, held.append, owner.append)
+        assert (made, failure, owner) == (1, None, [0]) and last > 0
+        fd = held[0]
+        accepted = []
+        assert drain(accepted.append) is None  # the queue drained, nothing wrong
+        [conn] = accepted
         with socket.socket(fileno=fd) as mine, socket.socket(fileno=conn) as theirs:
             assert mine.getpeername() == ("127.0.0.1", port)
             assert theirs.getpeername() == mine.getsockname()
@@ -51,13 +57,15 @@ def test_opener_and_acceptor_hand_over_connected_descriptors():
             assert not mine.get_inheritable()  # SOCK_CLOEXEC, as the socket module makes them
 
 
-def test_opener_raises_what_common_connect_raises():
+def test_connector_stops_at_what_common_connect_raises():
     port = free_port()  # nothing listens
-    open_fd = common.libc_opener(common.load_libc(), TIMEVAL,
-                                 [common.sockaddr_in("127.0.0.1", port)])
-    with pytest.raises(ConnectionRefusedError) as got:
-        open_fd(0)
-    assert common.describe_error(got.value)[:2] == (errno.ECONNREFUSED, "ECONNREFUSED")
+    connect_run = common.libc_connector(common.load_libc(), TIMEVAL,
+                                        [common.sockaddr_in("127.0.0.1", port)])
+    held = []
+    made, last, failure = connect_run([0], 0, 5, held.append, held.append)
+    assert (made, last, held) == (0, None, [])
+    assert isinstance(failure, ConnectionRefusedError)
+    assert common.describe_error(failure)[:2] == (errno.ECONNREFUSED, "ECONNREFUSED")
     # A handshake cut short by SO_SNDTIMEO is ETIMEDOUT, as common.connect says it.
     for number in common.TIMED_OUT_ERRNOS:
         exc = common.connect_error(number)
@@ -65,13 +73,14 @@ def test_opener_raises_what_common_connect_raises():
         assert common.describe_error(exc)[:2] == (errno.ETIMEDOUT, "ETIMEDOUT")
 
 
-def test_acceptor_with_nothing_queued_raises_blocking_io():
+def test_acceptor_with_nothing_queued_takes_nothing_and_says_nothing():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         listener.setblocking(False)  # as the server agent's listeners are
-        with pytest.raises(BlockingIOError):
-            server.fd_acceptor(listener)()
+        accepted = []
+        assert server.acceptor(listener)(accepted.append) is None
+        assert accepted == []
 
 
 @pytest.mark.parametrize("syscalls", ["libc", "socket"])
@@ -115,3 +124,25 @@ def test_close_all_through_libc_resets_or_closes(mode, lingering):
             else:
                 with pytest.raises(ConnectionResetError):
                     theirs.recv(10)
+
+
+def test_a_run_goes_round_robin_from_its_turn_and_stops_at_the_first_failure():
+    """Three pairs, the second refusing: a run from position 2 makes the third pair's and
+    the first pair's connection, then stops on the second with what connect() said."""
+    with socket.socket() as first, socket.socket() as third:
+        for listener in (first, third):
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+        ports = [first.getsockname()[1], free_port(), third.getsockname()[1]]
+        connect_run = common.libc_connector(
+            common.load_libc(), TIMEVAL, [common.sockaddr_in("127.0.0.1", p) for p in ports])
+        held, owner = [], []
+        try:
+            made, _, failure = connect_run([0, 1, 2], 2, 10, held.append, owner.append)
+            assert (made, owner) == (2, [2, 0])
+            assert isinstance(failure, ConnectionRefusedError)
+            # the refusing pair dropped, a run wraps around what is left
+            made, _, failure = connect_run([0, 2], 1, 3, held.append, owner.append)
+            assert (made, failure, owner) == (3, None, [2, 0, 2, 0, 2])
+        finally:
+            common.close_all(held)

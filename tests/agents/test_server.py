@@ -3,7 +3,9 @@
 import socket
 import time
 
-from tcplimits.agents import server
+import pytest
+
+from tcplimits.agents import common, server
 from tests.agents.processes import free_port, start_server, stop
 
 
@@ -17,7 +19,12 @@ def hold(port, count):
     return held
 
 
-def test_workers_take_turns_each_filling_before_the_next():
+@pytest.mark.parametrize("syscalls", ["libc", "socket"])
+def test_workers_take_turns_each_filling_before_the_next(syscalls, monkeypatch):
+    if syscalls == "socket":  # the socket module's path drains the same way
+        monkeypatch.setenv(common.SYSCALLS_ENV, "socket")
+    else:
+        monkeypatch.delenv(common.SYSCALLS_ENV, raising=False)
     port = free_port()
     srv = start_server(port, "--workers", "3", limit=40)  # 40 - 4 descriptors to hold
     held = []

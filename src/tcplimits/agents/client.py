@@ -36,6 +36,7 @@ in the host's kernel once the container is gone.
 
 import argparse
 import array
+import collections
 import errno
 import os
 import resource
@@ -174,15 +175,35 @@ def open_one(args, pair):
     return s
 
 
-def fd_opener(args, pairs):
-    """open_fd(index): a descriptor connected over ``pairs[index]``, or OSError. A plain
-    connect() goes through libc (common.libc_opener) where it can; the bind modes, and
+def connector(args, pairs):
+    """connect_run(live, turn, want, keep, keep_owner) as common.libc_connector describes it,
+    over ``pairs``. A plain connect() goes through libc where it can; the bind modes, and
     hosts without ctypes or libc, through open_one."""
     libc = common.load_libc() if args.bind_mode == "connect" else None
-    if libc is None:
-        return lambda index: open_one(args, pairs[index]).detach()
-    sockaddrs = [common.sockaddr_in(addr, port) for _, addr, port in pairs]
-    return common.libc_opener(libc, args.connect_timeval, sockaddrs)
+    if libc is not None:
+        sockaddrs = [common.sockaddr_in(addr, port) for _, addr, port in pairs]
+        return common.libc_connector(libc, args.connect_timeval, sockaddrs)
+    monotonic = time.monotonic
+
+    # common.libc_connector's loop around open_one (kept apart: the libc loop stays one frame
+    # with its three calls inline)
+    def connect_run(live, turn, want, keep, keep_owner):
+        count, last = len(live), None
+        at = turn % count
+        for made in range(want):
+            index = live[at]
+            try:
+                fd = open_one(args, pairs[index]).detach()
+            except OSError as exc:  # EMFILE in socket(), EADDRINUSE in bind(), ... in connect()
+                return made, last, exc
+            last = monotonic()
+            keep(fd)
+            keep_owner(index)
+            at += 1
+            if at == count:
+                at = 0
+        return want, last, None
+    return connect_run
 
 
 def local_address(fd):
@@ -197,15 +218,14 @@ def connect_until_failure(args, proc, server_addrs):
     """One worker: connect round-robin over the pairs, keep every descriptor, drop a pair when
     its pool is exhausted, stop when every pair is or at the first other failure.
 
-    The clock is read once per connection: a sample's connect_latency_s is the time of its
-    window (from the previous sample) over its connections, less failed attempts."""
+    Connections come in runs, one per progress sample (connector: a run is one Python
+    frame); the clock is read once per connection: a sample's connect_latency_s is the time
+    of its window (from the previous sample) over its connections, less failed attempts."""
     held = []  # raw descriptors: an int costs less than a socket object
     pairs = make_pairs(args, server_addrs)
-    open_fd = fd_opener(args, pairs)
+    connect_run = connector(args, pairs)
     owner = array.array("H")  # the pair of each held descriptor (PAIRS_MAX fits 16 bits)
-    counts = [0] * len(pairs)
     errors = [None] * len(pairs)
-    sources = [p[0] for p in pairs]  # the address each pair leaves from, once seen
     live = list(range(len(pairs)))
     turn = (proc - 1) % len(pairs)  # processes start on different pairs
     cpu_start = _cpu_s()
@@ -215,36 +235,33 @@ def connect_until_failure(args, proc, server_addrs):
     window_start, window_t0, last = 0, start, start
     failure = None
     limit = args.max_connections or None
-    while live and (limit is None or len(held) < limit):
-        turn %= len(live)
-        index = live[turn]
-        try:
-            fd = open_fd(index)
-        except OSError as exc:  # EMFILE in socket(), EADDRINUSE in bind(), ... in connect()
-            errors[index] = common.describe_error(exc)[1]
-            failure = exc
-            if exc.errno in POOL_ERRNOS and len(live) > 1:
-                live.pop(turn)
+    n = 0
+    while live and (limit is None or n < limit):
+        want = window_start + sample_every - n
+        made, made_last, stopped = connect_run(live, turn, want if limit is None
+                                               else min(want, limit - n), keep, keep_owner)
+        n += made
+        turn = (turn + made) % len(live)
+        if made_last is not None:
+            last = made_last
+        if stopped is not None:
+            index = live[turn]
+            errors[index] = common.describe_error(stopped)[1]
+            failure = stopped
+            if stopped.errno in POOL_ERRNOS and len(live) > 1:
+                live.pop(turn)  # the next pair takes its place in the turn
+                turn %= len(live)
                 now = monotonic()
                 window_t0 += now - last  # a failed attempt is no connection's time
                 last = now
                 continue
             break
-        last = monotonic()
-        if sources[index] is None:
-            sources[index] = local_address(fd)
-        keep(fd)
-        keep_owner(index)
-        counts[index] += 1
-        turn += 1
-        n = len(held)
         if n - window_start >= sample_every:
             common.emit("progress", client=args.client, proc=proc, connections=n,
                         t_s=round(last - start, 6),
                         connect_latency_s=(last - window_t0) / (n - window_start))
             window_start = n
             window_t0 = last = monotonic()  # writing the sample is no connection's time
-    n = len(held)
     elapsed = monotonic() - start
     if n > window_start:
         common.emit("progress", client=args.client, proc=proc, connections=n,
@@ -257,9 +274,7 @@ def connect_until_failure(args, proc, server_addrs):
             global _STOPPING
             _STOPPING, settle = True, 0.0  # told to stop: check at once, then close
     closed, peer_message = settle_and_check(held, settle)
-    for i in closed:  # pairs count held connections too
-        counts[owner[i]] -= 1
-    rows = [[sources[i], a, p, counts[i], errors[i]] for i, (_, a, p) in enumerate(pairs)]
+    rows = pair_rows(pairs, held, owner, closed, errors)
     for first in range(0, len(rows), PAIRS_PER_LINE):
         common.emit("pairs", client=args.client, proc=proc,
                     pairs=rows[first:first + PAIRS_PER_LINE])
@@ -272,6 +287,20 @@ def connect_until_failure(args, proc, server_addrs):
                 error=name, message=message, elapsed_s=round(elapsed, 6),
                 cpu_s=round(_cpu_s() - cpu_start, 6))
     return held
+
+
+def pair_rows(pairs, held, owner, closed, errors):
+    """[source, address, port, connections held, error] per pair, counted from ``owner`` (the
+    pair of each held descriptor) once connecting is over, not per connection. A pair left to
+    the route (plain connect()) shows the source its first connection got."""
+    opened = collections.Counter(owner)
+    gone = collections.Counter(owner[i] for i in closed)  # pairs count held connections too
+    rows = []
+    for index, (source, addr, port) in enumerate(pairs):
+        if source is None and opened[index]:
+            source = local_address(held[owner.index(index)])
+        rows.append([source, addr, port, opened[index] - gone[index], errors[index]])
+    return rows
 
 
 def settle_and_check(held, settle_s):

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 # SO_LINGER on with a zero timeout: close() resets the connection (RST) and frees the socket at
 # once, instead of a FIN handshake that leaves an orphan or a TIME-WAIT entry in the kernel
@@ -149,36 +150,52 @@ def sockaddr_in(addr, port):
         + bytes(8)
 
 
-def libc_opener(libc, timeval, sockaddrs):
-    """open_fd(index): socket(), SO_SNDTIMEO and connect() to ``sockaddrs[index]`` (each a
-    sockaddr_in) through libc, a connected raw descriptor; open_one's plain connect() without
-    a socket object, its errors raised as common.connect raises them. Everything the loop
-    needs is bound here once: a call is the three C calls and little else."""
+def libc_connector(libc, timeval, sockaddrs):
+    """connect_run(live, turn, want, keep, keep_owner): up to ``want`` plain connect()s
+    through libc, round-robin over the pairs ``live`` lists (indexes into ``sockaddrs``, each
+    a sockaddr_in) from its position ``turn``: socket(), SO_SNDTIMEO and connect() on raw
+    descriptors, without the socket module's objects, address parsing and tuples. Each
+    connected descriptor goes to ``keep``, its pair to ``keep_owner``. Returns (made, last,
+    failure): the connections made, the monotonic time the last of them was (None: none),
+    and what stopped the run early (an OSError as common.connect raises it, on the pair at
+    position turn + made) or None. A run of connections in one Python frame, everything it
+    needs bound here once: a connection is the three C calls and little else (client.py
+    runs one per progress sample)."""
     import ctypes
 
     sock, setsockopt, connect, close = libc.socket, libc.setsockopt, libc.connect, libc.close
-    get_errno = ctypes.get_errno
+    get_errno, monotonic = ctypes.get_errno, time.monotonic
     family, kind = socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC  # as Python's
     level, option, timeval_len = socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(timeval)
     sockaddr_len = len(sockaddr_in("0.0.0.0", 0))
 
-    def open_fd(index):
-        fd = sock(family, kind, 0)
-        if fd < 0:
-            raise os_error(get_errno())  # EMFILE, ENFILE, ENOBUFS
-        if setsockopt(fd, level, option, timeval, timeval_len):
-            number = get_errno()
-            close(fd)
-            raise os_error(number)
-        if connect(fd, sockaddrs[index], sockaddr_len):
-            number = get_errno()
-            if number == errno.EINTR:  # a signal arrived: the handshake goes on without us
-                number = _finish_connect(fd, timeval)
-            if number:
+    def connect_run(live, turn, want, keep, keep_owner):
+        count, last = len(live), None
+        at = turn % count
+        for made in range(want):
+            index = live[at]
+            fd = sock(family, kind, 0)
+            if fd < 0:
+                return made, last, os_error(get_errno())  # EMFILE, ENFILE, ENOBUFS
+            if setsockopt(fd, level, option, timeval, timeval_len):
+                number = get_errno()
                 close(fd)
-                raise connect_error(number)
-        return fd
-    return open_fd
+                return made, last, os_error(number)
+            if connect(fd, sockaddrs[index], sockaddr_len):
+                number = get_errno()
+                if number == errno.EINTR:  # a signal arrived: the handshake goes on without us
+                    number = _finish_connect(fd, timeval)
+                if number:
+                    close(fd)
+                    return made, last, connect_error(number)
+            last = monotonic()
+            keep(fd)
+            keep_owner(index)
+            at += 1
+            if at == count:
+                at = 0
+        return want, last, None
+    return connect_run
 
 
 def _finish_connect(fd, timeval):

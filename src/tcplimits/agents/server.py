@@ -79,7 +79,8 @@ def serve(listeners, worker, batch_wait_s=0.0):
 
     The workers take turns: one accepts, the others wait for TURN_SIGNAL. The accepting
     worker waits in poll() for its listeners, lets connections gather for ``batch_wait_s``
-    and accepts every queued one; once out of descriptors (EMFILE) it holds what it has and
+    and accepts every queued one, and while batches keep coming gathers the next without
+    polling; once out of descriptors (EMFILE) it holds what it has and
     tells the main process, which gives the turn to the next worker. So one worker is awake
     at a time and a wake-up takes a batch: with every worker asleep in accept() each
     connection woke one of them, a context switch into a cache-cold interpreter per
@@ -94,34 +95,34 @@ def serve(listeners, worker, batch_wait_s=0.0):
     if info.si_signo != TURN_SIGNAL:
         return held, first_error, accept_errors  # stopped before its turn came
     accepting = select.poll()  # poll, unlike epoll, costs no descriptor
-    accept_fd = {}
     for listener in listeners:
         accepting.register(listener, select.POLLIN)
-        accept_fd[listener.fileno()] = fd_acceptor(listener)
+    drains = [acceptor(listener) for listener in listeners]
     full = False
     last_look = monotonic()
+    busy = False  # the last batch took something: more is on its way
     while True:
-        ready = accepting.poll(wait_s * 1000)
-        if ready and batch_wait_s:
-            time.sleep(batch_wait_s)
-        for fd, _ in ready:
-            take = accept_fd[fd]
-            while True:  # drain the queue
-                try:
-                    keep(take())
-                except (BlockingIOError, InterruptedError):
+        # An idle queue: wait in poll() for the next connection. A busy one: no poll, whose
+        # wake-up at the first arrival would only start the gathering sleep; one wake-up a
+        # batch (each preempts a client process).
+        if busy or accepting.poll(wait_s * 1000):
+            if batch_wait_s:
+                time.sleep(batch_wait_s)
+            taken = len(held)
+            for drain in drains:
+                error = drain(keep)
+                if error is None:
+                    continue
+                first_error = first_error or error
+                accept_errors += 1
+                full = error.errno == errno.EMFILE
+                if full:
                     break
-                except OSError as exc:
-                    first_error = first_error or exc
-                    accept_errors += 1
-                    full = exc.errno == errno.EMFILE
-                    if not full:  # ENFILE, ENOBUFS...: the connection stays queued; again later
-                        time.sleep(ERROR_PAUSE_S)
-                    break
+                time.sleep(ERROR_PAUSE_S)  # ENFILE, ENOBUFS...: the connection stays queued
             if full:  # the next worker goes on; this one only waits for the stop signal
                 os.kill(os.getppid(), TURN_SIGNAL)
-                accepting, full = select.poll(), False
-                break
+                accepting, drains, full = select.poll(), [], False
+            busy = bool(batch_wait_s) and len(held) > taken
         now = monotonic()
         if now - last_look < wait_s:
             continue
@@ -134,24 +135,37 @@ def serve(listeners, worker, batch_wait_s=0.0):
     return held, first_error, accept_errors
 
 
-def fd_acceptor(listener):
-    """accept_fd(): a descriptor accepted on ``listener``, or OSError (BlockingIOError when
-    none is queued). accept4() through libc where it can (no socket object, no peer address
-    to decode), else the socket module."""
+def acceptor(listener):
+    """drain(keep): accept every connection queued on ``listener`` (non-blocking), passing
+    each descriptor to ``keep``; returns what stopped it other than an empty queue (EMFILE
+    when out of descriptors), an OSError, or None. accept4() through libc where it can (no
+    socket object, no peer address to decode; a queue drained in one Python frame), else the
+    socket module."""
     libc = common.load_libc()
     if libc is None:
-        return lambda: listener.accept()[0].detach()
+        def drain_socket(keep):
+            while True:
+                try:
+                    keep(listener.accept()[0].detach())
+                except (BlockingIOError, InterruptedError):
+                    return None
+                except OSError as exc:
+                    return exc
+        return drain_socket
     import ctypes
 
     accept4, get_errno, os_error = libc.accept4, ctypes.get_errno, common.os_error
     fd, flags = listener.fileno(), socket.SOCK_CLOEXEC  # as the socket module accepts
+    empty = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
 
-    def accept_fd():
-        conn = accept4(fd, None, None, flags)
-        if conn < 0:
-            raise os_error(get_errno())
-        return conn
-    return accept_fd
+    def drain(keep):
+        while True:
+            conn = accept4(fd, None, None, flags)
+            if conn < 0:
+                number = get_errno()
+                return None if number in empty else os_error(number)
+            keep(conn)
+    return drain
 
 
 def _cpu_s():
