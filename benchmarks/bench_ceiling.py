@@ -155,6 +155,7 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
                 name=run_id, network_mode="none", sysctls=sysctls,
                 pids_limit=procs + workers + 8, **common)
             made.append(loop)
+            drops_before = netns_listen_drops(loop)
         else:
             server = client.containers.run(
                 image, ["/bench/hold_pair", "server", str(workers), design],
@@ -168,8 +169,6 @@ def c_pair(client, image: str, bindir: Path, params: RunParams, workers: int,
                         str(params.procs), dests, spread], name=f"{run_id}-client",
                 network_mode=f"container:{server.id}", pids_limit=procs + 8, **common)
             made.append(loop)
-        if containers == "one":
-            drops_before = netns_listen_drops(loop)
         code = loop.wait(timeout=1800).get("StatusCode")
         words = loop.logs(stdout=True, stderr=False).decode().split()
         drops = netns_listen_drops(server if containers != "one" else loop)
@@ -257,12 +256,12 @@ def main() -> int:
         bindir.mkdir()
         cbuild.require(cbuild.compile_static("c/hold_pair.c", bindir), "bench_ceiling")
         workers = Resolved.of(params, cap).server_workers  # as the agents' run resolves it
+        runs = {"agents": lambda: agents(client, params, Path(tmp)),  # workers read when run
+                "c": lambda: c_pair(client, image, bindir, params, workers),
+                "c-one": lambda: c_pair(client, image, bindir, params, workers, "one"),
+                "c-eager": lambda: c_pair(client, image, bindir, params, workers,
+                                          design="eager")}
         for r in range(1, args.rounds + 1):
-            runs = {"agents": lambda: agents(client, params, Path(tmp)),
-                    "c": lambda: c_pair(client, image, bindir, params, workers),
-                    "c-one": lambda: c_pair(client, image, bindir, params, workers, "one"),
-                    "c-eager": lambda: c_pair(client, image, bindir, params, workers,
-                                              design="eager")}
             order = ["agents", "c"] + ["c-one"] * args.one_container + ["c-eager"] * args.eager
             if r % 2 == 0:  # the agents first in odd rounds, last in even ones
                 order = order[1:] + order[:1]

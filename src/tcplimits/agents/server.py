@@ -80,11 +80,11 @@ def serve(listeners, worker, batch_wait_s=0.0):
     The workers take turns: one accepts, the others wait for TURN_SIGNAL. The accepting
     worker waits in poll() for its listeners, lets connections gather for ``batch_wait_s``
     and accepts every queued one, and while batches keep coming gathers the next without
-    polling; once out of descriptors (EMFILE) it holds what it has and
-    tells the main process, which gives the turn to the next worker. So one worker is awake
-    at a time and a wake-up takes a batch: with every worker asleep in accept() each
-    connection woke one of them, a context switch into a cache-cold interpreter per
-    connection that also preempted the client (README's benchmarks: bench_ceiling)."""
+    polling; once out of descriptors (EMFILE) it holds what it has and tells the main
+    process, which gives the turn to the next worker. So one worker is awake at a time and a
+    wake-up takes a batch: with every worker asleep in accept() each connection woke one of
+    them, a context switch into a cache-cold interpreter per connection that also preempted
+    the client (README's benchmarks: bench_ceiling)."""
     held = []
     first_error, accept_errors = None, 0
     reported = 0
